@@ -1,0 +1,47 @@
+"""In-memory dataset containers shared by every data source and loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class Split:
+    """One split held in memory: images as one uint8 tensor, labels as int64."""
+
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W) uint8, got {tuple(self.images.shape)} "
+                             f"{self.images.dtype}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError("labels must be (N,) and match the number of images")
+        self.labels = self.labels.long()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class Dataset:
+    """A named dataset: class names plus its splits ("train", "test", optionally "val")."""
+
+    name: str
+    classes: list[str]
+    splits: dict[str, Split] = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the training images."""
+        return tuple(self.splits["train"].images.shape[1:])  # type: ignore[return-value]

@@ -1,0 +1,84 @@
+"""Checksummed, atomic downloads of the official data set archives.
+
+A download streams into ``<dest>.part``, is verified against its MD5, and only then is
+renamed to ``dest`` with ``os.replace`` (atomic on one file system). An interrupted or
+corrupted download therefore never leaves a file at ``dest`` that would be taken as good.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from convzoo.errors import ConvzooError
+
+log = logging.getLogger("convzoo")
+
+# Official archives of the CIFAR python version (Krizhevsky, 2009) and their MD5 sums.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+CIFAR100_MD5 = "eb9058c3a382ffc7106e4002c42a8d85"
+
+_CHUNK = 1 << 20  # bytes read per step (1 MiB)
+
+
+def file_md5(path: Path) -> str:
+    """Hex MD5 digest of a file, read in 1 MiB chunks."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_md5(path: Path, md5: str) -> bool:
+    """True if `path` exists and its MD5 equals `md5` (case-insensitive)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    return file_md5(path) == md5.lower()
+
+
+def download_url(url: str, dest: Path, md5: str) -> Path:
+    """Download `url` to `dest`, verify its MD5, and return `dest`.
+
+    Streams into ``dest`` + ``.part`` with a progress bar; a wrong checksum or a failed
+    transfer deletes the partial file and raises ConvzooError.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_suffix(dest.suffix + ".part")
+    log.info("downloading %s -> %s", url, dest)
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
+                      disable=None) as bar:
+                for block in iter(lambda: response.read(_CHUNK), b""):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+            out.flush()
+            os.fsync(out.fileno())
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        part.unlink(missing_ok=True)
+        reason = getattr(e, "reason", None) or e
+        raise ConvzooError(f"download of {url} failed: {reason}") from None
+    except BaseException:
+        # KeyboardInterrupt and the like: never leave a partial file behind.
+        part.unlink(missing_ok=True)
+        raise
+    got = digest.hexdigest()
+    if got != md5.lower():
+        part.unlink(missing_ok=True)
+        raise ConvzooError(f"download of {url} has MD5 {got}, expected {md5}; file discarded")
+    os.replace(part, dest)
+    return dest

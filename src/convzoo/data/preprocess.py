@@ -1,0 +1,271 @@
+"""Input normalisation: fitted once on the training split, stored in the checkpoint, and applied
+identically in train, eval and predict.
+
+A `Preprocessor` maps a (B, C, H, W) batch on the 0-255 scale (uint8 or float, any device) to
+float32. It runs at the stored image size, BEFORE augmentation, so every statistic (mean image,
+ZCA matrix) has the shape of the stored images.
+
+Kinds (``PreprocessConfig.kind``):
+
+- ``none``         x / 255.
+- ``mean_image``   (x - mean_image) / s, mean_image (C, H, W) fitted on train (seeds A, B).
+                   The seeds (MXNet ``mean_img``, neon) subtract the mean image on the 0-255
+                   scale and feed that to the network; we also divide by s, the global standard
+                   deviation of the mean-subtracted training pixels (one fitted scalar), so the
+                   input has unit variance. This differs from the seeds only by a constant factor.
+- ``global_mean``  (x - m) / s with m one scalar mean over all training pixels and channels
+                   (seed C) and s the scalar standard deviation around it (same reasoning).
+- ``channel``      (x - mean[c]) / std[c]; fixed constants ``cfg.mean``/``cfg.std`` on the 0-255
+                   scale when given (seed E), otherwise fitted on train (std around the mean used).
+- ``gcn``          per image: subtract its own mean, divide by its own std (eps-guarded), times
+                   ``cfg.gcn_scale`` (seed C "contrast normalisation").
+- ``gcn_zca``      gcn, then ZCA whitening fitted on the gcn'd training images:
+                   y = (flat(gcn(x)) - mu) @ W, W = U diag(1/sqrt(S + zca_eps)) U^T  (D, D).
+
+Fill value: after preprocessing, 0 is "the mean" (the training mean image / pixel mean for
+``mean_image``, ``global_mean``, ``channel``, ``gcn_zca``; the image's own mean for ``gcn``), so
+augmentations pad and cut out with 0 after normalisation, i.e. with a mean-coloured pixel. The
+exception is ``none``, where 0 is black.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from convzoo.config import PreprocessConfig
+from convzoo.errors import ConvzooError
+
+KINDS = ("none", "mean_image", "global_mean", "channel", "gcn", "gcn_zca")
+
+# Tensors each kind stores (all float32 on CPU in `state()`).
+_STATE_KEYS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "mean_image": ("mean", "std"),  # (C, H, W), ()
+    "global_mean": ("mean", "std"),  # (), ()
+    "channel": ("mean", "std"),  # (C,), (C,)
+    "gcn": ("gcn_scale",),  # ()
+    "gcn_zca": ("gcn_scale", "zca_mean", "zca_matrix"),  # (), (D,), (D, D)
+}
+
+# GCN divisor floor on the 0-255 scale. The smallest std of a non-constant uint8 image of D pixels
+# is about 1/sqrt(D) (one pixel off by one grey level): 2.6e-3 for 224x224x3, so 1e-3 only
+# catches constant images.
+GCN_EPS = 1e-3
+
+# Rows of the training set processed at a time while fitting (bounds float64 memory:
+# 4096 x 3072 x 8 bytes = 100 MB for CIFAR).
+_FIT_CHUNK = 4096
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ConvzooError(f"unknown preprocess.kind '{kind}' (known: {', '.join(KINDS)})")
+
+
+def gcn(x: Tensor, scale: float | Tensor = 1.0) -> Tensor:
+    """Global contrast normalisation of a float (B, C, H, W) batch: each image minus its own mean,
+    divided by its own std (population, eps-guarded), times `scale`."""
+    flat = x.reshape(x.shape[0], -1)
+    # Subtracting one pixel first is exact for integer-valued inputs and makes a constant image
+    # exactly 0 (no float rounding residue for the eps guard to amplify); GCN is shift-invariant.
+    flat = flat - flat[:, :1]
+    flat = flat - flat.mean(dim=1, keepdim=True)
+    std = flat.pow(2).mean(dim=1, keepdim=True).sqrt().clamp_min(GCN_EPS)
+    return (flat * (scale / std)).reshape(x.shape)
+
+
+class Preprocessor(nn.Module):
+    """Fitted normalisation: `forward` maps a (B, C, H, W) 0-255 batch to float32.
+
+    Build with `fit_preprocessor` or `Preprocessor.from_state`. Move with `.to(device)` like any
+    module; a batch on another device is still handled (the statistics are copied per call).
+    """
+
+    def __init__(self, kind: str, tensors: dict[str, Tensor] | None = None) -> None:
+        super().__init__()
+        _check_kind(kind)
+        tensors = tensors or {}
+        missing = [k for k in _STATE_KEYS[kind] if k not in tensors]
+        if missing:
+            raise ConvzooError(f"preprocess state for kind '{kind}' lacks '{missing[0]}'")
+        self.kind = kind
+        for name in _STATE_KEYS[kind]:
+            self.register_buffer(name, tensors[name].detach().to(torch.float32).clone())
+
+    @property
+    def fill_value(self) -> float:
+        """Value that stands for "the mean" after preprocessing (see the module docstring)."""
+        return 0.0
+
+    def _buf(self, name: str, x: Tensor) -> Tensor:
+        t = getattr(self, name)
+        return t if t.device == x.device else t.to(x.device)
+
+    def _check_shape(self, x: Tensor) -> None:
+        if x.ndim != 4:
+            raise ConvzooError(f"preprocess expects a (B, C, H, W) batch, got shape {tuple(x.shape)}")
+        if self.kind == "mean_image" and tuple(x.shape[1:]) != tuple(self.mean.shape):
+            raise ConvzooError(
+                f"preprocess mean image is {tuple(self.mean.shape)} but the images are "
+                f"{tuple(x.shape[1:])} (C, H, W): use images of the size the model was trained on"
+            )
+        if self.kind == "channel" and x.shape[1] != self.mean.shape[0]:
+            raise ConvzooError(
+                f"preprocess has {self.mean.shape[0]} channel statistics but the images have "
+                f"{x.shape[1]} channels"
+            )
+        if self.kind == "gcn_zca" and x[0].numel() != self.zca_mean.numel():
+            raise ConvzooError(
+                f"ZCA whitening was fitted on images of {self.zca_mean.numel()} values (C*H*W) "
+                f"but the images are {tuple(x.shape[1:])}"
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) uint8 or float on the 0-255 scale -> (B, C, H, W) float32 normalised."""
+        self._check_shape(x)
+        x = x.to(torch.float32)  # a float32 input is not copied: never modify `x` in place below
+        if self.kind == "none":
+            return x * (1.0 / 255.0)
+        if self.kind in ("mean_image", "global_mean"):
+            return torch.sub(x, self._buf("mean", x)).mul_(1.0 / self._buf("std", x))
+        if self.kind == "channel":
+            mean = self._buf("mean", x).view(1, -1, 1, 1)
+            inv_std = 1.0 / self._buf("std", x).view(1, -1, 1, 1)
+            return torch.sub(x, mean).mul_(inv_std)
+        y = gcn(x, self._buf("gcn_scale", x))
+        if self.kind == "gcn":
+            return y
+        flat = y.reshape(y.shape[0], -1) - self._buf("zca_mean", x)  # (B, D)
+        return (flat @ self._buf("zca_matrix", x)).reshape(x.shape)  # W is symmetric
+
+    def state(self) -> dict[str, Any]:
+        """{"kind": str, <name>: float32 CPU tensor, ...}: everything but "kind" is a tensor, so
+        the tensors can go into safetensors as they are (with "kind" as metadata)."""
+        out: dict[str, Any] = {"kind": self.kind}
+        for name in _STATE_KEYS[self.kind]:
+            out[name] = getattr(self, name).detach().cpu().clone().contiguous()
+        return out
+
+    @classmethod
+    def from_state(cls, d: dict[str, Any]) -> Preprocessor:
+        """Rebuild exactly what `state()` returned."""
+        if not isinstance(d, dict) or not isinstance(d.get("kind"), str):
+            raise ConvzooError("preprocess state must be a mapping with a 'kind' string")
+        kind = d["kind"]
+        _check_kind(kind)
+        tensors = {}
+        for name in _STATE_KEYS[kind]:
+            if not isinstance(d.get(name), Tensor):
+                raise ConvzooError(f"preprocess state for kind '{kind}' lacks tensor '{name}'")
+            tensors[name] = d[name]
+        return cls(kind, tensors)
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}"
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def _chunks(images: Tensor, device: torch.device) -> Any:
+    """Yield float64 (n, C, H, W) chunks of the uint8 training images on `device`."""
+    for i in range(0, images.shape[0], _FIT_CHUNK):
+        yield images[i : i + _FIT_CHUNK].to(device).to(torch.float64)
+
+
+def _fixed_channel_values(values: list[float], key: str, channels: int) -> Tensor:
+    if len(values) != channels:
+        raise ConvzooError(
+            f"preprocess.{key} has {len(values)} values but the images have {channels} channels"
+        )
+    t = torch.tensor(values, dtype=torch.float64)
+    if key == "std" and bool((t <= 0).any()):
+        raise ConvzooError(f"preprocess.std must be positive, got {values}")
+    return t
+
+
+def _fit_zca(images: Tensor, scale: float, eps: float, device: torch.device) -> dict[str, Tensor]:
+    """Mean (D,) and ZCA matrix (D, D) of the gcn'd images; covariance in float64, in chunks."""
+    n = images.shape[0]
+    d = images[0].numel()
+    total = torch.zeros(d, dtype=torch.float64, device=device)
+    gram = torch.zeros(d, d, dtype=torch.float64, device=device)
+    for c in _chunks(images, device):
+        flat = gcn(c, scale).reshape(c.shape[0], -1)  # (n, D)
+        total += flat.sum(0)
+        gram.addmm_(flat.T, flat)
+    mean = total / n
+    cov = gram / n - torch.outer(mean, mean)  # (D, D), population covariance
+    cov = 0.5 * (cov + cov.T)
+    evals, evecs = torch.linalg.eigh(cov)
+    evals = evals.clamp_min(0.0)  # a gcn'd set has one ~0 eigenvalue (images sum to 0)
+    w = (evecs * (evals + eps).rsqrt()) @ evecs.T  # U diag(1/sqrt(S+eps)) U^T
+    return {"zca_mean": mean.cpu(), "zca_matrix": w.cpu()}
+
+
+def fit_preprocessor(
+    cfg: PreprocessConfig, train_images: Tensor, device: str | torch.device | None = None
+) -> Preprocessor:
+    """Fit the statistics `cfg.kind` needs on `train_images` ((N, C, H, W) uint8, CPU; may be a
+    subsample of a huge set). `device` runs the fit elsewhere (a GPU makes ZCA instant)."""
+    _check_kind(cfg.kind)
+    if train_images.dtype != torch.uint8 or train_images.ndim != 4:
+        raise ValueError(
+            f"train_images must be (N, C, H, W) uint8, got {tuple(train_images.shape)} "
+            f"{train_images.dtype}"
+        )
+    n, channels = train_images.shape[:2]
+    if n == 0:
+        raise ConvzooError("cannot fit preprocessing on an empty training split")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    kind = cfg.kind
+    if kind == "none":
+        return Preprocessor(kind)
+    if kind in ("gcn", "gcn_zca") and cfg.gcn_scale <= 0:
+        raise ConvzooError(f"preprocess.gcn_scale must be positive, got {cfg.gcn_scale}")
+    if kind == "gcn":
+        return Preprocessor(kind, {"gcn_scale": torch.tensor(cfg.gcn_scale)})
+    if kind == "gcn_zca":
+        if cfg.zca_eps < 0:
+            raise ConvzooError(f"preprocess.zca_eps must be >= 0, got {cfg.zca_eps}")
+        zca = _fit_zca(train_images, cfg.gcn_scale, cfg.zca_eps, dev)
+        return Preprocessor(kind, {"gcn_scale": torch.tensor(cfg.gcn_scale), **zca})
+
+    if kind == "channel":
+        fixed_mean = None if cfg.mean is None else _fixed_channel_values(cfg.mean, "mean", channels)
+        fixed_std = None if cfg.std is None else _fixed_channel_values(cfg.std, "std", channels)
+        if fixed_mean is not None and fixed_std is not None:
+            return Preprocessor(kind, {"mean": fixed_mean, "std": fixed_std})
+        # Pass 1: per-channel mean; pass 2: std around the mean actually used.
+        if fixed_mean is None:
+            acc = torch.zeros(channels, dtype=torch.float64, device=dev)
+            for c in _chunks(train_images, dev):
+                acc += c.sum(dim=(0, 2, 3))
+            mean = acc.cpu() / train_images[:, 0].numel()
+        else:
+            mean = fixed_mean
+        if fixed_std is None:
+            m = mean.to(dev).view(1, -1, 1, 1)
+            acc = torch.zeros(channels, dtype=torch.float64, device=dev)
+            for c in _chunks(train_images, dev):
+                acc += (c - m).pow(2).sum(dim=(0, 2, 3))
+            std = (acc.cpu() / train_images[:, 0].numel()).sqrt()
+        else:
+            std = fixed_std
+        return Preprocessor(kind, {"mean": mean, "std": std.clamp_min(1e-6)})
+
+    # mean_image / global_mean: mean (per pixel or one scalar), then one scalar std around it.
+    acc = torch.zeros(train_images.shape[1:], dtype=torch.float64, device=dev)  # (C, H, W)
+    for c in _chunks(train_images, dev):
+        acc += c.sum(0)
+    mean = acc / n
+    if kind == "global_mean":
+        mean = mean.mean()
+    sq = torch.zeros((), dtype=torch.float64, device=dev)
+    for c in _chunks(train_images, dev):
+        sq += (c - mean).pow(2).sum()
+    std = (sq / train_images.numel()).sqrt().clamp_min(1e-6)
+    return Preprocessor(kind, {"mean": mean.cpu(), "std": std.cpu()})

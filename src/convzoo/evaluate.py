@@ -1,0 +1,78 @@
+"""Evaluation: top-1, top-5 and cross-entropy over a loader, with optional test-time augmentation."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """Autocast to `dtype` on `device`, or a no-op for full precision."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
+) -> dict[str, float]:
+    """Mean cross-entropy and top-1/top-5 accuracy (percent) of `model` over `batches`.
+
+    With `views` (test-time augmentation) the softmax probabilities of all views are averaged;
+    the loss is then the negative log of the averaged probability of the true class.
+    Sums stay on the device; the host reads them once at the end.
+    """
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    top1 = torch.zeros((), device=device, dtype=torch.int64)
+    top5 = torch.zeros((), device=device, dtype=torch.int64)
+    count = 0
+    for x, y in batches:
+        inputs = views(x) if views is not None else [x]
+        probs = None
+        logits = None
+        for view in inputs:
+            if channels_last:
+                view = view.contiguous(memory_format=torch.channels_last)
+            with autocast(device, amp_dtype):
+                out = model(view)
+            out = out.float()
+            if len(inputs) == 1:
+                logits = out
+            else:
+                p = out.softmax(dim=1)
+                probs = p if probs is None else probs + p
+        if logits is not None:
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            scores = logits
+        else:
+            probs = probs / len(inputs)
+            loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").double()
+            scores = probs
+        k = min(5, scores.shape[1])
+        topk = scores.topk(k, dim=1).indices  # (B, k)
+        hits = topk == y[:, None]
+        top1 += hits[:, 0].sum()
+        top5 += hits.any(dim=1).sum()
+        count += y.shape[0]
+    model.train(was_training)
+    if count == 0:
+        return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "count": 0}
+    return {
+        "loss": loss_sum.item() / count,
+        "top1": 100.0 * top1.item() / count,
+        "top5": 100.0 * top5.item() / count,
+        "count": count,
+    }

@@ -1,0 +1,104 @@
+"""Model registry: every network is a small factory function registered under a stable name.
+
+    @register_model(source="He et al. 2015", input_size=(3, 32, 32))
+    def resnet20(num_classes: int = 10, in_chans: int = 3, **kwargs) -> nn.Module: ...
+
+    model = create_model("resnet20", num_classes=100)
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from convzoo.errors import ConvzooError
+
+ModelFactory = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registered network: its factory and the facts `convzoo models` prints."""
+
+    name: str
+    factory: ModelFactory
+    source: str  # the system / paper whose structure it reproduces
+    input_size: tuple[int, int, int]  # default (C, H, W)
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(
+    *, source: str, input_size: tuple[int, int, int], description: str = ""
+) -> Callable[[ModelFactory], ModelFactory]:
+    """Decorator registering a factory under its function name. Duplicate names raise."""
+
+    def decorator(factory: ModelFactory) -> ModelFactory:
+        name = factory.__name__
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} is already registered")
+        desc = description or (inspect.getdoc(factory) or "").split("\n")[0]
+        _REGISTRY[name] = ModelEntry(name, factory, source, tuple(input_size), desc)
+        return factory
+
+    return decorator
+
+
+def list_models() -> list[str]:
+    """Names of all registered models, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry for `name`; unknown names raise ConvzooError listing close matches."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
+        hint = f"did you mean: {', '.join(close)}?" if close else (
+            f"available: {', '.join(list_models())}"
+        )
+        raise ConvzooError(f"unknown model {name!r}; {hint}") from None
+
+
+def _accepted_keywords(factory: ModelFactory) -> set[str] | None:
+    """Keywords the factory accepts, or None if it takes arbitrary **kwargs it does not check."""
+    params = inspect.signature(factory).parameters
+    names = {
+        p.name for p in params.values()
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+    accepted = getattr(factory, "accepted_kwargs", None)  # set by families that forward **kwargs
+    if accepted is not None:
+        return names | set(accepted)
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return None
+    return names
+
+
+def create_model(name: str, num_classes: int = 10, in_chans: int = 3, **kwargs) -> nn.Module:
+    """Build the registered model `name`; bad names or keywords raise ConvzooError."""
+    entry = get_entry(name)
+    accepted = _accepted_keywords(entry.factory)
+    if accepted is not None:
+        unknown = sorted(set(kwargs) - accepted)
+        if unknown:
+            options = ", ".join(sorted(accepted - {"num_classes", "in_chans"})) or "none"
+            raise ConvzooError(
+                f"model {name!r} does not take keyword {unknown[0]!r} (accepted: {options})"
+            )
+    try:
+        return entry.factory(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except TypeError as exc:
+        # A keyword the factory forwards in **kwargs but the model class rejects.
+        match = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        if match is None or match.group(1) not in kwargs:
+            raise
+        raise ConvzooError(f"model {name!r} does not take keyword {match.group(1)!r}") from None
