@@ -16,6 +16,7 @@ from convzoo.train.optim import (
     EarlyStopping,
     Lookahead,
     _use_fused,
+    apply_hparams,
     build_optimizer,
     build_schedule,
 )
@@ -216,6 +217,22 @@ def test_retarget_new_stage_lr_and_epochs():
     assert c.lr() == pytest.approx(0.1)
 
 
+def test_resume_from_keeps_position_and_takes_new_settings():
+    a, _ = sched("cosine", lr=1.0, epochs=10, spe=10)
+    for _ in range(50):
+        a.step()
+    same, _ = sched("cosine", lr=1.0, epochs=10, spe=10)
+    same.resume_from(a.state_dict())
+    assert same.global_step == 50 and same.lr() == a.lr()
+    staged, opt = sched("multistep", lr=0.01, epochs=44, spe=5, milestones=[40])
+    staged.resume_from(a.state_dict())  # 10 spe -> 5 spe: epoch 5 is step 25
+    assert staged.global_step == 25
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    for _ in range(40 * 5 - 25):
+        staged.step()
+    assert staged.lr() == pytest.approx(0.001)
+
+
 # ----------------------------------------------------------------------------- optimizers
 
 
@@ -239,8 +256,8 @@ def test_optimizer_kinds_and_hyperparameters():
 def test_unknown_and_reserved_optimizer_names():
     with pytest.raises(ConvzooError, match=r"optim.name 'lamb'.*sgd, adam, adamw"):
         build_optimizer(tiny_model(), OptimConfig(name="lamb"), "cpu")
-    with pytest.raises(ConvzooError, match="muon.*not available yet"):
-        build_optimizer(tiny_model(), OptimConfig(name="muon"), "cpu")
+    muon = build_optimizer(tiny_model(), OptimConfig(name="muon"), "cpu")  # tests/test_fast.py
+    assert type(muon).__name__ == "Muon"
 
 
 def test_sgd_decoupled_vs_coupled_weight_decay():
@@ -258,6 +275,21 @@ def test_sgd_decoupled_vs_coupled_weight_decay():
     assert two_steps(True) == pytest.approx(0.95**2)  # p *= 1 - lr * wd, no momentum
     # L2: grad += wd * p goes through the momentum buffer: 1 -> 0.95 -> 0.95 - 0.1 * 0.925
     assert two_steps(False) == pytest.approx(0.8575)
+
+
+def test_apply_hparams_after_loading_a_checkpoint():
+    m = tiny_model()
+    old = build_optimizer(m, OptimConfig(weight_decay=1e-4, no_decay_norm_bias=True), "cpu")
+    new_cfg = OptimConfig(weight_decay=5e-4, momentum=0.5, no_decay_norm_bias=True,
+                          bias_lr_scale=3.0)  # fmt: skip
+    opt = build_optimizer(m, new_cfg, "cpu")
+    opt.load_state_dict(old.state_dict())  # restores the saved wd 1e-4
+    apply_hparams(opt, new_cfg)
+    by_name = {g["name"]: g for g in opt.param_groups}
+    assert by_name["decay"]["weight_decay"] == 5e-4 and by_name["no_decay"]["weight_decay"] == 0
+    assert by_name["decay"]["momentum"] == 0.5 and by_name["no_decay"]["lr_scale"] == 3.0
+    with pytest.raises(ConvzooError, match="no_decay_norm_bias"):
+        apply_hparams(opt, OptimConfig())
 
 
 def test_no_decay_group_holds_exactly_the_1d_params():
@@ -321,6 +353,9 @@ def test_ema_math_buffers_and_warmup():
     other = ModelEMA(m, decay=0.9)
     other.load_state_dict(state)
     assert other.updates == 2 and other.module[0].weight.item() == pytest.approx(1.38)
+
+    other.reset(m)
+    assert other.updates == 0 and other.module[0].weight.item() == 3.0
 
     warm = ModelEMA(m, decay=0.999, warmup=True)
     assert warm.current_decay() == pytest.approx(0.1)  # (1 + 0) / (10 + 0)

@@ -15,7 +15,6 @@ from typing import Any
 from convzoo import config as C
 from convzoo.errors import ConvzooError
 
-
 # ----------------------------------------------------------------------------- train
 
 
@@ -191,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", help="none | flip | flip_translate | multicrop")
     p.add_argument("--checkpoint", default="last", choices=["last", "best"])
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=500, dest="batch_size")
+    p.add_argument("--batch-size", type=int, dest="batch_size",
+                   help="eval batch size (default: the run's train.eval_batch_size)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 

@@ -14,6 +14,7 @@ Sources, in order of precedence (later wins):
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -95,6 +96,10 @@ class OptimConfig:
     fused: str = "auto"  # auto | true | false: fused optimizer kernels on CUDA
     bias_lr_scale: float = 1.0  # lr multiplier for biases and norm parameters
     freeze_bn_scale: bool = False  # keep batch-norm weights fixed at 1 (airbench)
+    bias_wd_scale: float = 1.0  # weight-decay multiplier for biases/norm params (airbench: 1/64)
+    lookahead_pow: float = 0.0  # lookahead alpha_t = 1-(1-alpha)*(t/T)^pow, T steps (airbench 3)
+    muon_lr: float = 0.0  # muon: lr of the orthogonalised conv-filter updates (0 = optim.lr)
+    muon_momentum: float = 0.0  # muon: Nesterov momentum of the conv-filter updates (0 = momentum)
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,7 @@ class ScheduleConfig:
     warmup_start: float = 0.0  # warmup starts at this fraction of lr
     min_lr: float = 0.0  # floor for cosine / onecycle / plateau
     pct_start: float = 0.25  # onecycle: fraction of training spent rising
+    anneal: str = "linear"  # onecycle: shape of the descent, linear | cos
     final_fraction: float = 0.0  # onecycle/cosine: lr at the end as a fraction of peak
     monitor: str = "val_loss"  # plateau: metric watched (val_loss | val_top1)
     factor: float = 0.316227766  # plateau: lr *= factor (seed E: sqrt(0.1))
@@ -347,7 +353,11 @@ def load_config(path: str | Path) -> Config:
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    """Write the resolved config as YAML, atomically (a kill mid-write keeps the old file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)
 
 
 def replace(cfg: Any, **changes: Any) -> Any:

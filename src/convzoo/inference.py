@@ -23,8 +23,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".we
 
 def evaluate_checkpoint(path: str | Path, *, data: str | None = None, split: str | None = None,
                         tta: str | None = None, which: str = "last", device: str = "auto",
-                        batch_size: int = 500) -> dict[str, Any]:
-    """Top-1/top-5/loss of a saved model on a split of its data (or of `data`)."""
+                        batch_size: int | None = None) -> dict[str, Any]:
+    """Top-1/top-5/loss of a saved model on a split of its data (or of `data`).
+
+    `batch_size` defaults to the run's ``train.eval_batch_size``, so the figures match the
+    run's own last evaluation to the last digit.
+    """
     ckpt = ckpt_io.load_checkpoint(path, which)
     cfg = C.from_dict(ckpt["config"])
     rt = resolve_runtime(C.replace(cfg.train, device=device))
@@ -41,7 +45,7 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, split: str
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     augment_cfg = cfg.augment if tta is None else C.replace(cfg.augment, tta=tta)
-    loader = DeviceLoader(dataset.splits[split], batch_size, device=rt.device,
+    loader = DeviceLoader(dataset.splits[split], batch_size or cfg.train.eval_batch_size, device=rt.device,
                           preprocess=preprocess, eval_transform=build_eval_transform(augment_cfg))
     views = ((lambda x: tta_views(x, augment_cfg.tta, augment_cfg))
              if augment_cfg.tta != "none" else None)

@@ -21,6 +21,7 @@ import yaml
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from convzoo.errors import ConvzooError
 
@@ -151,21 +152,22 @@ def _zoom_limits(
     curves: list[tuple[list[int], list[float]]], last_epoch: int
 ) -> tuple[tuple[float, float], tuple[float, float] | None]:
     """x range: the last third of training (>= 2 epochs); y range: the values inside it."""
-    x0 = max(1.0, last_epoch - max(2.0, last_epoch / 3.0))
+    x0 = max(1, math.floor(last_epoch - max(2.0, last_epoch / 3.0)))
     inside = [y for xs, ys in curves for x, y in zip(xs, ys) if x >= x0]
     if not inside:
-        return (x0, float(last_epoch)), None
+        return (x0 - 0.2, last_epoch + 0.2), None
     lo, hi = min(inside), max(inside)
-    pad = max(0.1 * (hi - lo), 0.05 * max(abs(lo), 1e-3))
+    pad = 0.1 * (hi - lo) if hi > lo else 0.02 * max(abs(lo), 1e-3)
     return (x0 - 0.2, last_epoch + 0.2), (lo - pad, hi + pad)
 
 
-def _style(ax: Axes, title: str, ylabel: str, xlabel: str = "epoch") -> None:
+def _style(ax: Axes, title: str, ylabel: str, legend: bool = True) -> None:
     ax.set_title(title, fontsize=11)
-    ax.set_xlabel(xlabel)
+    ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     ax.grid(True, alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
+    if legend and ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=9)
 
 
@@ -227,13 +229,19 @@ def plot_curves(run_dir: str | Path, out: Path | None = None) -> Path:
     best = _best(records)
     xlim, ylim = _zoom_limits(eval_curves, n)
     if best is not None:
-        ax_zoom.axhline(best[1], color="grey", linestyle="--", linewidth=1,
-                        label=f"best {best[1]:.2f}% (epoch {best[0]})")
+        ax_zoom.axhline(
+            best[1],
+            color="grey",
+            linestyle="--",
+            linewidth=1,
+            label=f"best {best[1]:.2f}% (epoch {best[0]})",
+        )
     ax_zoom.set_xlim(*xlim)
     if ylim is not None:
         ax_zoom.set_ylim(*ylim)
-    _style(ax_zoom, f"{split.capitalize()} error, zoomed (epochs {xlim[0] + 0.2:g}-{n})",
-           "error (%)")
+    _style(
+        ax_zoom, f"{split.capitalize()} error, zoomed (epochs {xlim[0] + 0.2:.0f}-{n})", "error (%)"
+    )
 
     title = run_dir.name
     model = _model_name(run_dir)
@@ -241,12 +249,13 @@ def plot_curves(run_dir: str | Path, out: Path | None = None) -> Path:
         title += f"  [{model}]"
     final = series(records, "eval_error")[1]
     if final and best is not None:
-        title += (f"\nfinal {split} error {final[-1]:.2f}%  |  "
-                  f"best {best[1]:.2f}% at epoch {best[0]}  |  {n} epochs")
+        title += (
+            f"\nfinal {split} error {final[-1]:.2f}%  |  "
+            f"best {best[1]:.2f}% at epoch {best[0]}  |  {n} epochs"
+        )
     fig.suptitle(title, fontsize=13)
-    for ax in (ax_err, ax_loss, ax_lr, ax_zoom):
-        ax.set_xlim(left=xlim[0] - 0.2 if ax is ax_zoom else 0.5)
-    ax_zoom.set_xlim(*xlim)
+    for ax in (ax_err, ax_loss, ax_lr):
+        ax.set_xlim(0.5, n + 0.5)
     return _save(fig, out)
 
 
@@ -298,7 +307,7 @@ def plot_runs(run_dirs: list[Path], out: Path, metric: str = "eval_error") -> Pa
     if metric == "lr":
         ax_full.set_yscale("log")
     _style(ax_full, pretty, pretty)
-    _style(ax_zoom, f"{pretty}, zoomed", pretty)
+    _style(ax_zoom, f"{pretty}, zoomed (epochs {xlim[0] + 0.2:.0f}-{last})", pretty, legend=False)
     fig.suptitle(f"{pretty} against epoch, {len(curves)} runs", fontsize=13)
     return _save(fig, Path(out))
 

@@ -19,6 +19,7 @@ is the last file written, so an interrupted pack never looks valid.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import multiprocessing
@@ -26,6 +27,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,14 +79,16 @@ class PackReport:
 
 def _is_cifar_source(src: Path) -> bool:
     """An official CIFAR python archive (.tar.gz) or its extracted folder."""
-    if src.is_file():
-        return src.name.endswith((".tar.gz", ".tgz", ".tar"))
-    return (src / "batches.meta").is_file() or ((src / "meta").is_file()
-                                                and (src / "train").is_file())
+    from convzoo.data.cifar import is_cifar_archive, is_cifar_dir
+
+    return is_cifar_dir(src) if src.is_dir() else is_cifar_archive(src)
 
 
 def _folder_root(src: Path) -> Path:
     """The directory holding ``train/``; accepts one wrapping folder (an extracted tarball)."""
+    if not src.is_dir():
+        raise ConvzooError(f"{src}: not an official CIFAR archive; extract image-folder "
+                           "archives and pack the folder")
     if (src / "train").is_dir():
         return src
     children = [p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")]
@@ -578,10 +582,8 @@ class PackedSplit:
         return state
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
 
 def decode_jpegs(payloads: list[torch.Tensor], channels: int, *, device: str = "cpu",
@@ -591,9 +593,10 @@ def decode_jpegs(payloads: list[torch.Tensor], channels: int, *, device: str = "
 
     mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
     try:
-        if device == "cpu":
-            return list(decode_jpeg(payloads, mode=mode))
-        return list(decode_jpeg(payloads, mode=mode, device=device))
+        with warnings.catch_warnings():
+            # torchvision >= 0.29 points to TorchCodec, which convzoo does not depend on
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return list(decode_jpeg(payloads, mode=mode, device=device))
     except RuntimeError as e:
         raise ConvzooError(f"{where}: cannot decode a JPEG record ({e})") from None
 

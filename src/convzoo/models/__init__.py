@@ -1,6 +1,16 @@
 """The model zoo: every network registered by name; build one with `create_model(name)`."""
 
-from convzoo.models import resnet_cifar  # noqa: F401  (registers the models)
+# Importing the family modules registers their models.
+from convzoo.models import (  # noqa: F401
+    fast,
+    googlenet,
+    inception_bn,
+    resnet_cifar,
+    resnext,
+    simple_cnn,
+    tv,
+)
+from convzoo.models.info import format_table, model_info
 from convzoo.models.registry import (
     ModelEntry,
     create_model,
@@ -9,4 +19,12 @@ from convzoo.models.registry import (
     register_model,
 )
 
-__all__ = ["ModelEntry", "create_model", "get_entry", "list_models", "register_model"]
+__all__ = [
+    "ModelEntry",
+    "create_model",
+    "format_table",
+    "get_entry",
+    "list_models",
+    "model_info",
+    "register_model",
+]

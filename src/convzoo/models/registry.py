@@ -69,18 +69,11 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def _accepted_keywords(factory: ModelFactory) -> set[str] | None:
-    """Keywords the factory accepts, or None if it takes arbitrary **kwargs it does not check."""
-    params = inspect.signature(factory).parameters
-    names = {
-        p.name for p in params.values()
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-    }
-    accepted = getattr(factory, "accepted_kwargs", None)  # set by families that forward **kwargs
-    if accepted is not None:
-        return names | set(accepted)
-    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        return None
-    return names
+    """Keywords an explicit-signature factory accepts; None if it forwards **kwargs."""
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None  # checked by the model class it forwards to (TypeError below)
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def create_model(name: str, num_classes: int = 10, in_chans: int = 3, **kwargs) -> nn.Module:
@@ -96,6 +89,8 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 3, **kwargs) 
             )
     try:
         return entry.factory(num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except ValueError as exc:  # a keyword with a bad value, e.g. shortcut="C"
+        raise ConvzooError(f"model {name!r}: {exc}") from None
     except TypeError as exc:
         # A keyword the factory forwards in **kwargs but the model class rejects.
         match = re.search(r"unexpected keyword argument '(\w+)'", str(exc))

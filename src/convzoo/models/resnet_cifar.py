@@ -27,7 +27,9 @@ Variants, selected by keyword (the defaults reproduce the paper):
 Stochastic depth (``drop_path=p``, seed C): during training each non-downsampling block
 is skipped for the whole mini-batch with probability p_i rising linearly from 0 (first
 block) to p (last block); the two downsampling blocks are never skipped. In eval mode the
-residual branch is multiplied by its survival probability 1 - p_i. The numbering follows
+residual branch is multiplied by its survival probability 1 - p_i. Under ``torch.compile``
+the branch is computed and multiplied by the 0/1 coin instead of skipped (same outputs, no
+graph break; its BN statistics then update as usual). The numbering follows
 the seed exactly: the 3n-2 non-downsampling blocks get indices 0..3n-3 and
 p_i = p * i / (3n-3).
 
@@ -97,13 +99,19 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = self.shortcut(x)
+        keep: torch.Tensor | None = None
         if self.training and self.drop_prob > 0.0:
-            # One coin per mini-batch, as in the seed; drawn on the CPU so no device sync.
-            if torch.rand(()).item() < self.drop_prob:
+            if torch.compiler.is_compiling():
+                # No data-dependent branch inside a compiled graph: run the branch, mask it.
+                keep = (torch.rand((), device=x.device) >= self.drop_prob).to(x.dtype)
+            elif torch.rand(()).item() < self.drop_prob:
+                # One coin per mini-batch, as in the seed; drawn on the CPU so no device sync.
                 return F.relu(identity)
         h = F.relu(self.bn1(self.conv1(x)))
         h = self.bn2(self.conv2(h))
-        if not self.training and self.drop_prob > 0.0:
+        if keep is not None:
+            h = h * keep
+        elif not self.training and self.drop_prob > 0.0:
             h = h * (1.0 - self.drop_prob)  # expected value of the branch at test time
         return F.relu(h + identity)
 

@@ -40,7 +40,17 @@ def atomic_save(obj: Any, path: Path) -> None:
         raise
 
 
-def save_safetensors(state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+def remove_stale_temps(run_dir: Path) -> int:
+    """Delete temp files a killed writer left in `run_dir` (never taken as good); returns count."""
+    stale = list(Path(run_dir).glob(".*.tmp"))
+    for tmp in stale:
+        tmp.unlink(missing_ok=True)
+    return len(stale)
+
+
+def save_safetensors(
+    state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
+) -> None:
     """Weights only, shareable and safe to load; written atomically like the checkpoint."""
     path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
@@ -73,7 +83,9 @@ def load_checkpoint(path: str | Path, which: str = "last") -> dict[str, Any]:
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated/foreign files
-        raise ConvzooError(f"{p} is not a readable convzoo checkpoint ({type(e).__name__})") from None
+        raise ConvzooError(
+            f"{p} is not a readable convzoo checkpoint ({type(e).__name__})"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ConvzooError(f"{p} is not a convzoo checkpoint")
     if ckpt.get("version", 0) > VERSION:

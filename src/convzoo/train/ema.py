@@ -44,6 +44,12 @@ class ModelEMA:
         for p in self.module.parameters():
             p.requires_grad_(False)
 
+    @torch.no_grad()
+    def reset(self, model: nn.Module) -> None:
+        """Restart the average from ``model``'s weights (e.g. EMA newly enabled on resume)."""
+        self.module.load_state_dict(unwrap(model).state_dict())
+        self.updates = 0
+
     def current_decay(self) -> float:
         """Decay the next :meth:`update` will use."""
         if self.warmup:

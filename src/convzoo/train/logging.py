@@ -19,10 +19,29 @@ from tqdm import tqdm
 log = logging.getLogger("convzoo")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record is emitted.
+
+    A caller that swaps stderr (a test harness, a notebook) must not leave the logger bound
+    to a stream that has since been closed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+
+    @property
+    def stream(self) -> Any:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(verbose: bool = False) -> None:
     """One plain handler on the 'convzoo' logger (idempotent)."""
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -36,8 +55,17 @@ class Progress:
         self.total, self.epoch, self.epochs, self.log_every = total, epoch, epochs, log_every
         self.enabled = enabled
         self.tty = enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False,
-                        dynamic_ncols=True) if self.tty else None
+        self.bar = (
+            tqdm(
+                total=total,
+                desc=f"epoch {epoch}/{epochs}",
+                unit="step",
+                leave=False,
+                dynamic_ncols=True,
+            )
+            if self.tty
+            else None
+        )
         self.start = time.perf_counter()
         self.images = 0
 
@@ -53,8 +81,10 @@ class Progress:
                 self.bar.set_postfix(loss=f"{read_loss():.4f}", img_s=f"{ips:.0f}")
         elif step % self.log_every == 0:
             ips = self.images / max(time.perf_counter() - self.start, 1e-9)
-            log.info(f"epoch {self.epoch}/{self.epochs} step {step}/{self.total} "
-                     f"loss {read_loss():.4f} {ips:.0f} img/s")
+            log.info(
+                f"epoch {self.epoch}/{self.epochs} step {step}/{self.total} "
+                f"loss {read_loss():.4f} {ips:.0f} img/s"
+            )
 
     def close(self) -> None:
         if self.bar is not None:
@@ -67,15 +97,20 @@ class MetricsWriter:
     def __init__(self, run_dir: Path, tensorboard: bool, resume_epoch: int = 0):
         self.path = run_dir / "metrics.jsonl"
         if self.path.exists():  # drop epochs after the checkpoint we resumed from
-            kept = [ln for ln in self.path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("epoch", 0) <= resume_epoch]
+            kept = [
+                ln
+                for ln in self.path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("epoch", 0) <= resume_epoch
+            ]
             self.path.write_text("".join(ln + "\n" for ln in kept))
         self.tb = None
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=resume_epoch + 1)
+                self.tb = SummaryWriter(
+                    log_dir=str(run_dir / "tensorboard"), purge_step=resume_epoch + 1
+                )
             except ImportError:  # tensorboard is a dependency, but keep training if it is broken
                 log.warning("tensorboard unavailable; skipping event files")
 

@@ -26,7 +26,7 @@ from torch import nn
 from convzoo.config import OptimConfig, ScheduleConfig
 from convzoo.errors import ConvzooError
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle", "plateau")
 
 # ----------------------------------------------------------------------------- optimizers
@@ -83,10 +83,6 @@ def _use_fused(cfg: OptimConfig, cls: type, device_type: str) -> bool:
     return True
 
 
-def _is_norm(module: nn.Module) -> bool:
-    return isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm))
-
-
 def freeze_bn_scale(model: nn.Module) -> int:
     """Fix every batch-norm weight (scale) at 1 and stop its gradient; returns how many."""
     n = 0
@@ -102,14 +98,15 @@ def freeze_bn_scale(model: nn.Module) -> int:
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     """Split trainable params into 'decay' (>=2-D: conv/linear weights) and 'no_decay'.
 
-    The 1-D group (norm weights, biases) gets weight_decay 0 when ``no_decay_norm_bias`` and
-    lr_scale ``bias_lr_scale``. With neither option there is a single group.
+    The 1-D group (norm weights, biases) gets weight_decay 0 when ``no_decay_norm_bias`` (else
+    ``weight_decay * bias_wd_scale``) and lr_scale ``bias_lr_scale``. With none of these options
+    there is a single group.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConvzooError("the model has no trainable parameters")
     wd = cfg.weight_decay
-    if not cfg.no_decay_norm_bias and cfg.bias_lr_scale == 1.0:
+    if not cfg.no_decay_norm_bias and cfg.bias_lr_scale == 1.0 and cfg.bias_wd_scale == 1.0:
         return [{"params": params, "weight_decay": wd, "lr_scale": 1.0, "name": "all"}]
     matrix = [p for p in params if p.ndim > 1]
     vector = [p for p in params if p.ndim <= 1]
@@ -120,7 +117,7 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
         groups.append(
             {
                 "params": vector,
-                "weight_decay": 0.0 if cfg.no_decay_norm_bias else wd,
+                "weight_decay": 0.0 if cfg.no_decay_norm_bias else wd * cfg.bias_wd_scale,
                 "lr_scale": float(cfg.bias_lr_scale),
                 "name": "no_decay" if cfg.no_decay_norm_bias else "norm_bias",
             }
@@ -128,16 +125,19 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
     return groups
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> Any:
+def build_optimizer(
+    model: nn.Module, cfg: OptimConfig, device_type: str, total_steps: int = 0
+) -> torch.optim.Optimizer | Lookahead:
     """The optimizer named by ``cfg.name`` over ``model``'s trainable params.
 
     Build it after the model is on its device (fused kernels need CUDA params). Returns a
     ``torch.optim.Optimizer``, wrapped in :class:`Lookahead` when ``cfg.lookahead_steps > 0``
     (the wrapper has the same step/zero_grad/param_groups/state_dict interface).
+    ``total_steps`` (optimizer steps of the whole run) is needed by ``lookahead_pow > 0``.
+    ``muon`` puts conv filters (4-D) under :class:`convzoo.train.muon.Muon`'s orthogonalised
+    update and the rest under SGD with momentum (see ``muon_param_groups``).
     """
     name = cfg.name.lower()
-    if name == "muon":
-        raise ConvzooError("optim.name 'muon' is not available yet (use sgd, adam or adamw)")
     if name not in OPTIMIZERS:
         raise ConvzooError(f"unknown optim.name '{cfg.name}' (options: {', '.join(OPTIMIZERS)})")
     if cfg.lr <= 0:
@@ -146,6 +146,13 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> Any
         raise ConvzooError(f"optim.weight_decay must be >= 0, got {cfg.weight_decay}")
     if cfg.freeze_bn_scale:
         freeze_bn_scale(model)
+    if name == "muon":
+        from convzoo.train.muon import Muon, muon_param_groups
+
+        optimizer: Any = Muon(muon_param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
+                              nesterov=cfg.nesterov, ns_dtype=None if device_type == "cuda"
+                              else torch.float32)
+        return _maybe_lookahead(optimizer, cfg, total_steps)
     groups = param_groups(model, cfg)
     for g in groups:
         g["initial_lr"] = cfg.lr * g["lr_scale"]
@@ -165,9 +172,47 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str) -> Any
     if _use_fused(cfg, torch.optim.SGD if cls is SGDW else cls, device_type):
         kwargs["fused"] = True
     optimizer = cls(groups, lr=cfg.lr, **kwargs)
-    if cfg.lookahead_steps > 0:
-        return Lookahead(optimizer, k=cfg.lookahead_steps, alpha=cfg.lookahead_alpha)
-    return optimizer
+    return _maybe_lookahead(optimizer, cfg, total_steps)
+
+
+def _maybe_lookahead(optimizer: Any, cfg: OptimConfig, total_steps: int) -> Any:
+    if cfg.lookahead_steps <= 0:
+        return optimizer
+    return Lookahead(optimizer, k=cfg.lookahead_steps, alpha=cfg.lookahead_alpha,
+                     pow=cfg.lookahead_pow, total_steps=total_steps)
+
+
+def apply_hparams(optimizer: torch.optim.Optimizer | Lookahead, cfg: OptimConfig) -> None:
+    """Re-apply ``cfg``'s hyperparameters to an optimizer whose state was just loaded.
+
+    ``optimizer.load_state_dict`` restores the *saved* group settings (weight decay, momentum,
+    betas, lr scales); call this after it when a resumed stage changes them. The lr itself is
+    the schedule's business (:meth:`LRSchedule.retarget`). The group layout must match.
+    """
+    for g in optimizer.param_groups:
+        name = g.get("name", "all")
+        if name == "no_decay" and not cfg.no_decay_norm_bias:
+            raise ConvzooError(
+                "optim.no_decay_norm_bias differs from the checkpoint's param groups; "
+                "it cannot change when resuming"
+            )
+        wd = 0.0 if name in ("no_decay", "muon") else cfg.weight_decay
+        if name == "norm_bias":
+            wd *= cfg.bias_wd_scale
+        g["lr_scale"] = cfg.bias_lr_scale if name in ("no_decay", "norm_bias") else 1.0
+        if name == "muon":
+            g["lr_scale"] = (cfg.muon_lr or cfg.lr) / cfg.lr
+        g["initial_lr"] = cfg.lr * g["lr_scale"]
+        if "decoupled_wd" in g:  # SGDW
+            g["decoupled_wd"] = wd
+        else:
+            g["weight_decay"] = wd
+        if "momentum" in g:
+            g["momentum"], g["nesterov"] = cfg.momentum, cfg.nesterov
+            if name == "muon":  # Muon's filter group: its own momentum, always Nesterov
+                g["momentum"], g["nesterov"] = cfg.muon_momentum or cfg.momentum, True
+        if "betas" in g:
+            g["betas"], g["eps"] = tuple(cfg.betas), cfg.eps
 
 
 # ----------------------------------------------------------------------------- lookahead
@@ -179,16 +224,34 @@ class Lookahead:
     The inner ("fast") optimizer steps as usual; every ``k`` steps the slow weights move
     ``alpha`` of the way to the fast ones, ``slow += alpha * (fast - slow)``, and the fast
     weights restart from there. Exposes the optimizer interface the loop and GradScaler use.
+
+    With ``pow > 0`` alpha follows airbench's schedule over ``total_steps`` optimizer steps:
+    ``alpha_t = 1 - (1 - alpha) * (t / total_steps) ** pow`` (t = steps taken), i.e. almost no
+    averaging early and the strongest averaging (``alpha``) at the end of training.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, k: int = 5, alpha: float = 0.5) -> None:
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        k: int = 5,
+        alpha: float = 0.5,
+        pow: float = 0.0,
+        total_steps: int = 0,
+    ) -> None:
         if k < 1:
             raise ConvzooError(f"optim.lookahead_steps must be >= 1, got {k}")
         if not 0.0 < alpha <= 1.0:
             raise ConvzooError(f"optim.lookahead_alpha must be in (0, 1], got {alpha}")
+        if pow < 0 or (pow > 0 and total_steps < 1):
+            raise ConvzooError(
+                f"optim.lookahead_pow={pow} needs pow >= 0 and the run's total steps "
+                f"(got {total_steps})"
+            )
         self.optimizer = optimizer
         self.k = k
         self.alpha = alpha
+        self.pow = float(pow)
+        self.total_steps = int(total_steps)
         self.fast_steps = 0  # inner steps since the start (host int: no device sync)
         self._params = [p for g in optimizer.param_groups for p in g["params"]]
         self.slow = [p.detach().clone() for p in self._params]
@@ -213,9 +276,16 @@ class Lookahead:
         loss = self.optimizer.step(closure)
         self.fast_steps += 1
         if self.fast_steps % self.k == 0:
-            torch._foreach_lerp_(self.slow, self._params, self.alpha)
+            torch._foreach_lerp_(self.slow, self._params, self.current_alpha())
             torch._foreach_copy_(self._params, self.slow)
         return loss
+
+    def current_alpha(self) -> float:
+        """Interpolation factor of a sync at the current step (a host float: no device sync)."""
+        if self.pow <= 0:
+            return self.alpha
+        frac = min(self.fast_steps / self.total_steps, 1.0)
+        return 1.0 - (1.0 - self.alpha) * frac**self.pow
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -489,6 +559,19 @@ class LRSchedule:
             "cooldown_left": self.cooldown_left,
             "best": self._tracker.best if self._tracker else None,
         }
+
+    def resume_from(self, state: dict[str, Any]) -> None:
+        """Resume a checkpointed schedule under *this* schedule's settings.
+
+        Takes the position (global step) and plateau state from ``state`` and keeps the lr,
+        epochs, steps per epoch and ScheduleConfig this object was built with, so a resumed
+        run with ``--set optim.lr=0.01 --epochs 44`` continues on the new curve. With unchanged
+        settings this equals :meth:`load_state_dict`, i.e. the continuation is exact.
+        """
+        settings = (self.base_lr, self.epochs, self.cfg, self.steps_per_epoch)
+        self.load_state_dict(state)
+        base_lr, epochs, cfg, spe = settings
+        self.retarget(base_lr=base_lr, epochs=epochs, cfg=cfg, steps_per_epoch=spe)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore position *and* settings exactly; call :meth:`retarget` after for a new stage."""

@@ -1,0 +1,454 @@
+"""Batched augmentation on the batch's own device: no per-image Python loops.
+
+Every function takes a float (B, C, H, W) batch that has already been preprocessed (so 0 is "the
+mean", see `convzoo.data.preprocess`), and draws its randomness from a passed `torch.Generator`,
+so a run is reproducible under a seed. Numbers are drawn on the generator's device and moved to
+the batch's device: a CUDA generator for a CUDA batch costs no host sync, and a CPU generator
+gives the same draws whatever device the batch is on.
+
+Train order (`Augment`): random_resized_crop -> crop -> pad -> translate -> affine -> flip ->
+cutout. Eval: `build_eval_transform` (deterministic centre crops / resize) and `tta_views`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from torch import Tensor
+
+from convzoo.config import AugmentConfig
+from convzoo.errors import ConvzooError
+
+PAD_MODES = ("zeros", "reflect")
+FLIP_MODES = ("random", "alternate")
+TTA_MODES = ("none", "flip", "flip_translate", "multicrop")
+
+EVAL_CROP_FRACTION = 0.875  # RRC eval: resize the shorter side to size / 0.875, centre crop size
+TTA_SHIFT = 1  # flip_translate: pixels of the two diagonal shifts (airbench: reflect pad 1)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _unknown(key: str, value: object, known: tuple[str, ...]) -> ConvzooError:
+    return ConvzooError(f"unknown augment.{key} '{value}' (known: {', '.join(known)})")
+
+
+def validate(cfg: AugmentConfig) -> None:
+    """Raise ConvzooError naming the first bad key/value of `cfg`."""
+    if cfg.pad_mode not in PAD_MODES:
+        raise _unknown("pad_mode", cfg.pad_mode, PAD_MODES)
+    if cfg.flip_mode not in FLIP_MODES:
+        raise _unknown("flip_mode", cfg.flip_mode, FLIP_MODES)
+    if cfg.tta not in TTA_MODES:
+        raise _unknown("tta", cfg.tta, TTA_MODES)
+    for key in ("random_resized_crop", "crop", "pad", "translate", "cutout"):
+        if getattr(cfg, key) < 0:
+            raise ConvzooError(f"augment.{key} must be >= 0, got {getattr(cfg, key)}")
+    for key in ("rotate", "shear"):
+        if getattr(cfg, key) < 0:
+            raise ConvzooError(f"augment.{key} must be >= 0, got {getattr(cfg, key)}")
+    lo_hi = cfg.rrc_scale
+    if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+        raise ConvzooError(f"augment.rrc_scale must be [lo, hi] with 0 < lo <= hi <= 1, got {lo_hi}")
+    if cfg.scale is not None and (len(cfg.scale) != 2 or not 0 < cfg.scale[0] <= cfg.scale[1]):
+        raise ConvzooError(f"augment.scale must be [lo, hi] with 0 < lo <= hi, got {cfg.scale}")
+
+
+# ----------------------------------------------------------------------------- random draws
+
+
+def _rand(n: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """(n,) float32 uniform in [0, 1) drawn on the generator's device, returned on `device`."""
+    return torch.rand(n, generator=generator, device=generator.device).to(device)
+
+
+def _randint(high: int, n: int, generator: torch.Generator, device: torch.device) -> Tensor:
+    """(n,) int64 uniform in [0, high] (inclusive)."""
+    return torch.randint(0, high + 1, (n,), generator=generator, device=generator.device).to(device)
+
+
+def _size2(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+# ----------------------------------------------------------------------------- crops and shifts
+
+
+def crop_at(x: Tensor, top: Tensor, left: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """Per-image crops of `size` at offsets `top`, `left` ((B,) int64) as one gather.
+
+    `unfold` makes a free (B, C, nH, nW, h, w) view of all windows; indexing it with (b, top,
+    left) copies just the chosen window of each image into a new contiguous (B, C, h, w) tensor.
+    """
+    h, w = _size2(size)
+    dev = x.device
+    windows = x.unfold(2, h, 1).unfold(3, w, 1)  # (B, C, H-h+1, W-w+1, h, w) view
+    b = torch.arange(x.shape[0], device=dev)
+    return windows[b, :, top.to(dev), left.to(dev)]  # indexed dims first: (B, C, h, w)
+
+
+def random_crop(x: Tensor, size: int | tuple[int, int], generator: torch.Generator) -> Tensor:
+    """Each image cropped to `size` at a uniformly random position (train-time `augment.crop`)."""
+    h, w = _size2(size)
+    B, _, H, W = x.shape
+    if h > H or w > W:
+        raise ConvzooError(f"augment.crop={size} is larger than the images ({H}x{W})")
+    if (h, w) == (H, W):
+        return x
+    top = _randint(H - h, B, generator, x.device)
+    left = _randint(W - w, B, generator, x.device)
+    return crop_at(x, top, left, (h, w))
+
+
+def center_crop(x: Tensor, size: int | tuple[int, int]) -> Tensor:
+    """The centre `size` crop of every image (offsets rounded down, like MXNet's centre crop)."""
+    h, w = _size2(size)
+    H, W = x.shape[-2:]
+    if h > H or w > W:
+        raise ConvzooError(f"augment.crop={size} is larger than the images ({H}x{W})")
+    top, left = (H - h) // 2, (W - w) // 2
+    return x[..., top : top + h, left : left + w]
+
+
+def _pad(x: Tensor, pad: int, mode: str) -> Tensor:
+    if mode not in PAD_MODES:
+        raise _unknown("pad_mode", mode, PAD_MODES)
+    if mode == "reflect":
+        if pad >= min(x.shape[-2:]):
+            raise ConvzooError(
+                f"augment.pad={pad} with reflect needs images larger than {pad} px, "
+                f"got {tuple(x.shape[-2:])}"
+            )
+        return F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    return F.pad(x, (pad, pad, pad, pad))
+
+
+def pad_random_crop(x: Tensor, pad: int, mode: str, generator: torch.Generator) -> Tensor:
+    """Pad by `pad` px (zeros | reflect) and randomly crop back to the input size: each image moves
+    by an integer shift in [-pad, pad] on each axis (seed B: 32 -> 40 -> random 32)."""
+    if pad == 0:
+        if mode not in PAD_MODES:
+            raise _unknown("pad_mode", mode, PAD_MODES)
+        return x
+    H, W = x.shape[-2:]
+    return random_crop(_pad(x, pad, mode), (H, W), generator)
+
+
+def random_translate(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
+    """Shift each image by an integer (dy, dx), each uniform in [-max_shift, max_shift], filling
+    with 0 (= the mean after preprocessing). Seeds C and E (Keras width/height_shift 0.125 with
+    constant fill; we shift by whole pixels rather than interpolating)."""
+    return pad_random_crop(x, max_shift, "zeros", generator)
+
+
+# ----------------------------------------------------------------------------- resampling
+
+
+def _pixel_to_theta(m: Tensor, H: int, W: int) -> Tensor:
+    """(B, 2, 2) map of output -> input pixel offsets from the centre (x right, y down) as the
+    (B, 2, 3) normalised `affine_grid` theta (align_corners=False: pixel = norm * size / 2)."""
+    theta = torch.zeros(m.shape[0], 2, 3, dtype=m.dtype, device=m.device)
+    theta[:, 0, 0] = m[:, 0, 0]
+    theta[:, 0, 1] = m[:, 0, 1] * (H / W)
+    theta[:, 1, 0] = m[:, 1, 0] * (W / H)
+    theta[:, 1, 1] = m[:, 1, 1]
+    return theta
+
+
+def random_affine(
+    x: Tensor,
+    generator: torch.Generator,
+    degrees: float = 0.0,
+    shear: float = 0.0,
+    scale: tuple[float, float] | list[float] | None = None,
+) -> Tensor:
+    """Random rotation (uniform in +-`degrees`), shear (factor uniform in +-`shear`, MXNet's
+    max_shear_ratio) and zoom (uniform in `scale`) about the centre: one batched
+    affine_grid + bilinear grid_sample, zero fill outside the image."""
+    if degrees == 0 and shear == 0 and (scale is None or scale[0] == scale[1] == 1):
+        return x
+    B, _, H, W = x.shape
+    dev = x.device
+    ang = (_rand(B, generator, dev) * 2 - 1) * math.radians(degrees)
+    sh = (_rand(B, generator, dev) * 2 - 1) * shear
+    if scale is None:
+        zoom = torch.ones(B, device=dev)
+    else:
+        zoom = scale[0] + _rand(B, generator, dev) * (scale[1] - scale[0])
+    # Forward map M = zoom * R(ang) @ [[1, sh], [0, 1]] has det zoom^2, so its inverse is
+    # (1 / zoom) * [[s*sh + c, s - c*sh], [-s, c]]: output pixel -> input pixel.
+    c, s = torch.cos(ang), torch.sin(ang)
+    inv = torch.stack([torch.stack([s * sh + c, s - c * sh], -1), torch.stack([-s, c], -1)], 1)
+    inv = inv / zoom.view(-1, 1, 1)
+    theta = _pixel_to_theta(inv, H, W).to(x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_resized_crop(
+    x: Tensor,
+    size: int,
+    generator: torch.Generator,
+    scale: tuple[float, float] | list[float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
+) -> Tensor:
+    """ImageNet-style random-resized crop to (size, size): area fraction uniform in `scale`,
+    aspect ratio log-uniform in `ratio`, first of `attempts` draws that fits (else the centre
+    crop of the clamped ratio, as torchvision), resized bilinearly by one grid_sample."""
+    B, _, H, W = x.shape
+    dev = x.device
+    area = (scale[0] + _rand(B * attempts, generator, dev) * (scale[1] - scale[0])) * (H * W)
+    log_r = math.log(ratio[0]) + _rand(B * attempts, generator, dev) * math.log(ratio[1] / ratio[0])
+    r = torch.exp(log_r)
+    w = torch.round(torch.sqrt(area * r)).view(B, attempts)
+    h = torch.round(torch.sqrt(area / r)).view(B, attempts)
+    ok = (w >= 1) & (w <= W) & (h >= 1) & (h <= H)  # (B, attempts)
+    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)  # index of the first fitting draw
+    w = w.gather(1, first).squeeze(1)
+    h = h.gather(1, first).squeeze(1)
+    # Fallback: the whole image, its aspect ratio clamped into `ratio`.
+    in_ratio = W / H
+    fw, fh = float(W), float(H)
+    if in_ratio < ratio[0]:
+        fh = float(round(W / ratio[0]))
+    elif in_ratio > ratio[1]:
+        fw = float(round(H * ratio[1]))
+    any_ok = ok.any(dim=1)
+    w = torch.where(any_ok, w, torch.full_like(w, fw))
+    h = torch.where(any_ok, h, torch.full_like(h, fh))
+    top = torch.floor(_rand(B, generator, dev) * (H - h + 1))
+    left = torch.floor(_rand(B, generator, dev) * (W - w + 1))
+    top = torch.where(any_ok, top, torch.floor((H - h) / 2))
+    left = torch.where(any_ok, left, torch.floor((W - w) / 2))
+    # Box -> theta: the output spans exactly the box (edges at top, top + h), centre-aligned.
+    theta = torch.zeros(B, 2, 3, device=dev)
+    theta[:, 0, 0] = w / W
+    theta[:, 1, 1] = h / H
+    theta[:, 0, 2] = (2 * left + w) / W - 1
+    theta[:, 1, 2] = (2 * top + h) / H - 1
+    grid = F.affine_grid(theta.to(x.dtype), [B, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+# ----------------------------------------------------------------------------- flips and cutout
+
+
+def flip(x: Tensor) -> Tensor:
+    """Horizontal mirror of every image."""
+    return x.flip(-1)
+
+
+def random_flip(x: Tensor, generator: torch.Generator, p: float = 0.5) -> Tensor:
+    """Mirror each image with probability `p` (one `where`)."""
+    mask = _rand(x.shape[0], generator, x.device) < p
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def _mix32(h: Tensor) -> Tensor:
+    """A 32-bit integer mixer on int64 tensors (values < 2^32, constants < 2^31 so no product
+    overflows int64): spreads neighbouring indices to unrelated bits."""
+    mask = 0xFFFFFFFF
+    h = h ^ (h >> 16)
+    h = (h * 0x45D9F3B) & mask
+    h = h ^ (h >> 16)
+    h = (h * 0x2C1B3C6D) & mask
+    return h ^ (h >> 16)
+
+
+def first_flip_bit(index: Tensor, seed: int) -> Tensor:
+    """(B,) int64 in {0, 1}: whether dataset image `index` is flipped on even epochs, a fixed
+    pseudo-random function of (index, seed) with about half the images set."""
+    seed_mix = _mix32(torch.tensor([seed & 0xFFFFFFFF], dtype=torch.int64)).item()
+    h = _mix32((index.to(torch.int64) & 0xFFFFFFFF) ^ seed_mix)
+    return (h >> 7) & 1
+
+
+def alternate_flip(x: Tensor, epoch: int, index: Tensor, seed: int) -> Tensor:
+    """airbench's alternating flip: image i is mirrored on epochs where
+    (epoch + first_flip_bit[i]) % 2 == 1, so every image is seen flipped every other epoch
+    (random half on epoch 0, the other half on epoch 1, ...)."""
+    if index is None or index.shape != (x.shape[0],):
+        raise ValueError("flip_mode=alternate needs `index`: the (B,) dataset index of each image")
+    bits = first_flip_bit(index.to(x.device), seed)
+    mask = (bits + epoch) % 2 == 1
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+def cutout(x: Tensor, size: int, generator: torch.Generator) -> Tensor:
+    """Set a random `size` x `size` square (entirely inside the image) of every image to 0."""
+    if size == 0:
+        return x
+    B, _, H, W = x.shape
+    if size > H or size > W:
+        raise ConvzooError(f"augment.cutout={size} is larger than the images ({H}x{W})")
+    dev = x.device
+    top = _randint(H - size, B, generator, dev).view(-1, 1)
+    left = _randint(W - size, B, generator, dev).view(-1, 1)
+    ys = torch.arange(H, device=dev)
+    xs = torch.arange(W, device=dev)
+    in_y = (ys >= top) & (ys < top + size)  # (B, H)
+    in_x = (xs >= left) & (xs < left + size)  # (B, W)
+    mask = in_y[:, None, :, None] & in_x[:, None, None, :]  # (B, 1, H, W)
+    return x.masked_fill(mask, 0.0)
+
+
+# ----------------------------------------------------------------------------- pipelines
+
+
+class Augment:
+    """The train-time pipeline of an `AugmentConfig`, in the fixed order of its fields.
+
+    `seed` fixes which images start flipped under flip_mode=alternate (pass the run's seed); it
+    is deliberately not taken from the generator, which loaders may reseed every epoch.
+    """
+
+    def __init__(self, cfg: AugmentConfig, seed: int = 0) -> None:
+        validate(cfg)
+        self.cfg = cfg
+        self.seed = seed
+
+    def __call__(
+        self,
+        x: Tensor,
+        generator: torch.Generator,
+        epoch: int = 0,
+        index: Tensor | None = None,
+    ) -> Tensor:
+        """(B, C, H, W) float -> augmented float batch (H, W change only with rrc/crop)."""
+        c = self.cfg
+        if c.random_resized_crop:
+            x = random_resized_crop(x, c.random_resized_crop, generator, scale=c.rrc_scale)
+        if c.crop:
+            x = random_crop(x, c.crop, generator)
+        if c.pad:
+            x = pad_random_crop(x, c.pad, c.pad_mode, generator)
+        if c.translate:
+            x = random_translate(x, c.translate, generator)
+        if c.rotate or c.shear or c.scale is not None:
+            x = random_affine(x, generator, degrees=c.rotate, shear=c.shear, scale=c.scale)
+        if c.flip:
+            if c.flip_mode == "alternate":
+                x = alternate_flip(x, epoch, index, self.seed)  # type: ignore[arg-type]
+            else:
+                x = random_flip(x, generator)
+        if c.cutout:
+            x = cutout(x, c.cutout, generator)
+        return x
+
+    def __repr__(self) -> str:
+        return f"Augment({self.cfg})"
+
+
+def build_train_augment(cfg: AugmentConfig, seed: int = 0) -> Augment:
+    """The train-time augmentation of `cfg` (validated); `seed` (the run's seed) only sets the
+    alternate-flip assignment."""
+    return Augment(cfg, seed=seed)
+
+
+def resize_center_crop(x: Tensor, size: int, fraction: float = EVAL_CROP_FRACTION) -> Tensor:
+    """Resize the shorter side to round(size / fraction) (bilinear, antialiased), then take the
+    centre size x size crop: the standard ImageNet eval view (224 from 256)."""
+    short = int(round(size / fraction))
+    x = TF.resize(x, [short], antialias=True)
+    return center_crop(x, size)
+
+
+def _eval_size(cfg: AugmentConfig) -> int:
+    """Side of the eval view (0: the input's own size)."""
+    return cfg.crop or cfg.random_resized_crop
+
+
+def _eval_view(x: Tensor, cfg: AugmentConfig) -> Tensor:
+    size = _eval_size(cfg)
+    if size and tuple(x.shape[-2:]) == (size, size):
+        return x  # already the eval view: idempotent, so a transformed batch passes unchanged
+    if cfg.random_resized_crop:
+        x = resize_center_crop(x, cfg.random_resized_crop)
+    if cfg.crop:
+        x = center_crop(x, cfg.crop)
+    return x
+
+
+def build_eval_transform(cfg: AugmentConfig) -> Callable[[Tensor], Tensor]:
+    """Deterministic eval view of a preprocessed batch: resize + centre crop for
+    random_resized_crop, centre crop for crop, identity otherwise. A batch already at the eval
+    size (crop, else random_resized_crop) is returned unchanged."""
+    validate(cfg)
+
+    def transform(x: Tensor) -> Tensor:
+        return _eval_view(x, cfg)
+
+    return transform
+
+
+def five_crops(x: Tensor, size: int | tuple[int, int]) -> list[Tensor]:
+    """[centre, top-left, top-right, bottom-left, bottom-right] crops of `size`."""
+    h, w = _size2(size)
+    H, W = x.shape[-2:]
+    return [
+        center_crop(x, (h, w)),
+        x[..., :h, :w],
+        x[..., :h, W - w :],
+        x[..., H - h :, :w],
+        x[..., H - h :, W - w :],
+    ]
+
+
+def _multicrop(x: Tensor, cfg: AugmentConfig) -> list[Tensor]:
+    H, W = x.shape[-2:]
+    size = _eval_size(cfg)
+    if size and tuple(x.shape[-2:]) == (size, size):
+        raise ValueError(
+            "tta=multicrop takes corner crops from the full-size batch: pass tta_views the "
+            f"preprocessed batch before the eval transform, not the {size}x{size} eval view"
+        )
+    if cfg.random_resized_crop:
+        size = cfg.random_resized_crop
+        crops = five_crops(TF.resize(x, [int(round(size / EVAL_CROP_FRACTION))], antialias=True), size)
+        if cfg.crop:
+            crops = [center_crop(v, cfg.crop) for v in crops]
+    elif cfg.crop:
+        crops = five_crops(x, cfg.crop)
+    elif cfg.pad:
+        crops = five_crops(_pad(x, cfg.pad, cfg.pad_mode), (H, W))
+    elif cfg.translate:
+        crops = five_crops(_pad(x, cfg.translate, "zeros"), (H, W))
+    else:
+        raise ConvzooError(
+            "augment.tta=multicrop needs augment.crop, pad, translate or random_resized_crop > 0"
+        )
+    return [t for v in crops for t in (v, flip(v))]
+
+
+def tta_views(x: Tensor, mode: str, cfg: AugmentConfig) -> list[Tensor]:
+    """Eval views of a preprocessed batch `x` (the input of `build_eval_transform`); the caller
+    averages the model's outputs over them. Every view has the eval view's shape and views[0] is
+    the plain eval view. none/flip/flip_translate also accept the eval view itself (the eval
+    transform is idempotent); multicrop needs the full-size batch (it crops the corners).
+
+    none: [v]; flip: [v, flip v]; flip_translate (airbench): v, flip v, and v shifted by
+    +-TTA_SHIFT px diagonally (reflect fill) with their flips (6 views, equal weight);
+    multicrop: centre + 4 corner crops (of the crop / random_resized_crop size, or of the
+    pad/translate-padded image), each followed by its flip (10 views).
+    In every mode with more than one view, views[1] is the mirror of views[0].
+    """
+    if mode not in TTA_MODES:
+        raise _unknown("tta", mode, TTA_MODES)
+    if mode == "multicrop":
+        return _multicrop(x, cfg)
+    v = _eval_view(x, cfg)
+    if mode == "none":
+        return [v]
+    if mode == "flip":
+        return [v, flip(v)]
+    H, W = v.shape[-2:]
+    s = TTA_SHIFT
+    padded = _pad(v, s, "reflect")
+    shifted = [padded[..., : H, : W], padded[..., 2 * s :, 2 * s :]]
+    return [v, flip(v)] + [t for u in shifted for t in (u, flip(u))]

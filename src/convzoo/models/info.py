@@ -1,0 +1,119 @@
+"""Facts about registered models for `convzoo models`: parameters, BN statistics, FLOPs.
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` for one forward pass at
+batch 1 and the model's default input size; it counts a multiply-add as 2 FLOPs (so
+torchvision's "GFLOPS" column, which counts multiply-adds, is half of ours). The model is
+built on the ``meta`` device, so nothing is allocated or computed and all models take well
+under a second together; results are cached per (name, num_classes).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from convzoo.models.registry import get_entry
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameter values."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def count_bn_running(model: nn.Module) -> int:
+    """Number of batch-norm running_mean + running_var values (num_batches_tracked excluded)."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+            total += m.running_mean.numel() + m.running_var.numel()
+    return total
+
+
+def count_flops(model: nn.Module, input_size: tuple[int, int, int]) -> int:
+    """Forward FLOPs (multiply-add = 2) of `model` on one (C, H, W) input, in eval mode."""
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    x = torch.zeros((1, *input_size), device=device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def default_num_classes(name: str) -> int:
+    """The class count a model's factory defaults to (10 for CIFAR, 100, 1000 for ImageNet)."""
+    param = inspect.signature(get_entry(name).factory).parameters.get("num_classes")
+    if param is None or param.default is inspect.Parameter.empty:
+        return 10
+    return int(param.default)
+
+
+@functools.cache
+def _info(name: str, num_classes: int) -> tuple:
+    entry = get_entry(name)
+    with torch.device("meta"):  # no memory, no init cost, no arithmetic
+        model = entry.factory(num_classes=num_classes, in_chans=entry.input_size[0])
+    return (
+        count_params(model),
+        count_bn_running(model),
+        count_flops(model, entry.input_size),
+    )
+
+
+def model_info(name: str, num_classes: int | None = None) -> dict:
+    """Name, source, trainable params, BN running values, forward FLOPs, input size, description."""
+    entry = get_entry(name)
+    classes = default_num_classes(name) if num_classes is None else num_classes
+    params, bn_running, flops = _info(name, classes)
+    return {
+        "name": entry.name,
+        "source": entry.source,
+        "num_classes": classes,
+        "params": params,
+        "bn_running": bn_running,
+        "flops": flops,
+        "input_size": list(entry.input_size),
+        "description": entry.description,
+    }
+
+
+def _human(n: float) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(int(n))
+
+
+def format_table(rows: list[dict]) -> str:
+    """Aligned plain-text table of `model_info` rows (numbers right-aligned)."""
+    header = ["name", "source", "classes", "params", "bn_running", "flops", "input"]
+    body = [
+        [
+            r["name"],
+            r["source"],
+            str(r.get("num_classes", "")),
+            f"{r['params']:,}",
+            f"{r['bn_running']:,}",
+            _human(r["flops"]),
+            "x".join(str(d) for d in r["input_size"]),
+        ]
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    right = {2, 3, 4, 5}
+    lines = []
+    for row in [header, *body]:
+        cells = [
+            cell.rjust(w) if i in right else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths))
+        ]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
