@@ -50,6 +50,9 @@ class PreprocessConfig:
     std: list[float] | None = None  # fixed per-channel std on the 0-255 scale (None = fit on train)
     zca_eps: float = 0.01  # ZCA regulariser added to the eigenvalues
     gcn_scale: float = 1.0  # GCN target standard deviation
+    # training images the statistics are fitted on (stratified, seeded sample);
+    # 0 = all of them in memory, 10,000 when streaming a packed set
+    fit_images: int = 0
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,7 @@ from PIL import Image, UnidentifiedImageError
 
 from convzoo import config as C
 from convzoo.data.augment import build_eval_transform, tta_views
-from convzoo.data.loaders import DeviceLoader
-from convzoo.data.sources import load_dataset
+from convzoo.data.pipeline import make_loader, open_source
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
 from convzoo.train import checkpoint as ckpt_io
@@ -32,27 +31,29 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, split: str
     ckpt = ckpt_io.load_checkpoint(path, which)
     cfg = C.from_dict(ckpt["config"])
     rt = resolve_runtime(C.replace(cfg.train, device=device))
-    data_cfg = cfg.data if data is None else C.replace(cfg.data, source=data)
-    dataset = load_dataset(data_cfg, seed=cfg.train.seed)
+    if data is not None:  # other data: no carving, no limit — evaluate what is there
+        cfg = C.replace(cfg, data=C.replace(cfg.data, source=data, val_fraction=0.0, limit=0))
+    augment_cfg = cfg.augment if tta is None else C.replace(cfg.augment, tta=tta)
+    cfg = C.replace(cfg, augment=augment_cfg)
+    source = open_source(cfg)
     split = split or ckpt["eval_split"]
-    if split not in dataset.splits:
-        raise ConvzooError(f"--split {split}: dataset {dataset.name} has splits "
-                           f"{', '.join(sorted(dataset.splits))}")
-    if list(dataset.classes) != list(ckpt["classes"]):
-        raise ConvzooError(f"{data_cfg.source}: its classes differ from the checkpoint's "
-                           f"({len(dataset.classes)} vs {len(ckpt['classes'])} classes)")
+    if split not in source.splits:
+        raise ConvzooError(f"--split {split}: data source {cfg.data.source} has splits "
+                           f"{', '.join(sorted(source.splits))}")
+    if list(source.classes) != list(ckpt["classes"]):
+        raise ConvzooError(f"{cfg.data.source}: its classes differ from the checkpoint's "
+                           f"({len(source.classes)} vs {len(ckpt['classes'])} classes)")
     model, preprocess = load_model_for_eval(ckpt, rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    augment_cfg = cfg.augment if tta is None else C.replace(cfg.augment, tta=tta)
-    loader = DeviceLoader(dataset.splits[split], batch_size or cfg.train.eval_batch_size, device=rt.device,
-                          preprocess=preprocess, eval_transform=build_eval_transform(augment_cfg))
+    loader = make_loader(source, split, cfg, rt.device, preprocess, train=False,
+                         batch_size=batch_size)
     views = ((lambda x: tta_views(x, augment_cfg.tta, augment_cfg))
              if augment_cfg.tta != "none" else None)
     result = evaluate(model, loader, device=rt.device, amp_dtype=rt.amp_dtype,
                       channels_last=rt.channels_last, views=views)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"model": ckpt["model_name"], "data": data_cfg.source, "split": split,
+    return {"model": ckpt["model_name"], "data": cfg.data.source, "split": split,
             "epoch": ckpt["epoch"], "params": params, "tta": augment_cfg.tta, **result}
 
 

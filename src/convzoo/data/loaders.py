@@ -81,6 +81,10 @@ class DeviceLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def head(self, n: int) -> torch.Tensor:
+        """The first `n` images of the split (0 = all), uint8 (n, C, H, W) on the device."""
+        return self.images[:n] if n else self.images
+
     def _order(self, generator: torch.Generator) -> torch.Tensor:
         n = self.images.shape[0]
         if self.shuffle:

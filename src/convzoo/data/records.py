@@ -20,6 +20,7 @@ is the last file written, so an interrupted pack never looks valid.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import multiprocessing
@@ -512,6 +513,13 @@ class PackedSplit:
 
     def __len__(self) -> int:
         return int(self.table.shape[0])
+
+    def subset(self, indices: Sequence[int] | np.ndarray | torch.Tensor) -> PackedSplit:
+        """A view of the records at `indices` (e.g. a carved validation split); no copying."""
+        out = copy.copy(self)
+        out.table = self.table[np.asarray(indices, dtype=np.int64)]
+        out._fds = None  # its own descriptors: closing one view must not close the other's
+        return out
 
     @property
     def labels(self) -> torch.Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -61,21 +62,27 @@ def stratified_pick(labels: torch.Tensor, k: int, generator: torch.Generator) ->
     return torch.sort(torch.cat(picks)).values if picks else torch.empty(0, dtype=torch.long)
 
 
-def _limit(ds: Dataset, limit: int, seed: int) -> None:
+def limit_splits(splits: dict[str, Any], limit: int, seed: int) -> None:
+    """Cap every split at `limit` items (stratified, seeded), in place.
+
+    Works on anything with ``.labels`` (N,) and ``.subset(index)``: in-memory ``Split``s and
+    packed ``PackedSplit`` views alike.
+    """
     gen = torch.Generator().manual_seed(seed)
-    for name in sorted(ds.splits):
-        split = ds.splits[name]
+    for name in sorted(splits):
+        split = splits[name]
         if len(split) > limit:
-            ds.splits[name] = split.subset(stratified_pick(split.labels, limit, gen))
+            splits[name] = split.subset(stratified_pick(split.labels, limit, gen))
 
 
-def _carve_val(ds: Dataset, fraction: float, seed: int) -> None:
+def carve_val(splits: dict[str, Any], fraction: float, seed: int, source: str) -> None:
+    """Move a stratified, seeded `fraction` of "train" into a new "val" split, in place."""
     if not 0.0 < fraction < 1.0:
         raise ConvzooError(f"data.val_fraction must be in [0, 1), got {fraction}")
-    if "val" in ds.splits:
-        raise ConvzooError(f"data.val_fraction={fraction} but data source '{ds.name}' already "
+    if "val" in splits:
+        raise ConvzooError(f"data.val_fraction={fraction} but data source '{source}' already "
                            f"has a val split; set data.val_fraction=0")
-    train = ds.splits["train"]
+    train = splits["train"]
     k = round(fraction * len(train))
     if k < 1 or k >= len(train):
         raise ConvzooError(f"data.val_fraction={fraction} of {len(train)} train images leaves "
@@ -84,8 +91,8 @@ def _carve_val(ds: Dataset, fraction: float, seed: int) -> None:
     val_idx = stratified_pick(train.labels, k, gen)
     mask = torch.ones(len(train), dtype=torch.bool)
     mask[val_idx] = False
-    ds.splits["val"] = train.subset(val_idx)
-    ds.splits["train"] = train.subset(torch.nonzero(mask).flatten())
+    splits["val"] = train.subset(val_idx)
+    splits["train"] = train.subset(torch.nonzero(mask).flatten())
 
 
 # ----------------------------------------------------------------------------- sources
@@ -175,9 +182,9 @@ def load_dataset(cfg: DataConfig, seed: int = 0) -> Dataset:
     if "train" not in ds.splits:
         raise ConvzooError(f"data source '{cfg.source}' has no train split")
     if cfg.limit:
-        _limit(ds, cfg.limit, seed)
+        limit_splits(ds.splits, cfg.limit, seed)
     if cfg.val_fraction:
-        _carve_val(ds, cfg.val_fraction, seed)
+        carve_val(ds.splits, cfg.val_fraction, seed, ds.name)
     if "test" not in ds.splits and "val" not in ds.splits:
         raise ConvzooError(f"data source '{cfg.source}' has no test/ or val/ split; add one "
                            f"or set data.val_fraction to carve one from train")

@@ -254,6 +254,12 @@ class StreamLoader:
         self.epoch = epoch
         self.sampler.set_epoch(epoch)
 
+    def head(self, n: int) -> torch.Tensor:
+        """The first `n` records of the split (0 = all), uint8 (n, C, H, W) on the device."""
+        n = min(n or len(self.split), len(self.split))
+        x = self.split.decode(list(range(n)), self.decode_size)  # (n, H, W, C)
+        return x.permute(0, 3, 1, 2).to(self.device)
+
     def _on_device(self, item: tuple[torch.Tensor, ...], batch: int) -> torch.Tensor:
         """uint8 worker output (decoded or still encoded) -> the stage's output on the device."""
         dev = self.device

@@ -23,11 +23,10 @@ import torch
 from torch import nn
 
 from convzoo import config as C
-from convzoo.data.augment import build_eval_transform, build_train_augment, tta_views
-from convzoo.data.dataset import Dataset
-from convzoo.data.loaders import DeviceLoader, epoch_seed
-from convzoo.data.preprocess import Preprocessor, fit_preprocessor
-from convzoo.data.sources import load_dataset
+from convzoo.data.augment import tta_views
+from convzoo.data.loaders import epoch_seed
+from convzoo.data.pipeline import Loader, build_pipeline
+from convzoo.data.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import autocast, evaluate
 from convzoo.models import create_model
@@ -94,54 +93,12 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-# ----------------------------------------------------------------------------- data
-
-
-def eval_split_name(cfg: C.DataConfig, dataset: Dataset) -> str:
-    split = cfg.eval_split
-    if split == "auto":
-        split = "val" if "val" in dataset.splits else "test"
-    if split not in dataset.splits:
-        raise ConvzooError(
-            f"data.eval_split: split '{split}' not in dataset {dataset.name} "
-            f"(has: {', '.join(sorted(dataset.splits))})"
-        )
-    return split
-
-
-def build_loaders(
-    cfg: C.Config, dataset: Dataset, preprocess: Preprocessor, rt: Runtime, eval_split: str
-) -> tuple[DeviceLoader, DeviceLoader]:
-    """Device-resident train and eval loaders with the configured augmentation."""
-    per_rank_batch = cfg.train.batch_size // rt.world_size
-    train = DeviceLoader(
-        dataset.splits["train"],
-        per_rank_batch,
-        device=rt.device,
-        preprocess=preprocess,
-        augment=build_train_augment(cfg.augment),
-        shuffle=True,
-        drop_last=True,
-        seed=cfg.train.seed,
-        rank=rt.rank,
-        world_size=rt.world_size,
-    )
-    evaluation = DeviceLoader(
-        dataset.splits[eval_split],
-        cfg.train.eval_batch_size,
-        device=rt.device,
-        preprocess=preprocess,
-        eval_transform=build_eval_transform(cfg.augment),
-    )
-    return train, evaluation
-
-
 # ----------------------------------------------------------------------------- steps
 
 
 def train_one_epoch(
     model: nn.Module,
-    loader: DeviceLoader,
+    loader: Loader,
     optimizer: torch.optim.Optimizer,
     schedule: Any,
     loss_fn: nn.Module,
@@ -180,7 +137,7 @@ def train_one_epoch(
     return {"loss": loss_sum.item() / count, "top1": 100.0 * correct.item() / count, "count": count}
 
 
-def data_dependent_init(model: nn.Module, loader: DeviceLoader, device: torch.device) -> float:
+def data_dependent_init(model: nn.Module, loader: Loader, device: torch.device) -> float:
     """Call ``model.init_from_data(images)`` once, if the model has it; returns its seconds.
 
     ``images`` are the first ``model.data_init_images`` (0 = all) training images of this rank,
@@ -191,9 +148,8 @@ def data_dependent_init(model: nn.Module, loader: DeviceLoader, device: torch.de
     if init is None:
         return 0.0
     t0 = time.perf_counter()
-    n = getattr(model, "data_init_images", 0) or loader.images.shape[0]
     with torch.no_grad():
-        init(loader.preprocess(loader.images[:n]))
+        init(loader.preprocess(loader.head(getattr(model, "data_init_images", 0))))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
@@ -203,8 +159,8 @@ def compile_warmup(
     model: nn.Module,
     step_model: nn.Module,
     eval_model: nn.Module,
-    train_loader: DeviceLoader,
-    eval_loader: DeviceLoader,
+    train_loader: Loader,
+    eval_loader: Loader,
     loss_fn: nn.Module,
     rt: Runtime,
     views: Any,
@@ -316,19 +272,15 @@ def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dic
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
     t_setup = time.perf_counter()
 
-    dataset = load_dataset(cfg.data, seed=cfg.train.seed)
-    split = eval_split_name(cfg.data, dataset)
-    if state is not None:
-        preprocess = Preprocessor.from_state(state["preprocess"])
-    else:
-        preprocess = fit_preprocessor(cfg.preprocess, dataset.splits["train"].images)
-    preprocess = preprocess.to(rt.device)
-    train_loader, eval_loader = build_loaders(cfg, dataset, preprocess, rt, split)
+    data = build_pipeline(cfg, rt.device, rank=rt.rank, world_size=rt.world_size,
+                          preprocess_state=state["preprocess"] if state is not None else None)
+    split, preprocess = data.eval_split, data.preprocess
+    train_loader, eval_loader = data.train, data.eval
 
     torch.manual_seed(cfg.train.seed)
-    in_chans = dataset.image_shape[0]
+    in_chans = data.image_shape[0]
     model = create_model(
-        cfg.model.name, num_classes=dataset.num_classes, in_chans=in_chans, **cfg.model.kwargs
+        cfg.model.name, num_classes=data.num_classes, in_chans=in_chans, **cfg.model.kwargs
     ).to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -387,8 +339,8 @@ def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dic
 
     writer = MetricsWriter(run_dir, cfg.train.tensorboard and rt.is_main, resume_epoch=start_epoch)
     log.info(
-        f"{cfg.model.name}: {params:,} parameters; data {dataset.name} "
-        f"train {len(dataset.splits['train']):,} / {split} {len(dataset.splits[split]):,}; "
+        f"{cfg.model.name}: {params:,} parameters; data {data.name} ({data.kind}) "
+        f"train {data.train_count:,} / {split} {data.eval_count:,}; "
         f"device {rt.device}, precision {rt.amp_dtype or 'fp32'}; "
         f"setup {time.perf_counter() - t_setup:.1f}s"
     )
@@ -499,10 +451,10 @@ def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dic
             "config": C.to_dict(cfg),
             "model_name": cfg.model.name,
             "model_kwargs": dict(cfg.model.kwargs),
-            "num_classes": dataset.num_classes,
+            "num_classes": data.num_classes,
             "in_chans": in_chans,
-            "classes": list(dataset.classes),
-            "image_shape": list(dataset.image_shape),
+            "classes": list(data.classes),
+            "image_shape": list(data.image_shape),
             "eval_split": split,
             "preprocess": preprocess.state(),
             "model": model.state_dict(),
