@@ -134,7 +134,12 @@ def train_one_epoch(
             progress.update(step, y.shape[0], lambda s=loss_sum, n=count: s.item() / n)
     if count == 0:
         raise ConvzooError("the training split is smaller than one batch: lower train.batch_size")
-    return {"loss": loss_sum.item() / count, "top1": 100.0 * correct.item() / count, "count": count}
+    totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(count), device=rt.device,
+                                                                   dtype=torch.float64)])
+    if rt.world_size > 1:  # figures over all ranks' images, not rank 0's share
+        torch.distributed.all_reduce(totals)
+    loss_total, correct_total, n = totals.tolist()
+    return {"loss": loss_total / n, "top1": 100.0 * correct_total / n, "count": int(n)}
 
 
 def data_dependent_init(model: nn.Module, loader: Loader, device: torch.device) -> float:
@@ -244,10 +249,19 @@ def fit(cfg: C.Config, resume: Path | None = None) -> Path:
     continuation), else from scratch with the same config (a run killed before its first
     checkpoint).
     """
-    run_dir = Path(resume) if resume is not None else new_run_dir(cfg)
-    if resume is not None:
-        ckpt_io.remove_stale_temps(run_dir)  # left by a writer killed mid-save
-    C.save_config(cfg, run_dir / "config.yaml")
+    rt = resolve_runtime(cfg.train)  # under torchrun this joins the process group
+    run_dir = Path(resume) if resume is not None else None
+    if rt.is_main:
+        if run_dir is None:
+            run_dir = new_run_dir(cfg)
+        else:
+            ckpt_io.remove_stale_temps(run_dir)  # left by a writer killed mid-save
+        C.save_config(cfg, run_dir / "config.yaml")
+    if rt.world_size > 1:  # every rank works in rank 0's run directory; only rank 0 writes
+        shared = [str(run_dir) if rt.is_main else None]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        run_dir = Path(shared[0])  # type: ignore[arg-type]
+    assert run_dir is not None
     state = None
     if resume is not None and (run_dir / "last.pt").exists():
         state = ckpt_io.load_checkpoint(run_dir, "last")
@@ -337,7 +351,8 @@ def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dic
                                          loss_fn, rt, tta, cfg.train.epochs)
         log.info(f"torch.compile warm-up: {compile_seconds:.1f}s (not in train_seconds)")
 
-    writer = MetricsWriter(run_dir, cfg.train.tensorboard and rt.is_main, resume_epoch=start_epoch)
+    writer = MetricsWriter(run_dir, cfg.train.tensorboard, resume_epoch=start_epoch) \
+        if rt.is_main else None
     log.info(
         f"{cfg.model.name}: {params:,} parameters; data {data.name} ({data.kind}) "
         f"train {data.train_count:,} / {split} {data.eval_count:,}; "
@@ -470,7 +485,7 @@ def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dic
             "compile_seconds": compile_seconds,
             "metrics": row,
         }
-        if rt.is_main:
+        if writer is not None:
             writer.write(row)
             if final or stop or epoch % cfg.train.save_every == 0:
                 ckpt_io.atomic_save(ckpt, run_dir / "last.pt")
@@ -483,7 +498,8 @@ def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dic
                 f"{cfg.train.early_stop_patience} epochs"
             )
             break
-    writer.close()
+    if writer is not None:
+        writer.close()
 
     if rt.is_main and ckpt:
         write_summary(run_dir, cfg, ckpt, params, last_eval, rt)
