@@ -155,6 +155,41 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- bench / export
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from convzoo import bench
+
+    overrides: dict[str, Any] = {}
+    if args.batch_size is not None:
+        overrides = C.merge(overrides, C.dotted_to_nested("train.batch_size", args.batch_size))
+    if args.device is not None:
+        overrides = C.merge(overrides, C.dotted_to_nested("train.device", args.device))
+    for text in args.set or []:
+        overrides = C.merge(overrides, C.parse_override(text))
+    rows = bench.bench(args.recipe or [], args.model or [], args.runs or [],
+                       overrides=overrides, steps=args.steps, warmup=args.warmup,
+                       train_images=args.train_images)
+    bench.write_outputs(rows, args.out_md, args.out_csv)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(bench.markdown(rows), end="")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from convzoo.export import export
+
+    result = export(args.run, args.format, out=args.out, which=args.checkpoint,
+                    opset=args.opset, check=args.check)
+    for note in result.checks:
+        print(note, file=sys.stderr)
+    print(result.path)
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -227,6 +262,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("--out", help="output PNG (default: RUN_DIR/curves.png or runs.png)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("bench", help="the neon table: params, memory, s/epoch, images/s, error")
+    p.add_argument("--recipe", action="append", metavar="NAME", help="recipe to time (repeatable)")
+    p.add_argument("--model", action="append", metavar="NAME",
+                   help="model to time with default settings (repeatable)")
+    p.add_argument("--runs", nargs="+", action="extend", metavar="RUN_DIR",
+                   help="finished run directories to tabulate (repeatable)")
+    p.add_argument("--steps", type=int, default=20, help="timed training steps (default 20)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    p.add_argument("--batch-size", type=int, dest="batch_size",
+                   help="batch size (default: the recipe's train.batch_size)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the recipe's)")
+    p.add_argument("--train-images", type=int, dest="train_images",
+                   help="images per epoch for s/epoch (default: the data source's train split)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config key of every timed row (repeatable)")
+    p.add_argument("--out-md", dest="out_md", metavar="FILE", help="also write the Markdown")
+    p.add_argument("--out-csv", dest="out_csv", metavar="FILE", help="also write a CSV")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("export", help="export a trained model: ONNX (with preprocessing) or "
+                                      "safetensors")
+    p.add_argument("run", metavar="RUN_DIR|CKPT")
+    p.add_argument("--format", required=True, metavar="onnx|safetensors")
+    p.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/<which>.<ext>)")
+    p.add_argument("--checkpoint", default="last", choices=["last", "best"])
+    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--check", action="store_true",
+                   help="validate the file (onnx.checker; onnxruntime comparison if installed)")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -1,0 +1,528 @@
+"""``convzoo bench``: the neon table (seed B) for any list of recipes, models and finished runs.
+
+For a recipe or a model, the model is built as training would build it (config from the recipe,
+or convzoo's defaults with ``--model``), then ``steps`` real training steps are timed after
+``warmup`` untimed ones, with the project's own step (``loop.train_one_epoch``: preprocessing,
+augmentation, autocast, channels_last, loss, backward, optimizer and schedule step, EMA) on
+synthetic uint8 images resident on the device, at the recipe's batch size. Reported:
+
+* params: trainable parameter count;
+* peak memory (MiB): CUDA ``max_memory_allocated`` over the timed steps (model, optimizer state,
+  activations, one batch; the resident training set a real run holds is not included), or on
+  CPU the increase of the process's peak resident set size over its size before the model was
+  built (freed heap returned to the OS first, the CPU runtime's one-time set-up excluded; the
+  ``memory kind`` column says which);
+* images/s over the timed steps, and s/epoch = (training-set size // batch) steps at that rate,
+  the training-set size coming from the recipe's data source (50,000 for CIFAR, 1,281,167 for
+  ImageNet) without loading it.
+
+For a finished run directory the same columns come from its summary.json (``report.summary_row``):
+measured s/epoch, images/s, peak memory and the final error (100 - top-1, percent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import logging
+import platform
+import resource
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from convzoo import config as C
+from convzoo import report
+from convzoo.data.augment import build_train_augment
+from convzoo.data.preprocess import fit_preprocessor
+from convzoo.errors import ConvzooError
+from convzoo.models import create_model, get_entry
+from convzoo.models.info import count_params, default_num_classes
+from convzoo.train.ema import ModelEMA
+from convzoo.train.loop import data_dependent_init, resolve_runtime, train_one_epoch
+from convzoo.train.optim import build_optimizer, build_schedule
+
+log = logging.getLogger("convzoo")
+
+CIFAR_TRAIN = 50_000
+IMAGENET_TRAIN = 1_281_167
+DIGITS_TRAIN = 1347  # scikit-learn's 1,797 digits less convzoo's 25% test split (450)
+EVAL_CROP_FRACTION = 0.875  # stored ImageNet side = crop / 0.875 (224 from 256)
+
+# name -> (classes, channels, stored side, training images)
+KNOWN_SOURCES: dict[str, tuple[int, int, int, int]] = {
+    "cifar10": (10, 3, 32, CIFAR_TRAIN),
+    "cifar100": (100, 3, 32, CIFAR_TRAIN),
+    "cifar100-coarse": (20, 3, 32, CIFAR_TRAIN),
+    "digits": (10, 3, 32, DIGITS_TRAIN),
+    "imagenet": (1000, 3, 256, IMAGENET_TRAIN),
+}
+
+
+# ----------------------------------------------------------------------------- data facts
+
+
+@dataclass(frozen=True)
+class DataFacts:
+    """What a benchmark needs to know about a data source, without loading it."""
+
+    name: str  # the known source it was matched to, or "<model>-default"
+    num_classes: int
+    image_shape: tuple[int, int, int]  # stored (C, H, W), before augmentation crops
+    train_images: int  # images in one training epoch
+
+
+def _known_name(source: str) -> str | None:
+    """Match a source name or path to a known data set (``cifar10-jpeg.tar.gz`` -> cifar10)."""
+    s = source.strip()
+    if s in KNOWN_SOURCES:
+        return s
+    low = Path(s).name.lower().replace("_", "-")
+    if "cifar-100" in low or "cifar100" in low:
+        return "cifar100"
+    if "cifar-10" in low or "cifar10" in low:
+        return "cifar10"
+    if "imagenet" in low or "ilsvrc" in low:
+        return "imagenet"
+    return None
+
+
+def _packed_facts(path: Path) -> tuple[int, tuple[int, ...] | None, int] | None:
+    """(classes, shape or None, train count) from a packed data set's index.json, if any."""
+    index = path / "index.json"
+    if not index.is_file():
+        return None
+    try:
+        info = json.loads(index.read_text())
+        shape = tuple(int(v) for v in info["shape"]) if info.get("shape") else None
+        return len(info["classes"]), shape, int(info["splits"]["train"]["count"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ConvzooError(f"{index}: not a readable packed-dataset index") from None
+
+
+def data_facts(cfg: C.Config, *, model_default: bool = False) -> DataFacts:
+    """Classes, stored image shape and training-set size of ``cfg.data`` (nothing is loaded).
+
+    Known names (and paths whose file name says cifar10 / cifar100 / imagenet) use the data set's
+    published figures; a packed data set uses its index.json. With ``model_default`` (a bare
+    ``--model``), or a source that cannot be identified, the model's registry defaults are used:
+    its input size and class count, and 50,000 training images for inputs up to 64 px (CIFAR)
+    or 1,281,167 above (ImageNet). ``data.image_size``, ``channels``, ``limit`` and
+    ``val_fraction`` are applied as ``load_dataset`` would.
+    """
+    entry = get_entry(cfg.model.name)
+    name = None if model_default else _known_name(cfg.data.source)
+    shape: tuple[int, ...] | None = None
+    if name is not None:
+        classes, channels, side, train = KNOWN_SOURCES[name]
+        if name == "imagenet" and cfg.augment.random_resized_crop:
+            side = round(cfg.augment.random_resized_crop / EVAL_CROP_FRACTION)
+        shape = (channels, side, side)
+    else:
+        packed = None if model_default else _packed_facts(Path(cfg.data.source).expanduser())
+        if packed is not None:
+            classes, shape, train = packed
+            name = Path(cfg.data.source).name
+        else:
+            name = f"{entry.name}-default"
+            classes = default_num_classes(entry.name)
+            train = CIFAR_TRAIN if entry.input_size[1] <= 64 else IMAGENET_TRAIN
+            if not model_default:
+                log.warning(f"bench: data source '{cfg.data.source}' not identified without "
+                            f"loading it; using {entry.name}'s defaults ({classes} classes, "
+                            f"{train:,} images/epoch; set --train-images)")
+        if shape is None:  # a model default, or a pack of mixed sizes (JPEG)
+            rrc = cfg.augment.random_resized_crop
+            side = round(rrc / EVAL_CROP_FRACTION) if rrc else entry.input_size[1]
+            shape = (entry.input_size[0], side, side)
+    channels, height, width = shape
+    if cfg.data.channels:
+        channels = cfg.data.channels
+    if cfg.data.image_size:
+        height = width = cfg.data.image_size
+    if cfg.data.limit:
+        train = min(train, cfg.data.limit)
+    if cfg.data.val_fraction:
+        train -= round(cfg.data.val_fraction * train)
+    return DataFacts(name, classes, (channels, height, width), train)
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _proc_status_kib(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _release_free_heap() -> None:
+    """Return freed heap pages to the OS (glibc ``malloc_trim``); a no-op elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+_cpu_primed = False
+
+
+def _prime_cpu_runtime() -> None:
+    """Run one tiny training step once per process, so that the CPU runtime's one-time
+    allocations (thread pools, kernel caches) are not charged to the first row measured."""
+    global _cpu_primed
+    if _cpu_primed:
+        return
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+    net = net.to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    x = torch.rand(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    nn.functional.cross_entropy(net(x), torch.zeros(4, dtype=torch.long)).backward()
+    opt.step()
+    _cpu_primed = True
+
+
+class CpuPeakMemory:
+    """Peak RSS increase of this process over a region, in MiB.
+
+    On Linux the kernel's peak (VmHWM) is reset first (``/proc/self/clear_refs``), so the peak
+    is that of the region alone. Elsewhere ``ru_maxrss`` is used, which only grows: the figure
+    is then a lower bound when an earlier peak of the process was higher.
+    """
+
+    def __init__(self) -> None:
+        _prime_cpu_runtime()
+        gc.collect()
+        _release_free_heap()  # else memory freed by an earlier row still counts as resident
+        self.exact = False
+        try:
+            Path("/proc/self/clear_refs").write_text("5")  # 5: reset the peak RSS to the RSS
+            self.exact = _proc_status_kib("VmHWM") is not None
+        except OSError:
+            pass
+        self.base_kib = _proc_status_kib("VmRSS") if self.exact else self._maxrss_kib()
+
+    @staticmethod
+    def _maxrss_kib() -> int:
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return rss // 1024 if platform.system() == "Darwin" else rss  # bytes on macOS
+
+    def increase_mb(self) -> float:
+        peak = _proc_status_kib("VmHWM") if self.exact else self._maxrss_kib()
+        return max(0, (peak or 0) - (self.base_kib or 0)) / 1024
+
+
+# ----------------------------------------------------------------------------- timing
+
+
+class SyntheticLoader:
+    """``steps`` training batches drawn from one resident pool of random uint8 images.
+
+    Each batch is a random permutation of the pool, preprocessed and augmented on the device
+    exactly as ``DeviceLoader`` does for a real split; like one it has ``preprocess``, ``head``
+    and ``set_epoch`` (``data_dependent_init`` uses the first two).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, steps: int, preprocess: Any,
+                 augment: Any, seed: int = 0) -> None:
+        self.images, self.labels = images, labels  # (B, C, H, W) uint8, (B,) int64 on the device
+        self.steps, self.preprocess, self.augment, self.seed = steps, preprocess, augment, seed
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def set_epoch(self, epoch: int) -> None:
+        pass  # every synthetic epoch draws from the same seeded generator
+
+    def head(self, n: int) -> torch.Tensor:
+        """The first `n` pool images (0 = all), uint8 (n, C, H, W) on the device."""
+        return self.images[:n] if n else self.images
+
+    def __iter__(self) -> Any:
+        generator = torch.Generator(device=self.images.device).manual_seed(self.seed)
+        n = self.images.shape[0]
+        for _ in range(self.steps):
+            index = torch.randperm(n, generator=generator, device=self.images.device)
+            x = self.augment(self.preprocess(self.images[index]), generator, 1, index)
+            yield x, self.labels[index]
+
+
+def device_name(device: torch.device) -> str:
+    """A human name for the device: the GPU's, or the CPU model and torch's thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {torch.get_num_threads()} threads"
+
+
+def _timed_steps(cfg: C.Config, facts: DataFacts, rt: Any, steps: int, warmup: int,
+                 steps_per_epoch: int) -> tuple[int, float]:
+    """Build data, model, optimizer as ``run_stage`` does; run warm-up, then time ``steps``.
+
+    Returns (trainable params, seconds of the timed steps). Everything built here is freed on
+    return.
+    """
+    torch.manual_seed(cfg.train.seed)
+    batch = cfg.train.batch_size
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    images = torch.randint(0, 256, (batch, *facts.image_shape), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, facts.num_classes, (batch,), generator=gen)
+    preprocess = fit_preprocessor(cfg.preprocess, images).to(rt.device)
+    images, labels = images.to(rt.device), labels.to(rt.device)
+    augment = build_train_augment(cfg.augment, seed=cfg.train.seed)
+
+    model = create_model(cfg.model.name, num_classes=facts.num_classes,
+                         in_chans=facts.image_shape[0], **cfg.model.kwargs).to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = count_params(model)
+    data_dependent_init(model, SyntheticLoader(images, labels, 1, preprocess, augment), rt.device)
+    if hasattr(model, "set_epoch"):  # model-side schedule (fast family), as in epoch 1
+        model.set_epoch(1)
+    optimizer = build_optimizer(model, cfg.optim, rt.device.type,
+                                total_steps=cfg.train.epochs * steps_per_epoch)
+    schedule = build_schedule(optimizer, cfg.schedule, cfg.optim.lr, cfg.train.epochs,
+                              steps_per_epoch)
+    ema = ModelEMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
+    step_model: nn.Module = torch.compile(model) if cfg.train.compile else model
+
+    def run(n: int, seed: int) -> None:
+        loader = SyntheticLoader(images, labels, n, preprocess, augment, seed=seed)
+        train_one_epoch(step_model, loader, optimizer, schedule, loss_fn, rt,  # type: ignore[arg-type]
+                        grad_clip=cfg.optim.grad_clip, ema=ema)
+
+    if warmup:
+        run(warmup, seed=1)
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
+    t0 = time.perf_counter()
+    run(steps, seed=2)  # train_one_epoch ends with .item(): the device has finished
+    if rt.device.type == "cuda":
+        torch.cuda.synchronize(rt.device)
+    return params, time.perf_counter() - t0
+
+
+def bench_config(cfg: C.Config, facts: DataFacts, *, steps: int = 20, warmup: int = 3,
+                 label: str = "") -> dict[str, Any]:
+    """Time ``steps`` training steps of ``cfg``'s model on synthetic data; one table row."""
+    if steps < 1 or warmup < 0:
+        raise ConvzooError(f"bench: --steps must be >= 1 and --warmup >= 0 (got {steps}, {warmup})")
+    rt = resolve_runtime(cfg.train)
+    if rt.world_size > 1:
+        raise ConvzooError("bench runs in one process: do not launch it with torchrun")
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+    if rt.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes, as in training
+    if cfg.train.compile:
+        warmup = max(warmup, 1)  # the first step compiles: never time it
+    batch = cfg.train.batch_size
+    if batch < 1:
+        raise ConvzooError(f"train.batch_size must be >= 1, got {batch}")
+    steps_per_epoch = max(1, facts.train_images // batch)  # drop_last, as training does
+
+    if rt.device.type == "cuda":
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(rt.device)
+        memory_kind = "cuda max allocated"
+    else:
+        cpu_memory = CpuPeakMemory()
+        memory_kind = "cpu peak RSS increase" if cpu_memory.exact else "cpu peak RSS (lower bound)"
+    params, seconds = _timed_steps(cfg, facts, rt, steps, warmup, steps_per_epoch)
+    if rt.device.type == "cuda":
+        memory = torch.cuda.max_memory_allocated(rt.device) / 2**20
+    else:
+        memory = cpu_memory.increase_mb()
+    gc.collect()
+    if rt.device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    per_step = seconds / steps
+    return {
+        "model": cfg.model.name,
+        "recipe": cfg.name,
+        "source": label or (f"recipe {cfg.name}" if cfg.name else "defaults"),
+        "params": params,
+        "batch_size": batch,
+        "peak_memory_mb": memory,
+        "memory_kind": memory_kind,
+        "seconds_per_epoch": per_step * steps_per_epoch,
+        "images_per_second": batch / per_step,
+        "error": None,
+        "data": facts.name,
+        "num_classes": facts.num_classes,
+        "input": "x".join(str(v) for v in facts.image_shape),
+        "train_images": facts.train_images,
+        "steps": steps,
+        "warmup": warmup,
+        "device": str(rt.device),
+        "device_name": device_name(rt.device),
+        "precision": str(rt.amp_dtype).removeprefix("torch.") if rt.amp_dtype else "fp32",
+        "channels_last": rt.channels_last,
+        "compile": cfg.train.compile,
+        "torch": torch.__version__,
+    }
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+def run_row(run_dir: str | Path) -> dict[str, Any]:
+    """A table row from a finished run: measured s/epoch, images/s, peak memory, final error."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir() or not (
+        (run_dir / "summary.json").is_file() or (run_dir / "metrics.jsonl").is_file()
+    ):
+        raise ConvzooError(f"--runs {run_dir}: not a run directory (no summary.json)")
+    if not (run_dir / "summary.json").is_file():
+        raise ConvzooError(f"--runs {run_dir}: no summary.json (has the run finished?)")
+    row = report.summary_row(run_dir)
+    summary = report.read_summary(run_dir)
+    device = str(summary.get("device") or "")
+    row.update({
+        "source": f"run {run_dir}",
+        "memory_kind": "cuda max allocated" if device.startswith("cuda") else
+        ("cpu peak RSS (process)" if device else ""),
+        "data": summary.get("data"),
+        "epochs": summary.get("epochs"),
+        "device": device,
+        "torch": summary.get("torch"),
+    })
+    return row
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+@dataclass(frozen=True)
+class BenchJob:
+    """One row to measure: a validated config and the data facts it trains on."""
+
+    cfg: C.Config
+    facts: DataFacts
+    label: str
+
+
+def plan_jobs(recipes: list[str], models: list[str], overrides: dict[str, Any],
+              train_images: int | None = None) -> list[BenchJob]:
+    """Validated configs for every recipe and bare model (all errors before any timing)."""
+    jobs = []
+    explicit_source = "source" in overrides.get("data", {})
+    for name in recipes:
+        cfg = C.from_dict(C.merge(C.load_recipe(name), overrides))
+        jobs.append(BenchJob(cfg, data_facts(cfg), f"recipe {cfg.name or name}"))
+    for name in models:
+        get_entry(name)  # unknown names fail here, with suggestions
+        cfg = C.from_dict(C.merge({"model": {"name": name}}, overrides))
+        facts = data_facts(cfg, model_default=not explicit_source)
+        jobs.append(BenchJob(cfg, facts, "defaults" if not explicit_source
+                             else f"defaults, data {cfg.data.source}"))
+    if train_images is not None:
+        if train_images < 1:
+            raise ConvzooError(f"--train-images must be >= 1, got {train_images}")
+        jobs = [BenchJob(j.cfg, C.replace(j.facts, train_images=train_images), j.label)
+                for j in jobs]
+    return jobs
+
+
+def bench(recipes: list[str], models: list[str], runs: list[str | Path], *,
+          overrides: dict[str, Any] | None = None, steps: int = 20, warmup: int = 3,
+          train_images: int | None = None) -> list[dict[str, Any]]:
+    """Rows for each recipe, then each bare model (timed), then each run directory (read)."""
+    if not (recipes or models or runs):
+        raise ConvzooError("bench: give at least one --recipe, --model or --runs")
+    jobs = plan_jobs(recipes, models, overrides or {}, train_images)
+    run_rows = [run_row(r) for r in runs]  # read first: a bad path fails before any timing
+    rows = [bench_config(j.cfg, j.facts, steps=steps, warmup=warmup, label=j.label) for j in jobs]
+    return rows + run_rows
+
+
+# ----------------------------------------------------------------------------- output
+
+# (row key, Markdown header); numbers are right-aligned
+TABLE_COLUMNS = [
+    ("model", "model"),
+    ("source", "source"),
+    ("params", "params"),
+    ("batch_size", "batch"),
+    ("input", "input"),
+    ("peak_memory_mb", "memory (MiB)"),
+    ("memory_kind", "memory kind"),
+    ("train_images", "images/epoch"),
+    ("seconds_per_epoch", "s/epoch"),
+    ("images_per_second", "images/s"),
+    ("error", "error (%)"),
+]
+_TEXT = {"model", "source", "input", "memory_kind"}
+
+
+def _cell(key: str, v: Any) -> str:
+    if v is None or v == "" or (isinstance(v, float) and v != v):
+        return "-"
+    if key in ("params", "train_images", "batch_size") and isinstance(v, (int, float)):
+        return f"{int(v):,}"
+    if key in ("peak_memory_mb", "images_per_second") and isinstance(v, (int, float)):
+        return f"{v:,.0f}"
+    if key == "seconds_per_epoch" and isinstance(v, (int, float)):
+        return f"{v:,.1f}" if v >= 10 else f"{v:.2f}"
+    if key == "error" and isinstance(v, (int, float)):
+        return f"{v:.2f}"
+    return str(v).replace("|", "\\|")
+
+
+def environment(rows: list[dict[str, Any]]) -> str:
+    """The header line: device(s) measured on, torch version, date."""
+    devices = sorted({r["device_name"] for r in rows if r.get("device_name")})
+    if not devices:
+        devices = [device_name(torch.device("cpu"))]
+    return (f"convzoo bench on {'; '.join(devices)} | torch {torch.__version__} | "
+            f"{datetime.now().strftime('%Y-%m-%d %H:%M')}")
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The header line, then the Markdown table (one line per row, '-' where unknown)."""
+    lines = [environment(rows), "", "| " + " | ".join(h for _, h in TABLE_COLUMNS) + " |",
+             "|" + "|".join("---" if k in _TEXT else "---:" for k, _ in TABLE_COLUMNS) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(k, row.get(k)) for k, _ in TABLE_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(rows: list[dict[str, Any]], out_md: str | Path | None = None,
+                  out_csv: str | Path | None = None) -> list[Path]:
+    """Write the Markdown table and/or the CSV (raw values, via ``report.write_bench_csv``)."""
+    written = []
+    if out_md:
+        path = Path(out_md)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(markdown(rows))
+        except OSError as e:
+            raise ConvzooError(f"cannot write {path}: {e.strerror}") from None
+        written.append(path)
+    if out_csv:
+        try:
+            written.append(report.write_bench_csv(rows, out_csv))
+        except OSError as e:
+            raise ConvzooError(f"cannot write {out_csv}: {e.strerror}") from None
+    return written
+

@@ -1,0 +1,268 @@
+"""``convzoo export``: a trained model as ONNX (preprocessing folded in) or safetensors.
+
+ONNX: the exported graph is ``InferenceModel`` in eval mode: it takes float32 images
+(B, C, H, W) on the 0-255 scale at the checkpoint's stored image size (what ``convzoo predict``
+feeds after reading a file), applies the checkpoint's fitted preprocessing and deterministic
+eval view (centre crop where the recipe crops), then the network, and returns logits (B, classes).
+The batch axis is dynamic. Class names, input size and the preprocessing kind are stored in the
+ONNX model's ``metadata_props``.
+
+safetensors: the model's ``state_dict`` (loadable with ``model.load_state_dict``) plus the
+metadata needed to rebuild it, as the run's own ``model.safetensors``, and the checkpoint's
+preprocessing (kind; small statistics as JSON), input size and epoch.
+
+TorchScript is not offered: ``torch.jit.trace`` is deprecated in current PyTorch (2.10+).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from convzoo import config as C
+from convzoo.data.augment import build_eval_transform
+from convzoo.data.preprocess import Preprocessor
+from convzoo.errors import ConvzooError
+from convzoo.train import checkpoint as ckpt_io
+from convzoo.train.loop import load_model_for_eval
+
+log = logging.getLogger("convzoo")
+
+FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors"}
+INPUT_NAME, OUTPUT_NAME = "images", "logits"
+# Preprocessing statistics up to this many values go into safetensors metadata as JSON
+# (channel mean/std, a CIFAR mean image); a ZCA matrix (D x D) does not.
+MAX_META_VALUES = 4096
+
+
+class InferenceModel(nn.Module):
+    """Images on the 0-255 scale (B, C, H, W), uint8 or float -> logits (B, classes).
+
+    Preprocessing, eval view and network exactly as ``convzoo eval``/``predict`` apply them.
+    """
+
+    def __init__(self, model: nn.Module, preprocess: Preprocessor, augment: C.AugmentConfig):
+        super().__init__()
+        self.model = model
+        self.preprocess = preprocess
+        self.augment = augment
+        self._view = build_eval_transform(augment)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.model(self._view(self.preprocess(images)))
+
+
+def load_inference_model(path: str | Path, which: str = "last") -> tuple[InferenceModel, dict]:
+    """The checkpoint's InferenceModel on the CPU in eval mode, and the checkpoint dict."""
+    ckpt = ckpt_io.load_checkpoint(path, which)
+    cfg = C.from_dict(ckpt["config"])
+    model, preprocess = load_model_for_eval(ckpt, torch.device("cpu"))
+    return InferenceModel(model, preprocess, cfg.augment).eval(), ckpt
+
+
+@dataclass
+class ExportResult:
+    """What ``export`` wrote, and what ``check`` found (empty when not asked)."""
+
+    path: Path
+    format: str
+    exporter: str = ""  # onnx: "dynamo" or "torchscript" (the legacy exporter used as fallback)
+    checks: list[str] = field(default_factory=list)
+
+
+def default_output(path: str | Path, which: str, fmt: str) -> Path:
+    """RUN_DIR/<last|best>.<ext>, or the checkpoint file with the format's suffix."""
+    p = Path(path)
+    return (p / which if p.is_dir() else p).with_suffix(FORMATS[fmt])
+
+
+def export(path: str | Path, fmt: str, *, out: str | Path | None = None, which: str = "last",
+           opset: int | None = None, check: bool = False) -> ExportResult:
+    """Export the checkpoint at ``path`` (run directory or .pt file) to ``fmt``."""
+    if fmt not in FORMATS:
+        raise ConvzooError(f"unknown export format '{fmt}' (choose: {', '.join(FORMATS)})")
+    if fmt != "onnx" and opset is not None:
+        raise ConvzooError("--opset applies to --format onnx only")
+    wrapper, ckpt = load_inference_model(path, which)
+    target = Path(out) if out else default_output(path, which, fmt)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConvzooError(f"cannot create {target.parent}: {e.strerror}") from None
+    if fmt == "safetensors":
+        result = ExportResult(target, fmt)
+        save_safetensors(ckpt, wrapper.preprocess, target)
+        if check:
+            result.checks.append(check_safetensors(target, wrapper.model))
+        return result
+    exporter = export_onnx(wrapper, ckpt, target, opset=opset)
+    result = ExportResult(target, fmt, exporter)
+    if check:
+        result.checks.extend(check_onnx(target, wrapper, tuple(ckpt["image_shape"])))
+    return result
+
+
+# ----------------------------------------------------------------------------- safetensors
+
+
+def weights_metadata(ckpt: dict[str, Any], preprocess: Preprocessor) -> dict[str, str]:
+    """safetensors metadata: the keys of the run's model.safetensors plus preprocessing facts."""
+    state = preprocess.state()
+    small = {k: v.tolist() for k, v in state.items() if k != "kind"}
+    if sum(torch.as_tensor(v).numel() for v in small.values()) > MAX_META_VALUES:
+        small = {}  # too big for metadata (e.g. a ZCA matrix): the checkpoint keeps it
+    return {
+        "format": "convzoo-weights",
+        "model": ckpt["model_name"],
+        "num_classes": str(ckpt["num_classes"]),
+        "in_chans": str(ckpt["in_chans"]),
+        "classes": json.dumps(ckpt["classes"]),
+        "model_kwargs": json.dumps(ckpt["model_kwargs"]),
+        "image_shape": json.dumps(list(ckpt["image_shape"])),
+        "epoch": str(ckpt["epoch"]),
+        "preprocess": json.dumps({"kind": state["kind"], **small}),
+        "eval_view": json.dumps({"crop": ckpt["config"]["augment"].get("crop", 0),
+                                 "random_resized_crop":
+                                     ckpt["config"]["augment"].get("random_resized_crop", 0)}),
+    }
+
+
+def save_safetensors(ckpt: dict[str, Any], preprocess: Preprocessor, path: Path) -> None:
+    """The checkpoint's model weights with ``weights_metadata``, written atomically."""
+    try:
+        ckpt_io.save_safetensors(ckpt["model"], path, weights_metadata(ckpt, preprocess))
+    except OSError as e:
+        raise ConvzooError(f"cannot write {path}: {e.strerror}") from None
+
+
+def check_safetensors(path: Path, model: nn.Module) -> str:
+    """Reload the file into a fresh copy of the model's state; raise if anything differs."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(path))
+    state = model.state_dict()
+    if set(tensors) != set(state):
+        raise ConvzooError(f"{path}: keys differ from the model's state_dict")
+    bad = [k for k, v in state.items() if not torch.equal(tensors[k], v.detach().cpu())]
+    if bad:
+        raise ConvzooError(f"{path}: tensor '{bad[0]}' differs from the checkpoint")
+    return f"safetensors: {len(tensors)} tensors reload identically"
+
+
+# ----------------------------------------------------------------------------- onnx
+
+
+def _require_onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise ConvzooError(
+            "ONNX export needs the onnx and onnxscript packages: pip install 'convzoo[onnx]'"
+        ) from None
+    return onnx
+
+
+def _accepts(fn: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@contextlib.contextmanager
+def _quiet() -> Any:
+    """Silence the exporters' progress prints and warnings (they are not the user's problem)."""
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def export_onnx(wrapper: InferenceModel, ckpt: dict[str, Any], path: Path,
+                opset: int | None = None) -> str:
+    """Write ``wrapper`` as ONNX with a dynamic batch axis and metadata; returns the exporter.
+
+    The default exporter of the installed torch is tried first (torch.export-based since 2.9);
+    if it fails, the legacy TorchScript-based exporter (``dynamo=False``) is used.
+    """
+    onnx = _require_onnx()
+    example = torch.randint(0, 256, (2, *ckpt["image_shape"])).float()  # (2, C, H, W) 0-255
+    common: dict[str, Any] = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME]}
+    if opset is not None:
+        common["opset_version"] = opset
+    has_dynamo = _accepts(torch.onnx.export, "dynamo")
+    attempts: list[tuple[str, dict[str, Any]]] = []
+    if has_dynamo:
+        batch = torch.export.Dim("batch")
+        attempts.append(("dynamo", {"dynamo": True, "dynamic_shapes": ({0: batch},),
+                                    "external_data": False, "verbose": False}))
+    legacy = {"dynamic_axes": {INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}}
+    attempts.append(("torchscript", {**legacy, "dynamo": False} if has_dynamo else legacy))
+    errors = []
+    for name, kwargs in attempts:
+        try:
+            with _quiet(), torch.no_grad():
+                torch.onnx.export(wrapper, (example,), str(path), **common, **kwargs)
+        except Exception as e:  # exporters raise many types; try the next one
+            errors.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            log.debug(f"ONNX export with the {name} exporter failed: {e}")
+            continue
+        break
+    else:
+        raise ConvzooError(f"ONNX export of {ckpt['model_name']} failed ({'; '.join(errors)})")
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, onnx_metadata(ckpt, wrapper))
+    model.doc_string = (f"convzoo {ckpt['model_name']}: float32 images (batch, "
+                        f"{', '.join(map(str, ckpt['image_shape']))}) on the 0-255 scale -> "
+                        f"logits (batch, {ckpt['num_classes']}); preprocessing included")
+    onnx.save(model, str(path))
+    return name
+
+
+def onnx_metadata(ckpt: dict[str, Any], wrapper: InferenceModel) -> dict[str, str]:
+    """metadata_props of the exported graph."""
+    return {
+        "convzoo.model": ckpt["model_name"],
+        "convzoo.classes": json.dumps(ckpt["classes"]),
+        "convzoo.input_size": json.dumps(list(ckpt["image_shape"])),  # (C, H, W)
+        "convzoo.input": "float32 (batch, C, H, W), RGB/grey values 0-255, unnormalised",
+        "convzoo.output": "logits (batch, classes); softmax for probabilities",
+        "convzoo.preprocess": wrapper.preprocess.kind,
+        "convzoo.epoch": str(ckpt["epoch"]),
+        "convzoo.model_kwargs": json.dumps(ckpt["model_kwargs"]),
+    }
+
+
+def check_onnx(path: Path, wrapper: InferenceModel, image_shape: tuple[int, ...],
+               atol: float = 1e-4, rtol: float = 1e-4) -> list[str]:
+    """onnx.checker on the file; then, if onnxruntime is installed, compare its logits with
+    the PyTorch model's on 3 random images (a batch size other than the traced one)."""
+    onnx = _require_onnx()
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as e:
+        raise ConvzooError(f"{path}: onnx.checker failed: {str(e).splitlines()[0]}") from None
+    notes = ["onnx.checker: ok"]
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return [*notes, "onnxruntime not installed: output comparison skipped"]
+    x = torch.randint(0, 256, (3, *image_shape), generator=torch.Generator().manual_seed(0))
+    x = x.float()
+    with torch.no_grad():
+        expected = wrapper(x).float()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {INPUT_NAME: x.numpy()})[0])
+    diff = (got - expected).abs().max().item()
+    if not torch.allclose(got, expected, atol=atol, rtol=rtol):
+        raise ConvzooError(f"{path}: onnxruntime logits differ from PyTorch's by {diff:.2e}")
+    return [*notes, f"onnxruntime: logits match PyTorch (max abs diff {diff:.1e})"]

@@ -1,0 +1,126 @@
+"""`convzoo bench`: the neon table from timed synthetic steps and from finished runs.
+
+Nothing here asserts a speed: timings only have to be positive numbers.
+"""
+
+import csv
+import json
+
+import pytest
+
+from convzoo import config as C
+from convzoo.bench import data_facts
+from convzoo.cli import main
+
+COLUMNS = ["model", "source", "params", "batch", "input", "memory (MiB)", "memory kind",
+           "images/epoch", "s/epoch", "images/s", "error (%)"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["train", "--data", "digits", "--set", "data.image_size=8", "--set",
+                 "data.limit=200", "--batch-size", "32", "--epochs", "1", "--out", str(out),
+                 "--name", "r", "--set", "train.tensorboard=false"]) == 0
+    return out / "r"
+
+
+def table_rows(markdown: str) -> list[dict[str, str]]:
+    """Markdown table -> one dict per body line, keyed by the header cells."""
+    lines = [ln for ln in markdown.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in ln.strip("|").split("|")))) for ln in lines[2:]]
+
+
+def test_model_row_and_files(tmp_path, capsys):
+    md, csv_path = tmp_path / "bench.md", tmp_path / "bench.csv"
+    assert main(["bench", "--model", "resnet20", "--steps", "2", "--warmup", "1",
+                 "--batch-size", "8", "--device", "cpu", "--out-md", str(md),
+                 "--out-csv", str(csv_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("convzoo bench on ") and "torch " in out.splitlines()[0]
+    assert md.read_text().splitlines()[2:] == out.splitlines()[2:]  # same table, same header
+    (row,) = table_rows(out)
+    assert list(row) == COLUMNS
+    assert row["model"] == "resnet20" and row["params"] == "269,722"
+    assert row["batch"] == "8" and row["input"] == "3x32x32"
+    assert row["images/epoch"] == "50,000"  # CIFAR-sized model: a CIFAR-10 epoch
+    assert row["memory kind"].startswith("cpu peak RSS")
+    assert row["error (%)"] == "-"
+
+    with csv_path.open() as f:
+        (rec,) = list(csv.DictReader(f))
+    for key in ["model", "recipe", "params", "batch_size", "peak_memory_mb",
+                "seconds_per_epoch", "images_per_second", "error", "memory_kind", "device"]:
+        assert key in rec
+    assert int(rec["params"]) == 269_722 and int(rec["batch_size"]) == 8
+    ips, spe = float(rec["images_per_second"]), float(rec["seconds_per_epoch"])
+    assert ips > 0 and float(rec["peak_memory_mb"]) >= 0
+    # s/epoch is 50,000 // 8 steps at the measured rate
+    assert spe == pytest.approx((50_000 // 8) * 8 / ips, rel=1e-6)
+
+
+def test_runs_row_gives_final_error(run_dir, capsys):
+    assert main(["bench", "--runs", str(run_dir), "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert row["error"] == pytest.approx(100.0 - summary["top1"])
+    assert row["params"] == 269_722 == summary["params"]
+    assert row["seconds_per_epoch"] == pytest.approx(summary["seconds_per_epoch"])
+    assert row["images_per_second"] == pytest.approx(summary["images_per_second"])
+    assert row["peak_memory_mb"] == pytest.approx(summary["peak_memory_mb"])
+
+    assert main(["bench", "--runs", str(run_dir)]) == 0
+    (cells,) = table_rows(capsys.readouterr().out)
+    assert cells["error (%)"] == f"{100.0 - summary['top1']:.2f}"
+    assert cells["source"] == f"run {run_dir}"
+
+
+def test_recipe_row_uses_recipe_data(capsys):
+    # quickstart: resnet20 on digits at 16x16, batch 64; one timed step only
+    assert main(["bench", "--recipe", "quickstart", "--steps", "1", "--warmup", "0",
+                 "--device", "cpu", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["source"] == "recipe quickstart" and row["batch_size"] == 64
+    assert row["input"] == "3x16x16" and row["num_classes"] == 10
+    assert row["train_images"] == 1347  # digits: 1,797 less the 25% test split
+
+
+def test_data_facts_without_loading():
+    def facts(**data):
+        augment = data.pop("augment", {})
+        model = data.pop("model", "resnet20")
+        return data_facts(C.from_dict({"data": data, "augment": augment,
+                                       "model": {"name": model}}))
+
+    f = facts(source="cifar100")
+    assert (f.num_classes, f.image_shape, f.train_images) == (100, (3, 32, 32), 50_000)
+    f = facts(source="/data/cifar10-jpeg.tar.gz", val_fraction=0.1)
+    assert (f.num_classes, f.train_images) == (10, 45_000)
+    f = facts(source="/data/imagenet", augment={"random_resized_crop": 224}, model="resnet50")
+    assert (f.num_classes, f.image_shape, f.train_images) == (1000, (3, 256, 256), 1_281_167)
+    f = data_facts(C.from_dict({"model": {"name": "resnet50"}}), model_default=True)
+    assert (f.num_classes, f.image_shape, f.train_images) == (1000, (3, 224, 224), 1_281_167)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--recipe", "no-such-recipe"], "no-such-recipe"),
+        (["--model", "resnet21"], "resnet21"),
+        (["--runs", "/no/such/run"], "/no/such/run"),
+        (["--model", "resnet20", "--set", "optim.lerning_rate=1"], "optim.lerning_rate"),
+        ([], "--recipe"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line(args, needle, capsys):
+    assert main(["bench", *args]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("convzoo: error:") and needle in lines[0]
+
+
+def test_not_a_run_directory(tmp_path, capsys):
+    assert main(["bench", "--runs", str(tmp_path), "--model", "resnet20"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "not a run directory" in err and str(tmp_path) in err
