@@ -62,6 +62,8 @@ def test_corrupt_jpeg_is_named(tmp_path):
     result = convzoo("train", "--data", str(root), "--out", str(tmp_path / "runs"),
                      "--set", f"data.root={tmp_path / 'cache'}")
     assert_one_line_error(result, "broken.jpg")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir()), \
+        "a run that failed on bad input left a run directory behind"
 
 
 def test_eval_of_a_file_that_is_not_a_checkpoint(tmp_path):

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -265,11 +266,17 @@ def fit(cfg: C.Config, resume: Path | None = None) -> Path:
     state = None
     if resume is not None and (run_dir / "last.pt").exists():
         state = ckpt_io.load_checkpoint(run_dir, "last")
-    for stage_cfg in stage_plan(cfg):
-        done = state["epoch"] if state is not None else 0
-        if done >= stage_cfg.train.epochs:
-            continue
-        state = run_stage(stage_cfg, run_dir, state)
+    try:
+        for stage_cfg in stage_plan(cfg):
+            done = state["epoch"] if state is not None else 0
+            if done >= stage_cfg.train.epochs:
+                continue
+            state = run_stage(stage_cfg, run_dir, state)
+    except ConvzooError:
+        # Bad input found before anything was trained: leave no half-made run directory.
+        if resume is None and rt.is_main and not (run_dir / "last.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if state is None:  # nothing left to train: a resumed run that was already finished
         log.info(f"{run_dir}: already trained to epoch {cfg.train.epochs}")
     return run_dir
