@@ -50,7 +50,7 @@ def test_model_row_and_files(tmp_path, capsys):
 
     with csv_path.open() as f:
         (rec,) = list(csv.DictReader(f))
-    for key in ["model", "recipe", "params", "batch_size", "peak_memory_mb",
+    for key in ["model", "source", "params", "batch_size", "peak_memory_mb",
                 "seconds_per_epoch", "images_per_second", "error", "memory_kind", "device"]:
         assert key in rec
     assert int(rec["params"]) == 269_722 and int(rec["batch_size"]) == 8

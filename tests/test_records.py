@@ -175,7 +175,8 @@ def test_raw_pack_size_mismatch_names_file_and_sizes(mixed_folder: Path, tmp_pat
     assert not list(tmp_path.glob("bad.tmp-*"))
 
 
-def test_corrupt_file_is_an_error_or_skipped(mixed_folder: Path, tmp_path: Path) -> None:
+def test_corrupt_file_is_an_error_or_skipped(mixed_folder: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     good = (mixed_folder / "train" / "cat" / "002.jpg").read_bytes()
     truncated = mixed_folder / "train" / "cat" / "002.jpg"
     truncated.write_bytes(good[: len(good) // 2])  # header fine, data cut: fails on decode
@@ -188,6 +189,18 @@ def test_corrupt_file_is_an_error_or_skipped(mixed_folder: Path, tmp_path: Path)
     assert sorted(Path(p).name for p, _ in report.skipped) == ["002.jpg", "zzz.jpg"]
     assert report.counts == {"train": 7, "test": 4}
     assert "2 skipped" in report.summary()
+
+    # the command line: one summary line on stdout, each skipped file named on stderr
+    from convzoo.cli import main
+
+    assert main(["pack", str(mixed_folder), str(tmp_path / "p3"), "--skip-bad",
+                 "--workers", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("\n") == 1 and "2 skipped" in out
+    assert "002.jpg" in err and "zzz.jpg" in err
+    assert main(["pack", str(mixed_folder), str(tmp_path / "p4"), "--workers", "1"]) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == 1 and ("002.jpg" in err_lines[0] or "zzz.jpg" in err_lines[0])
 
 
 def test_interrupted_pack_leaves_nothing_valid(mixed_folder: Path, tmp_path: Path,
@@ -379,6 +392,6 @@ def test_loader_benchmark_quick(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert bench.main(["--quick", "--cache", str(tmp_path), "--cifar", str(CIFAR_JPEG)]) == 0
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if "cifar32" in x and "img/s" in x)
-    tv, cz = (float(v) for v in re.findall(r"(\d+) img/s", line))
-    assert tv > 0 and cz > 0
+    tv, cz, raw = (float(v) for v in re.findall(r"(\d+) img/s", line))
+    assert tv > 0 and cz > 0 and raw > 0
     assert "summary: convzoo streaming vs torchvision" in out

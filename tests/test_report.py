@@ -138,19 +138,20 @@ def test_bench_table_rows_and_csv(tmp_path):
     table = bench_table(rows)
     lines = table.strip().splitlines()
     assert lines[0] == (
-        "| model | recipe | params | batch | peak memory (MB) | s/epoch | images/s | error (%) |"
+        "| model | source | params | batch | input | memory (MiB) | memory kind | images/epoch "
+        "| s/epoch | images/s | error (%) |"
     )
     assert len(lines) == 2 + 3
-    assert lines[2] == "| resnet20 | neon | 0.27M | 128 | 321 | 1.50 | 1,000 | 39.00 |"
-    assert lines[3] == "| resnet56 | neon | 0.86M | 128 | 860 | 30.0 | 1,667 | 6.31 |"
-    assert lines[4] == "| googlenet | imagenet | 7.00M | 384 | - | - | - | - |"
+    assert lines[2] == "| resnet20 | neon | 272,474 | 128 | - | 321 | - | - | 1.50 | 1,000 | 39.00 |"
+    assert lines[3] == "| resnet56 | neon | 855,770 | 128 | - | 860 | - | - | 30.0 | 1,667 | 6.31 |"
+    assert lines[4] == "| googlenet | imagenet | 6,998,552 | 384 | - | - | - | - | - | - | - |"
 
     path = write_bench_csv(rows + [{"model": "x", "device": "H100"}], tmp_path / "b" / "t.csv")
     with path.open() as f:
         got = list(csv.DictReader(f))
     assert list(got[0]) == [
-        "model", "recipe", "params", "batch_size", "peak_memory_mb", "seconds_per_epoch",
-        "images_per_second", "error", "device",
+        "model", "source", "params", "batch_size", "input", "peak_memory_mb", "memory_kind",
+        "train_images", "seconds_per_epoch", "images_per_second", "error", "device",
     ]  # fmt: skip
     assert float(got[1]["error"]) == pytest.approx(6.31)
     assert float(got[1]["params"]) == 855770

@@ -29,12 +29,16 @@ def test_run_directory_has_every_artifact_and_eval_agrees(tmp_path, capsys):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
+    # each row's lr is the one its epoch started with: cosine from 0.1 over 2 epochs
+    assert [round(r["lr"], 6) for r in rows] == [0.1, 0.05]
     summary = json.loads((run / "summary.json").read_text())
     for key in ["model", "params", "epochs", "top1", "top5", "loss", "train_seconds",
                 "images_per_second", "peak_memory_mb"]:
         assert summary[key] is not None, key
     assert summary["params"] == 269_722  # resnet20, 10 classes, RGB
     assert summary["epochs"] == 2 and 0 <= summary["top1"] <= 100
+    assert summary["input"] == "3x8x8"
+    assert summary["train_images_per_epoch"] == (360 // 32) * 32  # drop_last batches of 32
     weights = load_file(run / "model.safetensors")
     assert "fc.weight" in weights or any(k.endswith("weight") for k in weights)
 

@@ -40,7 +40,7 @@ from torch import nn
 
 from convzoo import config as C
 from convzoo import report
-from convzoo.data.augment import build_train_augment
+from convzoo.data.augment import EVAL_CROP_FRACTION, build_train_augment
 from convzoo.data.preprocess import fit_preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.models import create_model, get_entry
@@ -54,7 +54,6 @@ log = logging.getLogger("convzoo")
 CIFAR_TRAIN = 50_000
 IMAGENET_TRAIN = 1_281_167
 DIGITS_TRAIN = 1347  # scikit-learn's 1,797 digits less convzoo's 25% test split (450)
-EVAL_CROP_FRACTION = 0.875  # stored ImageNet side = crop / 0.875 (224 from 256)
 
 # name -> (classes, channels, stored side, training images)
 KNOWN_SOURCES: dict[str, tuple[int, int, int, int]] = {
@@ -458,36 +457,6 @@ def bench(recipes: list[str], models: list[str], runs: list[str | Path], *,
 
 # ----------------------------------------------------------------------------- output
 
-# (row key, Markdown header); numbers are right-aligned
-TABLE_COLUMNS = [
-    ("model", "model"),
-    ("source", "source"),
-    ("params", "params"),
-    ("batch_size", "batch"),
-    ("input", "input"),
-    ("peak_memory_mb", "memory (MiB)"),
-    ("memory_kind", "memory kind"),
-    ("train_images", "images/epoch"),
-    ("seconds_per_epoch", "s/epoch"),
-    ("images_per_second", "images/s"),
-    ("error", "error (%)"),
-]
-_TEXT = {"model", "source", "input", "memory_kind"}
-
-
-def _cell(key: str, v: Any) -> str:
-    if v is None or v == "" or (isinstance(v, float) and v != v):
-        return "-"
-    if key in ("params", "train_images", "batch_size") and isinstance(v, (int, float)):
-        return f"{int(v):,}"
-    if key in ("peak_memory_mb", "images_per_second") and isinstance(v, (int, float)):
-        return f"{v:,.0f}"
-    if key == "seconds_per_epoch" and isinstance(v, (int, float)):
-        return f"{v:,.1f}" if v >= 10 else f"{v:.2f}"
-    if key == "error" and isinstance(v, (int, float)):
-        return f"{v:.2f}"
-    return str(v).replace("|", "\\|")
-
 
 def environment(rows: list[dict[str, Any]]) -> str:
     """The header line: device(s) measured on, torch version, date."""
@@ -500,11 +469,7 @@ def environment(rows: list[dict[str, Any]]) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The header line, then the Markdown table (one line per row, '-' where unknown)."""
-    lines = [environment(rows), "", "| " + " | ".join(h for _, h in TABLE_COLUMNS) + " |",
-             "|" + "|".join("---" if k in _TEXT else "---:" for k, _ in TABLE_COLUMNS) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(k, row.get(k)) for k, _ in TABLE_COLUMNS) + " |")
-    return "\n".join(lines) + "\n"
+    return environment(rows) + "\n\n" + report.bench_table(rows)
 
 
 def write_outputs(rows: list[dict[str, Any]], out_md: str | Path | None = None,

@@ -136,7 +136,11 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
     report = pack(Path(args.src), Path(args.dest), fmt=args.format, resize=args.resize,
                   quality=args.quality, workers=args.workers, skip_bad=args.skip_bad)
-    print(report)
+    for path, reason in report.skipped[:20]:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if len(report.skipped) > 20:
+        print(f"... and {len(report.skipped) - 20} more skipped files", file=sys.stderr)
+    print(report.summary())
     return 0
 
 

@@ -314,22 +314,26 @@ def plot_runs(run_dirs: list[Path], out: Path, metric: str = "eval_error") -> Pa
 
 # ----------------------------------------------------------------------------- benchmark table
 
-# (canonical key, markdown header, accepted aliases)
+# (canonical key, markdown header, accepted aliases); text columns left-aligned, numbers right
 BENCH_COLUMNS: list[tuple[str, str, tuple[str, ...]]] = [
     ("model", "model", ()),
-    ("recipe", "recipe", ()),
+    ("source", "source", ("recipe",)),
     ("params", "params", ()),
     ("batch_size", "batch", ("batch",)),
-    ("peak_memory_mb", "peak memory (MB)", ("memory_mb",)),
+    ("input", "input", ()),
+    ("peak_memory_mb", "memory (MiB)", ("memory_mb",)),
+    ("memory_kind", "memory kind", ()),
+    ("train_images", "images/epoch", ()),
     ("seconds_per_epoch", "s/epoch", ("s_per_epoch",)),
     ("images_per_second", "images/s", ("img_per_s",)),
     ("error", "error (%)", ()),
 ]
+_TEXT_COLUMNS = {"model", "source", "input", "memory_kind"}
 
 
 def _bench_value(row: dict[str, Any], key: str, aliases: tuple[str, ...]) -> Any:
     for k in (key, *aliases):
-        if row.get(k) is not None:
+        if row.get(k) is not None and row.get(k) != "":
             return row[k]
     if key == "error" and row.get("top1") is not None:  # accuracy given instead of error
         return 100.0 - float(row["top1"])
@@ -339,30 +343,30 @@ def _bench_value(row: dict[str, Any], key: str, aliases: tuple[str, ...]) -> Any
 def _fmt(key: str, v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
-    if key == "params" and isinstance(v, (int, float)):
-        return f"{v / 1e6:.2f}M"
+    if key in ("params", "train_images", "batch_size") and isinstance(v, (int, float)):
+        return f"{int(v):,}"
     if key in ("peak_memory_mb", "images_per_second") and isinstance(v, (int, float)):
         return f"{v:,.0f}"
     if key == "seconds_per_epoch" and isinstance(v, (int, float)):
-        return f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+        return f"{v:,.1f}" if v >= 10 else f"{v:.2f}"
     if key == "error" and isinstance(v, (int, float)):
         return f"{v:.2f}"
-    return str(v)
+    return str(v).replace("|", "\\|")
 
 
 def bench_table(rows: list[dict[str, Any]]) -> str:
-    """The neon-style Markdown table: model, recipe, params, batch, peak memory (MB), s/epoch,
-    images/s, error (%); one line per row dict, '-' where a value is unknown.
+    """The neon-style Markdown table, one line per row dict, '-' where a value is unknown.
 
-    Row keys: model, recipe, params (count), batch_size, peak_memory_mb, seconds_per_epoch,
-    images_per_second, error (percent; or top1, from which error = 100 - top1).
+    Row keys (see ``BENCH_COLUMNS``): model, source (or recipe), params, batch_size, input,
+    peak_memory_mb, memory_kind, train_images, seconds_per_epoch, images_per_second, error
+    (percent; or top1, from which error = 100 - top1).
     """
     headers = [h for _, h, _ in BENCH_COLUMNS]
-    align = ["---" if k in ("model", "recipe") else "---:" for k, _, _ in BENCH_COLUMNS]
+    align = ["---" if k in _TEXT_COLUMNS else "---:" for k, _, _ in BENCH_COLUMNS]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
     for row in rows:
-        cells = [_fmt(k, _bench_value(row, k, a)) for k, _, a in BENCH_COLUMNS]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        lines.append("| " + " | ".join(_fmt(k, _bench_value(row, k, a))
+                                       for k, _, a in BENCH_COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -399,6 +403,8 @@ def summary_row(run_dir: str | Path) -> dict[str, Any]:
         "recipe": cfg.get("name") or "",
         "params": s.get("params"),
         "batch_size": (cfg.get("train") or {}).get("batch_size"),
+        "input": s.get("input"),
+        "train_images": s.get("train_images_per_epoch"),
         "peak_memory_mb": s.get("peak_memory_mb"),
         "seconds_per_epoch": seconds / epochs if seconds and epochs else None,
         "images_per_second": s.get("images_per_second"),

@@ -257,7 +257,8 @@ def _map(fn: Any, tasks: Iterable[Any], pool: Any, total: int, desc: str,
     from tqdm import tqdm
 
     results = pool.imap(fn, tasks, chunksize=32) if pool is not None else map(fn, tasks)
-    yield from tqdm(results, total=total, desc=desc, unit="img", disable=not progress,
+    yield from tqdm(results, total=total, desc=desc, unit="img",
+                    disable=None if progress else True,  # None: no bar when not a terminal
                     leave=False, dynamic_ncols=True)
 
 

@@ -379,6 +379,7 @@ def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dic
         if hasattr(model, "set_epoch"):  # model-side schedule (fast family: whitening bias)
             model.set_epoch(epoch)
         progress = Progress(len(train_loader), epoch, epochs, cfg.train.log_every, rt.is_main)
+        lr_used = schedule.lr()  # the lr this epoch starts with (the seeds' "lr of epoch e")
         t0 = time.perf_counter()
         train_stats = train_one_epoch(
             step_model,
@@ -397,7 +398,6 @@ def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dic
         progress.close()
         train_seconds += seconds
         train_images += train_stats["count"]
-        lr_used = schedule.lr()
 
         row: dict[str, Any] = {
             "epoch": epoch,
@@ -541,6 +541,7 @@ def write_summary(
         "recipe": cfg.name,
         "data": cfg.data.source,
         "params": params,
+        "input": "x".join(str(v) for v in ckpt["image_shape"]),  # stored (C, H, W)
         "epochs": ckpt["epoch"],
         "split": ckpt["eval_split"],
         "top1": last_eval.get("top1"),
@@ -550,6 +551,7 @@ def write_summary(
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / max(ckpt["epoch"], 1),
         "images_per_second": ckpt["train_images"] / max(train_seconds, 1e-9),
+        "train_images_per_epoch": ckpt["train_images"] // max(ckpt["epoch"], 1),
         "peak_memory_mb": peak_memory_mb(rt.device),
         "device": str(rt.device),
         "torch": torch.__version__,
