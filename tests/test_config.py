@@ -11,7 +11,7 @@ def test_defaults_are_the_documented_cifar_recipe():
     assert cfg.model.name == "resnet20"
     assert (cfg.train.batch_size, cfg.optim.lr, cfg.optim.momentum) == (128, 0.1, 0.9)
     assert cfg.optim.weight_decay == 5e-4
-    assert cfg.schedule.name == "cosine"
+    assert cfg.schedule.name == "onecycle"
     assert (cfg.augment.pad, cfg.augment.flip) == (4, True)
 
 

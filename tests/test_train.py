@@ -21,7 +21,8 @@ def run_cli(*args: str) -> int:
 
 def test_run_directory_has_every_artifact_and_eval_agrees(tmp_path, capsys):
     assert run_cli("train", "--model", "resnet20", "--epochs", "2", "--out", str(tmp_path),
-                   "--name", "r", *TINY, "--set", "train.tensorboard=true") == 0
+                   "--name", "r", *TINY, "--set", "train.tensorboard=true",
+                   "--set", "schedule.name=cosine") == 0
     run = tmp_path / "r"
     for name in ["config.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "last.pt",
                  "best.pt", "model.safetensors", "curves.png"]:

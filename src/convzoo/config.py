@@ -107,7 +107,9 @@ class OptimConfig:
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    name: str = "cosine"  # constant | multistep | cosine | onecycle | plateau
+    # constant | multistep | cosine | onecycle | plateau. Default one-cycle: on the 3-epoch
+    # CIFAR-10 default run it gave 74.1% vs cosine's 71.7% (same seed; RESULTS.md)
+    name: str = "onecycle"
     milestones: list[float] = field(default_factory=list)  # multistep: epochs at which lr *= gamma
     gamma: float = 0.1  # multistep decay factor
     warmup_epochs: float = 0.0  # linear warmup from warmup_start * lr (epochs, may be fractional)
