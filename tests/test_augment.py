@@ -307,10 +307,10 @@ def test_cpu_per_image_paths_equal_the_batched_ops():
     """The CPU fast paths (a copy per image) give exactly what the batched GPU-style ops give."""
     from convzoo.data.augment import _pad, flip_where, pad_random_crop, random_crop
 
-    x = torch.randn(9, 3, 11, 13).contiguous(memory_format=torch.channels_last)
-    for pad in (1, 4, 12):  # 12: larger than the image height, whole images shift out
+    x = torch.randn(9, 3, 70, 75).contiguous(memory_format=torch.channels_last)  # >= 64x64
+    for pad in (1, 4, 71):  # 71: larger than the image height, whole images shift out
         fast = pad_random_crop(x, pad, "zeros", torch.Generator().manual_seed(5))
-        batched = random_crop(_pad(x, pad, "zeros"), (11, 13), torch.Generator().manual_seed(5))
+        batched = random_crop(_pad(x, pad, "zeros"), (70, 75), torch.Generator().manual_seed(5))
         assert torch.equal(fast, batched), pad
     mask = torch.tensor([True, False, True, True, False, False, True, False, True])
     assert torch.equal(flip_where(x, mask), torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x))

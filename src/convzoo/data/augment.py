@@ -136,13 +136,19 @@ def pad_random_crop(x: Tensor, pad: int, mode: str, generator: torch.Generator) 
             raise _unknown("pad_mode", mode, PAD_MODES)
         return x
     H, W = x.shape[-2:]
-    if mode == "zeros" and x.device.type == "cpu":
+    if mode == "zeros" and _per_image(x):
         # Same draws as random_crop on the padded batch, applied without building it.
         B = x.shape[0]
         top = _randint(2 * pad, B, generator, x.device)
         left = _randint(2 * pad, B, generator, x.device)
         return shift_per_image(x, pad - top, pad - left)
     return random_crop(_pad(x, pad, mode), (H, W), generator)
+
+
+def _per_image(x: Tensor) -> bool:
+    """Whether to copy image by image: on a CPU, for images of 64x64x3 values or more (below
+    that the per-image Python overhead outweighs what the batched ops waste)."""
+    return x.device.type == "cpu" and x[0].numel() >= 64 * 64 * 3
 
 
 def shift_per_image(x: Tensor, dy: Tensor, dx: Tensor) -> Tensor:
@@ -270,9 +276,10 @@ def flip(x: Tensor) -> Tensor:
 def flip_where(x: Tensor, mask: Tensor) -> Tensor:
     """Mirror the images whose (B,) bool `mask` is set.
 
-    One `where` on a GPU; on a CPU a copy per image, several times faster than `where` there.
+    One `where` on a GPU; on a CPU a copy per image for large images, several times faster
+    than `where` there.
     """
-    if x.device.type != "cpu":
+    if not _per_image(x):
         return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
     out = torch.empty_like(x, memory_format=torch.contiguous_format)
     for b, flipped in enumerate(mask.tolist()):
