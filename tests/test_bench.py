@@ -16,15 +16,6 @@ COLUMNS = ["model", "source", "params", "batch", "input", "memory (MiB)", "memor
            "images/epoch", "s/epoch", "images/s", "error (%)"]
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    assert main(["train", "--data", "digits", "--set", "data.image_size=8", "--set",
-                 "data.limit=200", "--batch-size", "32", "--epochs", "1", "--out", str(out),
-                 "--name", "r", "--set", "train.tensorboard=false"]) == 0
-    return out / "r"
-
-
 def table_rows(markdown: str) -> list[dict[str, str]]:
     """Markdown table -> one dict per body line, keyed by the header cells."""
     lines = [ln for ln in markdown.splitlines() if ln.startswith("|")]

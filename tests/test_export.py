@@ -16,15 +16,6 @@ from convzoo.train.loop import load_model_for_eval
 onnx = pytest.importorskip("onnx")
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    assert main(["train", "--data", "digits", "--set", "data.image_size=8", "--set",
-                 "data.limit=200", "--batch-size", "32", "--epochs", "1", "--out", str(out),
-                 "--name", "r", "--set", "train.tensorboard=false"]) == 0
-    return out / "r"
-
-
 def convzoo_logits(run_dir, images: torch.Tensor) -> np.ndarray:
     """Logits of convzoo's own eval path: checkpoint -> preprocess -> eval view -> model."""
     ckpt = ckpt_io.load_checkpoint(run_dir, "last")
