@@ -349,7 +349,7 @@ def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dic
         train_seconds = state["train_seconds"]
         train_images = state["train_images"]
         init_seconds = state.get("init_seconds", 0.0)
-        log.info(f"resumed {run_dir} at epoch {start_epoch}")
+        log.info(f"continuing {run_dir} from the epoch-{start_epoch} checkpoint")
     compile_seconds = 0.0
     if cfg.train.compile:  # compile now, outside the timed epochs, and report it separately
         tta = (lambda x: tta_views(x, cfg.augment.tta, cfg.augment)) if cfg.augment.tta != "none" \
