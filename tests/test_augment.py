@@ -303,14 +303,80 @@ def test_cuda_with_cuda_generator_and_cpu_generator(batch, name, fn, size):
     torch.testing.assert_close(fn(x, gen(3)).cpu(), fn(batch, gen(3)), atol=1e-5, rtol=1e-5)
 
 
-def test_cpu_per_image_paths_equal_the_batched_ops():
-    """The CPU fast paths (a copy per image) give exactly what the batched GPU-style ops give."""
-    from convzoo.data.augment import _pad, flip_where, pad_random_crop, random_crop
+# Integer-geometry pipelines (the ones a CPU builds image by image), with edge cases: shifts
+# larger than the image (whole images shifted out), crop + pad + translate composed.
+WINDOW_CFGS = [
+    acfg(pad=4, flip=True),
+    acfg(pad=4, flip=True, flip_mode="alternate"),
+    acfg(translate=3),
+    acfg(crop=60, flip=True),
+    acfg(crop=50, pad=2, translate=1, flip=True, cutout=12),
+    acfg(pad=71, cutout=70),
+    acfg(crop=64, pad=5, pad_mode="zeros", translate=40, flip=True, flip_mode="alternate"),
+    acfg(),
+]
+
+
+@pytest.fixture
+def batched_only(monkeypatch):
+    """Force the batched (GPU-style) ops on the CPU: the reference for the per-image path."""
+    import convzoo.data.augment as A
+
+    monkeypatch.setattr(A, "_per_image", lambda shape, device: False)
+
+
+@pytest.mark.parametrize("cfg", WINDOW_CFGS, ids=str)
+def test_cpu_per_image_path_equals_the_batched_ops(cfg, monkeypatch):
+    """Large images on a CPU are built image by image (`apply_windows`); the result is exactly
+    what the batched ops give, with the same draws from the same generator."""
+    import convzoo.data.augment as A
 
     x = torch.randn(9, 3, 70, 75).contiguous(memory_format=torch.channels_last)  # >= 64x64
-    for pad in (1, 4, 71):  # 71: larger than the image height, whole images shift out
-        fast = pad_random_crop(x, pad, "zeros", torch.Generator().manual_seed(5))
-        batched = random_crop(_pad(x, pad, "zeros"), (70, 75), torch.Generator().manual_seed(5))
-        assert torch.equal(fast, batched), pad
-    mask = torch.tensor([True, False, True, True, False, False, True, False, True])
-    assert torch.equal(flip_where(x, mask), torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x))
+    index = torch.arange(100, 109)
+    aug = build_train_augment(cfg, seed=3)
+    assert A._per_image(x.shape, x.device)
+    fast = [aug(x, gen(5), epoch=e, index=index) for e in (0, 1)]
+    monkeypatch.setattr(A, "_per_image", lambda shape, device: False)
+    for e in (0, 1):
+        assert torch.equal(fast[e], aug(x, gen(5), epoch=e, index=index)), e
+    assert fast[0].is_contiguous()
+
+
+@pytest.mark.parametrize("cfg", WINDOW_CFGS[:5], ids=str)
+def test_apply_windows_normalising_uint8_equals_preprocess_then_augment(cfg, batched_only):
+    """The streaming CPU stage's one pass (uint8 in, normalised and augmented float out) gives
+    exactly preprocess-then-augment, for every pixelwise preprocessing kind."""
+    from convzoo.config import PreprocessConfig
+    from convzoo.data.augment import apply_windows
+    from convzoo.data.preprocess import fit_preprocessor
+
+    images = torch.randint(0, 256, (6, 3, 66, 70), dtype=torch.uint8, generator=gen(1))
+    index = torch.arange(6)
+    aug = build_train_augment(cfg, seed=2)
+    for kind in ("none", "global_mean", "channel"):
+        pre = fit_preprocessor(PreprocessConfig(kind=kind), images)
+        expected = aug(pre(images), gen(7), epoch=1, index=index)
+        plan = aug.windows(images.shape, gen(7), epoch=1, index=index)
+        hwc = [im.permute(1, 2, 0).contiguous().permute(2, 0, 1) for im in images]  # decoded
+        got = apply_windows(hwc, plan, normalize=pre.pixelwise())
+        assert got.dtype == torch.float32 and torch.equal(got, expected), kind
+    assert fit_preprocessor(PreprocessConfig(kind="mean_image"), images).pixelwise() is None
+    assert build_train_augment(acfg(pad=4, pad_mode="reflect")).windows(
+        images.shape, gen()) is None
+    assert build_train_augment(acfg(rotate=5.0)).windows(images.shape, gen()) is None
+
+
+def test_eval_transform_windows_equal_the_eval_view():
+    from convzoo.data.augment import apply_windows
+
+    x = torch.rand(3, 3, 40, 36, generator=gen(0))
+    for cfg in (acfg(), acfg(crop=32), acfg(crop=20), acfg(random_resized_crop=36)):
+        t = build_eval_transform(cfg)
+        plan = t.windows(x.shape)
+        if cfg.random_resized_crop:
+            assert plan is None  # resizes: not integer geometry
+            assert t.windows(torch.Size([3, 3, 36, 36])) is not None  # already the eval view
+            continue
+        assert torch.equal(apply_windows(x, plan), t(x)), cfg
+    with pytest.raises(ConvzooError, match=r"augment\.crop"):
+        build_eval_transform(acfg(crop=48)).windows(x.shape)

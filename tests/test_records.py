@@ -365,6 +365,80 @@ def test_stream_loader_decode_size_for_mixed_sizes(mixed_folder: Path, tmp_path:
     assert x.shape == (8, 3, 24, 24) and y.tolist() == [0] * 4 + [1] * 4
 
 
+@pytest.fixture(scope="module")
+def large_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two classes of 80x72 JPEGs: large enough for the per-image CPU stage (>= 64x64)."""
+    root = tmp_path_factory.mktemp("large") / "photos"
+    for split, n in (("train", 12), ("test", 3)):
+        for c, cls in enumerate(("a", "b")):
+            for i in range(n):
+                _write(root / split / cls / f"{i}.jpg", _image(80, 72, 7 * c + i + 40 * n))
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "raw"])
+def test_stream_cpu_stage_on_large_images_is_exact_and_kept_batches_stay_intact(
+        large_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    """On a CPU, large images go from decoded pixels to normalised, augmented batches in one
+    pass per image, written into reused shared buffers. The batches equal the batched
+    preprocess-then-augment stage exactly, and a batch the caller keeps is never overwritten
+    by later ones (more are kept here than the loader has buffers)."""
+    import convzoo.data.augment as augment_module
+    import convzoo.data.streaming as streaming_module
+    from convzoo.config import AugmentConfig, PreprocessConfig
+    from convzoo.data.augment import build_eval_transform, build_train_augment
+    from convzoo.data.preprocess import fit_preprocessor
+
+    dest = tmp_path / fmt
+    pack(large_folder, dest, fmt=fmt, workers=1, progress=False)
+    split = open_packed(dest).splits["train"]
+    test = open_packed(dest).splits["test"]
+    pre = fit_preprocessor(PreprocessConfig(kind="channel"), load_packed(dest).splits["train"].images)
+    aug = build_train_augment(AugmentConfig(crop=64, pad=4, flip=True, cutout=10), seed=1)
+    view = build_eval_transform(AugmentConfig(crop=64))
+
+    def batches(workers: int, epochs: int = 3) -> list[list[torch.Tensor]]:
+        train = StreamLoader(split, 5, shuffle=True, seed=2, preprocess=pre, augment=aug,
+                             workers=workers)
+        out = [_epoch(train, e)[0] for e in range(epochs)]
+        evaluation = StreamLoader(test, 4, preprocess=pre, eval_transform=view, workers=workers)
+        return out + [[x for x, _ in evaluation]]
+
+    with monkeypatch.context() as m:  # the reference: batched ops, in this process
+        m.setattr(augment_module, "_per_image", lambda shape, device: False)
+        m.setattr(streaming_module, "_per_image", lambda shape, device: False)
+        reference = [[x.clone() for x in epoch] for epoch in batches(0)]
+    assert reference[0][0].shape == (5, 3, 64, 64) and reference[-1][0].shape == (4, 3, 64, 64)
+
+    kept = []
+    train = StreamLoader(split, 5, shuffle=True, seed=2, preprocess=pre, augment=aug, workers=2)
+    for e in range(3):
+        train.set_epoch(e)
+        for i, (x, _) in enumerate(train):
+            assert torch.equal(x, reference[e][i]), (e, i)
+            if i % 2 == 0:
+                kept.append((e, i, x))
+    assert len(kept) > train.slots.count
+    for e, i, x in kept:
+        assert torch.equal(x, reference[e][i]), (e, i)
+    assert all(torch.equal(a, b) for a, b in zip(batches(0, epochs=0)[-1], reference[-1]))
+
+
+def test_decoded_batches_go_into_the_given_buffer_or_a_fresh_one(packed_small: Path) -> None:
+    """The CUDA path's worker output (uint8 (B, H, W, C)), written into a reusable buffer."""
+    from convzoo.data.streaming import _BatchReader
+
+    split = open_packed(packed_small).splits["train"]
+    reader = _BatchReader(split, None, "decoded")
+    buffer = torch.empty(10_000, dtype=torch.uint8)
+    x, labels, index = reader[(0, 0, [3, 1, 2], (0, buffer))]
+    assert torch.equal(x, split.decode([3, 1, 2])) and x.data_ptr() == buffer.data_ptr()
+    assert index.tolist() == [3, 1, 2] and torch.equal(labels, split.labels[index])
+    small = torch.empty(10, dtype=torch.uint8)  # too small: the batch gets its own memory
+    again, _, _ = reader[(0, 1, [3, 1, 2], (1, small))]
+    assert torch.equal(again, split.decode([3, 1, 2])) and again.data_ptr() != small.data_ptr()
+
+
 @pytest.mark.cifar
 def test_pack_real_cifar10_jpeg(tmp_path: Path) -> None:
     if not CIFAR_JPEG.is_file():

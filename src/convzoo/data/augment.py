@@ -8,12 +8,18 @@ gives the same draws whatever device the batch is on.
 
 Train order (`Augment`): random_resized_crop -> crop -> pad -> translate -> affine -> flip ->
 cutout. Eval: `build_eval_transform` (deterministic centre crops / resize) and `tta_views`.
+
+The integer-geometry ops (crop, zero pad-and-crop, translate, flip, cutout) compose into one
+per-image `Windows` plan: on a CPU, large images are then built image by image in one pass
+(`apply_windows`), which can also read the uint8 source and normalise on the way. Both paths
+draw the same numbers in the same order and give exactly the same batch.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -92,17 +98,25 @@ def crop_at(x: Tensor, top: Tensor, left: Tensor, size: int | tuple[int, int]) -
     return windows[b, :, top.to(dev), left.to(dev)]  # indexed dims first: (B, C, h, w)
 
 
-def random_crop(x: Tensor, size: int | tuple[int, int], generator: torch.Generator) -> Tensor:
-    """Each image cropped to `size` at a uniformly random position (train-time `augment.crop`)."""
-    h, w = _size2(size)
-    B, _, H, W = x.shape
+def _crop_offsets(
+    shape: torch.Size | tuple[int, ...], size: tuple[int, int], generator: torch.Generator,
+    device: torch.device,
+) -> tuple[Tensor, Tensor] | None:
+    """(top, left) of a uniformly random `size` window per image of a (B, C, H, W) batch; None
+    (and nothing drawn) when the window is the whole image."""
+    h, w = size
+    B, _, H, W = shape
     if h > H or w > W:
         raise ConvzooError(f"augment.crop={size} is larger than the images ({H}x{W})")
     if (h, w) == (H, W):
-        return x
-    top = _randint(H - h, B, generator, x.device)
-    left = _randint(W - w, B, generator, x.device)
-    return crop_at(x, top, left, (h, w))
+        return None
+    return _randint(H - h, B, generator, device), _randint(W - w, B, generator, device)
+
+
+def random_crop(x: Tensor, size: int | tuple[int, int], generator: torch.Generator) -> Tensor:
+    """Each image cropped to `size` at a uniformly random position (train-time `augment.crop`)."""
+    offsets = _crop_offsets(x.shape, _size2(size), generator, x.device)
+    return x if offsets is None else crop_at(x, *offsets, _size2(size))
 
 
 def center_crop(x: Tensor, size: int | tuple[int, int]) -> Tensor:
@@ -135,37 +149,16 @@ def pad_random_crop(x: Tensor, pad: int, mode: str, generator: torch.Generator) 
         if mode not in PAD_MODES:
             raise _unknown("pad_mode", mode, PAD_MODES)
         return x
-    H, W = x.shape[-2:]
-    if mode == "zeros" and _per_image(x):
-        # Same draws as random_crop on the padded batch, applied without building it.
-        B = x.shape[0]
-        top = _randint(2 * pad, B, generator, x.device)
-        left = _randint(2 * pad, B, generator, x.device)
-        return shift_per_image(x, pad - top, pad - left)
-    return random_crop(_pad(x, pad, mode), (H, W), generator)
+    return random_crop(_pad(x, pad, mode), tuple(x.shape[-2:]), generator)
 
 
-def _per_image(x: Tensor) -> bool:
-    """Whether to copy image by image: on a CPU, for images of 64x64x3 values or more (below
-    that the per-image Python overhead outweighs what the batched ops waste)."""
-    return x.device.type == "cpu" and x[0].numel() >= 64 * 64 * 3
-
-
-def shift_per_image(x: Tensor, dy: Tensor, dx: Tensor) -> Tensor:
-    """Image b moved down by dy[b] and right by dx[b] px ((B,) ints), zeros shifted in.
-
-    Equal to zero-padding and cropping at (pad - dy, pad - dx), but one zero-fill and one copy
-    per image: on a CPU, B large copies beat the batched pad + gather several times over (on a
-    GPU the batched ops win, so only the CPU path uses this).
-    """
-    out = torch.zeros_like(x, memory_format=torch.contiguous_format)
-    H, W = x.shape[-2:]
-    for b, (a, c) in enumerate(zip(dy.tolist(), dx.tolist(), strict=True)):
-        if abs(a) >= H or abs(c) >= W:
-            continue  # shifted out entirely: all fill
-        out[b, :, max(a, 0):H + min(a, 0), max(c, 0):W + min(c, 0)] = \
-            x[b, :, max(-a, 0):H + min(-a, 0), max(-c, 0):W + min(-c, 0)]
-    return out
+def _shift_draws(shape: torch.Size | tuple[int, ...], pad: int, generator: torch.Generator,
+                 device: torch.device) -> tuple[Tensor, Tensor]:
+    """(dy, dx) per image: the shift `pad_random_crop` makes, drawn as it draws them."""
+    B, C, H, W = shape
+    offsets = _crop_offsets((B, C, H + 2 * pad, W + 2 * pad), (H, W), generator, device)
+    assert offsets is not None
+    return pad - offsets[0], pad - offsets[1]
 
 
 def random_translate(x: Tensor, max_shift: int, generator: torch.Generator) -> Tensor:
@@ -274,22 +267,19 @@ def flip(x: Tensor) -> Tensor:
 
 
 def flip_where(x: Tensor, mask: Tensor) -> Tensor:
-    """Mirror the images whose (B,) bool `mask` is set.
-
-    One `where` on a GPU; on a CPU a copy per image for large images, several times faster
-    than `where` there.
-    """
-    if not _per_image(x):
-        return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
-    out = torch.empty_like(x, memory_format=torch.contiguous_format)
-    for b, flipped in enumerate(mask.tolist()):
-        out[b] = x[b].flip(-1) if flipped else x[b]
-    return out
+    """Mirror the images whose (B,) bool `mask` is set."""
+    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
 
 
 def random_flip(x: Tensor, generator: torch.Generator, p: float = 0.5) -> Tensor:
     """Mirror each image with probability `p`."""
     return flip_where(x, _rand(x.shape[0], generator, x.device) < p)
+
+
+def _alternate_mask(index: Tensor | None, batch: int, epoch: int, seed: int) -> Tensor:
+    if index is None or index.shape != (batch,):
+        raise ValueError("flip_mode=alternate needs `index`: the (B,) dataset index of each image")
+    return (first_flip_bit(index, seed) + epoch) % 2 == 1
 
 
 def _mix32(h: Tensor) -> Tensor:
@@ -315,10 +305,17 @@ def alternate_flip(x: Tensor, epoch: int, index: Tensor, seed: int) -> Tensor:
     """airbench's alternating flip: image i is mirrored on epochs where
     (epoch + first_flip_bit[i]) % 2 == 1, so every image is seen flipped every other epoch
     (random half on epoch 0, the other half on epoch 1, ...)."""
-    if index is None or index.shape != (x.shape[0],):
-        raise ValueError("flip_mode=alternate needs `index`: the (B,) dataset index of each image")
-    bits = first_flip_bit(index.to(x.device), seed)
-    return flip_where(x, (bits + epoch) % 2 == 1)
+    mask = _alternate_mask(index, x.shape[0], epoch, seed)
+    return flip_where(x, mask.to(x.device))
+
+
+def _cutout_draws(shape: torch.Size | tuple[int, ...], size: int, generator: torch.Generator,
+                  device: torch.device) -> tuple[Tensor, Tensor]:
+    """(top, left) of each image's cutout square."""
+    B, _, H, W = shape
+    if size > H or size > W:
+        raise ConvzooError(f"augment.cutout={size} is larger than the images ({H}x{W})")
+    return _randint(H - size, B, generator, device), _randint(W - size, B, generator, device)
 
 
 def cutout(x: Tensor, size: int, generator: torch.Generator) -> Tensor:
@@ -326,17 +323,112 @@ def cutout(x: Tensor, size: int, generator: torch.Generator) -> Tensor:
     if size == 0:
         return x
     B, _, H, W = x.shape
-    if size > H or size > W:
-        raise ConvzooError(f"augment.cutout={size} is larger than the images ({H}x{W})")
     dev = x.device
-    top = _randint(H - size, B, generator, dev).view(-1, 1)
-    left = _randint(W - size, B, generator, dev).view(-1, 1)
+    top, left = _cutout_draws(x.shape, size, generator, dev)
+    top, left = top.view(-1, 1), left.view(-1, 1)
     ys = torch.arange(H, device=dev)
     xs = torch.arange(W, device=dev)
     in_y = (ys >= top) & (ys < top + size)  # (B, H)
     in_x = (xs >= left) & (xs < left + size)  # (B, W)
     mask = in_y[:, None, :, None] & in_x[:, None, None, :]  # (B, 1, H, W)
     return x.masked_fill(mask, 0.0)
+
+
+# ----------------------------------------------------------------------------- per-image windows
+
+
+@dataclass(frozen=True)
+class Windows:
+    """The integer geometry of a batch, image by image: where each output pixel comes from.
+
+    Output image b (``size`` = (h, w)) holds source pixel ``(i + dy[b], j + dx[b])`` at (i, j) for
+    rows ``top[b] <= i < bottom[b]`` and columns ``left[b] <= j < right[b]`` and the fill value 0
+    elsewhere; it is then mirrored where ``flip[b]``, and ``cut`` px squares at ``cut_at[b]`` =
+    (top, left) are set to 0. Crops and shifts compose into this form (each keeps the valid part
+    a rectangle), which is what lets a CPU build each image with one copy.
+    """
+
+    size: tuple[int, int]
+    dy: Tensor  # (B,) int64: source row = output row + dy
+    dx: Tensor
+    top: Tensor  # (B,) int64: the rows/columns that come from the source, the rest is fill
+    bottom: Tensor
+    left: Tensor
+    right: Tensor
+    flip: Tensor | None = None  # (B,) bool
+    cut: int = 0
+    cut_at: tuple[Tensor, Tensor] | None = None
+
+    @staticmethod
+    def identity(batch: int, height: int, width: int) -> Windows:
+        zero = torch.zeros(batch, dtype=torch.int64)
+        return Windows((height, width), zero, zero, zero, zero + height, zero, zero + width)
+
+    def crop(self, top: Tensor | int, left: Tensor | int, size: tuple[int, int]) -> Windows:
+        """The `size` window at (top, left) of the current output."""
+        h, w = size
+        return replace(self, size=size, dy=self.dy + top, dx=self.dx + left,
+                       top=(self.top - top).clamp(0, h), bottom=(self.bottom - top).clamp(0, h),
+                       left=(self.left - left).clamp(0, w), right=(self.right - left).clamp(0, w))
+
+    def shift(self, dy: Tensor, dx: Tensor) -> Windows:
+        """The current output moved down by dy and right by dx px, 0 shifted in."""
+        h, w = self.size
+        return replace(self, dy=self.dy - dy, dx=self.dx - dx,
+                       top=(self.top + dy).clamp(0, h), bottom=(self.bottom + dy).clamp(0, h),
+                       left=(self.left + dx).clamp(0, w), right=(self.right + dx).clamp(0, w))
+
+
+def apply_windows(
+    images: Sequence[Tensor] | Tensor,
+    windows: Windows,
+    out: Tensor | None = None,
+    normalize: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """Build the batch `windows` describes from `images` (B source (C, H, W) tensors, or one
+    (B, C, H, W) batch, any layout), one copy per image.
+
+    With ``normalize = (mean, scale)`` the sources are uint8 on the 0-255 scale and each copied
+    pixel becomes ``(x - mean) * scale`` as float32 (``Preprocessor.pixelwise``); the result is
+    then exactly preprocess-then-augment, without a full-size intermediate batch. `out` (B, C, h,
+    w) receives the batch (e.g. a reused shared-memory buffer); by default a new contiguous one.
+    """
+    B = len(images)
+    h, w = windows.size
+    if out is None:
+        C, dtype = images[0].shape[0], torch.float32 if normalize else images[0].dtype
+        out = torch.empty(B, C, h, w, dtype=dtype)
+    cols = zip(windows.dy.tolist(), windows.dx.tolist(), windows.top.tolist(),
+               windows.bottom.tolist(), windows.left.tolist(), windows.right.tolist())
+    flips = windows.flip.tolist() if windows.flip is not None else [False] * B
+    cuts = zip(*(t.tolist() for t in windows.cut_at)) if windows.cut_at else [None] * B
+    for b, ((dy, dx, t, bt, lf, rt), flipped, cut) in enumerate(zip(cols, flips, cuts)):
+        o = out[b]
+        if t >= bt or lf >= rt:
+            o.zero_()  # shifted out entirely
+        else:
+            src = images[b][:, t + dy:bt + dy, lf + dx:rt + dx]
+            if flipped:  # mirrored: the same columns counted from the right edge
+                src, lf, rt = src.flip(-1), w - rt, w - lf
+            o[:, :t].zero_()
+            o[:, bt:].zero_()
+            o[:, t:bt, :lf].zero_()
+            o[:, t:bt, rt:].zero_()
+            region = o[:, t:bt, lf:rt]
+            region.copy_(src)
+            if normalize is not None:
+                region.sub_(normalize[0]).mul_(normalize[1])
+        if cut is not None:
+            o[:, cut[0]:cut[0] + windows.cut, cut[1]:cut[1] + windows.cut].zero_()
+    return out
+
+
+def _per_image(shape: torch.Size | tuple[int, ...], device: torch.device) -> bool:
+    """Whether to build batches image by image (`apply_windows`): on a CPU, for images of
+    64x64x3 values or more. There one pass per image beats the batched ops (a full-size
+    temporary per op, per-channel loops on channels-last data) several times over; below that
+    size the per-image Python overhead wins, and on a GPU the batched ops always do."""
+    return device.type == "cpu" and math.prod(shape[1:]) >= 64 * 64 * 3
 
 
 # ----------------------------------------------------------------------------- pipelines
@@ -353,6 +445,37 @@ class Augment:
         validate(cfg)
         self.cfg = cfg
         self.seed = seed
+        # only integer geometry: the whole pipeline is one `Windows` plan
+        self.integer_only = (not cfg.random_resized_crop and (cfg.pad_mode == "zeros" or not cfg.pad)
+                             and not (cfg.rotate or cfg.shear or cfg.scale is not None))
+
+    def windows(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator,
+                epoch: int = 0, index: Tensor | None = None) -> Windows | None:
+        """This pipeline's draws for a (B, C, H, W) batch as a `Windows` plan (the same numbers
+        `__call__` draws, in the same order), or None if it resamples (rrc, affine, reflect)."""
+        if not self.integer_only:
+            return None
+        c = self.cfg
+        B, _, H, W = shape
+        cpu = torch.device("cpu")
+        plan = Windows.identity(B, H, W)
+        if c.crop:
+            size = _size2(c.crop)
+            offsets = _crop_offsets(shape, size, generator, cpu)
+            plan = plan if offsets is None else plan.crop(*offsets, size)
+        for pad in (c.pad, c.translate):
+            if pad:
+                plan = plan.shift(*_shift_draws((B, 0, *plan.size), pad, generator, cpu))
+        if c.flip:
+            if c.flip_mode == "alternate":
+                flip_mask = _alternate_mask(index, B, epoch, self.seed).cpu()
+            else:
+                flip_mask = _rand(B, generator, cpu) < 0.5
+            plan = replace(plan, flip=flip_mask)
+        if c.cutout:
+            plan = replace(plan, cut=c.cutout,
+                           cut_at=_cutout_draws((B, 0, *plan.size), c.cutout, generator, cpu))
+        return plan
 
     def __call__(
         self,
@@ -363,6 +486,8 @@ class Augment:
     ) -> Tensor:
         """(B, C, H, W) float -> augmented float batch (H, W change only with rrc/crop)."""
         c = self.cfg
+        if self.integer_only and _per_image(x.shape, x.device):
+            return apply_windows(x, self.windows(x.shape, generator, epoch, index))
         if c.random_resized_crop:
             x = random_resized_crop(x, c.random_resized_crop, generator, scale=c.rrc_scale)
         if c.crop:
@@ -416,16 +541,39 @@ def _eval_view(x: Tensor, cfg: AugmentConfig) -> Tensor:
     return x
 
 
-def build_eval_transform(cfg: AugmentConfig) -> Callable[[Tensor], Tensor]:
-    """Deterministic eval view of a preprocessed batch: resize + centre crop for
+class EvalTransform:
+    """The deterministic eval view of a preprocessed batch: resize + centre crop for
     random_resized_crop, centre crop for crop, identity otherwise. A batch already at the eval
     size (crop, else random_resized_crop) is returned unchanged."""
-    validate(cfg)
 
-    def transform(x: Tensor) -> Tensor:
-        return _eval_view(x, cfg)
+    def __init__(self, cfg: AugmentConfig) -> None:
+        validate(cfg)
+        self.cfg = cfg
 
-    return transform
+    def __call__(self, x: Tensor) -> Tensor:
+        return _eval_view(x, self.cfg)
+
+    def windows(self, shape: torch.Size | tuple[int, ...]) -> Windows | None:
+        """The view as a `Windows` plan (a centre crop or the identity), or None if it resizes."""
+        B, _, H, W = shape
+        size = _eval_size(self.cfg)
+        plan = Windows.identity(B, H, W)
+        if not size or (size, size) == (H, W):
+            return plan
+        if self.cfg.random_resized_crop:
+            return None
+        h, w = _size2(self.cfg.crop)
+        if h > H or w > W:
+            raise ConvzooError(f"augment.crop={self.cfg.crop} is larger than the images ({H}x{W})")
+        return plan.crop((H - h) // 2, (W - w) // 2, (h, w))
+
+    def __repr__(self) -> str:
+        return f"EvalTransform({self.cfg})"
+
+
+def build_eval_transform(cfg: AugmentConfig) -> EvalTransform:
+    """The eval view of `cfg` (validated): see `EvalTransform`."""
+    return EvalTransform(cfg)
 
 
 def five_crops(x: Tensor, size: int | tuple[int, int]) -> list[Tensor]:

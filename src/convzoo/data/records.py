@@ -561,23 +561,29 @@ class PackedSplit:
             pos += length
         return torch.from_numpy(out), torch.from_numpy(lengths.copy())
 
-    def decode(self, indices: Sequence[int], size: int | None = None) -> torch.Tensor:
-        """Decode records into one uint8 batch (B, H, W, C) (channels-last, contiguous).
-
-        ``size`` resizes the shorter side and centre-crops to size x size, so images of
-        different sizes can be stacked; without it they must all be one size.
-        """
+    def decode_images(self, indices: Sequence[int],
+                      size: int | None = None) -> list[torch.Tensor] | torch.Tensor:
+        """Decode records into uint8 (C, H, W) images without stacking them: a list, or one
+        (B, C, H, W) tensor for a raw pack (a view of the bytes read). ``size`` resizes the
+        shorter side and centre-crops to size x size."""
         data, lengths = self.read_many(indices)
         if self.image_format == "raw":
-            c, h, w = self.shape  # type: ignore[misc]
-            batch = data.view(len(indices), c, h, w).permute(0, 2, 3, 1)
-            if size is not None and (h, w) != (size, size):
-                batch = torch.stack([fit_size(x, size) for x in batch.permute(0, 3, 1, 2)])
-                batch = batch.permute(0, 2, 3, 1)
-            return batch.contiguous()
+            batch = data.view(len(indices), *self.shape)  # type: ignore[misc]
+            if size is not None and tuple(batch.shape[-2:]) != (size, size):
+                return [fit_size(x, size) for x in batch]
+            return batch
         images = decode_jpegs(list(torch.split(data, lengths.tolist())), self.channels,
                               where=f"{self.root} ({self.name})")
-        return stack_images(images, size, where=f"{self.root} ({self.name})")
+        return [fit_size(x, size) for x in images] if size is not None else images
+
+    def decode(self, indices: Sequence[int], size: int | None = None,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+        """Decode records into one uint8 batch (B, H, W, C) (channels-last, contiguous), into
+        ``out`` when given. ``size`` resizes the shorter side and centre-crops to size x size, so
+        images of different sizes can be stacked; without it they must all be one size.
+        """
+        return stack_images(self.decode_images(indices, size), where=f"{self.root} ({self.name})",
+                            out=out)
 
     def close(self) -> None:
         if self._fds is not None:
@@ -621,16 +627,24 @@ def fit_size(image: torch.Tensor, size: int) -> torch.Tensor:
     return TF.center_crop(image, [size, size])
 
 
-def stack_images(images: list[torch.Tensor], size: int | None, *, where: str = "") -> torch.Tensor:
-    """List of uint8 (C, H, W) -> one (B, H, W, C) contiguous batch (resized when ``size``)."""
-    if size is not None:
-        images = [fit_size(x, size) for x in images]
+def check_same_size(images: Sequence[torch.Tensor], where: str = "") -> tuple[int, ...]:
+    """The one (C, H, W) shape of ``images``; an error naming two sizes if they differ."""
     shapes = {tuple(x.shape) for x in images}
     if len(shapes) > 1:
         raise ConvzooError(f"{where}: images have different sizes {sorted(shapes)[:2]}...; "
                            "give a decode size (or pack with resize) to stack them")
+    return shapes.pop() if shapes else ()
+
+
+def stack_images(images: Sequence[torch.Tensor], size: int | None = None, *, where: str = "",
+                 out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (C, H, W) images -> one (B, H, W, C) contiguous batch (resized when ``size``)."""
+    if size is not None:
+        images = [fit_size(x, size) for x in images]
+    check_same_size(images, where)
     # decode_jpeg returns (C, H, W) views of (H, W, C) memory: permuting back is free.
-    return torch.stack([x.permute(1, 2, 0) for x in images])
+    hwc = [x.permute(1, 2, 0) for x in images]
+    return torch.stack(hwc) if out is None else torch.stack(hwc, out=out)
 
 
 @dataclass
