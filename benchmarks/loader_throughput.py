@@ -7,7 +7,8 @@ horizontal flip + per-channel normalisation, with int64 labels, on ``--device``.
 - torchvision: ``ImageFolder`` + ``DataLoader(num_workers=W)`` + ``transforms.v2``
   (RandomCrop(padding=4), RandomHorizontalFlip, ToImage, ToDtype, Normalize), per image.
 - convzoo: ``convzoo pack`` (JPEG records), ``StreamLoader(workers=W)``: a worker reads and
-  decodes a whole batch to uint8, augmentation and normalisation run batched on the device.
+  decodes a whole batch; on a CPU it also normalises and augments it (at 224 px in one pass
+  per image), writing into reused shared-memory buffers. On CUDA that stage runs on the GPU.
 - convzoo, raw pack: the same images packed as decoded uint8 pixels (``--format raw``; the
   FFCV-style trade: no JPEG decode per epoch, for 3 bytes per pixel on disk).
 

@@ -203,6 +203,35 @@ def test_corrupt_file_is_an_error_or_skipped(mixed_folder: Path, tmp_path: Path,
     assert len(err_lines) == 1 and ("002.jpg" in err_lines[0] or "zzz.jpg" in err_lines[0])
 
 
+def test_pack_a_tar_archive_of_an_image_folder(mixed_folder: Path, tmp_path: Path) -> None:
+    """`convzoo pack tree.tar.gz`: the same pack as from the folder, nothing left over, and
+    bad members named inside the archive."""
+    archive = tmp_path / "pets.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(mixed_folder, arcname="pets")
+    from_folder = pack(mixed_folder, tmp_path / "folder", fmt="jpeg", workers=1, progress=False)
+    from_tar = pack(archive, tmp_path / "tar", fmt="jpeg", workers=1, progress=False)
+    assert from_tar.counts == from_folder.counts == {"train": 8, "test": 4}
+    a, b = open_packed(tmp_path / "folder"), open_packed(tmp_path / "tar")
+    assert a.classes == b.classes and b.name == "pets"
+    for split in ("train", "test"):
+        assert all(a.splits[split][i] == b.splits[split][i] for i in range(len(a.splits[split])))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder", "pets", "pets.tar.gz", "tar"]
+
+    (mixed_folder / "test" / "dog" / "zzz.jpg").write_bytes(b"this is not a jpeg")
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(mixed_folder, arcname="pets")
+    with pytest.raises(ConvzooError, match=r"pets\.tar\.gz:pets/test/dog/zzz\.jpg: cannot read"):
+        pack(archive, tmp_path / "bad", workers=1, progress=False)
+    report = pack(archive, tmp_path / "skipped", workers=1, skip_bad=True, progress=False)
+    assert [p for p, _ in report.skipped] == [f"{archive}:pets/test/dog/zzz.jpg"]
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(archive.read_bytes()[:200])
+    with pytest.raises(ConvzooError, match="broken.tar.gz"):
+        pack(broken, tmp_path / "never", workers=1, progress=False)
+    assert not (tmp_path / "never").exists() and not list(tmp_path.glob("never.*"))
+
+
 def test_interrupted_pack_leaves_nothing_valid(mixed_folder: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}

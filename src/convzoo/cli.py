@@ -251,9 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recipes)
 
-    p = sub.add_parser("pack", help="pack an image folder or CIFAR archive into record files")
-    p.add_argument("src")
-    p.add_argument("dest")
+    p = sub.add_parser("pack", help="pack an image folder (or a tar archive of one) or a CIFAR "
+                                    "archive into record files")
+    p.add_argument("src", help="image-folder tree (train/<class>/*, optional val/ and test/), "
+                               "a .tar/.tar.gz of one, or cifar-10/100-python.tar.gz")
+    p.add_argument("dest", help="directory to create")
     p.add_argument("--format", default="auto", choices=["auto", "jpeg", "raw"])
     p.add_argument("--resize", type=int, default=0, help="resize the shorter side to N px")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality when re-encoding")

@@ -445,9 +445,9 @@ class Augment:
         validate(cfg)
         self.cfg = cfg
         self.seed = seed
-        # only integer geometry: the whole pipeline is one `Windows` plan
-        self.integer_only = (not cfg.random_resized_crop and (cfg.pad_mode == "zeros" or not cfg.pad)
-                             and not (cfg.rotate or cfg.shear or cfg.scale is not None))
+        # only integer geometry (no resampling, no reflection): the pipeline is one `Windows` plan
+        resamples = cfg.random_resized_crop or cfg.rotate or cfg.shear or cfg.scale is not None
+        self.integer_only = not resamples and (cfg.pad_mode == "zeros" or not cfg.pad)
 
     def windows(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator,
                 epoch: int = 0, index: Tensor | None = None) -> Windows | None:

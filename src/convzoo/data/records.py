@@ -26,10 +26,12 @@ import json
 import multiprocessing
 import os
 import shutil
+import tarfile
 import tempfile
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,11 +87,35 @@ def _is_cifar_source(src: Path) -> bool:
     return is_cifar_dir(src) if src.is_dir() else is_cifar_archive(src)
 
 
+def _looks_like_tar(path: Path) -> bool:
+    """A tar archive by its name, or by its content (a damaged one too, so that extracting it
+    gives the error)."""
+    if any(path.name.lower().endswith(s) for s in (".tar", ".tar.gz", ".tgz", ".tar.bz2",
+                                                    ".tar.xz")):
+        return True
+    try:
+        return tarfile.is_tarfile(path)
+    except (OSError, EOFError):
+        return False
+
+
+def _extract_tree(archive: Path, into: Path) -> None:
+    """Extract a tar archive of an image-folder tree (``convzoo pack tree.tar.gz``)."""
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            if hasattr(tarfile, "data_filter"):  # refuses links out, absolute paths, devices
+                tar.extractall(into, filter="data")
+            else:  # Python < 3.10.12 / 3.11.4
+                tar.extractall(into)
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
+        raise ConvzooError(f"{archive}: cannot extract archive ({e})") from None
+
+
 def _folder_root(src: Path) -> Path:
     """The directory holding ``train/``; accepts one wrapping folder (an extracted tarball)."""
     if not src.is_dir():
-        raise ConvzooError(f"{src}: not an official CIFAR archive; extract image-folder "
-                           "archives and pack the folder")
+        raise ConvzooError(f"{src}: not an image folder, a tar archive of one, or an official "
+                           "CIFAR archive")
     if (src / "train").is_dir():
         return src
     children = [p for p in src.iterdir() if p.is_dir() and not p.name.startswith(".")]
@@ -271,7 +297,9 @@ def _image_shape_error(path: Path | str, got: tuple[int, int], want: tuple[int, 
 
 def _pack_folder(src: Path, tmp: Path, report: PackReport, *, fmt: str, resize: int,
                  quality: int, skip_bad: bool, shard_bytes: int, pool: Any,
-                 progress: bool) -> dict[str, Any]:
+                 progress: bool, name_of: Callable[[Path], str] = str) -> dict[str, Any]:
+    """``name_of`` names a file in errors and the skipped list (an archive member's name for
+    a folder extracted from an archive)."""
     name, classes, items = _scan_folder(src)
 
     # Pass 1: headers only (cheap) -> bad files, channel count, sizes for the format choice.
@@ -284,8 +312,8 @@ def _pack_folder(src: Path, tmp: Path, report: PackReport, *, fmt: str, resize: 
     for (split, f, label), probe in zip(all_files, probes):
         if isinstance(probe, str):
             if not skip_bad:
-                raise ConvzooError(f"{f}: cannot read image ({probe})")
-            report.skipped.append((str(f), probe))
+                raise ConvzooError(f"{name_of(f)}: cannot read image ({probe})")
+            report.skipped.append((name_of(f), probe))
             continue
         w, h, mode = probe
         sizes[f] = _target_size(w, h, resize)
@@ -318,8 +346,8 @@ def _pack_folder(src: Path, tmp: Path, report: PackReport, *, fmt: str, resize: 
                                                  f"packing {split}", progress)):
             if isinstance(out, str):
                 if not skip_bad:
-                    raise ConvzooError(f"{f}: cannot read image ({out})")
-                report.skipped.append((str(f), out))
+                    raise ConvzooError(f"{name_of(f)}: cannot read image ({out})")
+                report.skipped.append((name_of(f), out))
                 continue
             payload, w, h = out
             if shape is not None and (w, h) != (shape[2], shape[1]):
@@ -369,7 +397,8 @@ def _pack_cifar(src: Path, tmp: Path, report: PackReport, *, fmt: str, resize: i
 def pack(src: Path, dest: Path, *, fmt: str = "auto", resize: int = 0, quality: int = 90,
          workers: int = 0, skip_bad: bool = False, shard_size_mb: int = 256,
          overwrite: bool = False, progress: bool = True) -> PackReport:
-    """Pack an image-folder tree or a CIFAR archive at ``src`` into record files at ``dest``.
+    """Pack an image-folder tree (a folder, or a tar archive of one) or a CIFAR archive at
+    ``src`` into record files at ``dest``.
 
     fmt: "jpeg" | "raw" | "auto" (raw for CIFAR archives and for folders whose images are all
     one size of at most 64 px, else jpeg). resize: scale the shorter side to this many pixels
@@ -403,6 +432,16 @@ def pack(src: Path, dest: Path, *, fmt: str = "auto", resize: int = 0, quality: 
                       pool=pool, progress=progress)
         if _is_cifar_source(src):
             info = _pack_cifar(src, tmp, report, **common)
+        elif src.is_file() and _looks_like_tar(src):
+            tree = Path(tempfile.mkdtemp(prefix=f"{dest.name}.src-", dir=dest.parent))
+            try:
+                _extract_tree(src, tree)
+                info = _pack_folder(tree, tmp, report, skip_bad=skip_bad,
+                                    name_of=lambda f: f"{src}:{f.relative_to(tree)}", **common)
+                if info["name"] == tree.name:  # no wrapping folder in the archive
+                    info["name"] = src.name.split(".")[0]
+            finally:
+                shutil.rmtree(tree, ignore_errors=True)
         else:
             info = _pack_folder(src, tmp, report, skip_bad=skip_bad, **common)
         info = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **info,
