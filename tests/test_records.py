@@ -453,6 +453,41 @@ def test_stream_cpu_stage_on_large_images_is_exact_and_kept_batches_stay_intact(
     assert all(torch.equal(a, b) for a, b in zip(batches(0, epochs=0)[-1], reference[-1]))
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("gpu_decode", [True, False])
+def test_stream_loader_on_cuda_matches_the_cpu_loader(large_folder: Path, tmp_path: Path,
+                                                      gpu_decode: bool) -> None:
+    """CUDA: uint8 batches (or, with nvJPEG, the compressed bytes) go to the GPU and the same
+    stage runs there. Eval batches match the CPU loader's (decoders may differ by a few grey
+    levels); training batches come in the same order (augmentation draws come from a CUDA
+    generator there, so their values differ)."""
+    from convzoo.config import AugmentConfig, PreprocessConfig
+    from convzoo.data.augment import build_eval_transform, build_train_augment
+    from convzoo.data.preprocess import fit_preprocessor
+
+    dest = tmp_path / "jpeg"
+    pack(large_folder, dest, fmt="jpeg", workers=1, progress=False)
+    split = open_packed(dest).splits["train"]
+    pre = fit_preprocessor(PreprocessConfig(kind="channel"), load_packed(dest).splits["train"].images)
+    cfg = AugmentConfig(crop=64, pad=4, flip=True)
+
+    def loader(device: str, train: bool, **kw) -> StreamLoader:
+        stage = (dict(augment=build_train_augment(cfg), shuffle=True) if train
+                 else dict(eval_transform=build_eval_transform(cfg)))
+        return StreamLoader(split, 6, seed=2, device=device, workers=2,
+                            preprocess=pre.to(device), **stage, **kw)
+
+    cuda = loader("cuda", False, gpu_decode=gpu_decode)
+    assert cuda.mode == ("encoded" if gpu_decode else "decoded")
+    for (x, y), (xc, yc) in zip(loader("cpu", False), cuda, strict=True):
+        assert xc.device.type == "cuda" and torch.equal(yc.cpu(), y)
+        torch.testing.assert_close(xc.cpu(), x, atol=0.15, rtol=0)
+    for (x, y), (xc, yc) in zip(loader("cpu", True), loader("cuda", True, gpu_decode=gpu_decode),
+                                strict=True):
+        assert xc.shape == x.shape == (6, 3, 64, 64) and torch.equal(yc.cpu(), y)
+
+
 def test_decoded_batches_go_into_the_given_buffer_or_a_fresh_one(packed_small: Path) -> None:
     """The CUDA path's worker output (uint8 (B, H, W, C)), written into a reusable buffer."""
     from convzoo.data.streaming import _BatchReader
