@@ -398,11 +398,11 @@ def apply_windows(
     if out is None:
         C, dtype = images[0].shape[0], torch.float32 if normalize else images[0].dtype
         out = torch.empty(B, C, h, w, dtype=dtype)
-    cols = zip(windows.dy.tolist(), windows.dx.tolist(), windows.top.tolist(),
-               windows.bottom.tolist(), windows.left.tolist(), windows.right.tolist())
+    geometry = zip(windows.dy.tolist(), windows.dx.tolist(), windows.top.tolist(),
+                   windows.bottom.tolist(), windows.left.tolist(), windows.right.tolist())
     flips = windows.flip.tolist() if windows.flip is not None else [False] * B
     cuts = zip(*(t.tolist() for t in windows.cut_at)) if windows.cut_at else [None] * B
-    for b, ((dy, dx, t, bt, lf, rt), flipped, cut) in enumerate(zip(cols, flips, cuts)):
+    for b, ((dy, dx, t, bt, lf, rt), flipped, cut) in enumerate(zip(geometry, flips, cuts)):
         o = out[b]
         if t >= bt or lf >= rt:
             o.zero_()  # shifted out entirely

@@ -133,9 +133,7 @@ class Preprocessor(nn.Module):
             x = x.contiguous()
         owned = x.dtype != torch.float32  # converting copies: the copy may be changed in place
         x = x.to(torch.float32)  # a float32 input is not copied: never modify it in place below
-        affine = self.pixelwise(x.device)
-        if affine is None and self.kind == "mean_image":
-            affine = self._buf("mean", x), 1.0 / self._buf("std", x)
+        affine = self._affine(x.device)
         if affine is not None:
             # one fresh float buffer per batch, not two: large CPU allocations cost page faults
             return (x.sub_(affine[0]) if owned else torch.sub(x, affine[0])).mul_(affine[1])
@@ -145,19 +143,25 @@ class Preprocessor(nn.Module):
         flat = y.reshape(y.shape[0], -1) - self._buf("zca_mean", x)  # (B, D)
         return (flat @ self._buf("zca_matrix", x)).reshape(x.shape)  # W is symmetric
 
-    def pixelwise(self, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor] | None:
-        """(mean, scale) such that this preprocessing is ``(x - mean) * scale`` pixel by pixel,
-        broadcastable to (C, H, W) and (B, C, H, W), for the kinds that map each pixel on its own
-        (none, global_mean, channel); None for the others. `forward` uses exactly these, so a
-        caller applying them to part of an image gets the same float32 values."""
+    def _affine(self, device: torch.device | str) -> tuple[Tensor, Tensor] | None:
+        """(mean, scale) with ``forward(x) == (x - mean) * scale`` for the kinds of that form
+        (none, mean_image, global_mean, channel), broadcastable to (C, H, W) and (B, C, H, W);
+        None for gcn and gcn_zca."""
         if self.kind == "none":  # 0-dim CPU tensors act as scalars on any device: no copy, no sync
             return torch.zeros(()), torch.full((), 1.0 / 255.0)
-        if self.kind not in ("global_mean", "channel"):
+        if self.kind not in ("mean_image", "global_mean", "channel"):
             return None
         mean, std = self.mean.to(device), self.std.to(device)
         if self.kind == "channel":
             mean, std = mean.view(-1, 1, 1), std.view(-1, 1, 1)
         return mean, 1.0 / std
+
+    def pixelwise(self, device: torch.device | str = "cpu") -> tuple[Tensor, Tensor] | None:
+        """(mean, scale) such that this preprocessing is ``(x - mean) * scale`` pixel by pixel,
+        the same for every pixel position (none, global_mean, channel); None for the others.
+        `forward` uses exactly these, so a caller applying them to part of an image, at any
+        position, gets the same float32 values."""
+        return None if self.kind == "mean_image" else self._affine(device)
 
     def state(self) -> dict[str, Any]:
         """{"kind": str, <name>: float32 CPU tensor, ...}: everything but "kind" is a tensor, so

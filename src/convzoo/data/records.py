@@ -668,6 +668,8 @@ def fit_size(image: torch.Tensor, size: int) -> torch.Tensor:
 
 def check_same_size(images: Sequence[torch.Tensor], where: str = "") -> tuple[int, ...]:
     """The one (C, H, W) shape of ``images``; an error naming two sizes if they differ."""
+    if isinstance(images, torch.Tensor):  # a (B, C, H, W) batch: one size by construction
+        return tuple(images.shape[1:])
     shapes = {tuple(x.shape) for x in images}
     if len(shapes) > 1:
         raise ConvzooError(f"{where}: images have different sizes {sorted(shapes)[:2]}...; "
