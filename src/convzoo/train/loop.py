@@ -37,6 +37,7 @@ from convzoo.train.setup import (
     Run,
     Runtime,
     build_run,
+    check_checkpoint_fits,
     checkpoint_state,
     configure_backends,
     resolve_runtime,
@@ -293,6 +294,8 @@ def prepare_stage(stage: Stage, rt: Runtime, ckpt: dict[str, Any] | None) -> Run
     checked before anything is written."""
     data = build_pipeline(stage.cfg, rt.device, rank=rt.rank, world_size=rt.world_size,
                           preprocess_state=ckpt["preprocess"] if ckpt is not None else None)
+    if ckpt is not None:
+        check_checkpoint_fits(stage.cfg, data, ckpt)  # before building: the clearer error
     run = build_run(stage.cfg, rt, data, init_from_data=ckpt is None)
     run.stage = stage.index
     if ckpt is not None:

@@ -226,9 +226,8 @@ def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | N
                views, state)
 
 
-def check_checkpoint_fits(run: Run, ckpt: dict[str, Any]) -> None:
+def check_checkpoint_fits(cfg: C.Config, data: Any, ckpt: dict[str, Any]) -> None:
     """A resume continues the same task with the same model: say so when it would not."""
-    cfg, data = run.cfg, run.data
     if ckpt["model_name"] != cfg.model.name or dict(ckpt["model_kwargs"]) != dict(
             cfg.model.kwargs):
         raise ConvzooError(
@@ -253,7 +252,7 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     saved ones (optimizer hyperparameters, schedule; see ``Schedule.resume``); everything
     else continues exactly.
     """
-    check_checkpoint_fits(run, ckpt)
+    check_checkpoint_fits(run.cfg, run.data, ckpt)
     try:
         run.model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
