@@ -62,6 +62,7 @@ def resume_config(args: argparse.Namespace) -> tuple[C.Config, dict[str, Any] | 
 def cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
+    from convzoo.train.logging import log
     from convzoo.train.loop import check, describe, fit
 
     ckpt = None
@@ -73,10 +74,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.dry_run:  # build everything, train nothing, write nothing
         _, todo, run = check(cfg, resume, ckpt)
         print(yaml.safe_dump(C.to_dict(cfg), sort_keys=False), end="")
-        if run is None:
-            print(f"# {resume}: nothing left to train", file=sys.stderr)
-        else:
-            print(f"# {describe(run, todo)}", file=sys.stderr)
+        log.info(f"dry run: {resume} has nothing left to train" if run is None
+                 else describe(run, todo))
         return 0
     print(fit(cfg, resume, ckpt=ckpt))
     return 0

@@ -351,7 +351,7 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
                 run = prepare_stage(stage, rt, ckpt_out)
             cfg = mark_started(cfg, stage, run.state.epoch)
             if rt.is_main:
-                start_stage_files(run_dir, cfg, run)
+                start_stage_files(run_dir, cfg)
             ckpt_out = run_stage(run, run_dir, writer, eta)
     except ConvzooError:
         # Bad input found before anything was trained: leave no half-made run directory.
@@ -454,7 +454,7 @@ def epoch_line(run: Run, row: dict[str, Any], eta: Eta) -> str:
 # ----------------------------------------------------------------------------- run files
 
 
-def start_stage_files(run_dir: Path, cfg: C.Config, run: Run) -> None:
+def start_stage_files(run_dir: Path, cfg: C.Config) -> None:
     """At the start of every stage: config.yaml, the run's whole plan and history so far."""
     C.save_config(cfg, run_dir / "config.yaml")
 
