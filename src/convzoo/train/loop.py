@@ -268,7 +268,6 @@ def resume_config(run_dir: Path, overrides: dict[str, Any],
     return cfg
 
 
-
 # ----------------------------------------------------------------------------- fit
 
 
@@ -326,8 +325,7 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
     """
     rt, todo, run = check(cfg, resume, ckpt)
     if run is None:
-        log.info(f"{resume}: already trained to epoch {stage_plan(cfg)[-1].train.epochs}; "
-                 "nothing to do (nothing written)")
+        log.info(f"{resume}: every stage has been trained; nothing to do (nothing written)")
         return Path(resume)  # type: ignore[arg-type]
     run_dir = Path(resume) if resume is not None else None
     if rt.is_main:
