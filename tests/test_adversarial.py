@@ -50,10 +50,55 @@ DATA_CASES: list[Bad] = [
     Bad("train --data {tmp}/no-such-folder --out {tmp}/runs", "no-such-folder"),
 ]
 
+def three_class_folder(tmp: Path) -> None:
+    """{tmp}/folder: an image-folder tree with 3 classes (the fixture run has 10)."""
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for i, name in enumerate("abc"):
+            (tmp / "folder" / split / name).mkdir(parents=True)
+            for j in range(2):
+                Image.new("RGB", (8, 8), (40 * i, 80 * j, 9)).save(
+                    tmp / "folder" / split / name / f"{j}.png")
+
+
+def foreign_checkpoint(tmp: Path) -> None:
+    """{tmp}/file: a checkpoint whose weights (10 classes) do not fit its own model (3)."""
+    import torch
+
+    from convzoo import config as C
+    from convzoo.models import create_model
+
+    cfg = C.from_dict({"data": {"image_size": 8, "limit": 50}})
+    torch.save({"format": "convzoo-checkpoint", "version": 1, "epoch": 1, "config":
+                C.to_dict(cfg), "model_name": "resnet20", "model_kwargs": {}, "num_classes": 3,
+                "in_chans": 3, "classes": [str(i) for i in range(10)], "image_shape": [3, 8, 8],
+                "eval_split": "test", "preprocess": {"kind": "none"},
+                "model": create_model("resnet20").state_dict(), "ema": None}, tmp / "file")
+
+
 # Run directories, checkpoints, resume, eval / predict / export of a run.
 RUN_CASES: list[Bad] = [
     Bad("eval {tmp}/not-a-run", "not-a-run"),
     Bad("train --resume {tmp}", "not a run directory"),
+    # a resume validates data, model and overrides before it writes anything
+    Bad("train --resume {run} --data {tmp}/no-such-data --epochs 25", "no-such-data"),
+    Bad("train --resume {run} --model resnet32 --epochs 3", "model.init"),
+    Bad("train --resume {run} --set 'model.kwargs={{shortcut: B}}' --epochs 3", "keeps the model"),
+    Bad("train --resume {run} --data {tmp}/folder --set data.root={tmp}/cache --epochs 3",
+        "classes differ", setup=three_class_folder, id="resume onto other classes"),
+    Bad("train --resume {run} --set optim.name=adam --epochs 3", "optim.name=adam"),
+    Bad("train --resume {run} --lr 0.01", "--epochs above 1"),
+    Bad("train --resume {run} --epochs 3 --out {tmp}/elsewhere", "--out"),
+    Bad("train --resume {run} --recipe quickstart", "--recipe"),
+    Bad("train --resume {run} --dry-run --model resnet32 --epochs 3", "model.init"),
+    # the weights asked for must exist, and fit the model the checkpoint names
+    Bad("eval {run} --weights ema", "no EMA weights"),
+    Bad("export {run} --format safetensors --weights ema", "no EMA weights"),
+    Bad("predict {run} {tmp} --weights ema", "no EMA weights"),
+    Bad("eval {file}", "do not fit", setup=foreign_checkpoint, id="eval a foreign checkpoint"),
+    Bad("export {file} --format safetensors --out {tmp}/w.safetensors", "do not fit",
+        setup=foreign_checkpoint, id="export a foreign checkpoint"),
 ]
 
 CASES = CONFIG_CASES + DATA_CASES + RUN_CASES

@@ -75,6 +75,7 @@ def test_recipe_row_uses_recipe_data(capsys):
     assert row["source"] == "recipe quickstart" and row["batch_size"] == 64
     assert row["input"] == "3x16x16" and row["num_classes"] == 10
     assert row["train_images"] == 1347  # digits: 1,797 less the 25% test split
+    assert row["precision"] == "fp32" and row["device"] == "cpu"
 
 
 def test_data_facts_without_loading():

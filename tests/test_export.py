@@ -11,7 +11,7 @@ from convzoo import config as C
 from convzoo.cli import main
 from convzoo.data.augment import build_eval_transform
 from convzoo.train import checkpoint as ckpt_io
-from convzoo.train.loop import load_model_for_eval
+from convzoo.train.setup import load_model_for_eval
 
 onnx = pytest.importorskip("onnx")
 
@@ -55,7 +55,7 @@ def test_onnx_matches_pytorch(run_dir, tmp_path, capsys):
     meta = {p.key: p.value for p in model.metadata_props}
     assert json.loads(meta["convzoo.classes"]) == [str(i) for i in range(10)]
     assert json.loads(meta["convzoo.input_size"]) == [3, 8, 8]
-    assert meta["convzoo.model"] == "resnet20"
+    assert meta["convzoo.model"] == "resnet20" and meta["convzoo.weights"] == "raw"
     batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.dim_value  # dynamic batch axis
 
@@ -106,6 +106,7 @@ def test_safetensors_weights(run_dir, tmp_path, capsys):
     assert meta["model"] == "resnet20" and json.loads(meta["classes"])[0] == "0"
     assert json.loads(meta["image_shape"]) == [3, 8, 8]
     assert json.loads(meta["preprocess"])["kind"] == "channel"
+    assert meta["weights"] == "raw"  # the run kept no EMA
 
 
 def test_default_output_path(run_dir, capsys):

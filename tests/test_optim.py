@@ -13,13 +13,13 @@ from convzoo.errors import ConvzooError
 from convzoo.train.ema import ModelEMA
 from convzoo.train.optim import (
     SGDW,
-    EarlyStopping,
     Lookahead,
     _use_fused,
-    apply_hparams,
     build_optimizer,
-    build_schedule,
+    load_optimizer_state,
+    param_groups,
 )
+from convzoo.train.schedule import SCHEDULES, EarlyStopping, Schedule, set_lr
 
 
 def tiny_model() -> nn.Module:
@@ -33,17 +33,28 @@ def tiny_model() -> nn.Module:
     )
 
 
+class Steps:
+    """A Schedule read by global step t (epoch position t / steps_per_epoch), as the loop does."""
+
+    def __init__(self, schedule: Schedule) -> None:
+        self.s = schedule
+
+    def lr_at(self, t: int) -> float:
+        return self.s.lr_at(t / self.s.steps_per_epoch)
+
+    def __getattr__(self, name):
+        return getattr(self.s, name)
+
+
 def sched(name: str, lr: float = 1.0, epochs: int = 10, spe: int = 10, **kw):
-    model = nn.Linear(2, 2)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    return build_schedule(opt, ScheduleConfig(name=name, **kw), lr, epochs, spe), opt
+    return Steps(Schedule(ScheduleConfig(name=name, **kw), lr, epochs, spe))
 
 
 # ----------------------------------------------------------------------------- schedules
 
 
 def test_constant_with_linear_warmup():
-    s, _ = sched("constant", lr=0.1, spe=10, warmup_epochs=2, warmup_start=0.1)
+    s = sched("constant", lr=0.1, spe=10, warmup_epochs=2, warmup_start=0.1)
     assert s.lr_at(0) == pytest.approx(0.01)
     assert s.lr_at(10) == pytest.approx(0.1 * (0.1 + 0.9 * 0.5))  # halfway: 0.055
     assert s.lr_at(20) == pytest.approx(0.1)
@@ -51,7 +62,7 @@ def test_constant_with_linear_warmup():
 
 
 def test_multistep_milestones_in_fractional_epochs():
-    s, _ = sched("multistep", lr=0.1, spe=4, milestones=[1.5, 3], gamma=0.1)
+    s = sched("multistep", lr=0.1, spe=4, milestones=[1.5, 3], gamma=0.1)
     assert s.lr_at(5) == pytest.approx(0.1)  # epoch 1.25
     assert s.lr_at(6) == pytest.approx(0.01)  # epoch 1.5: first milestone reached
     assert s.lr_at(11) == pytest.approx(0.01)
@@ -60,21 +71,21 @@ def test_multistep_milestones_in_fractional_epochs():
 
 def test_neon_resnet_schedule_epoch_boundaries():
     # lr 0.1, /10 at epochs 90 and 135 (seed B), 391 steps per epoch
-    s, _ = sched("multistep", lr=0.1, epochs=180, spe=391, milestones=[90, 135])
+    s = sched("multistep", lr=0.1, epochs=180, spe=391, milestones=[90, 135])
     assert s.lr_at(90 * 391 - 1) == pytest.approx(0.1)
     assert s.lr_at(90 * 391) == pytest.approx(0.01)
     assert s.lr_at(135 * 391) == pytest.approx(0.001)
 
 
 def test_cosine_final_fraction_min_lr_and_warmup():
-    s, _ = sched("cosine", lr=1.0, epochs=10, spe=10, final_fraction=0.1)
+    s = sched("cosine", lr=1.0, epochs=10, spe=10, final_fraction=0.1)
     assert s.lr_at(0) == pytest.approx(1.0)
     assert s.lr_at(50) == pytest.approx(0.55)  # 0.1 + 0.9 * 0.5
     assert s.lr_at(100) == pytest.approx(0.1)
     assert s.lr_at(25) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 4)))
-    s, _ = sched("cosine", lr=1.0, epochs=10, spe=10, final_fraction=0.1, min_lr=0.2)
+    s = sched("cosine", lr=1.0, epochs=10, spe=10, final_fraction=0.1, min_lr=0.2)
     assert s.lr_at(100) == pytest.approx(0.2)
-    s, _ = sched("cosine", lr=1.0, epochs=10, spe=10, warmup_epochs=2)
+    s = sched("cosine", lr=1.0, epochs=10, spe=10, warmup_epochs=2)
     assert s.lr_at(0) == pytest.approx(0.0)
     assert s.lr_at(10) == pytest.approx(0.5)
     assert s.lr_at(20) == pytest.approx(1.0)  # cosine starts after warmup
@@ -84,7 +95,7 @@ def test_cosine_final_fraction_min_lr_and_warmup():
 
 def test_onecycle_triangle():
     kw = dict(pct_start=0.25, warmup_start=0.5, final_fraction=0.1)
-    s, _ = sched("onecycle", lr=0.4, epochs=10, spe=4, **kw)
+    s = sched("onecycle", lr=0.4, epochs=10, spe=4, **kw)
     assert s.lr_at(0) == pytest.approx(0.2)
     assert s.lr_at(5) == pytest.approx(0.3)  # epoch 1.25, halfway up
     assert s.lr_at(10) == pytest.approx(0.4)  # epoch 2.5 = peak
@@ -94,19 +105,20 @@ def test_onecycle_triangle():
         sched("onecycle", warmup_epochs=1)
 
 
-def test_step_sets_lr_of_next_step_on_every_group_times_scale():
+def test_set_lr_moves_every_group_by_its_scale():
     model = tiny_model()
     opt = build_optimizer(model, OptimConfig(lr=0.4, bias_lr_scale=2.0), "cpu")
-    s = build_schedule(opt, ScheduleConfig(name="cosine"), 0.4, epochs=2, steps_per_epoch=5)
-    scales = [g["lr_scale"] for g in opt.param_groups]
-    assert sorted(scales) == [1.0, 2.0]
-    for t in range(10):
+    assert sorted(g["lr_scale"] for g in opt.param_groups) == [1.0, 2.0]
+    assert sorted(g["lr"] for g in opt.param_groups) == [0.4, 0.8]  # as built
+    s = Schedule(ScheduleConfig(name="cosine"), 0.4, epochs=2, steps_per_epoch=5)
+    lrs = s.epoch_lrs(1) + s.epoch_lrs(2)
+    assert len(lrs) == 10 and lrs[0] == pytest.approx(0.4)
+    for t, lr in enumerate(lrs):
+        assert lr == pytest.approx(s.lr_at(t / 5))
+        set_lr(opt, lr)
         for g in opt.param_groups:
-            assert g["lr"] == pytest.approx(s.lr_at(t) * g["lr_scale"])
-        assert s.lr() == pytest.approx(s.lr_at(t))
-        opt.step()
-        s.step()
-    assert s.lr() == pytest.approx(0.0, abs=1e-12)
+            assert g["lr"] == pytest.approx(lr * g["lr_scale"])
+    assert s.lr_at(2.0) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_unknown_schedule_names_options():
@@ -118,11 +130,11 @@ def test_unknown_schedule_names_options():
 
 
 def run_plateau(values, **kw):
-    s, _ = sched("plateau", lr=1.0, **kw)
+    s = sched("plateau", lr=1.0, **kw)
     lrs = []
     for v in values:
         s.epoch_end({"val_loss": v, "val_top1": -v})
-        lrs.append(round(s.lr(), 10))
+        lrs.append(round(s.lr_at(0), 10))
     return lrs
 
 
@@ -146,91 +158,97 @@ def test_plateau_relative_threshold():
 def test_plateau_min_lr_and_max_mode_and_alias():
     lrs = run_plateau([1.0] * 6, patience=1, factor=0.1, min_lr=0.05)
     assert lrs == [1.0, 0.1, 0.05, 0.05, 0.05, 0.05]
-    s, _ = sched("plateau", lr=1.0, monitor="val_top1", patience=1, factor=0.5)
+    s = sched("plateau", lr=1.0, monitor="val_top1", patience=1, factor=0.5)
     s.epoch_end({"eval_top1": 50.0})  # the trainer's key matches val_top1
     s.epoch_end({"eval_top1": 60.0})
-    assert s.lr() == 1.0
+    assert s.lr_at(0) == 1.0
     s.epoch_end({"eval_top1": 55.0})
-    assert s.lr() == 0.5
+    assert s.lr_at(0) == 0.5
     s.epoch_end({"train_loss": 1.0})  # epoch without eval: ignored
-    assert s.lr() == 0.5
+    assert s.lr_at(0) == 0.5
     with pytest.raises(ConvzooError, match="schedule.monitor"):
         sched("plateau", monitor="speed")
 
 
 def test_plateau_warmup_still_per_step():
-    s, _ = sched("plateau", lr=1.0, spe=10, warmup_epochs=1)
+    s = sched("plateau", lr=1.0, spe=10, warmup_epochs=1)
     assert s.lr_at(5) == pytest.approx(0.5)
 
 
 # ----------------------------------------------------------------------------- resume
 
 
-@pytest.mark.parametrize("name", ["cosine", "onecycle", "plateau", "multistep"])
-def test_state_dict_round_trip_continues_identically(name):
+def stage(name: str, lr: float, epochs: int, state=None, done: int = 0, spe: int = 10, **kw):
+    """A stage's schedule, resumed from ``state`` saved at the end of epoch ``done``."""
+    s = Schedule(ScheduleConfig(name=name, **kw), lr, epochs, spe)
+    if state is not None:
+        s.resume(state, done)
+    return s
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_resume_with_the_same_settings_continues_exactly(name):
     kw = {"milestones": [2, 3]} if name == "multistep" else {}
-    a, _ = sched(name, lr=0.3, epochs=5, spe=7, patience=1, **kw)
-    for t in range(17):
-        a.step()
-        if t % 7 == 6:
-            a.epoch_end({"val_loss": 1.0})
-    state = a.state_dict()
-    b, opt_b = sched("constant", lr=9.0, epochs=1, spe=3)  # different settings, overwritten
-    b.load_state_dict(state)
-    assert opt_b.param_groups[0]["lr"] == pytest.approx(a.lr())
-    for t in range(20):
-        a.step()
-        b.step()
-        if t % 7 == 3:
-            a.epoch_end({"val_loss": 1.0})
-            b.epoch_end({"val_loss": 1.0})
-        assert b.lr() == a.lr()
+    a = stage(name, 0.3, 5, spe=7, patience=1, **kw)
+    for epoch in (1, 2):
+        a.epoch_lrs(epoch)
+        a.epoch_end({"val_loss": 1.0})
+    b = stage(name, 0.3, 5, a.state_dict(), done=2, spe=7, patience=1, **kw)
+    for epoch in (3, 4, 5):
+        assert b.epoch_lrs(epoch) == a.epoch_lrs(epoch)
+        a.epoch_end({"val_loss": 1.0})
+        b.epoch_end({"val_loss": 1.0})
 
 
-def test_retarget_new_stage_lr_and_epochs():
-    # seed A: 38 epochs at lr 0.05, then 6 more at 0.01 from the epoch-38 checkpoint
-    s, opt = sched("constant", lr=0.05, epochs=38, spe=10)
-    for _ in range(380):
-        s.step()
-    state = s.state_dict()
-    s2, opt2 = sched("constant", lr=0.05, epochs=38, spe=10)
-    s2.load_state_dict(state)
-    s2.retarget(base_lr=0.01, epochs=44)
-    assert s2.global_step == 380
-    assert opt2.param_groups[0]["lr"] == pytest.approx(0.01)
-    s2.set_base_lr(0.001)
-    assert s2.lr() == pytest.approx(0.001)
-
-    # cosine extended from 10 to 20 epochs: continues at step 50 on the new curve
-    c, _ = sched("cosine", lr=1.0, epochs=10, spe=10)
-    for _ in range(50):
-        c.step()
-    assert c.lr() == pytest.approx(0.5)
-    c.retarget(epochs=20)
-    assert c.lr() == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
-    # a new batch size keeps the epoch position
-    c.retarget(steps_per_epoch=20)
-    assert c.global_step == 100
-    assert c.lr() == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.25)))
-    # switching to plateau for a new stage
-    c.retarget(base_lr=0.1, cfg=ScheduleConfig(name="plateau", patience=1))
-    assert c.lr() == pytest.approx(0.1)
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("done", [1, 3, 6])
+def test_a_new_stage_starts_at_the_lr_it_asks_for(name, done):
+    """Every schedule, resumed at any epoch with a new lr: the stage's first step is that lr."""
+    kw = {"milestones": [2, 4, 7]} if name == "multistep" else {}
+    first = stage(name, 0.1, 8, warmup_start=0.1, **kw)
+    new = stage(name, 0.01, 12, first.state_dict(), done=done, **kw)
+    lrs = new.epoch_lrs(done + 1)
+    assert lrs[0] == pytest.approx(0.01)
+    assert max(new.epoch_lrs(e)[i] for e in range(done + 1, 13) for i in range(10)) == \
+        pytest.approx(0.01)  # it only decays from there: no second warmup or rise
+    if name in ("cosine", "onecycle"):
+        assert new.lr_at(12) == pytest.approx(0.0, abs=1e-12)  # anneals to its end lr at E
+        assert new.lr_at((done + 12) / 2) == pytest.approx(0.005)  # halfway
+    if name == "multistep":  # only milestones after the stage start count
+        assert new.lr_at(11.9) == pytest.approx(0.01 * 0.1 ** sum(m > done for m in (2, 4, 7)))
 
 
-def test_resume_from_keeps_position_and_takes_new_settings():
-    a, _ = sched("cosine", lr=1.0, epochs=10, spe=10)
-    for _ in range(50):
-        a.step()
-    same, _ = sched("cosine", lr=1.0, epochs=10, spe=10)
-    same.resume_from(a.state_dict())
-    assert same.global_step == 50 and same.lr() == a.lr()
-    staged, opt = sched("multistep", lr=0.01, epochs=44, spe=5, milestones=[40])
-    staged.resume_from(a.state_dict())  # 10 spe -> 5 spe: epoch 5 is step 25
-    assert staged.global_step == 25
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
-    for _ in range(40 * 5 - 25):
-        staged.step()
-    assert staged.lr() == pytest.approx(0.001)
+def test_a_stage_that_keeps_the_lr_continues_the_curve_stretched():
+    # one-cycle trained 3 of 3 epochs, then extended to 5 with the same lr (the old behaviour)
+    first = stage("onecycle", 0.1, 3)
+    ext = stage("onecycle", 0.1, 5, first.state_dict(), done=3)
+    assert ext.anchor is None
+    assert ext.lr_at(3) == pytest.approx(stage("onecycle", 0.1, 5).lr_at(3))  # 0.0533
+    # a stage after an lr change that only extends the run keeps that stage's anchor
+    new = stage("cosine", 0.01, 6, stage("cosine", 0.1, 4).state_dict(), done=4)
+    longer = stage("cosine", 0.01, 8, new.state_dict(), done=5)
+    assert longer.anchor == new.anchor and longer.lr_at(4) == pytest.approx(0.01)
+    assert longer.lr_at(6) == pytest.approx(0.005)  # halfway from epoch 4 to 8
+
+
+def test_plateau_state_carries_over_and_resets_its_scale_with_a_new_lr():
+    a = stage("plateau", 1.0, 10, patience=1, factor=0.5)
+    for v in (1.0, 1.0, 1.0):
+        a.epoch_end({"val_loss": v})
+    assert a.lr_at(3) == pytest.approx(0.25)
+    same = stage("plateau", 1.0, 20, a.state_dict(), done=3, patience=1, factor=0.5)
+    assert same.lr_at(3) == pytest.approx(0.25) and same.plateau.tracker.best == 1.0
+    new = stage("plateau", 0.1, 20, a.state_dict(), done=3, patience=1, factor=0.5)
+    assert new.lr_at(3) == pytest.approx(0.1) and new.plateau.tracker.best == 1.0
+    new.epoch_end({"val_loss": 1.0})
+    assert new.lr_at(4) == pytest.approx(0.05)
+
+
+def test_a_new_batch_size_keeps_the_epoch_position():
+    a = stage("cosine", 1.0, 10, spe=10)
+    b = stage("cosine", 1.0, 10, a.state_dict(), done=5, spe=20)
+    assert b.epoch_lrs(6)[0] == pytest.approx(a.epoch_lrs(6)[0]) == pytest.approx(0.5)
+    assert len(b.epoch_lrs(6)) == 20
 
 
 # ----------------------------------------------------------------------------- optimizers
@@ -242,7 +260,7 @@ def test_optimizer_kinds_and_hyperparameters():
     assert type(sgd) is torch.optim.SGD
     g = sgd.param_groups[0]
     assert (g["momentum"], g["nesterov"], g["weight_decay"]) == (0.8, True, 5e-4)
-    assert g["initial_lr"] == 0.1
+    assert g["lr"] == 0.1 and g["name"] == "all"
     adam = build_optimizer(m, OptimConfig(name="adam", lr=1e-3, betas=[0.8, 0.99]), "cpu")
     assert type(adam) is torch.optim.Adam
     assert adam.param_groups[0]["betas"] == (0.8, 0.99)
@@ -277,19 +295,66 @@ def test_sgd_decoupled_vs_coupled_weight_decay():
     assert two_steps(False) == pytest.approx(0.8575)
 
 
-def test_apply_hparams_after_loading_a_checkpoint():
-    m = tiny_model()
-    old = build_optimizer(m, OptimConfig(weight_decay=1e-4, no_decay_norm_bias=True), "cpu")
-    new_cfg = OptimConfig(weight_decay=5e-4, momentum=0.5, no_decay_norm_bias=True,
-                          bias_lr_scale=3.0)  # fmt: skip
-    opt = build_optimizer(m, new_cfg, "cpu")
-    opt.load_state_dict(old.state_dict())  # restores the saved wd 1e-4
-    apply_hparams(opt, new_cfg)
-    by_name = {g["name"]: g for g in opt.param_groups}
-    assert by_name["decay"]["weight_decay"] == 5e-4 and by_name["no_decay"]["weight_decay"] == 0
-    assert by_name["decay"]["momentum"] == 0.5 and by_name["no_decay"]["lr_scale"] == 3.0
-    with pytest.raises(ConvzooError, match="no_decay_norm_bias"):
-        apply_hparams(opt, OptimConfig())
+def trained(cfg: OptimConfig, steps: int = 3, model=None):
+    """``tiny_model`` after ``steps`` steps of ``cfg``'s optimizer (state in every param)."""
+    model = model or tiny_model()
+    opt = build_optimizer(model, cfg, "cpu", total_steps=100)
+    x = torch.randn(4, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    for _ in range(steps):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    return model, opt
+
+
+@pytest.mark.parametrize("before, after", [
+    (OptimConfig(), OptimConfig(bias_lr_scale=3.0, weight_decay=1e-3, momentum=0.5)),
+    (OptimConfig(no_decay_norm_bias=True), OptimConfig()),
+    (OptimConfig(bias_wd_scale=0.5), OptimConfig(no_decay_norm_bias=True, decoupled_wd=True)),
+    (OptimConfig(name="adam", lr=1e-3), OptimConfig(name="adamw", lr=1e-3, bias_lr_scale=2)),
+    (OptimConfig(name="muon"), OptimConfig(name="muon", muon_lr=0.01, bias_lr_scale=4)),
+    (OptimConfig(lookahead_steps=2), OptimConfig(lookahead_steps=2, bias_lr_scale=2)),
+])
+def test_a_new_stage_may_regroup_the_params_and_keeps_each_params_state(before, after):
+    """The saved per-parameter state lands on the same parameters under the new grouping;
+    the group settings are the new stage's (the one rule, :func:`param_groups`)."""
+    model, old = trained(before)
+    new = build_optimizer(model, after, "cpu", total_steps=100)
+    load_optimizer_state(new, old.state_dict(), model, before, after)
+    inner_old = old.optimizer if isinstance(old, Lookahead) else old
+    inner_new = new.optimizer if isinstance(new, Lookahead) else new
+    for p in model.parameters():
+        if p.requires_grad:
+            for key, value in inner_old.state[p].items():
+                assert torch.equal(inner_new.state[p][key], value), key
+    expected = {g["name"]: g for g in param_groups(model, after)}
+    for g in inner_new.param_groups:
+        assert g["lr_scale"] == expected[g["name"]]["lr_scale"]
+        assert g.get("decoupled_wd", g["weight_decay"]) == expected[g["name"]]["weight_decay"]
+    if isinstance(new, Lookahead):
+        assert new.fast_steps == old.fast_steps
+        old_slow = {id(p): s for p, s in zip(old._params, old.slow, strict=True)}
+        assert all(torch.equal(s, old_slow[id(p)]) for p, s in zip(new._params, new.slow))
+        assert [g["name"] for g in old.param_groups] != [g["name"] for g in new.param_groups]
+
+
+def test_lookahead_switched_on_in_a_new_stage_starts_from_the_weights():
+    model, old = trained(OptimConfig())
+    new = build_optimizer(model, OptimConfig(lookahead_steps=2), "cpu")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)  # the checkpoint's weights, loaded after the optimizer was built
+    load_optimizer_state(new, old.state_dict(), model, OptimConfig(),
+                         OptimConfig(lookahead_steps=2))
+    assert all(torch.equal(s, p) for s, p in zip(new.slow, new._params, strict=True))
+
+
+def test_the_kind_of_optimizer_cannot_change_on_resume():
+    model, old = trained(OptimConfig())
+    new = build_optimizer(model, OptimConfig(name="adam"), "cpu")
+    with pytest.raises(ConvzooError, match="optim.name=adam.*sgd"):
+        load_optimizer_state(new, old.state_dict(), model, OptimConfig(),
+                             OptimConfig(name="adam"))
 
 
 def test_no_decay_group_holds_exactly_the_1d_params():

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from convzoo import config as C
@@ -22,7 +21,8 @@ from convzoo.cli import main
 from convzoo.data.augment import validate as validate_augment
 from convzoo.models import create_model
 from convzoo.train.loop import stage_plan
-from convzoo.train.optim import OPTIMIZERS, SCHEDULES, build_schedule
+from convzoo.train.optim import OPTIMIZERS
+from convzoo.train.schedule import SCHEDULES, stage_lrs
 
 RECIPES = C.list_recipes()
 ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
@@ -78,15 +78,8 @@ SEED_LR = {
 
 def lr_by_epoch(cfg: C.Config) -> tuple[dict[int, float], int]:
     """Base lr at the start of every epoch, walking the stages as the trainer does."""
-    param = torch.nn.Parameter(torch.zeros(1))
-    out: dict[int, float] = {}
-    done = 0
-    for stage in stage_plan(cfg):
-        opt = torch.optim.SGD([param], lr=stage.optim.lr)
-        sched = build_schedule(opt, stage.schedule, stage.optim.lr, stage.train.epochs, 1)
-        out.update({e: sched.lr_at(e) for e in range(done, stage.train.epochs)})
-        done = stage.train.epochs
-    return out, done
+    plan = stage_plan(cfg)
+    return stage_lrs(plan), plan[-1].train.epochs
 
 
 # ----------------------------------------------------------------------------- static checks

@@ -16,6 +16,7 @@ from convzoo.report import (
     plot_runs,
     read_metrics,
     series,
+    stage_starts,
     summary_row,
     write_bench_csv,
     write_metrics_csv,
@@ -156,3 +157,17 @@ def test_bench_table_rows_and_csv(tmp_path):
     assert float(got[1]["error"]) == pytest.approx(6.31)
     assert float(got[1]["params"]) == 855770
     assert got[2]["peak_memory_mb"] == "" and got[3]["device"] == "H100"
+
+
+def test_curves_mark_where_each_stage_began(tmp_path):
+    run = make_run(tmp_path / "r", "resnet20", 8)
+    assert stage_starts(run) == []
+    a = plot_curves(run, tmp_path / "a.png")
+    (run / "config.yaml").write_text(
+        "model: {name: resnet20}\ntrain: {epochs: 3}\nstages:\n"
+        "- {epochs: 6, set: {optim.lr: 0.01}, from_epoch: 3, started: '2026-11-30T10:00:00'}\n"
+        "- {epochs: 8, set: {}, from_epoch: 6, started: '2026-11-30T11:00:00'}\n"
+        "- {epochs: 9, set: {}, from_epoch: 0, started: ''}\n")  # planned, never ran
+    assert stage_starts(run) == [3, 6]
+    b = plot_curves(run, tmp_path / "b.png")
+    assert png_size(a) == png_size(b) and a.read_bytes() != b.read_bytes()

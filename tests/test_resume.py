@@ -1,6 +1,7 @@
 """Exact resume: a run killed with SIGKILL at any moment and resumed ends bit-identical."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,30 +27,49 @@ def finished(run: Path) -> bool:
     return (run / "summary.json").exists()
 
 
+def epoch_of(run: Path) -> int:
+    """The epoch of the run's last.pt (0 if none yet or if it is being replaced right now)."""
+    try:
+        return torch.load(run / "last.pt", weights_only=True)["epoch"]
+    except Exception:
+        return 0
+
+
 def test_sigkill_at_any_moment_then_resume_is_bit_identical(tmp_path):
     reference = convzoo("train", *ARGS, "--out", str(tmp_path), "--name", "ref")
     assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()
 
     run = tmp_path / "killed"
-    # Kill the first attempt very early (before any checkpoint may exist), later ones mid-run
-    # at staggered moments; each resume must pick up from whatever was left on disk.
-    delays = [0.5, 4.0, 5.5, 7.0]
+    # Kill the first attempt very early (before any checkpoint may exist); kill each later one
+    # once its run has advanced past a new checkpoint, plus a staggered delay (mid-epoch, or
+    # mid-write). Each resume must pick up from whatever was left on disk.
+    delays = [0.5, 0.0, 0.3, 0.7]
+    logs: list[str] = []
     proc = convzoo("train", *ARGS, "--out", str(tmp_path), "--name", "killed")
     for attempt, delay in enumerate(delays):
+        if attempt > 0:  # wait for a checkpoint newer than the one this attempt started from
+            start, deadline = epoch_of(run), time.monotonic() + 120
+            while epoch_of(run) <= start and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
         time.sleep(delay)
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
+        logs.append(proc.stderr.read().decode())
         if finished(run):
             break
         if not (run / "config.yaml").exists():  # killed before it wrote anything
             proc = convzoo("train", *ARGS, "--out", str(tmp_path), "--name", "killed")
         else:
             proc = convzoo("train", "--resume", str(run))
-        assert attempt < len(delays)
     if not finished(run):
         assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+        logs.append(proc.stderr.read().decode())
     assert not list(run.glob(".*.tmp")), "a temp file was left behind as if it were good"
+    # Resumes really continued from checkpoints (not from scratch), from more than one epoch
+    resumed = {int(m) for text in logs for m in re.findall(r"from the epoch-(\d+) checkpoint",
+                                                             text)}
+    assert len(resumed) >= 2 and min(resumed) >= 1, logs
 
     a = load_file(tmp_path / "ref" / "model.safetensors")
     b = load_file(run / "model.safetensors")
@@ -61,3 +81,5 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(tmp_path):
     assert ca["epoch"] == cb["epoch"] == 6
     for key, value in ca["ema"]["module"].items():
         assert torch.equal(value, cb["ema"]["module"][key]), key
+    for key, value in ca["model"].items():
+        assert torch.equal(value, cb["model"][key]), key

@@ -1,10 +1,11 @@
 """``convzoo bench``: the neon table (seed B) for any list of recipes, models and finished runs.
 
-For a recipe or a model, the model is built as training would build it (config from the recipe,
-or convzoo's defaults with ``--model``), then ``steps`` real training steps are timed after
-``warmup`` untimed ones, with the project's own step (``loop.train_one_epoch``: preprocessing,
-augmentation, autocast, channels_last, loss, backward, optimizer and schedule step, EMA) on
-synthetic uint8 images resident on the device, at the recipe's batch size. Reported:
+For a recipe or a model, the run is built by training's own ``setup.build_run`` (config from
+the recipe, or convzoo's defaults with ``--model``), then ``steps`` real training steps are timed
+after ``warmup`` untimed ones, with the project's own step (``loop.train_one_epoch``:
+preprocessing, augmentation, autocast and loss scaling, channels_last, loss, backward, optimizer
+step at the schedule's lr, EMA) on synthetic uint8 images resident on the device, at the
+recipe's batch size. Each row is logged as it starts and ends, with the time left. Reported:
 
 * params: trainable parameter count;
 * peak memory (MiB): CUDA ``max_memory_allocated`` over the timed steps (model, optimizer state,
@@ -43,11 +44,11 @@ from convzoo import report
 from convzoo.data.augment import EVAL_CROP_FRACTION, build_train_augment
 from convzoo.data.preprocess import fit_preprocessor
 from convzoo.errors import ConvzooError
-from convzoo.models import create_model, get_entry
-from convzoo.models.info import count_params, default_num_classes
-from convzoo.train.ema import ModelEMA
-from convzoo.train.loop import data_dependent_init, resolve_runtime, train_one_epoch
-from convzoo.train.optim import build_optimizer, build_schedule
+from convzoo.models import get_entry
+from convzoo.models.info import default_num_classes
+from convzoo.train.logging import format_seconds
+from convzoo.train.loop import train_one_epoch
+from convzoo.train.setup import build_run, configure_backends, resolve_runtime
 
 log = logging.getLogger("convzoo")
 
@@ -271,52 +272,58 @@ def device_name(device: torch.device) -> str:
     return f"{cpu}, {torch.get_num_threads()} threads"
 
 
-def _timed_steps(cfg: C.Config, facts: DataFacts, rt: Any, steps: int, warmup: int,
-                 steps_per_epoch: int) -> tuple[int, float]:
-    """Build data, model, optimizer as ``run_stage`` does; run warm-up, then time ``steps``.
+@dataclass
+class SyntheticData:
+    """What ``build_run`` needs of a data pipeline, for synthetic images (see ``synthetic_data``)."""
 
-    Returns (trainable params, seconds of the timed steps). Everything built here is freed on
-    return.
-    """
-    torch.manual_seed(cfg.train.seed)
+    classes: list[str]
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    train: SyntheticLoader
+    preprocess: Any
+
+
+def synthetic_data(cfg: C.Config, facts: DataFacts, rt: Any) -> SyntheticData:
+    """One batch of random uint8 images and labels on the device, preprocessed (fitted on
+    them) and augmented as the recipe's real data would be."""
     batch = cfg.train.batch_size
     gen = torch.Generator().manual_seed(cfg.train.seed)
     images = torch.randint(0, 256, (batch, *facts.image_shape), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, facts.num_classes, (batch,), generator=gen)
     preprocess = fit_preprocessor(cfg.preprocess, images).to(rt.device)
-    images, labels = images.to(rt.device), labels.to(rt.device)
     augment = build_train_augment(cfg.augment, seed=cfg.train.seed)
+    loader = SyntheticLoader(images.to(rt.device), labels.to(rt.device), 1, preprocess, augment)
+    return SyntheticData([str(i) for i in range(facts.num_classes)], facts.image_shape, loader,
+                         preprocess)
 
-    model = create_model(cfg.model.name, num_classes=facts.num_classes,
-                         in_chans=facts.image_shape[0], **cfg.model.kwargs).to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    params = count_params(model)
-    data_dependent_init(model, SyntheticLoader(images, labels, 1, preprocess, augment), rt.device)
-    if hasattr(model, "set_epoch"):  # model-side schedule (fast family), as in epoch 1
-        model.set_epoch(1)
-    optimizer = build_optimizer(model, cfg.optim, rt.device.type,
-                                total_steps=cfg.train.epochs * steps_per_epoch)
-    schedule = build_schedule(optimizer, cfg.schedule, cfg.optim.lr, cfg.train.epochs,
-                              steps_per_epoch)
-    ema = ModelEMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
-    step_model: nn.Module = torch.compile(model) if cfg.train.compile else model
 
-    def run(n: int, seed: int) -> None:
-        loader = SyntheticLoader(images, labels, n, preprocess, augment, seed=seed)
-        train_one_epoch(step_model, loader, optimizer, schedule, loss_fn, rt,  # type: ignore[arg-type]
-                        grad_clip=cfg.optim.grad_clip, ema=ema)
+def _timed_steps(cfg: C.Config, facts: DataFacts, rt: Any, steps: int, warmup: int,
+                 steps_per_epoch: int) -> tuple[int, float]:
+    """Build the run exactly as training does (``setup.build_run``: model, data-dependent init,
+    optimizer, schedule, scaler, EMA, compile), run ``warmup`` steps, then time ``steps``.
+
+    Returns (trainable params, seconds of the timed steps). Everything built here is freed on
+    return.
+    """
+    data = synthetic_data(cfg, facts, rt)
+    run = build_run(cfg, rt, data, steps_per_epoch=steps_per_epoch)
+    if hasattr(run.model, "set_epoch"):  # model-side schedule (fast family), as in epoch 1
+        run.model.set_epoch(1)
+    lrs = run.schedule.epoch_lrs(1)
+
+    def steps_of(n: int, seed: int) -> None:
+        loader = SyntheticLoader(data.train.images, data.train.labels, n, data.preprocess,
+                                 data.train.augment, seed=seed)
+        train_one_epoch(run, loader, [lrs[i % len(lrs)] for i in range(n)])
 
     if warmup:
-        run(warmup, seed=1)
+        steps_of(warmup, seed=1)
     if rt.device.type == "cuda":
         torch.cuda.synchronize(rt.device)
     t0 = time.perf_counter()
-    run(steps, seed=2)  # train_one_epoch ends with .item(): the device has finished
+    steps_of(steps, seed=2)  # train_one_epoch ends with .tolist(): the device has finished
     if rt.device.type == "cuda":
         torch.cuda.synchronize(rt.device)
-    return params, time.perf_counter() - t0
+    return run.params, time.perf_counter() - t0
 
 
 def bench_config(cfg: C.Config, facts: DataFacts, *, steps: int = 20, warmup: int = 3,
@@ -327,10 +334,7 @@ def bench_config(cfg: C.Config, facts: DataFacts, *, steps: int = 20, warmup: in
     rt = resolve_runtime(cfg.train)
     if rt.world_size > 1:
         raise ConvzooError("bench runs in one process: do not launch it with torchrun")
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    if rt.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes, as in training
+    configure_backends(cfg.train, rt.device)  # threads, determinism, cuDNN autotuning
     if cfg.train.compile:
         warmup = max(warmup, 1)  # the first step compiles: never time it
     batch = cfg.train.batch_size
@@ -375,7 +379,7 @@ def bench_config(cfg: C.Config, facts: DataFacts, *, steps: int = 20, warmup: in
         "warmup": warmup,
         "device": str(rt.device),
         "device_name": device_name(rt.device),
-        "precision": str(rt.amp_dtype).removeprefix("torch.") if rt.amp_dtype else "fp32",
+        "precision": rt.precision,
         "channels_last": rt.channels_last,
         "compile": cfg.train.compile,
         "torch": torch.__version__,
@@ -451,7 +455,17 @@ def bench(recipes: list[str], models: list[str], runs: list[str | Path], *,
         raise ConvzooError("bench: give at least one --recipe, --model or --runs")
     jobs = plan_jobs(recipes, models, overrides or {}, train_images)
     run_rows = [run_row(r) for r in runs]  # read first: a bad path fails before any timing
-    rows = [bench_config(j.cfg, j.facts, steps=steps, warmup=warmup, label=j.label) for j in jobs]
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    for i, j in enumerate(jobs, 1):
+        log.info(f"bench {i}/{len(jobs)}: {j.label} ({j.cfg.model.name}, batch "
+                 f"{j.cfg.train.batch_size}, {warmup} + {steps} steps)")
+        rows.append(bench_config(j.cfg, j.facts, steps=steps, warmup=warmup, label=j.label))
+        spent = time.perf_counter() - t0
+        left = spent / i * (len(jobs) - i)
+        log.info(f"bench {i}/{len(jobs)}: {rows[-1]['images_per_second']:.0f} img/s in "
+                 f"{format_seconds(spent)} so far" + (f", about {format_seconds(left)} left"
+                                                       if i < len(jobs) else ""))
     return rows + run_rows
 
 

@@ -41,27 +41,43 @@ def build_train_config(args: argparse.Namespace) -> C.Config:
     return C.from_dict(C.merge(data, explicit_overrides(args)))
 
 
-def resume_config(args: argparse.Namespace) -> C.Config:
-    """The run's own config.yaml with this command's overrides applied (a new stage)."""
+def resume_config(args: argparse.Namespace) -> tuple[C.Config, dict[str, Any] | None]:
+    """The run's config.yaml with this command's overrides as a new stage (``loop.resume_config``),
+    and the run's last checkpoint (None when it was stopped before its first one)."""
+    from convzoo.train import checkpoint as ckpt_io
+    from convzoo.train.loop import resume_config as stage_config
+
     run_dir = Path(args.resume)
-    cfg_path = run_dir / "config.yaml"
-    if not cfg_path.exists():
+    if not (run_dir / "config.yaml").exists():
         raise ConvzooError(f"--resume {run_dir}: not a run directory (no config.yaml)")
     if args.recipe:
         raise ConvzooError("--resume continues a run with its own config; drop --recipe")
-    return C.from_dict(C.merge(C.to_dict(C.load_config(cfg_path)), explicit_overrides(args)))
+    if args.out is not None or args.name is not None:
+        raise ConvzooError("--resume continues the run in its own directory; drop --out/--name")
+    ckpt = ckpt_io.load_checkpoint(run_dir, "last") if (run_dir / "last.pt").exists() else None
+    cfg = stage_config(run_dir, explicit_overrides(args), ckpt["epoch"] if ckpt else 0)
+    return cfg, ckpt
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from convzoo.train.loop import fit
+    import yaml
 
+    from convzoo.train.logging import log
+    from convzoo.train.loop import check, describe, fit
+
+    ckpt = None
     if args.resume:
-        cfg = resume_config(args)
-        run_dir = fit(cfg, resume=Path(args.resume))
+        cfg, ckpt = resume_config(args)
     else:
         cfg = build_train_config(args)
-        run_dir = fit(cfg)
-    print(run_dir)
+    resume = Path(args.resume) if args.resume else None
+    if args.dry_run:  # build everything, train nothing, write nothing
+        _, todo, run = check(cfg, resume, ckpt)
+        print(yaml.safe_dump(C.to_dict(cfg), sort_keys=False), end="")
+        log.info(f"dry run: {resume} has nothing left to train" if run is None
+                 else describe(run, todo))
+        return 0
+    print(fit(cfg, resume, ckpt=ckpt))
     return 0
 
 
@@ -73,12 +89,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_checkpoint(args.run, data=args.data, split=args.split, tta=args.tta,
                                  which=args.checkpoint, device=args.device,
-                                 batch_size=args.batch_size)
+                                 batch_size=args.batch_size, weights=args.weights)
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['model']} on {result['data']} [{result['split']}, "
-              f"{result['count']} images]: top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  "
+        print(f"{result['model']} ({result['weights']} weights) on {result['data']} "
+              f"[{result['split']}, {result['count']} images]: top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  "
               f"loss {result['loss']:.4f}")
     return 0
 
@@ -87,7 +103,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from convzoo.inference import predict_files
 
     rows = predict_files(args.run, [Path(p) for p in args.images], topk=args.topk,
-                         which=args.checkpoint, device=args.device)
+                         which=args.checkpoint, device=args.device, weights=args.weights)
     if args.json:
         print(json.dumps(rows))
     else:
@@ -187,7 +203,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     from convzoo.export import export
 
     result = export(args.run, args.format, out=args.out, which=args.checkpoint,
-                    opset=args.opset, check=args.check)
+                    opset=args.opset, check=args.check, weights=args.weights)
     for note in result.checks:
         print(note, file=sys.stderr)
     print(result.path)
@@ -211,6 +227,15 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run (overrides allowed)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any config key, e.g. --set optim.lr=0.01 (repeatable)")
+    p.add_argument("--dry-run", action="store_true", dest="dry_run",
+                   help="check config, data and model (build everything, train nothing, write "
+                        "nothing) and print the resolved config")
+
+
+def add_weights_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", default="auto", choices=["auto", "ema", "raw"],
+                   help="ema: the weights' moving average (optim.ema_decay); raw: the trained "
+                        "weights; auto (default): ema when the run kept one")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -232,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, dest="batch_size",
                    help="eval batch size (default: the run's train.eval_batch_size)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_weights_arg(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="classify image files with a trained model")
@@ -241,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="last", choices=["last", "best"])
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
+    add_weights_arg(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("models", help="list models with parameters and FLOPs")
@@ -298,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
     p.add_argument("--check", action="store_true",
                    help="validate the file (onnx.checker; onnxruntime comparison if installed)")
+    add_weights_arg(p)
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -152,6 +152,8 @@ class StageConfig:
 
     epochs: int = 0  # train until this total epoch count
     set: dict[str, Any] = field(default_factory=dict)  # dotted overrides for this stage
+    from_epoch: int = 0  # epoch it continued from (written when it starts; 0 = not yet)
+    started: str = ""  # local time it started, ISO 8601 (written by train; "" = not yet)
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ class Config:
     description: str = ""  # one line shown by `convzoo recipes`
     source: str = ""  # seed system reproduced (e.g. "A: MXNet Inception-BN") or "convzoo"
     reported: str = ""  # the seed's reported result, shown beside ours
+    started: str = ""  # local time the run's first stage started, ISO 8601 (written by train)
     data: DataConfig = field(default_factory=DataConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -34,7 +34,7 @@ from convzoo.data.augment import build_eval_transform
 from convzoo.data.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.train import checkpoint as ckpt_io
-from convzoo.train.loop import load_model_for_eval
+from convzoo.train.setup import load_model_for_eval
 
 log = logging.getLogger("convzoo")
 
@@ -62,11 +62,12 @@ class InferenceModel(nn.Module):
         return self.model(self._view(self.preprocess(images)))
 
 
-def load_inference_model(path: str | Path, which: str = "last") -> tuple[InferenceModel, dict]:
+def load_inference_model(path: str | Path, which: str = "last",
+                         weights: str = "auto") -> tuple[InferenceModel, dict]:
     """The checkpoint's InferenceModel on the CPU in eval mode, and the checkpoint dict."""
     ckpt = ckpt_io.load_checkpoint(path, which)
     cfg = C.from_dict(ckpt["config"])
-    model, preprocess = load_model_for_eval(ckpt, torch.device("cpu"))
+    model, preprocess = load_model_for_eval(ckpt, torch.device("cpu"), weights)
     return InferenceModel(model, preprocess, cfg.augment).eval(), ckpt
 
 
@@ -87,13 +88,15 @@ def default_output(path: str | Path, which: str, fmt: str) -> Path:
 
 
 def export(path: str | Path, fmt: str, *, out: str | Path | None = None, which: str = "last",
-           opset: int | None = None, check: bool = False) -> ExportResult:
-    """Export the checkpoint at ``path`` (run directory or .pt file) to ``fmt``."""
+           opset: int | None = None, check: bool = False, weights: str = "auto") -> ExportResult:
+    """Export the checkpoint at ``path`` (run directory or .pt file) to ``fmt``; ``weights``:
+    auto (the EMA when the run kept one), ema or raw (``checkpoint.select_weights``)."""
     if fmt not in FORMATS:
         raise ConvzooError(f"unknown export format '{fmt}' (choose: {', '.join(FORMATS)})")
     if fmt != "onnx" and opset is not None:
         raise ConvzooError("--opset applies to --format onnx only")
-    wrapper, ckpt = load_inference_model(path, which)
+    wrapper, ckpt = load_inference_model(path, which, weights)
+    state, weights = ckpt_io.select_weights(ckpt, weights)
     target = Path(out) if out else default_output(path, which, fmt)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -101,11 +104,11 @@ def export(path: str | Path, fmt: str, *, out: str | Path | None = None, which: 
         raise ConvzooError(f"cannot create {target.parent}: {e.strerror}") from None
     if fmt == "safetensors":
         result = ExportResult(target, fmt)
-        save_safetensors(ckpt, wrapper.preprocess, target)
+        save_safetensors(ckpt, state, weights, wrapper.preprocess, target)
         if check:
             result.checks.append(check_safetensors(target, wrapper.model))
         return result
-    exporter = export_onnx(wrapper, ckpt, target, opset=opset)
+    exporter = export_onnx(wrapper, ckpt, target, opset=opset, weights=weights)
     result = ExportResult(target, fmt, exporter)
     if check:
         result.checks.extend(check_onnx(target, wrapper, tuple(ckpt["image_shape"])))
@@ -115,7 +118,8 @@ def export(path: str | Path, fmt: str, *, out: str | Path | None = None, which: 
 # ----------------------------------------------------------------------------- safetensors
 
 
-def weights_metadata(ckpt: dict[str, Any], preprocess: Preprocessor) -> dict[str, str]:
+def weights_metadata(ckpt: dict[str, Any], weights: str,
+                     preprocess: Preprocessor) -> dict[str, str]:
     """safetensors metadata: the keys of the run's model.safetensors plus preprocessing facts."""
     state = preprocess.state()
     small = {k: v.tolist() for k, v in state.items() if k != "kind"}
@@ -130,6 +134,7 @@ def weights_metadata(ckpt: dict[str, Any], preprocess: Preprocessor) -> dict[str
         "model_kwargs": json.dumps(ckpt["model_kwargs"]),
         "image_shape": json.dumps(list(ckpt["image_shape"])),
         "epoch": str(ckpt["epoch"]),
+        "weights": weights,  # "ema" or "raw" (select_weights)
         "preprocess": json.dumps({"kind": state["kind"], **small}),
         "eval_view": json.dumps({"crop": ckpt["config"]["augment"].get("crop", 0),
                                  "random_resized_crop":
@@ -137,10 +142,11 @@ def weights_metadata(ckpt: dict[str, Any], preprocess: Preprocessor) -> dict[str
     }
 
 
-def save_safetensors(ckpt: dict[str, Any], preprocess: Preprocessor, path: Path) -> None:
-    """The checkpoint's model weights with ``weights_metadata``, written atomically."""
+def save_safetensors(ckpt: dict[str, Any], state: dict[str, Tensor], weights: str,
+                     preprocess: Preprocessor, path: Path) -> None:
+    """``state`` (the checkpoint's ``weights``) with ``weights_metadata``, written atomically."""
     try:
-        ckpt_io.save_safetensors(ckpt["model"], path, weights_metadata(ckpt, preprocess))
+        ckpt_io.save_safetensors(state, path, weights_metadata(ckpt, weights, preprocess))
     except OSError as e:
         raise ConvzooError(f"cannot write {path}: {e.strerror}") from None
 
@@ -188,7 +194,7 @@ def _quiet() -> Any:
 
 
 def export_onnx(wrapper: InferenceModel, ckpt: dict[str, Any], path: Path,
-                opset: int | None = None) -> str:
+                opset: int | None = None, weights: str = "raw") -> str:
     """Write ``wrapper`` as ONNX with a dynamic batch axis and metadata; returns the exporter.
 
     The default exporter of the installed torch is tried first (torch.export-based since 2.9);
@@ -220,7 +226,7 @@ def export_onnx(wrapper: InferenceModel, ckpt: dict[str, Any], path: Path,
     else:
         raise ConvzooError(f"ONNX export of {ckpt['model_name']} failed ({'; '.join(errors)})")
     model = onnx.load(str(path))
-    onnx.helper.set_model_props(model, onnx_metadata(ckpt, wrapper))
+    onnx.helper.set_model_props(model, onnx_metadata(ckpt, wrapper, weights))
     model.doc_string = (f"convzoo {ckpt['model_name']}: float32 images (batch, "
                         f"{', '.join(map(str, ckpt['image_shape']))}) on the 0-255 scale -> "
                         f"logits (batch, {ckpt['num_classes']}); preprocessing included")
@@ -228,7 +234,8 @@ def export_onnx(wrapper: InferenceModel, ckpt: dict[str, Any], path: Path,
     return name
 
 
-def onnx_metadata(ckpt: dict[str, Any], wrapper: InferenceModel) -> dict[str, str]:
+def onnx_metadata(ckpt: dict[str, Any], wrapper: InferenceModel,
+                  weights: str = "raw") -> dict[str, str]:
     """metadata_props of the exported graph."""
     return {
         "convzoo.model": ckpt["model_name"],
@@ -238,6 +245,7 @@ def onnx_metadata(ckpt: dict[str, Any], wrapper: InferenceModel) -> dict[str, st
         "convzoo.output": "logits (batch, classes); softmax for probabilities",
         "convzoo.preprocess": wrapper.preprocess.kind,
         "convzoo.epoch": str(ckpt["epoch"]),
+        "convzoo.weights": weights,  # "ema" or "raw" (select_weights)
         "convzoo.model_kwargs": json.dumps(ckpt["model_kwargs"]),
     }
 

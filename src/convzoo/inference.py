@@ -15,20 +15,22 @@ from convzoo.data.pipeline import make_loader, open_source
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
 from convzoo.train import checkpoint as ckpt_io
-from convzoo.train.loop import load_model_for_eval, resolve_runtime
+from convzoo.train.setup import load_model_for_eval, resolve_runtime
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 
 
 def evaluate_checkpoint(path: str | Path, *, data: str | None = None, split: str | None = None,
                         tta: str | None = None, which: str = "last", device: str = "auto",
-                        batch_size: int | None = None) -> dict[str, Any]:
+                        batch_size: int | None = None, weights: str = "auto") -> dict[str, Any]:
     """Top-1/top-5/loss of a saved model on a split of its data (or of `data`).
 
     `batch_size` defaults to the run's ``train.eval_batch_size``, so the figures match the
-    run's own last evaluation to the last digit.
+    run's own last evaluation to the last digit. `weights`: auto (the EMA when the run kept
+    one, as its summary), ema or raw.
     """
     ckpt = ckpt_io.load_checkpoint(path, which)
+    _, weights_used = ckpt_io.select_weights(ckpt, weights)
     cfg = C.from_dict(ckpt["config"])
     rt = resolve_runtime(C.replace(cfg.train, device=device))
     if data is not None:  # other data: no carving, no limit — evaluate what is there
@@ -43,7 +45,7 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, split: str
     if list(source.classes) != list(ckpt["classes"]):
         raise ConvzooError(f"{cfg.data.source}: its classes differ from the checkpoint's "
                            f"({len(source.classes)} vs {len(ckpt['classes'])} classes)")
-    model, preprocess = load_model_for_eval(ckpt, rt.device)
+    model, preprocess = load_model_for_eval(ckpt, rt.device, weights)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = make_loader(source, split, cfg, rt.device, preprocess, train=False,
@@ -54,7 +56,8 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, split: str
                       channels_last=rt.channels_last, views=views)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"model": ckpt["model_name"], "data": cfg.data.source, "split": split,
-            "epoch": ckpt["epoch"], "params": params, "tta": augment_cfg.tta, **result}
+            "epoch": ckpt["epoch"], "params": params, "tta": augment_cfg.tta,
+            "weights": weights_used, **result}
 
 
 def collect_images(paths: list[Path]) -> list[Path]:
@@ -90,12 +93,12 @@ def read_image(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_files(path: str | Path, images: list[Path], *, topk: int = 5, which: str = "last",
-                  device: str = "auto") -> list[dict[str, Any]]:
-    """Top-k classes and probabilities for each image file."""
+                  device: str = "auto", weights: str = "auto") -> list[dict[str, Any]]:
+    """Top-k classes and probabilities for each image file (`weights`: auto, ema or raw)."""
     ckpt = ckpt_io.load_checkpoint(path, which)
     cfg = C.from_dict(ckpt["config"])
     rt = resolve_runtime(C.replace(cfg.train, device=device))
-    model, preprocess = load_model_for_eval(ckpt, rt.device)
+    model, preprocess = load_model_for_eval(ckpt, rt.device, weights)
     transform = build_eval_transform(cfg.augment)
     files = collect_images(images)
     shape = tuple(ckpt["image_shape"])

@@ -186,10 +186,26 @@ def _save(fig: Figure, out: Path) -> Path:
 # ----------------------------------------------------------------------------- plots
 
 
+def stage_starts(run_dir: str | Path) -> list[int]:
+    """Epochs after which a later stage of the run began (config.yaml's ``stages`` that ran)."""
+    stages = _read_config(Path(run_dir)).get("stages") or []
+    return [int(s["from_epoch"]) for s in stages
+            if isinstance(s, dict) and s.get("from_epoch") and s.get("started")]
+
+
+def _mark_stages(axes: list[Axes], starts: list[int]) -> None:
+    """A dotted vertical line where each later stage began (between its epochs e and e+1)."""
+    for i, epoch in enumerate(starts):
+        for ax in axes:
+            ax.axvline(epoch + 0.5, color="grey", linestyle=":", linewidth=1,
+                       label=f"stage {i + 2} from epoch {epoch + 1}" if ax is axes[0] else None)
+
+
 def plot_curves(run_dir: str | Path, out: Path | None = None) -> Path:
     """Draw ``curves.png`` for one run: error, loss, learning rate and a zoomed error panel.
 
-    Returns the PNG's path (default ``run_dir/curves.png``).
+    Where the run had later stages (``--resume`` with overrides, a recipe's ``stages``), a
+    dotted line marks where each began. Returns the PNG's path (default ``run_dir/curves.png``).
     """
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
@@ -202,6 +218,7 @@ def plot_curves(run_dir: str | Path, out: Path | None = None) -> Path:
     fig = Figure(figsize=(12, 8.5), layout="constrained")
     (ax_err, ax_loss), (ax_lr, ax_zoom) = fig.subplots(2, 2)
 
+    _mark_stages([ax_err, ax_loss, ax_lr], stage_starts(run_dir))
     eval_curves = []
     _line(ax_err, *series(records, "train_error"), n, label="train error", color="C0")
     for metric, label, color in (

@@ -195,9 +195,3 @@ def fast96(num_classes: int = 10, in_chans: int = 3, **kwargs) -> FastNet:
     kwargs.setdefault("bn_momentum", 0.1)
     return FastNet(num_classes=num_classes, in_chans=in_chans, **kwargs)
 
-
-for _factory in (fast_net, fast94, fast95, fast96):  # keywords checked by create_model
-    _factory.accepted_kwargs = (  # type: ignore[attr-defined]
-        "widths", "depth", "whiten_kernel", "whiten_eps", "whiten_bias_epochs",
-        "data_init_images", "bn_momentum", "scale",
-    )

@@ -104,3 +104,24 @@ def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+WEIGHTS = ("auto", "ema", "raw")
+
+
+def select_weights(ckpt: dict[str, Any], weights: str = "auto") -> tuple[dict[str, Any], str]:
+    """The model state dict to use from a checkpoint, and which weights it is.
+
+    ``auto`` is the EMA of the weights when the run kept one (``optim.ema_decay > 0``: the
+    weights its figures and best.pt were chosen on), else the trained weights; ``ema`` insists
+    on the EMA, ``raw`` takes the trained weights. Returns ``(state_dict, "ema" | "raw")``.
+    """
+    if weights not in WEIGHTS:
+        raise ConvzooError(f"--weights {weights}: expected one of {', '.join(WEIGHTS)}")
+    ema = ckpt.get("ema")
+    if weights == "raw" or (weights == "auto" and ema is None):
+        return ckpt["model"], "raw"
+    if ema is None:
+        raise ConvzooError("--weights ema: this checkpoint has no EMA weights (the run had "
+                           "optim.ema_decay=0); use --weights raw")
+    return ema["module"], "ema"

@@ -1,8 +1,9 @@
 """Progress output and per-epoch metric files (metrics.jsonl, TensorBoard).
 
 On a terminal a tqdm bar shows images/s; otherwise (CI, nohup, pipes) plain log lines are printed
-every ``log_every`` steps. Loss values are read from the device only at those points, so the
-training step itself never waits on the host.
+every ``log_every`` steps and at least every 30 s, with the time left in the whole run. Loss
+values are read from the device only at those points, so the training step itself never waits
+on the host.
 """
 
 from __future__ import annotations
@@ -52,43 +53,93 @@ def setup_logging(verbose: bool = False) -> None:
     log.propagate = False
 
 
-class Progress:
-    """Per-epoch progress: a tqdm bar on a TTY, a log line every `log_every` steps otherwise."""
+def format_seconds(seconds: float) -> str:
+    """``3725`` -> ``1h02m``, ``185`` -> ``3m05s``, ``7.2`` -> ``7s``."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
 
-    def __init__(self, total: int, epoch: int, epochs: int, log_every: int, enabled: bool = True):
+
+class Eta:
+    """Time left in a run: training steps left x the mean seconds per step so far, plus
+    evaluations left x the mean seconds per evaluation so far.
+
+    Before the first evaluation has been timed, evaluations count as nothing; the estimate
+    then firms up after the first evaluated epoch.
+    """
+
+    def __init__(self, steps: int, evals: int = 0) -> None:
+        self.steps_left, self.evals_left = steps, evals
+        self.steps_done, self.step_seconds = 0, 0.0
+        self.evals_done, self.eval_seconds = 0, 0.0
+
+    def done(self, steps: int = 0, seconds: float = 0.0, evals: int = 0,
+             eval_seconds: float = 0.0) -> None:
+        """Record finished work: ``steps`` training steps in ``seconds``, ``evals`` evaluations
+        in ``eval_seconds``."""
+        self.steps_left -= steps
+        self.steps_done += steps
+        self.step_seconds += seconds
+        self.evals_left -= evals
+        self.evals_done += evals
+        self.eval_seconds += eval_seconds
+
+    def left(self, steps: int = 0, seconds: float = 0.0) -> float | None:
+        """Seconds left, counting ``steps`` more steps that took ``seconds`` (the epoch now
+        running); None until any step has been timed."""
+        n, t = self.steps_done + steps, self.step_seconds + seconds
+        if n == 0 or t <= 0:
+            return None
+        rest = max(self.steps_left - steps, 0) * t / n
+        if self.evals_done:
+            rest += max(self.evals_left, 0) * self.eval_seconds / self.evals_done
+        return rest
+
+
+class Progress:
+    """Per-epoch progress: a tqdm bar on a TTY; otherwise a log line every ``log_every`` steps
+    and at least every ``log_seconds`` (so a short or slow epoch off a terminal is not silent),
+    each with the time left in the run when an :class:`Eta` is given."""
+
+    def __init__(self, total: int, epoch: int, epochs: int, log_every: int, enabled: bool = True,
+                 *, eta: Eta | None = None, log_seconds: float = 30.0,
+                 clock: Any = time.perf_counter) -> None:
         self.total, self.epoch, self.epochs, self.log_every = total, epoch, epochs, log_every
-        self.enabled = enabled
+        self.enabled, self.eta, self.log_seconds, self.clock = enabled, eta, log_seconds, clock
         self.tty = enabled and sys.stderr.isatty()
         self.bar = (
-            tqdm(
-                total=total,
-                desc=f"epoch {epoch}/{epochs}",
-                unit="step",
-                leave=False,
-                dynamic_ncols=True,
-            )
+            tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False,
+                 dynamic_ncols=True)
             if self.tty
             else None
         )
-        self.start = time.perf_counter()
+        self.start = self.last_log = clock()
         self.images = 0
 
     def update(self, step: int, images: int, read_loss: Any) -> None:
-        """`read_loss` is a callable returning the running loss (a host sync), called rarely."""
+        """``read_loss`` is a callable returning the running loss (a host sync), called rarely."""
         self.images += images
         if not self.enabled:
             return
+        now = self.clock()
+        due = step % self.log_every == 0 or now - self.last_log >= self.log_seconds
         if self.bar is not None:
             self.bar.update(1)
-            if step % self.log_every == 0 or step == self.total:
-                ips = self.images / max(time.perf_counter() - self.start, 1e-9)
-                self.bar.set_postfix(loss=f"{read_loss():.4f}", img_s=f"{ips:.0f}")
-        elif step % self.log_every == 0:
-            ips = self.images / max(time.perf_counter() - self.start, 1e-9)
-            log.info(
-                f"epoch {self.epoch}/{self.epochs} step {step}/{self.total} "
-                f"loss {read_loss():.4f} {ips:.0f} img/s"
-            )
+        if not due and not (self.bar is not None and step == self.total):
+            return
+        self.last_log = now
+        ips = self.images / max(now - self.start, 1e-9)
+        left = self.eta.left(step, now - self.start) if self.eta is not None else None
+        if self.bar is not None:
+            extra = {"run_eta": format_seconds(left)} if left is not None else {}
+            self.bar.set_postfix(loss=f"{read_loss():.4f}", img_s=f"{ips:.0f}", **extra)
+        else:
+            log.info(f"epoch {self.epoch}/{self.epochs} step {step}/{self.total} "
+                     f"loss {read_loss():.4f} {ips:.0f} img/s"
+                     + (f" | run ETA {format_seconds(left)}" if left is not None else ""))
 
     def close(self) -> None:
         if self.bar is not None:

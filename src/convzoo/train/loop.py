@@ -1,17 +1,20 @@
-"""The training loop: ``fit(cfg)`` wires data, model, optimiser and schedule, then runs
-``train_one_epoch`` and ``evaluate`` once per epoch, checkpointing after each.
+"""The training loop: ``fit(cfg)`` checks a run, then trains its stages; ``run_stage`` is the
+epoch loop, ``train_one_epoch`` the steps, ``evaluate_run`` the per-epoch evaluation.
 
-Read it top to bottom: there are no callbacks and no trainer class. Exact resume works because
-everything random in epoch ``e`` is seeded from ``(seed, e)`` (see ``epoch_seed``) and all other
-state (weights, optimiser, schedule, EMA, RNG) is in ``last.pt``, written atomically after every
-epoch.
+Read it top to bottom: there are no callbacks and no trainer class. What a stage is built from
+(model, optimizer, schedule, scaler, EMA) lives in ``train/setup.py`` and is shared with
+``convzoo bench``. Exact resume works because everything random in epoch ``e`` is seeded from
+``(seed, e)`` (see ``epoch_seed``) and all other state is in ``last.pt``, written atomically.
+
+Files of a run directory are written in three places only: ``start_stage_files`` (config.yaml,
+when a stage starts), ``write_epoch_files`` (metrics row, checkpoints, weights) and
+``write_summary`` (summary.json, metrics.csv, curves.png at the end of ``fit``).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import resource
 import shutil
 import time
@@ -21,70 +24,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from convzoo import config as C
-from convzoo.data.augment import tta_views
 from convzoo.data.loaders import epoch_seed
 from convzoo.data.pipeline import Loader, build_pipeline
-from convzoo.data.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import autocast, evaluate
-from convzoo.models import create_model
 from convzoo.train import checkpoint as ckpt_io
-from convzoo.train.ema import ModelEMA
-from convzoo.train.logging import MetricsWriter, Progress, log
-from convzoo.train.optim import EarlyStopping, apply_hparams, build_optimizer, build_schedule
-
-
-@dataclass
-class Runtime:
-    """What the config resolves to on this machine."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None  # autocast dtype, None for fp32
-    channels_last: bool
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def resolve_runtime(cfg: C.TrainConfig) -> Runtime:
-    """Device, precision and memory format from the config (``auto`` picks per device)."""
-    name = cfg.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConvzooError(f"train.device: unknown device '{cfg.device}'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConvzooError(f"train.device={cfg.device} but CUDA is not available on this machine")
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        raise ConvzooError(f"train.precision: expected auto|fp32|bf16|fp16, got '{precision}'")
-    # channels_last is faster for convolutions on CUDA and on CPU (oneDNN): ~16% for resnet20.
-    channels_last = {"auto": True, "true": True, "false": False}.get(str(cfg.channels_last).lower())
-    if channels_last is None:
-        raise ConvzooError(
-            f"train.channels_last: expected auto|true|false, got '{cfg.channels_last}'"
-        )
-    rank = int(os.environ.get("RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size > 1:  # launched by torchrun: one process per device
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        if not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(device, dtypes[precision], channels_last, rank, world_size)
+from convzoo.train.logging import Eta, MetricsWriter, Progress, format_seconds, log
+from convzoo.train.schedule import set_lr
+from convzoo.train.setup import (
+    Run,
+    Runtime,
+    build_run,
+    check_checkpoint_fits,
+    checkpoint_state,
+    configure_backends,
+    resolve_runtime,
+    restore,
+)
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -97,44 +55,38 @@ def peak_memory_mb(device: torch.device) -> float:
 # ----------------------------------------------------------------------------- steps
 
 
-def train_one_epoch(
-    model: nn.Module,
-    loader: Loader,
-    optimizer: torch.optim.Optimizer,
-    schedule: Any,
-    loss_fn: nn.Module,
-    rt: Runtime,
-    *,
-    grad_clip: float = 0.0,
-    ema: ModelEMA | None = None,
-    progress: Progress | None = None,
-) -> dict[str, float]:
-    """One pass over `loader`. Loss and accuracy sums stay on the device (no per-step sync)."""
+def train_one_epoch(run: Run, loader: Loader, lrs: list[float],
+                    progress: Progress | None = None) -> dict[str, float]:
+    """One pass over ``loader``, step ``i`` at base lr ``lrs[i]``. Loss and accuracy sums stay on
+    the device (no per-step sync). Under fp16 the loss is scaled (``run.scaler``): steps whose
+    gradients overflow are skipped and the scale lowered; in bf16/fp32 the scaler is a no-op."""
+    model, optimizer, scaler, rt = run.step_model, run.optimizer, run.scaler, run.rt
+    grad_clip = run.cfg.optim.grad_clip
     model.train()
     loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
     correct = torch.zeros((), device=rt.device, dtype=torch.int64)
     count = 0
-    for step, (x, y) in enumerate(loader, start=1):
+    for step, (x, y) in enumerate(loader):
+        set_lr(optimizer, lrs[step])
         if rt.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(rt.device, rt.amp_dtype):
             logits = model(x)
-            loss = loss_fn(logits, y)
+            loss = run.loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        optimizer.step()
-        schedule.step()
-        if ema is not None:
-            ema.update(model)
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        if run.ema is not None:
+            run.ema.update(run.model)
         loss_sum += loss.detach().double() * y.shape[0]
         correct += (logits.detach().argmax(dim=1) == y).sum()
         count += y.shape[0]
         if progress is not None:
-            progress.update(step, y.shape[0], lambda s=loss_sum, n=count: s.item() / n)
-    if count == 0:
-        raise ConvzooError("the training split is smaller than one batch: lower train.batch_size")
+            progress.update(step + 1, y.shape[0], lambda s=loss_sum, n=count: s.item() / n)
     totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(count), device=rt.device,
                                                                    dtype=torch.float64)])
     if rt.world_size > 1:  # figures over all ranks' images, not rank 0's share
@@ -143,35 +95,30 @@ def train_one_epoch(
     return {"loss": loss_total / n, "top1": 100.0 * correct_total / n, "count": int(n)}
 
 
-def data_dependent_init(model: nn.Module, loader: Loader, device: torch.device) -> float:
-    """Call ``model.init_from_data(images)`` once, if the model has it; returns its seconds.
+def evaluate_run(run: Run) -> dict[str, Any]:
+    """This epoch's eval figures: the trained weights, and the EMA weights when the run keeps
+    an EMA (those are the weights best.pt and the summary go by)."""
+    rt = run.rt
+    kw = dict(device=rt.device, amp_dtype=rt.amp_dtype, channels_last=rt.channels_last,
+              views=run.views)
+    t0 = time.perf_counter()  # evaluate() ends with .item(): the device is synced
+    raw = evaluate(run.eval_model, run.data.eval, **kw)
+    row = {"eval_loss": raw["loss"], "eval_top1": raw["top1"], "eval_top5": raw["top5"],
+           "eval_split": run.data.eval_split}
+    if run.ema is not None:
+        ema = evaluate(run.ema.module, run.data.eval, **kw)
+        row.update({"ema_eval_loss": ema["loss"], "ema_eval_top1": ema["top1"],
+                    "ema_eval_top5": ema["top5"]})
+    row["eval_seconds"] = time.perf_counter() - t0
+    return row
 
-    ``images`` are the first ``model.data_init_images`` (0 = all) training images of this rank,
-    preprocessed (float (N, C, H, W) on the device) but not augmented. The fast family uses it
-    to set its patch-whitening filters. The time is part of the run's timed work.
-    """
-    init = getattr(model, "init_from_data", None)
-    if init is None:
-        return 0.0
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        init(loader.preprocess(loader.head(getattr(model, "data_init_images", 0))))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
+
+def selected_top1(run: Run, row: dict[str, Any]) -> float:
+    """The eval top-1 of the weights the run is judged by (EMA when it has one)."""
+    return row["ema_eval_top1"] if run.ema is not None else row["eval_top1"]
 
 
-def compile_warmup(
-    model: nn.Module,
-    step_model: nn.Module,
-    eval_model: nn.Module,
-    train_loader: Loader,
-    eval_loader: Loader,
-    loss_fn: nn.Module,
-    rt: Runtime,
-    views: Any,
-    epochs: int,
-) -> float:
+def compile_warmup(run: Run) -> float:
     """Make torch.compile compile before the timed epochs; returns the seconds it took.
 
     Runs one forward+backward on a training batch for each model state the run will see
@@ -179,22 +126,23 @@ def compile_warmup(
     which recompiles) and one evaluation of the first eval batch (all TTA views), then restores
     every weight and buffer and drops the gradients, so training is unchanged.
     """
+    model, rt = run.model, run.rt
     saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
     t0 = time.perf_counter()
-    x, y = next(iter(train_loader))
+    x, y = next(iter(run.data.train))
     if rt.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     set_epoch = getattr(model, "set_epoch", None)
-    step_model.train()
-    for e in sorted({1, epochs}) if set_epoch is not None else [0]:
+    run.step_model.train()
+    for e in sorted({1, run.cfg.train.epochs}) if set_epoch is not None else [0]:
         if set_epoch is not None:
             set_epoch(e)
         with autocast(rt.device, rt.amp_dtype):
-            loss = loss_fn(step_model(x), y)
+            loss = run.loss_fn(run.step_model(x), y)
         loss.backward()
         model.zero_grad(set_to_none=True)
-    evaluate(eval_model, [next(iter(eval_loader))], device=rt.device, amp_dtype=rt.amp_dtype,
-             channels_last=rt.channels_last, views=views)
+    evaluate(run.eval_model, [next(iter(run.data.eval))], device=rt.device,
+             amp_dtype=rt.amp_dtype, channels_last=rt.channels_last, views=run.views)
     if rt.device.type == "cuda":
         torch.cuda.synchronize(rt.device)
     seconds = time.perf_counter() - t0
@@ -202,7 +150,125 @@ def compile_warmup(
     return seconds
 
 
-# ----------------------------------------------------------------------------- run directory
+# ----------------------------------------------------------------------------- stages
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of a run's plan: its index, full config and the epoch it starts from."""
+
+    index: int
+    cfg: C.Config
+    start: int  # epoch it continues from (the previous stage's end, or where it began)
+
+    @property
+    def end(self) -> int:
+        return self.cfg.train.epochs
+
+
+def stage_plan(cfg: C.Config) -> list[C.Config]:
+    """The config of each stage: the main one, then one per ``stages`` entry (seed A's lr drop,
+    or a ``--resume`` with overrides), each the previous one with the entry's overrides."""
+    plan = [cfg]
+    for i, stage in enumerate(cfg.stages):
+        prev = plan[-1]
+        start = stage.from_epoch or prev.train.epochs
+        if stage.epochs <= start:
+            raise ConvzooError(f"stages[{i}].epochs={stage.epochs} must exceed the epoch it "
+                               f"starts from ({start})")
+        overrides: dict[str, Any] = {}
+        for key, value in stage.set.items():
+            overrides = C.merge(overrides, C.dotted_to_nested(key, value))
+        overrides = C.merge(overrides, {"train": {"epochs": stage.epochs}})
+        plan.append(C.apply_overrides(prev, overrides))
+    return plan
+
+
+def pending_stages(cfg: C.Config, ckpt: dict[str, Any] | None) -> list[Stage]:
+    """The stages still to train after checkpoint ``ckpt`` (all of them without one).
+
+    Stage ``i`` ends at its ``epochs``, or earlier where the next stage began (a ``--resume``
+    with overrides starts a stage where the run stood), or where early stopping ended it.
+    """
+    plan = stage_plan(cfg)
+    done = ckpt["epoch"] if ckpt is not None else 0
+    stopped = ckpt.get("stage", 0) if ckpt is not None and ckpt.get("stopped") else -1
+    began = [s.from_epoch for s in cfg.stages] + [0]  # where stage i + 1 began (0: not yet)
+    todo: list[Stage] = []
+    for i, stage_cfg in enumerate(plan):
+        end = min(stage_cfg.train.epochs, began[i]) if began[i] else stage_cfg.train.epochs
+        if i > stopped and end > done:
+            start = done if not todo else (began[i - 1] or plan[i - 1].train.epochs)
+            todo.append(Stage(i, stage_cfg, start))
+    return todo
+
+
+def mark_started(cfg: C.Config, stage: Stage, epoch: int) -> C.Config:
+    """``cfg`` recording that ``stage`` started now, from ``epoch`` (kept if already set)."""
+    now = datetime.now().isoformat(timespec="seconds")
+    if stage.index == 0:
+        return C.replace(cfg, started=now) if epoch == 0 else cfg
+    stages = list(cfg.stages)
+    entry = stages[stage.index - 1]
+    if not entry.started:
+        stages[stage.index - 1] = C.replace(entry, started=now, from_epoch=epoch)
+    return C.replace(cfg, stages=stages)
+
+
+# What a resume may change without starting a new stage: how this process runs, not what it
+# trains.
+RUNTIME_KEYS = {"train.device", "train.threads", "train.log_every", "data.workers", "data.root"}
+
+
+def dotted(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'optim': {'lr': 0.01}}`` -> ``{'optim.lr': 0.01}`` (``model.kwargs`` stays one value,
+    as ``config.merge`` replaces it whole)."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name not in ("model.kwargs",):
+            out.update(dotted(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def resume_config(run_dir: Path, overrides: dict[str, Any],
+                  done: int) -> C.Config:
+    """The run's ``config.yaml`` with a resume's ``overrides`` (nested, as the CLI gives them).
+
+    Keys that only say how this process runs (``RUNTIME_KEYS``) apply directly. Any other
+    override starts a new stage at the checkpoint's epoch ``done``, recorded in ``stages`` with
+    those overrides and its end (``train.epochs``, default: the plan's end), so config.yaml
+    keeps the whole history. No overrides: the plan continues (an exact resume).
+    """
+    cfg = C.load_config(run_dir / "config.yaml")
+    flat = dotted(overrides)
+    runtime = {k: v for k, v in flat.items() if k in RUNTIME_KEYS}
+    stage_keys = {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
+    for key, value in runtime.items():
+        cfg = C.apply_overrides(cfg, C.dotted_to_nested(key, value))
+    plan_end = stage_plan(cfg)[-1].train.epochs
+    epochs = stage_keys.pop("train.epochs", None)
+    if not stage_keys and epochs in (None, plan_end):
+        return cfg
+    if done == 0:  # nothing trained yet: no history to keep, start over with the overrides
+        return C.apply_overrides(cfg, overrides)
+    unstarted = [s.epochs for s in cfg.stages if not s.started]
+    if unstarted:
+        raise ConvzooError(f"--resume {run_dir}: its planned stages (to epoch {unstarted[-1]}) "
+                           "have not all run; resume it without overrides first")
+    end = plan_end if epochs is None else epochs
+    if end <= done:
+        raise ConvzooError(f"--resume {run_dir}: the run is at epoch {done}; a new stage needs "
+                           f"--epochs above {done} (got {end})")
+    stage = C.StageConfig(epochs=end, set=stage_keys, from_epoch=done)
+    cfg = C.replace(cfg, stages=[*cfg.stages, stage])
+    stage_plan(cfg)  # validates the new stage's overrides
+    return cfg
+
+
+# ----------------------------------------------------------------------------- fit
 
 
 def new_run_dir(cfg: C.Config) -> Path:
@@ -222,350 +288,251 @@ def new_run_dir(cfg: C.Config) -> Path:
     return run_dir
 
 
-def stage_plan(cfg: C.Config) -> list[C.Config]:
-    """The config of each stage: the main one, then one per ``stages`` entry (seed A's lr drop)."""
-    plan = [cfg]
-    for i, stage in enumerate(cfg.stages):
-        prev = plan[-1]
-        if stage.epochs <= prev.train.epochs:
-            raise ConvzooError(
-                f"stages[{i}].epochs={stage.epochs} must exceed the previous "
-                f"stage's {prev.train.epochs}"
-            )
-        overrides: dict[str, Any] = {}
-        for key, value in stage.set.items():
-            overrides = C.merge(overrides, C.dotted_to_nested(key, value))
-        overrides = C.merge(overrides, {"train": {"epochs": stage.epochs}})
-        plan.append(C.apply_overrides(prev, overrides))
-    return plan
+def prepare_stage(stage: Stage, rt: Runtime, ckpt: dict[str, Any] | None) -> Run:
+    """Data, model, optimizer ... of ``stage``, with ``ckpt`` loaded: everything a stage needs,
+    checked before anything is written."""
+    data = build_pipeline(stage.cfg, rt.device, rank=rt.rank, world_size=rt.world_size,
+                          preprocess_state=ckpt["preprocess"] if ckpt is not None else None)
+    if ckpt is not None:
+        check_checkpoint_fits(stage.cfg, data, ckpt)  # before building: the clearer error
+    run = build_run(stage.cfg, rt, data, init_from_data=ckpt is None)
+    run.stage = stage.index
+    if ckpt is not None:
+        restore(run, ckpt)
+    return run
 
 
-# ----------------------------------------------------------------------------- fit
-
-
-def fit(cfg: C.Config, resume: Path | None = None) -> Path:
-    """Train according to `cfg` (all stages) and return the run directory.
-
-    With `resume`, continue the run in that directory: from ``last.pt`` if there is one (exact
-    continuation), else from scratch with the same config (a run killed before its first
-    checkpoint).
-    """
+def check(cfg: C.Config, resume: Path | None = None,
+          ckpt: dict[str, Any] | None = None) -> tuple[Runtime, list[Stage], Run | None]:
+    """Build the first stage left to train (data, model, optimizer; ``ckpt`` loaded into it):
+    the validation ``fit`` does before it writes anything, and all that ``--dry-run`` does.
+    Returns the runtime, the stages left and the built run (None: nothing left to train)."""
     rt = resolve_runtime(cfg.train)  # under torchrun this joins the process group
+    configure_backends(cfg.train, rt.device)
+    if ckpt is None and resume is not None and (Path(resume) / "last.pt").exists():
+        ckpt = ckpt_io.load_checkpoint(resume, "last")
+    todo = pending_stages(cfg, ckpt)
+    return rt, todo, prepare_stage(todo[0], rt, ckpt) if todo else None
+
+
+def fit(cfg: C.Config, resume: Path | None = None, *,
+        ckpt: dict[str, Any] | None = None) -> Path:
+    """Train according to ``cfg`` (all stages) and return the run directory.
+
+    With ``resume``, continue the run in that directory from ``last.pt`` (``ckpt``, if the
+    caller has loaded it), or from scratch with its config when it has no checkpoint yet. A run
+    with nothing left to train writes nothing.
+    """
+    rt, todo, run = check(cfg, resume, ckpt)
+    if run is None:
+        log.info(f"{resume}: every stage has been trained; nothing to do (nothing written)")
+        return Path(resume)  # type: ignore[arg-type]
     run_dir = Path(resume) if resume is not None else None
     if rt.is_main:
         if run_dir is None:
             run_dir = new_run_dir(cfg)
         else:
             ckpt_io.remove_stale_temps(run_dir)  # left by a writer killed mid-save
-        C.save_config(cfg, run_dir / "config.yaml")
     if rt.world_size > 1:  # every rank works in rank 0's run directory; only rank 0 writes
         shared = [str(run_dir) if rt.is_main else None]
         torch.distributed.broadcast_object_list(shared, src=0)
         run_dir = Path(shared[0])  # type: ignore[arg-type]
     assert run_dir is not None
-    state = None
-    if resume is not None and (run_dir / "last.pt").exists():
-        state = ckpt_io.load_checkpoint(run_dir, "last")
+    writer = MetricsWriter(run_dir, cfg.train.tensorboard, resume_epoch=run.state.epoch) \
+        if rt.is_main else None
+    eta = Eta(sum((s.end - max(s.start, run.state.epoch)) for s in todo) * len(run.data.train),
+              sum(evals_between(s.cfg.train, max(s.start, run.state.epoch)) for s in todo))
+    ckpt_out: dict[str, Any] = {}
     try:
-        for stage_cfg in stage_plan(cfg):
-            done = state["epoch"] if state is not None else 0
-            if done >= stage_cfg.train.epochs:
-                continue
-            state = run_stage(stage_cfg, run_dir, state)
+        for i, stage in enumerate(todo):
+            if i > 0:  # the next stage of a recipe, from the previous stage's last state
+                run = prepare_stage(stage, rt, ckpt_out)
+            cfg = mark_started(cfg, stage, run.state.epoch)
+            if rt.is_main:
+                start_stage_files(run_dir, cfg)
+            ckpt_out = run_stage(run, run_dir, writer, eta)
     except ConvzooError:
         # Bad input found before anything was trained: leave no half-made run directory.
         if resume is None and rt.is_main and not (run_dir / "last.pt").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
-    if state is None:  # nothing left to train: a resumed run that was already finished
-        log.info(f"{run_dir}: already trained to epoch {cfg.train.epochs}")
+    finally:
+        if writer is not None:
+            writer.close()
+    if rt.is_main:
+        write_summary(run_dir, run, ckpt_out)
     return run_dir
 
 
-def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dict[str, Any]:
-    """Train from ``state`` (a loaded checkpoint, or None for a fresh start) to cfg.train.epochs."""
-    rt = resolve_runtime(cfg.train)
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
-    if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True)
-    elif rt.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
-    t_setup = time.perf_counter()
+def evals_between(cfg: C.TrainConfig, start: int) -> int:
+    """Evaluations from epoch ``start`` to the end: every ``eval_every``-th epoch and the last."""
+    marks = set(range(cfg.eval_every, cfg.epochs + 1, cfg.eval_every)) | {cfg.epochs}
+    return sum(1 for e in marks if e > start)
 
-    data = build_pipeline(cfg, rt.device, rank=rt.rank, world_size=rt.world_size,
-                          preprocess_state=state["preprocess"] if state is not None else None)
-    split, preprocess = data.eval_split, data.preprocess
-    train_loader, eval_loader = data.train, data.eval
 
-    torch.manual_seed(cfg.train.seed)
-    in_chans = data.image_shape[0]
-    model = create_model(
-        cfg.model.name, num_classes=data.num_classes, in_chans=in_chans, **cfg.model.kwargs
-    ).to(rt.device)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    # Data-dependent init (fast family: patch whitening); a resumed run loads the result instead.
-    init_seconds = 0.0 if state is not None else data_dependent_init(model, train_loader, rt.device)
-    optimizer = build_optimizer(
-        model, cfg.optim, rt.device.type, total_steps=cfg.train.epochs * len(train_loader)
-    )
-    schedule = build_schedule(
-        optimizer, cfg.schedule, cfg.optim.lr, cfg.train.epochs, len(train_loader)
-    )
-    ema = ModelEMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
-    stopper = (
-        EarlyStopping(cfg.train.early_stop_patience, cfg.schedule.monitor)
-        if cfg.train.early_stop_patience > 0
-        else None
-    )
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing)
-    step_model: nn.Module = model
-    if rt.world_size > 1:  # gradients all-reduced across ranks; checkpoints hold `model`
-        step_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None
-        )
-    eval_model: nn.Module = model  # every rank evaluates the whole split with the same weights
-    if cfg.train.compile:
-        step_model, eval_model = torch.compile(step_model), torch.compile(model)
-
-    start_epoch, best_top1, train_seconds, train_images = 0, -math.inf, 0.0, 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        apply_hparams(optimizer, cfg.optim)  # a new stage's lr/wd/momentum win over the saved
-        schedule.resume_from(state["schedule"])  # keeps the step; settings from this config
-        if ema is not None:
-            if state.get("ema") is not None:
-                ema.load_state_dict(state["ema"])
-            else:  # EMA switched on in a new stage: start it from the trained weights
-                ema.reset(model)
-        if stopper is not None and state.get("early_stop") is not None:
-            stopper.load_state_dict(state["early_stop"])
-        ckpt_io.set_rng_state(state["rng"])
-        start_epoch = state["epoch"]
-        best_top1 = state["best_top1"]
-        train_seconds = state["train_seconds"]
-        train_images = state["train_images"]
-        init_seconds = state.get("init_seconds", 0.0)
-        log.info(f"continuing {run_dir} from the epoch-{start_epoch} checkpoint")
-    compile_seconds = 0.0
+def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None,
+              eta: Eta) -> dict[str, Any]:
+    """Train ``run`` from its state's epoch to its config's last one (or an early stop);
+    returns the last epoch's checkpoint dict."""
+    cfg, rt, s = run.cfg, run.rt, run.state
+    if s.epoch:
+        log.info(f"continuing {run_dir} from the epoch-{s.epoch} checkpoint")
     if cfg.train.compile:  # compile now, outside the timed epochs, and report it separately
-        tta = (lambda x: tta_views(x, cfg.augment.tta, cfg.augment)) if cfg.augment.tta != "none" \
-            else None
-        compile_seconds = compile_warmup(model, step_model, eval_model, train_loader, eval_loader,
-                                         loss_fn, rt, tta, cfg.train.epochs)
-        log.info(f"torch.compile warm-up: {compile_seconds:.1f}s (not in train_seconds)")
-
-    writer = MetricsWriter(run_dir, cfg.train.tensorboard, resume_epoch=start_epoch) \
-        if rt.is_main else None
-    log.info(
-        f"{cfg.model.name}: {params:,} parameters; data {data.name} ({data.kind}) "
-        f"train {data.train_count:,} / {split} {data.eval_count:,}; "
-        f"device {rt.device}, precision {rt.amp_dtype or 'fp32'}; "
-        f"setup {time.perf_counter() - t_setup:.1f}s"
-    )
+        s.compile_seconds = compile_warmup(run)
+        log.info(f"torch.compile warm-up: {s.compile_seconds:.1f}s (not in train_seconds)")
+    log.info(f"{cfg.model.name}: {run.params:,} parameters; data {run.data.name} "
+             f"({run.data.kind}) train {run.data.train_count:,} / {run.data.eval_split} "
+             f"{run.data.eval_count:,}; device {rt.device}, precision {rt.precision}; "
+             f"weights judged: {run.weights}")
     if rt.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(rt.device)
-
-    last_eval: dict[str, float] = {}
-    ckpt: dict[str, Any] = state or {}
-    epochs = cfg.train.epochs
-    for epoch in range(start_epoch + 1, epochs + 1):
+    ckpt: dict[str, Any] = {}
+    for epoch in range(s.epoch + 1, cfg.train.epochs + 1):
         # Everything random in this epoch depends only on (seed, epoch): exact resume.
         torch.manual_seed(epoch_seed(cfg.train.seed, epoch, stream=1 + rt.rank))
-        train_loader.set_epoch(epoch)
-        if hasattr(model, "set_epoch"):  # model-side schedule (fast family: whitening bias)
-            model.set_epoch(epoch)
-        progress = Progress(len(train_loader), epoch, epochs, cfg.train.log_every, rt.is_main)
-        lr_used = schedule.lr()  # the lr this epoch starts with (the seeds' "lr of epoch e")
+        run.data.train.set_epoch(epoch)
+        if hasattr(run.model, "set_epoch"):  # model-side schedule (fast family: whitening bias)
+            run.model.set_epoch(epoch)
+        lrs = run.schedule.epoch_lrs(epoch)
+        progress = Progress(len(run.data.train), epoch, cfg.train.epochs, cfg.train.log_every,
+                            rt.is_main, eta=eta)
         t0 = time.perf_counter()
-        train_stats = train_one_epoch(
-            step_model,
-            train_loader,
-            optimizer,
-            schedule,
-            loss_fn,
-            rt,
-            grad_clip=cfg.optim.grad_clip,
-            ema=ema,
-            progress=progress,
-        )
+        stats = train_one_epoch(run, run.data.train, lrs, progress)
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
         seconds = time.perf_counter() - t0
         progress.close()
-        train_seconds += seconds
-        train_images += train_stats["count"]
-
-        row: dict[str, Any] = {
-            "epoch": epoch,
-            "lr": lr_used,
-            "train_loss": train_stats["loss"],
-            "train_top1": train_stats["top1"],
-        }
-        final = epoch == epochs
-        if final or epoch % cfg.train.eval_every == 0:
-            views = (
-                (lambda x: tta_views(x, cfg.augment.tta, cfg.augment))
-                if cfg.augment.tta != "none"
-                else None
-            )
-            t_eval = time.perf_counter()  # evaluate() ends with .item(): the device is synced
-            last_eval = evaluate(
-                eval_model,
-                eval_loader,
-                device=rt.device,
-                amp_dtype=rt.amp_dtype,
-                channels_last=rt.channels_last,
-                views=views,
-            )
-            row.update(
-                {
-                    "eval_loss": last_eval["loss"],
-                    "eval_top1": last_eval["top1"],
-                    "eval_top5": last_eval["top5"],
-                    "eval_split": split,
-                    "eval_seconds": time.perf_counter() - t_eval,
-                }
-            )
-            if ema is not None:
-                ema_eval = evaluate(
-                    ema.module,
-                    eval_loader,
-                    device=rt.device,
-                    amp_dtype=rt.amp_dtype,
-                    channels_last=rt.channels_last,
-                    views=views,
-                )
-                row.update({"ema_eval_loss": ema_eval["loss"], "ema_eval_top1": ema_eval["top1"]})
-            schedule.epoch_end({"val_loss": last_eval["loss"], "val_top1": last_eval["top1"]})
-        row.update(
-            {
-                "seconds": seconds,
-                "images_per_second": train_stats["count"] / seconds,
-                "peak_memory_mb": peak_memory_mb(rt.device),
-            }
-        )
-        log.info(
-            f"epoch {epoch}/{epochs} lr {lr_used:.4g} train loss {row['train_loss']:.4f} "
-            f"top1 {row['train_top1']:.2f}%"
-            + (
-                f" | {split} loss {row['eval_loss']:.4f} top1 {row['eval_top1']:.2f}% "
-                f"top5 {row['eval_top5']:.2f}%"
-                if "eval_top1" in row
-                else ""
-            )
-            + f" | {seconds:.1f}s {row['images_per_second']:.0f} img/s"
-        )
-
-        stop = False
-        if stopper is not None and "eval_top1" in row:
-            stop = stopper.update({"val_loss": row["eval_loss"], "val_top1": row["eval_top1"]})
-        improved = "eval_top1" in row and row["eval_top1"] > best_top1
+        eta.done(steps=len(lrs), seconds=seconds)
+        s.epoch, s.train_seconds, s.train_images = epoch, s.train_seconds + seconds, \
+            s.train_images + stats["count"]
+        # lr: the mean over the epoch's steps (what it trained at); its first and last step too
+        row: dict[str, Any] = {"epoch": epoch, "lr": sum(lrs) / len(lrs), "lr_start": lrs[0],
+                               "lr_end": lrs[-1], "train_loss": stats["loss"],
+                               "train_top1": stats["top1"]}
+        if epoch == cfg.train.epochs or epoch % cfg.train.eval_every == 0:
+            row.update(evaluate_run(run))
+            eta.done(evals=1, eval_seconds=row["eval_seconds"])
+            run.schedule.epoch_end(row)
+        row.update({"seconds": seconds, "images_per_second": stats["count"] / seconds,
+                    "peak_memory_mb": peak_memory_mb(rt.device)})
+        s.stopped = run.stopper is not None and "eval_top1" in row and run.stopper.update(row)
+        improved = "eval_top1" in row and selected_top1(run, row) > s.best_top1
         if improved:
-            best_top1 = row["eval_top1"]
-        ckpt = {
-            "format": ckpt_io.FORMAT,
-            "version": ckpt_io.VERSION,
-            "epoch": epoch,
-            "config": C.to_dict(cfg),
-            "model_name": cfg.model.name,
-            "model_kwargs": dict(cfg.model.kwargs),
-            "num_classes": data.num_classes,
-            "in_chans": in_chans,
-            "classes": list(data.classes),
-            "image_shape": list(data.image_shape),
-            "eval_split": split,
-            "preprocess": preprocess.state(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "schedule": schedule.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "early_stop": stopper.state_dict() if stopper is not None else None,
-            "rng": ckpt_io.rng_state(),
-            "best_top1": best_top1,
-            "train_seconds": train_seconds,
-            "train_images": train_images,
-            "init_seconds": init_seconds,
-            "compile_seconds": compile_seconds,
-            "metrics": row,
-        }
-        if writer is not None:
-            writer.write(row)
-            if final or stop or epoch % cfg.train.save_every == 0:
-                ckpt_io.atomic_save(ckpt, run_dir / "last.pt")
-                save_weights(ckpt, run_dir / "model.safetensors")
-            if improved:
-                ckpt_io.atomic_save(ckpt, run_dir / "best.pt")
-        if stop:
-            log.info(
-                f"early stopping at epoch {epoch}: no improvement for "
-                f"{cfg.train.early_stop_patience} epochs"
-            )
+            s.best_top1 = selected_top1(run, row)
+        log.info(epoch_line(run, row, eta))
+        ckpt = checkpoint_state(run, row)
+        if rt.is_main:
+            save = s.stopped or epoch == cfg.train.epochs or epoch % cfg.train.save_every == 0
+            write_epoch_files(run_dir, ckpt, writer, save=save, improved=improved)
+        if s.stopped:
+            log.info(f"early stopping at epoch {epoch}: no improvement for "
+                     f"{cfg.train.early_stop_patience} epochs")
             break
-    if writer is not None:
-        writer.close()
-
-    if rt.is_main and ckpt:
-        write_summary(run_dir, cfg, ckpt, params, last_eval, rt)
     return ckpt
 
 
+def epoch_line(run: Run, row: dict[str, Any], eta: Eta) -> str:
+    """The log line of one epoch: lr (mean, and its range when it moved), train and eval
+    figures (EMA too), speed and the time left in the run."""
+    lr = f"lr {row['lr']:.4g}"
+    if not math.isclose(row["lr_start"], row["lr_end"]):
+        lr += f" ({row['lr_start']:.3g}->{row['lr_end']:.3g})"
+    text = (f"epoch {row['epoch']}/{run.cfg.train.epochs} {lr} train loss "
+            f"{row['train_loss']:.4f} top1 {row['train_top1']:.2f}%")
+    if "eval_top1" in row:
+        text += (f" | {row['eval_split']} loss {row['eval_loss']:.4f} top1 "
+                 f"{row['eval_top1']:.2f}% top5 {row['eval_top5']:.2f}%")
+        if "ema_eval_top1" in row:
+            text += f" EMA top1 {row['ema_eval_top1']:.2f}%"
+    text += f" | {row['seconds']:.1f}s {row['images_per_second']:.0f} img/s"
+    left = eta.left()
+    return text + (f" | run ETA {format_seconds(left)}" if left else "")
+
+
+# ----------------------------------------------------------------------------- run files
+
+
+def start_stage_files(run_dir: Path, cfg: C.Config) -> None:
+    """At the start of every stage: config.yaml, the run's whole plan and history so far."""
+    C.save_config(cfg, run_dir / "config.yaml")
+
+
+def write_epoch_files(run_dir: Path, ckpt: dict[str, Any], writer: MetricsWriter | None, *,
+                      save: bool, improved: bool) -> None:
+    """After every epoch: the metrics row; ``last.pt`` and ``model.safetensors`` every
+    ``save_every`` epochs (and the last); ``best.pt`` when the judged top-1 improved."""
+    if writer is not None:
+        writer.write(ckpt["metrics"])
+    if save:
+        ckpt_io.atomic_save(ckpt, run_dir / "last.pt")
+        save_weights(ckpt, run_dir / "model.safetensors")
+    if improved:
+        ckpt_io.atomic_save(ckpt, run_dir / "best.pt")
+
+
 def save_weights(ckpt: dict[str, Any], path: Path) -> None:
-    """model.safetensors: weights plus the metadata needed to rebuild the model."""
+    """model.safetensors: the run's weights (EMA when it keeps one) plus what rebuilds the model."""
+    state, weights = ckpt_io.select_weights(ckpt, "auto")
     meta = {
         "model": ckpt["model_name"],
         "num_classes": str(ckpt["num_classes"]),
         "in_chans": str(ckpt["in_chans"]),
         "classes": json.dumps(ckpt["classes"]),
         "model_kwargs": json.dumps(ckpt["model_kwargs"]),
+        "weights": weights,
         "format": "convzoo-weights",
     }
-    ckpt_io.save_safetensors(ckpt["model"], path, meta)
+    ckpt_io.save_safetensors(state, path, meta)
 
 
-def write_summary(
-    run_dir: Path,
-    cfg: C.Config,
-    ckpt: dict[str, Any],
-    params: int,
-    last_eval: dict[str, float],
-    rt: Runtime,
-) -> None:
-    """summary.json (final figures) plus metrics.csv and curves.png from the metric log."""
-    train_seconds = ckpt["train_seconds"]
+def write_summary(run_dir: Path, run: Run, ckpt: dict[str, Any]) -> None:
+    """summary.json (final figures) plus metrics.csv and curves.png from the metric log.
+
+    ``top1``/``top5``/``loss`` are those of ``weights`` (EMA when the run keeps one; the
+    trained weights' figures are then ``raw_*``); ``best_split`` says where best.pt was chosen.
+    """
+    cfg, rt, last = run.cfg, run.rt, ckpt["metrics"]
+    epochs, train_seconds = ckpt["epoch"], ckpt["train_seconds"]
+    prefix = "ema_eval_" if run.ema is not None else "eval_"
     summary = {
         "model": cfg.model.name,
         "recipe": cfg.name,
         "data": cfg.data.source,
-        "params": params,
+        "params": run.params,
         "input": "x".join(str(v) for v in ckpt["image_shape"]),  # stored (C, H, W)
-        "epochs": ckpt["epoch"],
+        "epochs": epochs,
         "split": ckpt["eval_split"],
-        "top1": last_eval.get("top1"),
-        "top5": last_eval.get("top5"),
-        "loss": last_eval.get("loss"),
+        "weights": run.weights,
+        "top1": last.get(prefix + "top1"),
+        "top5": last.get(prefix + "top5"),
+        "loss": last.get(prefix + "loss"),
         "best_top1": ckpt["best_top1"],
+        "best_split": ckpt["eval_split"],
         "train_seconds": train_seconds,
-        "seconds_per_epoch": train_seconds / max(ckpt["epoch"], 1),
+        "seconds_per_epoch": train_seconds / max(epochs, 1),
         "images_per_second": ckpt["train_images"] / max(train_seconds, 1e-9),
-        "train_images_per_epoch": ckpt["train_images"] // max(ckpt["epoch"], 1),
+        "train_images_per_epoch": ckpt["train_images"] // max(epochs, 1),
         "peak_memory_mb": peak_memory_mb(rt.device),
         "device": str(rt.device),
+        "precision": rt.precision,
         "torch": torch.__version__,
     }
+    if run.ema is not None:
+        summary.update({"ema_top1": last.get("ema_eval_top1"), "raw_top1": last.get("eval_top1"),
+                        "raw_top5": last.get("eval_top5"), "raw_loss": last.get("eval_loss")})
+    if ckpt["eval_split"] == "test":
+        summary["best_note"] = ("best.pt was chosen on the test split, so its test figure is "
+                                "optimistic; set data.val_fraction (or give the data a val/ "
+                                "split) to choose on held-out data")
+        log.warning(f"note: {summary['best_note']}")
     # What airbench's timer covers: data-dependent init + training epochs + final evaluation.
     # Excluded, as there: data loading, model construction, compilation, logging, checkpoints.
     summary["init_seconds"] = ckpt.get("init_seconds", 0.0)
     summary["compile_seconds"] = ckpt.get("compile_seconds", 0.0)
-    summary["final_eval_seconds"] = ckpt["metrics"].get("eval_seconds", 0.0)
+    summary["final_eval_seconds"] = last.get("eval_seconds", 0.0)
     summary["timed_seconds"] = (
         summary["init_seconds"] + train_seconds + summary["final_eval_seconds"]
     )
-    if ckpt["metrics"].get("ema_eval_top1") is not None:
-        summary["ema_top1"] = ckpt["metrics"]["ema_eval_top1"]
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     try:
         from convzoo import report
@@ -576,21 +543,18 @@ def write_summary(
         log.warning(f"could not write curves for {run_dir}: {e}")
     log.info(
         f"done: {cfg.model.name} {summary['split']} top1 {summary['top1']:.2f}% "
-        f"top5 {summary['top5']:.2f}% in {train_seconds:.1f}s -> {run_dir}"
+        f"top5 {summary['top5']:.2f}% ({run.weights} weights) in {train_seconds:.1f}s "
+        f"-> {run_dir}"
     )
 
 
-def load_model_for_eval(
-    ckpt: dict[str, Any], device: torch.device
-) -> tuple[nn.Module, Preprocessor]:
-    """Rebuild the model and its preprocessing from a checkpoint (nothing else needed)."""
-    model = create_model(
-        ckpt["model_name"],
-        num_classes=ckpt["num_classes"],
-        in_chans=ckpt["in_chans"],
-        **ckpt["model_kwargs"],
-    )
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
-    preprocess = Preprocessor.from_state(ckpt["preprocess"]).to(device)
-    return model, preprocess
+def describe(run: Run, todo: list[Stage]) -> str:
+    """One paragraph for ``--dry-run``: what would be trained, on what, where."""
+    d, rt = run.data, run.rt
+    stages = ", ".join(f"stage {s.index + 1}: epochs {s.start}->{s.end} at lr {s.cfg.optim.lr:g}"
+                       for s in todo)
+    return (f"dry run: {run.cfg.model.name} ({run.params:,} parameters) on {d.name} ({d.kind}): "
+            f"train {d.train_count:,} / {d.eval_split} {d.eval_count:,} images, "
+            f"{len(d.train)} steps per epoch; device {rt.device}, precision {rt.precision}; "
+            f"{stages}; nothing trained, nothing written")
+

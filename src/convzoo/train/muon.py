@@ -13,8 +13,8 @@ the step, which makes weight decay unnecessary for these layers.
 
 Everything else (biases, norm parameters, the classifier) is not a good fit for orthogonalisation
 and takes a plain SGD step (coupled L2 decay, momentum, optional Nesterov), in the same optimizer:
-a group's ``use_muon`` flag picks the rule. One optimizer means the LR schedule, lookahead,
-checkpoints and ``apply_hparams`` work unchanged.
+a group's ``use_muon`` flag picks the rule. One optimizer means the LR schedule, lookahead and
+checkpoints work unchanged; the groups come from ``convzoo.train.optim.param_groups``.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from convzoo.config import OptimConfig
 from convzoo.errors import ConvzooError
 
 # Quintic Newton-Schulz coefficients (a, b, c) of Jordan et al.: chosen to maximise the slope at 0,
@@ -123,38 +122,3 @@ class Muon(torch.optim.Optimizer):
                                       dtype=self.ns_dtype)
                 p.add_(ortho.view_as(p), alpha=-lr * max(1.0, out / fan_in) ** 0.5)
         return loss
-
-
-def muon_param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
-    """Groups for ``optim.name=muon``: conv filters (4-D, trainable) -> "muon" (lr ``muon_lr``,
-    momentum ``muon_momentum``, no decay); the rest split as :func:`convzoo.train.optim.
-    param_groups` does: 1-D params -> "norm_bias"/"no_decay" (lr x ``bias_lr_scale``, decay x
-    ``bias_wd_scale`` or 0), other matrices (the classifier) -> "decay". Every group carries
-    ``lr_scale`` and ``initial_lr`` as the LR schedule expects."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ConvzooError("the model has no trainable parameters")
-    filters = [p for p in params if p.ndim == 4]
-    vectors = [p for p in params if p.ndim <= 1]
-    matrices = [p for p in params if p.ndim in (2, 3) or p.ndim > 4]
-    if not filters:
-        raise ConvzooError("optim.name=muon needs a model with conv layers (4-D weights)")
-    muon_lr = cfg.muon_lr or cfg.lr
-    groups: list[dict[str, Any]] = [{
-        "params": filters, "use_muon": True, "lr_scale": muon_lr / cfg.lr, "weight_decay": 0.0,
-        "momentum": cfg.muon_momentum or cfg.momentum, "nesterov": True, "name": "muon",
-    }]
-    if matrices:
-        groups.append({"params": matrices, "use_muon": False, "lr_scale": 1.0,
-                       "weight_decay": cfg.weight_decay, "name": "decay"})
-    if vectors:
-        groups.append({
-            "params": vectors, "use_muon": False, "lr_scale": float(cfg.bias_lr_scale),
-            "weight_decay": 0.0 if cfg.no_decay_norm_bias
-            else cfg.weight_decay * cfg.bias_wd_scale,
-            "name": "no_decay" if cfg.no_decay_norm_bias else "norm_bias",
-        })
-    for g in groups:
-        g["initial_lr"] = cfg.lr * g["lr_scale"]
-        g["lr"] = g["initial_lr"]
-    return groups

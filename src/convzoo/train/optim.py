@@ -1,33 +1,24 @@
-"""Optimizers, learning-rate schedules, lookahead and early stopping.
+"""Optimizers: the one parameter-group rule, SGD with decoupled decay, lookahead, and loading a
+saved optimizer state into a new stage's optimizer.
 
-Conventions the training loop relies on:
-
-* Every param group carries ``lr_scale`` (its lr relative to the base lr: 1.0, or
-  ``optim.bias_lr_scale`` for the norm/bias group) and ``initial_lr`` (= cfg.lr * lr_scale).
-  :class:`LRSchedule` writes ``group["lr"] = base_lr_now * group["lr_scale"]``, so all groups
-  move together.
-* The schedule is a pure function of the global optimizer step (plus, for ``plateau``, a small
-  state updated once per epoch), so resuming from ``state_dict()`` continues exactly.
-* Call order per step: ``optimizer.step()`` then ``schedule.step()`` (which sets the lr used by
-  the *next* step). Per epoch: ``schedule.epoch_end({"val_loss": ..., "val_top1": ...})``.
+Every param group carries ``name`` (its role: ``all``, ``decay``, ``norm_bias``/``no_decay``,
+``muon``) and ``lr_scale`` (its lr relative to the base lr); the schedule
+(:mod:`convzoo.train.schedule`) sets ``group["lr"] = base_lr * group["lr_scale"]``.
 """
 
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Iterable
-from dataclasses import asdict, fields
 from typing import Any
 
 import torch
 from torch import nn
 
-from convzoo.config import OptimConfig, ScheduleConfig
+from convzoo.config import OptimConfig
 from convzoo.errors import ConvzooError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
-SCHEDULES = ("constant", "multistep", "cosine", "onecycle", "plateau")
 
 # ----------------------------------------------------------------------------- optimizers
 
@@ -49,8 +40,8 @@ class SGDW(torch.optim.SGD):
             g["decoupled_wd"] = g.pop("weight_decay", default_wd)
             g["weight_decay"] = 0.0
         super().__init__(groups, weight_decay=0.0, **kwargs)
-        # With fused kernels GradScaler would hand inf checks to the kernel, but our decay runs
-        # outside it; make the scaler unscale and skip whole steps itself instead.
+        # fp16: a fused SGD would take GradScaler's inf check into its kernel and skip only its
+        # own update, not the decay below; this makes the scaler unscale and skip step() whole.
         self._step_supports_amp_scaling = False
 
     @torch.no_grad()
@@ -63,18 +54,14 @@ class SGDW(torch.optim.SGD):
         return super().step(closure)
 
 
-def _fused_supported(cls: type) -> bool:
-    return "fused" in inspect.signature(cls).parameters
-
-
 def _use_fused(cfg: OptimConfig, cls: type, device_type: str) -> bool:
-    """Fused kernels only on CUDA: 'auto' uses them when torch has them, 'true' insists."""
-    mode = str(cfg.fused).lower()
+    """Fused kernels only on CUDA: auto (None) uses them when torch has them, true insists."""
+    mode = {None: "auto", True: "true", False: "false"}.get(cfg.fused, str(cfg.fused).lower())
     if mode not in ("auto", "true", "false"):
         raise ConvzooError(f"optim.fused must be auto, true or false, got '{cfg.fused}'")
     if mode == "false" or device_type != "cuda":
         return False  # never on CPU, even when asked: CPU fused kernels are not the fast path
-    if not _fused_supported(cls):
+    if "fused" not in inspect.signature(cls).parameters:
         if mode == "true":
             raise ConvzooError(
                 f"optim.fused=true but this torch has no fused {cls.__name__} (use auto or false)"
@@ -95,47 +82,68 @@ def freeze_bn_scale(model: nn.Module) -> int:
     return n
 
 
-def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
-    """Split trainable params into 'decay' (>=2-D: conv/linear weights) and 'no_decay'.
+# ----------------------------------------------------------------------------- param groups
 
-    The 1-D group (norm weights, biases) gets weight_decay 0 when ``no_decay_norm_bias`` (else
-    ``weight_decay * bias_wd_scale``) and lr_scale ``bias_lr_scale``. With none of these options
-    there is a single group.
+
+def group_settings(name: str, cfg: OptimConfig) -> dict[str, Any]:
+    """The hyperparameters of the param group called ``name`` under ``cfg`` (the one rule).
+
+    ``all``/``decay`` (conv and linear weights): lr x1, ``weight_decay``. ``norm_bias`` (1-D:
+    norm weights and biases): lr x ``bias_lr_scale``, decay x ``bias_wd_scale``; ``no_decay``:
+    the same group with decay 0 (``no_decay_norm_bias``). ``muon`` (4-D conv filters under
+    Muon): lr ``muon_lr`` (0 = lr), no decay, Nesterov momentum ``muon_momentum``.
     """
+    if name == "muon":
+        return {"lr_scale": (cfg.muon_lr or cfg.lr) / cfg.lr, "weight_decay": 0.0,
+                "momentum": cfg.muon_momentum or cfg.momentum, "nesterov": True}
+    if name in ("norm_bias", "no_decay"):
+        wd = 0.0 if name == "no_decay" else cfg.weight_decay * cfg.bias_wd_scale
+        return {"lr_scale": float(cfg.bias_lr_scale), "weight_decay": wd}
+    return {"lr_scale": 1.0, "weight_decay": cfg.weight_decay}
+
+
+def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+    """``model``'s trainable params in groups for every optimizer (and for resume, which
+    rebuilds a checkpoint's layout with it): ``muon`` (4-D filters, ``optim.name=muon`` only),
+    ``decay`` (other >= 2-D weights), ``norm_bias``/``no_decay`` (1-D), each with
+    :func:`group_settings`. With no option that treats 1-D params apart, and not Muon, one
+    ``all`` group."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ConvzooError("the model has no trainable parameters")
-    wd = cfg.weight_decay
-    if not cfg.no_decay_norm_bias and cfg.bias_lr_scale == 1.0 and cfg.bias_wd_scale == 1.0:
-        return [{"params": params, "weight_decay": wd, "lr_scale": 1.0, "name": "all"}]
-    matrix = [p for p in params if p.ndim > 1]
-    vector = [p for p in params if p.ndim <= 1]
+    muon = cfg.name == "muon"
+    split = muon or cfg.no_decay_norm_bias or cfg.bias_lr_scale != 1 or cfg.bias_wd_scale != 1
+    vector = "no_decay" if cfg.no_decay_norm_bias else "norm_bias"
+
+    def role(p: nn.Parameter) -> str:
+        if muon and p.ndim == 4:
+            return "muon"
+        if not split:
+            return "all"
+        return vector if p.ndim <= 1 else "decay"
+
     groups = []
-    if matrix:
-        groups.append({"params": matrix, "weight_decay": wd, "lr_scale": 1.0, "name": "decay"})
-    if vector:
-        groups.append(
-            {
-                "params": vector,
-                "weight_decay": 0.0 if cfg.no_decay_norm_bias else wd * cfg.bias_wd_scale,
-                "lr_scale": float(cfg.bias_lr_scale),
-                "name": "no_decay" if cfg.no_decay_norm_bias else "norm_bias",
-            }
-        )
+    for name in ("muon", "all", "decay", vector):
+        members = [p for p in params if role(p) == name]
+        if members:
+            groups.append({"params": members, "name": name, **group_settings(name, cfg)})
+            groups[-1]["lr"] = cfg.lr * groups[-1]["lr_scale"]  # until the schedule sets it
+            if muon:
+                groups[-1]["use_muon"] = name == "muon"
+    if muon and groups[0]["name"] != "muon":
+        raise ConvzooError("optim.name=muon needs a model with conv layers (4-D weights)")
     return groups
 
 
 def build_optimizer(
     model: nn.Module, cfg: OptimConfig, device_type: str, total_steps: int = 0
 ) -> torch.optim.Optimizer | Lookahead:
-    """The optimizer named by ``cfg.name`` over ``model``'s trainable params.
+    """The optimizer named by ``cfg.name`` over ``model``'s trainable params (:func:`param_groups`).
 
     Build it after the model is on its device (fused kernels need CUDA params). Returns a
-    ``torch.optim.Optimizer``, wrapped in :class:`Lookahead` when ``cfg.lookahead_steps > 0``
-    (the wrapper has the same step/zero_grad/param_groups/state_dict interface).
-    ``total_steps`` (optimizer steps of the whole run) is needed by ``lookahead_pow > 0``.
-    ``muon`` puts conv filters (4-D) under :class:`convzoo.train.muon.Muon`'s orthogonalised
-    update and the rest under SGD with momentum (see ``muon_param_groups``).
+    ``torch.optim.Optimizer``, wrapped in :class:`Lookahead` when ``cfg.lookahead_steps > 0``.
+    ``total_steps`` (optimizer steps of the stage, counted from the start of the run) is where
+    lookahead ends on its slow weights and what ``lookahead_pow`` is measured against.
     """
     name = cfg.name.lower()
     if name not in OPTIMIZERS:
@@ -146,73 +154,78 @@ def build_optimizer(
         raise ConvzooError(f"optim.weight_decay must be >= 0, got {cfg.weight_decay}")
     if cfg.freeze_bn_scale:
         freeze_bn_scale(model)
-    if name == "muon":
-        from convzoo.train.muon import Muon, muon_param_groups
-
-        optimizer: Any = Muon(muon_param_groups(model, cfg), lr=cfg.lr, momentum=cfg.momentum,
-                              nesterov=cfg.nesterov, ns_dtype=None if device_type == "cuda"
-                              else torch.float32)
-        return _maybe_lookahead(optimizer, cfg, total_steps)
     groups = param_groups(model, cfg)
-    for g in groups:
-        g["initial_lr"] = cfg.lr * g["lr_scale"]
-        g["lr"] = g["initial_lr"]
+    if name == "muon":
+        from convzoo.train.muon import Muon
 
-    if name == "sgd":
-        cls: type = SGDW if cfg.decoupled_wd else torch.optim.SGD
-        kwargs: dict[str, Any] = {"momentum": cfg.momentum, "nesterov": cfg.nesterov}
-        if cfg.nesterov and cfg.momentum <= 0:
-            raise ConvzooError("optim.nesterov=true needs optim.momentum > 0")
+        optimizer: Any = Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                              ns_dtype=None if device_type == "cuda" else torch.float32)
     else:
-        if len(cfg.betas) != 2:
-            raise ConvzooError(f"optim.betas must be two numbers, got {cfg.betas}")
-        # adam + decoupled_wd is AdamW; adamw is always decoupled.
-        cls = torch.optim.AdamW if (name == "adamw" or cfg.decoupled_wd) else torch.optim.Adam
-        kwargs = {"betas": tuple(cfg.betas), "eps": cfg.eps}
-    if _use_fused(cfg, torch.optim.SGD if cls is SGDW else cls, device_type):
-        kwargs["fused"] = True
-    optimizer = cls(groups, lr=cfg.lr, **kwargs)
-    return _maybe_lookahead(optimizer, cfg, total_steps)
+        if name == "sgd":
+            if cfg.nesterov and cfg.momentum <= 0:
+                raise ConvzooError("optim.nesterov=true needs optim.momentum > 0")
+            cls: type = SGDW if cfg.decoupled_wd else torch.optim.SGD
+            kwargs: dict[str, Any] = {"momentum": cfg.momentum, "nesterov": cfg.nesterov}
+        else:  # adam + decoupled_wd is AdamW; adamw is always decoupled
+            if len(cfg.betas) != 2:
+                raise ConvzooError(f"optim.betas must be two numbers, got {cfg.betas}")
+            cls = torch.optim.AdamW if (name == "adamw" or cfg.decoupled_wd) else torch.optim.Adam
+            kwargs = {"betas": tuple(cfg.betas), "eps": cfg.eps}
+        if _use_fused(cfg, torch.optim.SGD if cls is SGDW else cls, device_type):
+            kwargs["fused"] = True
+        optimizer = cls(groups, lr=cfg.lr, **kwargs)
+    if cfg.lookahead_steps > 0:
+        optimizer = Lookahead(optimizer, k=cfg.lookahead_steps, alpha=cfg.lookahead_alpha,
+                              pow=cfg.lookahead_pow, total_steps=total_steps)
+    return optimizer
 
 
-def _maybe_lookahead(optimizer: Any, cfg: OptimConfig, total_steps: int) -> Any:
-    if cfg.lookahead_steps <= 0:
-        return optimizer
-    return Lookahead(optimizer, k=cfg.lookahead_steps, alpha=cfg.lookahead_alpha,
-                     pow=cfg.lookahead_pow, total_steps=total_steps)
+def _family(name: str) -> str:
+    return "adam" if name.lower() in ("adam", "adamw") else name.lower()
 
 
-def apply_hparams(optimizer: torch.optim.Optimizer | Lookahead, cfg: OptimConfig) -> None:
-    """Re-apply ``cfg``'s hyperparameters to an optimizer whose state was just loaded.
+def load_optimizer_state(optimizer: Any, saved: dict[str, Any], model: nn.Module,
+                         saved_cfg: OptimConfig, cfg: OptimConfig) -> None:
+    """Load a checkpoint's optimizer state into ``optimizer``, built for a (new) stage's ``cfg``.
 
-    ``optimizer.load_state_dict`` restores the *saved* group settings (weight decay, momentum,
-    betas, lr scales); call this after it when a resumed stage changes them. The lr itself is
-    the schedule's business (:meth:`LRSchedule.retarget`). The group layout must match.
+    The per-parameter state (momentum buffers, Adam moments, lookahead's slow weights) is
+    matched to parameters through the checkpoint's own layout, rebuilt with the same rule
+    (:func:`param_groups` under ``saved_cfg``); the group hyperparameters stay those of
+    ``cfg``. So a stage may change any of them, the grouping options included; only the kind
+    of optimizer cannot change (its state would not fit).
     """
-    for g in optimizer.param_groups:
-        name = g.get("name", "all")
-        if name == "no_decay" and not cfg.no_decay_norm_bias:
-            raise ConvzooError(
-                "optim.no_decay_norm_bias differs from the checkpoint's param groups; "
-                "it cannot change when resuming"
-            )
-        wd = 0.0 if name in ("no_decay", "muon") else cfg.weight_decay
-        if name == "norm_bias":
-            wd *= cfg.bias_wd_scale
-        g["lr_scale"] = cfg.bias_lr_scale if name in ("no_decay", "norm_bias") else 1.0
-        if name == "muon":
-            g["lr_scale"] = (cfg.muon_lr or cfg.lr) / cfg.lr
-        g["initial_lr"] = cfg.lr * g["lr_scale"]
-        if "decoupled_wd" in g:  # SGDW
-            g["decoupled_wd"] = wd
-        else:
-            g["weight_decay"] = wd
-        if "momentum" in g:
-            g["momentum"], g["nesterov"] = cfg.momentum, cfg.nesterov
-            if name == "muon":  # Muon's filter group: its own momentum, always Nesterov
-                g["momentum"], g["nesterov"] = cfg.muon_momentum or cfg.momentum, True
-        if "betas" in g:
-            g["betas"], g["eps"] = tuple(cfg.betas), cfg.eps
+    if _family(saved_cfg.name) != _family(cfg.name):
+        raise ConvzooError(f"optim.name={cfg.name}: the checkpoint was trained with "
+                           f"{saved_cfg.name}, whose state does not carry over; a resumed stage "
+                           "keeps its optimizer")
+    inner_saved = saved["optimizer"] if "lookahead" in saved else saved
+    saved_order = [p for g in param_groups(model, saved_cfg) for p in g["params"]]
+    saved_count = sum(len(g["params"]) for g in inner_saved["param_groups"])
+    if saved_count != len(saved_order):
+        raise ConvzooError(f"the checkpoint's optimizer holds {saved_count} parameters, this "
+                           f"model {len(saved_order)} trainable ones: not the same model")
+    by_param = {id(p): inner_saved["state"][i] for i, p in enumerate(saved_order)
+                if i in inner_saved["state"]}
+    inner = optimizer.optimizer if isinstance(optimizer, Lookahead) else optimizer
+    order = [p for g in inner.param_groups for p in g["params"]]
+    index = {id(p): i for i, p in enumerate(order)}
+    groups, start = [], 0
+    for g in inner.param_groups:
+        groups.append({**{k: v for k, v in g.items() if k != "params"},
+                       "params": list(range(start, start + len(g["params"])))})
+        start += len(g["params"])
+    inner.load_state_dict({"state": {index[id(p)]: by_param[id(p)] for p in order
+                                     if id(p) in by_param}, "param_groups": groups})
+    if not isinstance(optimizer, Lookahead):
+        return
+    with torch.no_grad():
+        if "lookahead" not in saved:  # switched on in this stage: start from the loaded weights
+            torch._foreach_copy_(optimizer.slow, [p.detach() for p in optimizer._params])
+            return
+        slow = dict(zip((id(p) for p in saved_order), saved["slow"], strict=True))
+        optimizer.fast_steps = int(saved["lookahead"]["fast_steps"])
+        for s, p in zip(optimizer.slow, optimizer._params, strict=True):
+            s.copy_(slow[id(p)])
 
 
 # ----------------------------------------------------------------------------- lookahead
@@ -278,6 +291,10 @@ class Lookahead:
         if self.fast_steps % self.k == 0:
             torch._foreach_lerp_(self.slow, self._params, self.current_alpha())
             torch._foreach_copy_(self._params, self.slow)
+        elif self.fast_steps == self.total_steps:
+            # The stage's last step falls between syncs: end on the slow weights, discarding
+            # the fast steps since the last sync (airbench's final ``update(decay=1.0)``).
+            torch._foreach_copy_(self._params, self.slow)
         return loss
 
     def current_alpha(self) -> float:
@@ -305,334 +322,3 @@ class Lookahead:
 
     def __repr__(self) -> str:
         return f"Lookahead(k={self.k}, alpha={self.alpha}, {self.optimizer!r})"
-
-
-# ----------------------------------------------------------------------------- schedules
-
-
-def _monitor_mode(monitor: str, key: str) -> str:
-    if monitor.endswith("loss"):
-        return "min"
-    if monitor.endswith(("top1", "top5")):
-        return "max"
-    raise ConvzooError(
-        f"{key} must name a loss or accuracy, e.g. val_loss or val_top1, got '{monitor}'"
-    )
-
-
-def _lookup(metrics: dict[str, float], monitor: str) -> float | None:
-    """``val_loss`` also matches the trainer's ``eval_loss`` (and vice versa)."""
-    for key in (monitor, monitor.replace("val_", "eval_", 1), monitor.replace("eval_", "val_", 1)):
-        if key in metrics and metrics[key] is not None:
-            return float(metrics[key])
-    return None
-
-
-class _Improvement:
-    """Best-so-far tracking with a relative threshold (torch 'rel' mode)."""
-
-    def __init__(self, mode: str, threshold: float) -> None:
-        self.mode = mode
-        self.threshold = threshold
-        self.best = math.inf if mode == "min" else -math.inf
-
-    def is_better(self, value: float) -> bool:
-        if self.mode == "min":
-            return value < self.best * (1.0 - self.threshold) if self.best != math.inf else True
-        return value > self.best * (1.0 + self.threshold) if self.best != -math.inf else True
-
-
-class LRSchedule:
-    """Per-step learning rate, a pure function of the global optimizer step.
-
-    ``lr_at(t)`` is the base lr for step ``t`` (0-based count of optimizer steps already taken);
-    epoch position ``e = t / steps_per_epoch``. With ``W = warmup_epochs``, ``E = epochs``,
-    ``peak`` = base lr:
-
-    * warmup (all but onecycle): for ``e < W`` the lr is multiplied by
-      ``warmup_start + (1 - warmup_start) * e / W``.
-    * constant: ``peak``.
-    * multistep: ``peak * gamma ** (number of milestones <= e)`` (milestones in epochs).
-    * cosine: from ``peak`` at ``e = W`` to ``end = max(min_lr, final_fraction * peak)`` at
-      ``e = E`` along half a cosine.
-    * onecycle (triangular, as airbench): linear from ``warmup_start * peak`` at 0 to ``peak`` at
-      ``pct_start * E``, then linear (or cosine) to ``end`` at ``E``.
-    * plateau: ``max(peak * scale, min_lr)``; ``scale`` is multiplied by ``factor`` in
-      :meth:`epoch_end` after ``patience`` epochs without improvement (as Keras: the
-      ``patience``-th bad epoch reduces; torch waits one more), then ``cooldown`` epochs in
-      which bad epochs are not counted. Improvement is relative (torch 'rel' mode).
-
-    Re-targeting (new training stage): :meth:`retarget` / :meth:`set_base_lr` keep the global
-    step and change lr / epochs / settings; the lr then follows the new settings at that step
-    (milestones and warmup stay in absolute epochs).
-    """
-
-    def __init__(
-        self,
-        optimizer: Any,
-        cfg: ScheduleConfig,
-        base_lr: float,
-        epochs: int,
-        steps_per_epoch: int,
-        anneal: str = "linear",
-    ) -> None:
-        self.optimizer = optimizer
-        self.global_step = 0
-        # plateau state: lr multiplier, epochs without improvement, cooldown left, best value
-        self.plateau_scale = 1.0
-        self.bad_epochs = 0
-        self.cooldown_left = 0
-        self._configure(cfg, base_lr, epochs, steps_per_epoch, anneal)
-        self._tracker = _Improvement(self.mode, cfg.threshold) if self.mode else None
-        self._apply()
-
-    # -- settings
-
-    def _configure(
-        self, cfg: ScheduleConfig, base_lr: float, epochs: int, steps_per_epoch: int, anneal: str
-    ) -> None:
-        if cfg.name not in SCHEDULES:
-            raise ConvzooError(
-                f"unknown schedule.name '{cfg.name}' (options: {', '.join(SCHEDULES)})"
-            )
-        if base_lr <= 0:
-            raise ConvzooError(f"optim.lr must be > 0, got {base_lr}")
-        if epochs < 1:
-            raise ConvzooError(f"train.epochs must be >= 1, got {epochs}")
-        if steps_per_epoch < 1:
-            raise ConvzooError(f"steps per epoch must be >= 1, got {steps_per_epoch}")
-        if cfg.warmup_epochs < 0:
-            raise ConvzooError(f"schedule.warmup_epochs must be >= 0, got {cfg.warmup_epochs}")
-        if cfg.name == "onecycle":
-            if cfg.warmup_epochs > 0:
-                raise ConvzooError(
-                    "schedule.warmup_epochs does not apply to onecycle: its rise lasts "
-                    "schedule.pct_start of training (from schedule.warmup_start * lr)"
-                )
-            if not 0.0 <= cfg.pct_start < 1.0:
-                raise ConvzooError(f"schedule.pct_start must be in [0, 1), got {cfg.pct_start}")
-        if cfg.name == "multistep" and any(m < 0 for m in cfg.milestones):
-            raise ConvzooError(f"schedule.milestones must be >= 0, got {cfg.milestones}")
-        if anneal not in ("linear", "cos"):
-            raise ConvzooError(f"onecycle anneal must be linear or cos, got '{anneal}'")
-        if cfg.name == "plateau":
-            if not 0.0 < cfg.factor < 1.0:
-                raise ConvzooError(f"schedule.factor must be in (0, 1), got {cfg.factor}")
-            self.mode: str | None = _monitor_mode(cfg.monitor, "schedule.monitor")
-        else:
-            self.mode = None
-        self.cfg = cfg
-        self.base_lr = float(base_lr)
-        self.epochs = int(epochs)
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.anneal = anneal
-        self.milestones = sorted(float(m) for m in cfg.milestones)
-
-    def retarget(
-        self,
-        base_lr: float | None = None,
-        epochs: int | None = None,
-        cfg: ScheduleConfig | None = None,
-        steps_per_epoch: int | None = None,
-    ) -> None:
-        """Continue from the current global step with new settings (a new training stage).
-
-        A new ``steps_per_epoch`` (e.g. a new batch size) keeps the epoch position.
-        Plateau state (scale, best, counters) carries over when the schedule stays plateau.
-        """
-        new_cfg = cfg or self.cfg
-        new_spe = steps_per_epoch or self.steps_per_epoch
-        if new_spe != self.steps_per_epoch:
-            self.global_step = round(self.global_step * new_spe / self.steps_per_epoch)
-        old_mode = self.mode
-        self._configure(
-            new_cfg,
-            self.base_lr if base_lr is None else base_lr,
-            self.epochs if epochs is None else epochs,
-            new_spe,
-            self.anneal,
-        )
-        if self.mode != old_mode:
-            self._tracker = _Improvement(self.mode, new_cfg.threshold) if self.mode else None
-            self.plateau_scale, self.bad_epochs, self.cooldown_left = 1.0, 0, 0
-        elif self._tracker is not None:
-            self._tracker.threshold = new_cfg.threshold
-        self._apply()
-
-    def set_base_lr(self, lr: float) -> None:
-        """New peak lr from the current step on (e.g. ``--set optim.lr=0.01`` on resume)."""
-        self.retarget(base_lr=lr)
-
-    # -- the function of the step
-
-    def _warmup_factor(self, e: float) -> float:
-        w = self.cfg.warmup_epochs
-        if self.cfg.name == "onecycle" or w <= 0 or e >= w:
-            return 1.0
-        s = self.cfg.warmup_start
-        return s + (1.0 - s) * e / w
-
-    def lr_at(self, step: int) -> float:
-        """Base lr (group scale 1) for global step ``step``."""
-        c, peak = self.cfg, self.base_lr
-        e = step / self.steps_per_epoch
-        E = float(self.epochs)
-        end = max(c.min_lr, c.final_fraction * peak)
-        if c.name == "constant":
-            lr = peak
-        elif c.name == "multistep":
-            lr = peak * c.gamma ** sum(1 for m in self.milestones if e >= m)
-        elif c.name == "cosine":
-            w = c.warmup_epochs
-            p = min(max((e - w) / (E - w), 0.0), 1.0) if w < E else 1.0
-            lr = end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * p))
-        elif c.name == "onecycle":
-            rise = c.pct_start * E
-            start = c.warmup_start * peak
-            if e < rise:
-                lr = start + (peak - start) * e / rise
-            else:
-                p = min((e - rise) / (E - rise), 1.0)
-                if self.anneal == "cos":
-                    lr = end + (peak - end) * 0.5 * (1.0 + math.cos(math.pi * p))
-                else:
-                    lr = peak + (end - peak) * p
-        else:  # plateau
-            lr = max(peak * self.plateau_scale, c.min_lr)
-        return lr * self._warmup_factor(e)
-
-    def lr(self) -> float:
-        """The base lr (group scale 1) the next optimizer step uses."""
-        return self.lr_at(self.global_step)
-
-    def _apply(self) -> None:
-        lr = self.lr()
-        for g in self.optimizer.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)
-
-    # -- the loop's calls
-
-    def step(self) -> None:
-        """Call after each optimizer step: sets the lr for the next step."""
-        self.global_step += 1
-        self._apply()
-
-    def epoch_end(self, metrics: dict[str, float]) -> None:
-        """Once per epoch with the eval metrics; only plateau uses them.
-
-        Epochs without the monitored metric (no eval that epoch) are ignored.
-        """
-        if self.cfg.name != "plateau" or self._tracker is None:
-            return
-        value = _lookup(metrics, self.cfg.monitor)
-        if value is None or not math.isfinite(value):
-            return
-        c = self.cfg
-        better = self._tracker.is_better(value)
-        if better:
-            self._tracker.best = value
-            self.bad_epochs = 0
-        if self.cooldown_left > 0:  # resting after a cut: bad epochs do not count
-            self.cooldown_left -= 1
-            self.bad_epochs = 0
-        elif not better:
-            self.bad_epochs += 1
-            if self.bad_epochs >= c.patience:
-                if self.base_lr * self.plateau_scale > c.min_lr:
-                    self.plateau_scale *= c.factor
-                self.cooldown_left = c.cooldown
-                self.bad_epochs = 0
-        self._apply()
-
-    # -- checkpointing
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "global_step": self.global_step,
-            "base_lr": self.base_lr,
-            "epochs": self.epochs,
-            "steps_per_epoch": self.steps_per_epoch,
-            "anneal": self.anneal,
-            "cfg": asdict(self.cfg),
-            "plateau_scale": self.plateau_scale,
-            "bad_epochs": self.bad_epochs,
-            "cooldown_left": self.cooldown_left,
-            "best": self._tracker.best if self._tracker else None,
-        }
-
-    def resume_from(self, state: dict[str, Any]) -> None:
-        """Resume a checkpointed schedule under *this* schedule's settings.
-
-        Takes the position (global step) and plateau state from ``state`` and keeps the lr,
-        epochs, steps per epoch and ScheduleConfig this object was built with, so a resumed
-        run with ``--set optim.lr=0.01 --epochs 44`` continues on the new curve. With unchanged
-        settings this equals :meth:`load_state_dict`, i.e. the continuation is exact.
-        """
-        settings = (self.base_lr, self.epochs, self.cfg, self.steps_per_epoch)
-        self.load_state_dict(state)
-        base_lr, epochs, cfg, spe = settings
-        self.retarget(base_lr=base_lr, epochs=epochs, cfg=cfg, steps_per_epoch=spe)
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore position *and* settings exactly; call :meth:`retarget` after for a new stage."""
-        known = {f.name for f in fields(ScheduleConfig)}
-        cfg = ScheduleConfig(**{k: v for k, v in state["cfg"].items() if k in known})
-        self._configure(
-            cfg, state["base_lr"], state["epochs"], state["steps_per_epoch"], state["anneal"]
-        )
-        self.global_step = int(state["global_step"])
-        self.plateau_scale = float(state["plateau_scale"])
-        self.bad_epochs = int(state["bad_epochs"])
-        self.cooldown_left = int(state["cooldown_left"])
-        self._tracker = _Improvement(self.mode, cfg.threshold) if self.mode else None
-        if self._tracker is not None and state["best"] is not None:
-            self._tracker.best = float(state["best"])
-        self._apply()
-
-
-def build_schedule(
-    optimizer: Any, cfg: ScheduleConfig, base_lr: float, epochs: int, steps_per_epoch: int
-) -> LRSchedule:
-    """The :class:`LRSchedule` for ``cfg``; sets the lr of step 0 on ``optimizer`` right away."""
-    # `anneal` (onecycle's descent: linear | cos) is read if the config ever grows that key.
-    anneal = getattr(cfg, "anneal", "linear")
-    return LRSchedule(optimizer, cfg, base_lr, epochs, steps_per_epoch, anneal=anneal)
-
-
-# ----------------------------------------------------------------------------- early stopping
-
-
-class EarlyStopping:
-    """Stop when ``monitor`` has not improved for ``patience`` evaluated epochs.
-
-    ``update(metrics)`` returns True when training should stop. ``patience <= 0`` never stops.
-    Improvement is relative by ``threshold`` (0 = any improvement counts).
-    """
-
-    def __init__(self, patience: int, monitor: str = "val_loss", threshold: float = 0.0) -> None:
-        self.patience = patience
-        self.monitor = monitor
-        self._tracker = _Improvement(_monitor_mode(monitor, "early stopping monitor"), threshold)
-        self.bad_epochs = 0
-
-    @property
-    def best(self) -> float:
-        return self._tracker.best
-
-    def update(self, metrics: dict[str, float]) -> bool:
-        value = _lookup(metrics, self.monitor)
-        if value is None:
-            return False
-        if math.isfinite(value) and self._tracker.is_better(value):
-            self._tracker.best = value
-            self.bad_epochs = 0
-        else:
-            self.bad_epochs += 1  # NaN/inf counts as no improvement
-        return self.patience > 0 and self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self._tracker.best, "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self._tracker.best = float(state["best"])
-        self.bad_epochs = int(state["bad_epochs"])

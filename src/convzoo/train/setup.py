@@ -1,0 +1,339 @@
+"""What a training stage is built from, shared by ``fit`` and ``convzoo bench`` (as pycls's
+``time_model`` reuses ``setup_model``): the runtime (device, precision, backends), ``build_run``
+(model, optimizer, schedule, scaler, EMA from a config and the data), ``restore`` (a checkpoint
+into a freshly built run, validated first) and ``checkpoint_state`` (the run back into a dict).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from convzoo import config as C
+from convzoo.data.augment import tta_views
+from convzoo.data.preprocess import Preprocessor
+from convzoo.errors import ConvzooError
+from convzoo.models import create_model
+from convzoo.models.info import count_params
+from convzoo.train import checkpoint as ckpt_io
+from convzoo.train.ema import ModelEMA
+from convzoo.train.optim import build_optimizer, load_optimizer_state
+from convzoo.train.schedule import EarlyStopping, Schedule
+
+# ----------------------------------------------------------------------------- runtime
+
+
+@dataclass
+class Runtime:
+    """What the config resolves to on this machine."""
+
+    device: torch.device
+    amp_dtype: torch.dtype | None  # autocast dtype, None for fp32
+    channels_last: bool
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def precision(self) -> str:
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")
+
+
+def has_bf16(device: torch.device) -> bool:
+    """bf16 tensor cores: compute capability 8.0 and up (A100, RTX 30xx, H100 ...)."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """``train.precision`` on ``device``: auto = bf16 on GPUs that have it, fp16 (with loss
+    scaling) on older GPUs (T4, V100), fp32 on the CPU."""
+    if name == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if has_bf16(device) else torch.float16
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in dtypes:
+        raise ConvzooError(f"train.precision: expected auto|fp32|bf16|fp16, got '{name}'")
+    if name == "bf16" and device.type == "cuda" and not has_bf16(device):
+        major, minor = torch.cuda.get_device_capability(device)
+        raise ConvzooError(
+            f"train.precision=bf16: {torch.cuda.get_device_name(device)} (compute capability "
+            f"{major}.{minor}) has no bf16 support; use fp16 or auto"
+        )
+    return dtypes[name]
+
+
+def resolve_runtime(cfg: C.TrainConfig) -> Runtime:
+    """Device, precision and memory format from the config (``auto`` picks per device)."""
+    name = cfg.device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConvzooError(f"train.device: unknown device '{cfg.device}'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConvzooError(f"train.device={cfg.device} but CUDA is not available on this machine")
+    # channels_last is faster for convolutions on CUDA and on CPU (oneDNN): ~16% for resnet20.
+    # None / "auto" = true (the config's tri-state; the string spellings are the older typing).
+    channels_last = {None: True, True: True, False: False, "auto": True, "true": True,
+                     "false": False}.get(cfg.channels_last)
+    if channels_last is None:
+        raise ConvzooError(
+            f"train.channels_last: expected auto|true|false, got '{cfg.channels_last}'"
+        )
+    rank = int(os.environ.get("RANK", 0))
+    world_size = int(os.environ.get("WORLD_SIZE", 1))
+    if world_size > 1:  # launched by torchrun: one process per device
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        if not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(device, resolve_precision(cfg.precision, device), channels_last, rank,
+                   world_size)
+
+
+def configure_backends(cfg: C.TrainConfig, device: torch.device) -> None:
+    """Threads and determinism; call before anything runs on the device.
+
+    ``deterministic`` needs, on CUDA, a fixed cuBLAS workspace (``CUBLAS_WORKSPACE_CONFIG``,
+    read when cuBLAS initialises, i.e. at the first matrix product), deterministic cuDNN
+    kernels and no cuDNN autotuning; torch raises on any op without a deterministic kernel.
+    """
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(cfg.deterministic)
+    torch.backends.cudnn.deterministic = cfg.deterministic
+    # fixed shapes: let cuDNN pick the fastest kernels, unless results must repeat exactly
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.deterministic
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunState:
+    """The counters a checkpoint carries beside the weights and optimizer."""
+
+    epoch: int = 0  # epochs finished
+    best_top1: float = -math.inf  # best eval top-1 of the weights best.pt keeps (EMA or raw)
+    train_seconds: float = 0.0  # training epochs only
+    train_images: int = 0
+    init_seconds: float = 0.0  # data-dependent init (part of the timed work)
+    compile_seconds: float = 0.0  # torch.compile warm-up (not timed work)
+    stopped: bool = False  # early stopping ended the stage at `epoch`
+
+
+@dataclass
+class Run:
+    """One stage's model, optimizer, schedule, scaler, EMA and data (``build_run``)."""
+
+    cfg: C.Config
+    rt: Runtime
+    data: Any  # pipeline.Pipeline, or bench's synthetic stand-in (classes, image_shape, train)
+    model: nn.Module  # the plain module: checkpoints hold its state
+    step_model: nn.Module  # what training steps call: DDP and/or torch.compile around `model`
+    eval_model: nn.Module  # what evaluation calls (compiled when the run compiles)
+    optimizer: Any
+    schedule: Schedule
+    scaler: torch.amp.GradScaler  # enabled for fp16 only: loss scaling against underflow
+    ema: ModelEMA | None
+    stopper: EarlyStopping | None
+    loss_fn: nn.Module
+    params: int  # trainable parameters
+    views: Any = None  # test-time augmentation: images -> list of views, or None
+    state: RunState = field(default_factory=RunState)
+    stage: int = 0  # index of the stage in the run's plan (0 = the first)
+
+    @property
+    def weights(self) -> str:
+        """Which weights the run evaluates for its figures and best.pt: 'ema' or 'raw'."""
+        return "ema" if self.ema is not None else "raw"
+
+
+def data_dependent_init(model: nn.Module, loader: Any, device: torch.device) -> float:
+    """Call ``model.init_from_data(images)`` once, if the model has it; returns its seconds.
+
+    ``images`` are the first ``model.data_init_images`` (0 = all) training images of this rank,
+    preprocessed (float (N, C, H, W) on the device) but not augmented. The fast family uses it
+    to set its patch-whitening filters. The time is part of the run's timed work.
+    """
+    init = getattr(model, "init_from_data", None)
+    if init is None:
+        return 0.0
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        init(loader.preprocess(loader.head(getattr(model, "data_init_images", 0))))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | None = None,
+              init_from_data: bool = True) -> Run:
+    """Model, optimizer, schedule, scaler, EMA, early stopping and loss for ``cfg`` on ``data``.
+
+    ``steps_per_epoch`` defaults to ``len(data.train)``; the schedule and lookahead count in it.
+    ``init_from_data`` runs the model's data-dependent init (skip it when a checkpoint will be
+    loaded next).
+    """
+    spe = steps_per_epoch or len(data.train)
+    if spe < 1:
+        raise ConvzooError(f"the training split ({getattr(data, 'train_count', 0)} images on "
+                           f"this rank) is smaller than one batch: lower train.batch_size "
+                           f"(now {cfg.train.batch_size})")
+    torch.manual_seed(cfg.train.seed)
+    model = create_model(cfg.model.name, num_classes=len(data.classes),
+                         in_chans=data.image_shape[0], **cfg.model.kwargs).to(rt.device)
+    if rt.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = count_params(model)
+    state = RunState()
+    if init_from_data:
+        state.init_seconds = data_dependent_init(model, data.train, rt.device)
+    optimizer = build_optimizer(model, cfg.optim, rt.device.type,
+                                total_steps=cfg.train.epochs * spe)
+    schedule = Schedule(cfg.schedule, cfg.optim.lr, cfg.train.epochs, spe)
+    # Loss scaling for fp16 only (small gradients underflow there); disabled it is a no-op.
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+    ema = ModelEMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
+    stopper = (EarlyStopping(cfg.train.early_stop_patience, cfg.schedule.monitor)
+               if cfg.train.early_stop_patience > 0 else None)
+    step_model: nn.Module = model
+    if rt.world_size > 1:  # gradients all-reduced across ranks; checkpoints hold `model`
+        step_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    eval_model: nn.Module = model  # every rank evaluates the whole split with the same weights
+    if cfg.train.compile:
+        step_model, eval_model = torch.compile(step_model), torch.compile(model)
+    views = ((lambda x: tta_views(x, cfg.augment.tta, cfg.augment))
+             if cfg.augment.tta != "none" else None)
+    return Run(cfg, rt, data, model, step_model, eval_model, optimizer, schedule, scaler, ema,
+               stopper, nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing), params,
+               views, state)
+
+
+def check_checkpoint_fits(cfg: C.Config, data: Any, ckpt: dict[str, Any]) -> None:
+    """A resume continues the same task with the same model: say so when it would not."""
+    if ckpt["model_name"] != cfg.model.name or dict(ckpt["model_kwargs"]) != dict(
+            cfg.model.kwargs):
+        raise ConvzooError(
+            f"model {cfg.model.name} {dict(cfg.model.kwargs) or ''}: the run's checkpoint is "
+            f"{ckpt['model_name']} {dict(ckpt['model_kwargs']) or ''}; a resume keeps the model "
+            "(start a new run from these weights with model.init)")
+    if list(ckpt["classes"]) != list(data.classes):
+        raise ConvzooError(
+            f"data {cfg.data.source}: its classes differ from the run's ({len(data.classes)} vs "
+            f"{len(ckpt['classes'])} classes); a resume continues the same task (to train on "
+            "these classes from this run's weights, start a new run with model.init)")
+    if ckpt["in_chans"] != data.image_shape[0]:
+        raise ConvzooError(f"data {cfg.data.source}: {data.image_shape[0]}-channel images, the "
+                           f"run's model takes {ckpt['in_chans']}; a resume keeps the model")
+
+
+def restore(run: Run, ckpt: dict[str, Any]) -> None:
+    """Load checkpoint ``ckpt`` into a freshly built ``run`` (a resume or the next stage).
+
+    The checkpoint is checked against the run first (model, classes, channels, optimizer), so
+    a mismatch fails before anything is written. The new stage's settings win over the
+    saved ones (optimizer hyperparameters, schedule; see ``Schedule.resume``); everything
+    else continues exactly.
+    """
+    check_checkpoint_fits(run.cfg, run.data, ckpt)
+    try:
+        run.model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise ConvzooError(f"the checkpoint's weights do not fit {run.cfg.model.name}: "
+                           f"{str(e).strip().splitlines()[-1].strip()}") from None
+    saved_optim = C.from_dict({"optim": ckpt["config"]["optim"]}).optim
+    load_optimizer_state(run.optimizer, ckpt["optimizer"], run.model, saved_optim,
+                         run.cfg.optim)
+    run.schedule.resume(ckpt["schedule"], ckpt["epoch"])
+    if ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    if run.ema is not None:
+        if ckpt.get("ema") is not None:
+            run.ema.load_state_dict(ckpt["ema"])
+        else:  # EMA switched on in a new stage: start it from the trained weights
+            run.ema.reset(run.model)
+    if run.stopper is not None and ckpt.get("early_stop") is not None:
+        run.stopper.load_state_dict(ckpt["early_stop"])
+        if ckpt.get("stopped"):  # a new stage after an early stop: patience starts again
+            run.stopper.bad_epochs = 0
+    ckpt_io.set_rng_state(ckpt["rng"])
+    run.state = RunState(ckpt["epoch"], ckpt["best_top1"], ckpt["train_seconds"],
+                         ckpt["train_images"], ckpt.get("init_seconds", 0.0),
+                         ckpt.get("compile_seconds", 0.0))
+
+
+def checkpoint_state(run: Run, row: dict[str, Any]) -> dict[str, Any]:
+    """Everything ``restore`` (resume) and ``load_model_for_eval`` (eval, predict, export) need,
+    as a plain dict of tensors and primitives (loadable with ``weights_only=True``)."""
+    cfg, data, s = run.cfg, run.data, run.state
+    return {
+        "format": ckpt_io.FORMAT,
+        "version": ckpt_io.VERSION,
+        "epoch": s.epoch,
+        "config": C.to_dict(cfg),
+        "model_name": cfg.model.name,
+        "model_kwargs": dict(cfg.model.kwargs),
+        "num_classes": len(data.classes),
+        "in_chans": data.image_shape[0],
+        "classes": list(data.classes),
+        "image_shape": list(data.image_shape),
+        "eval_split": data.eval_split,
+        "preprocess": data.preprocess.state(),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "schedule": run.schedule.state_dict(),
+        "scaler": run.scaler.state_dict(),  # {} unless fp16
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "weights": run.weights,  # which weights best_top1 (and the summary) are of
+        "early_stop": run.stopper.state_dict() if run.stopper is not None else None,
+        "stage": run.stage,
+        "stopped": s.stopped,
+        "rng": ckpt_io.rng_state(),
+        "best_top1": s.best_top1,
+        "train_seconds": s.train_seconds,
+        "train_images": s.train_images,
+        "init_seconds": s.init_seconds,
+        "compile_seconds": s.compile_seconds,
+        "metrics": row,
+    }
+
+
+# ----------------------------------------------------------------------------- eval side
+
+
+def load_model_for_eval(ckpt: dict[str, Any], device: torch.device,
+                        weights: str = "auto") -> tuple[nn.Module, Preprocessor]:
+    """Rebuild the model and its preprocessing from a checkpoint (nothing else needed).
+
+    ``weights``: ``auto`` (the EMA weights when the run kept an EMA, else the trained ones),
+    ``ema`` or ``raw`` (``checkpoint.select_weights``).
+    """
+    state, _ = ckpt_io.select_weights(ckpt, weights)
+    model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"],
+                         in_chans=ckpt["in_chans"], **ckpt["model_kwargs"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ConvzooError(f"the checkpoint's weights do not fit its model {ckpt['model_name']} "
+                           f"with {ckpt['num_classes']} classes: "
+                           f"{str(e).strip().splitlines()[-1].strip()}") from None
+    model.to(device).eval()
+    preprocess = Preprocessor.from_state(ckpt["preprocess"]).to(device)
+    return model, preprocess
