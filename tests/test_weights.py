@@ -320,7 +320,7 @@ def test_freeze_keeps_frozen_parts_bit_identical(name, what):
     norms = {n: m for n, m in model.named_modules()
              if isinstance(m, nn.modules.batchnorm._NormBase)}
     frozen_norms = {n for n in norms if {f"{n}.weight", f"{n}.bias"} <= frozen}
-    assert frozen_norms  # every zoo model has batch norms in its frozen part
+    assert frozen_norms or not norms  # (cnn has no batch norm)
     for n in frozen_norms:
         assert not norms[n].training, n
         for stat in ("running_mean", "running_var", "num_batches_tracked"):
@@ -412,8 +412,8 @@ def test_load_weights_file_of_a_run_and_an_export(run_dir, tmp_path):
 
 
 def test_load_weights_file_errors(run_dir, tmp_path):
-    from safetensors.torch import load_file
     from safetensors import safe_open
+    from safetensors.torch import load_file
 
     with pytest.raises(ConvzooError, match="weights file not found"):
         load_weights_file(tmp_path / "none.safetensors")

@@ -14,8 +14,8 @@ the one place that resolves a model name, zoo or timm.
 from __future__ import annotations
 
 import difflib
-import functools
 import fnmatch
+import functools
 import inspect
 import re
 from collections.abc import Callable
