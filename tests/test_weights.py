@@ -4,6 +4,7 @@ head/backbone parameter split, and rebuilding a model from a .safetensors file."
 from __future__ import annotations
 
 import json
+import shutil
 import urllib.error
 
 import pytest
@@ -92,7 +93,7 @@ def test_init_num_classes_resets_the_head_first(run_dir):
     assert model.fc.out_features == 7 and sorted(report.reinitialised) == ["fc.bias", "fc.weight"]
 
 
-def test_init_from_safetensors(run_dir):
+def test_init_from_safetensors(run_dir, tmp_path):
     """The run's model.safetensors (class names from its metadata), and a bare one."""
     path = run_dir / "model.safetensors"
     ckpt = ckpt_io.load_checkpoint(run_dir)
@@ -101,8 +102,15 @@ def test_init_from_safetensors(run_dir):
     assert report.source == str(path) and report.reinitialised == []
     assert report.source_classes == [str(i) for i in range(10)]
     _equal_except(model, ckpt["model"], set())
-    # a run directory whose checkpoints were deleted still has its safetensors
-    assert load_init(create_model("resnet20"), path.parent, which="best").loaded
+    # a run directory whose checkpoints were deleted still has its (last) safetensors
+    shared = tmp_path / "shared-run"
+    shared.mkdir()
+    shutil.copy(path, shared / "model.safetensors")
+    model = create_model("resnet20", num_classes=10)
+    assert load_init(model, shared).source == str(shared / "model.safetensors")
+    _equal_except(model, ckpt["model"], set())
+    with pytest.raises(ConvzooError, match=r"not a run directory with best\.pt$"):
+        load_init(model, shared, which="best")  # the safetensors are the last epoch's
 
 
 def test_init_from_torchvision_state_dict(tmp_path):
@@ -220,7 +228,7 @@ def test_bad_init_sources_are_one_line_errors(tmp_path, run_dir):
     torch.save(nn.Linear(2, 2), tmp_path / "pickled.pt")  # a pickled module: refused
     cases.append((tmp_path / "pickled.pt", "not a readable PyTorch weights file"))
     (tmp_path / "empty").mkdir()
-    cases.append((tmp_path / "empty", "not a run directory"))
+    cases.append((tmp_path / "empty", "not a run directory with last.pt or model.safetensors"))
     # another architecture: nothing matches
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
     cases.append((tmp_path / "r18.pth", "none of its 122 tensors match"))

@@ -10,8 +10,8 @@
 
 Sources ``load_init`` reads:
 
-* a convzoo run directory (its ``last.pt``/``best.pt``, or ``model.safetensors`` when the
-  checkpoints are gone) or checkpoint file, read with ``weights_only=True`` through
+* a convzoo run directory (its ``last.pt``/``best.pt``, or for ``last`` its
+  ``model.safetensors`` when the checkpoints are gone) or checkpoint file, read with ``weights_only=True`` through
   ``convzoo.train.checkpoint.load_checkpoint``; ``weights="ema"`` takes the run's EMA weights;
 * a ``.safetensors`` file (convzoo's, timm's / Hugging Face's ``model.safetensors``);
 * a torchvision or timm state-dict file (``.pth``/``.pt``/``.bin``), plain or wrapped in
@@ -187,9 +187,11 @@ def _read_run_dir(path: Path, which: str, weights: str) -> _Source:
     if (path / f"{which}.pt").exists():
         ckpt = ckpt_io.load_checkpoint(path, which)
         return _from_checkpoint(ckpt, str(path / f"{which}.pt"), weights)
-    if (path / "model.safetensors").exists() and weights == "model":
+    # model.safetensors holds the last epoch's model weights: no stand-in for best.pt or EMA
+    if (path / "model.safetensors").exists() and which == "last" and weights == "model":
         return _read_file(path / "model.safetensors", which, weights)
-    raise ConvzooError(f"{path}: not a run directory (no {which}.pt or model.safetensors)")
+    what = f"{which}.pt" + (" or model.safetensors" if which == "last" else "")
+    raise ConvzooError(f"{path}: not a run directory with {what}")
 
 
 def _offline_hint(what: str, url: str, reason: Exception) -> ConvzooError:
