@@ -104,7 +104,7 @@ def test_bin_edges_are_right_closed():
 
 @pytest.mark.parametrize("k,classes", [(10, CIFAR10), (100, CIFAR100)])
 def test_per_class_csv_matches_the_confusion_matrix(tmp_path, k, classes):
-    images, labels, probs = synthetic(40 * k, k, seed=k)
+    images, labels, probs = synthetic(20 * k, k, seed=k)
     files = write_report(tmp_path, probs, labels, classes, images=images, topk=5)
     matrix = read_csv(files["confusion_matrix_csv"])
     assert matrix[0][1:] == classes and [r[0] for r in matrix[1:]] == classes
