@@ -353,3 +353,95 @@ def test_model_info_and_table():
     starts = [lines[0].index("source")] + [ln.index(r["source"]) for ln, r in zip(lines[1:], rows)]
     assert len(set(starts)) == 1
     assert lines[1].endswith("3x32x32") and lines[2].endswith("3x224x224")
+
+
+# --------------------------------------------------------------------------- classifier interface
+
+REGISTRY = list_models()  # every zoo model, fast family included
+
+
+def _input_size(name: str) -> int:
+    return 16 if name.startswith("fast") else SMALL_INPUT.get(name, 8)
+
+
+def _head_linear(model: nn.Module) -> nn.Linear:
+    return [m for m in model.get_classifier().modules() if isinstance(m, nn.Linear)][-1]
+
+
+@pytest.mark.parametrize("name", REGISTRY)
+def test_get_and_reset_classifier(name):
+    """get_classifier() is the module producing the logits; reset_classifier(k) gives k
+    outputs and leaves every other tensor as it was; reset_classifier(0) gives the features."""
+    torch.manual_seed(0)
+    model = _small(name, num_classes=5).eval()
+    size = _input_size(name)
+    x = torch.randn(2, 3, size, size)
+    head = model.get_classifier()
+    assert _head_linear(model).out_features == 5
+    head_ids = {id(p) for p in head.parameters()}
+    assert head_ids and head_ids <= {id(p) for p in model.parameters()}  # part of the model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        assert model(x).shape == (2, 5)
+    model.reset_classifier(3)
+    assert _head_linear(model).out_features == 3 and model.get_classifier() is not head
+    after = model.state_dict()
+    changed = {k for k in before if k not in after or after[k].shape != before[k].shape}
+    assert changed and all(k in after for k in changed)  # the head's keys, reshaped
+    assert all(torch.equal(after[k], v) for k, v in before.items() if k not in changed)
+    with torch.no_grad():
+        assert model(x).shape == (2, 3)
+        model.reset_classifier(0)
+        features = model(x)
+    assert features.shape == (2, model.num_features) and torch.isfinite(features).all()
+    assert not any(isinstance(m, nn.Linear) for m in model.get_classifier().modules())
+
+
+@pytest.mark.parametrize("name", REGISTRY)
+def test_reset_classifier_initialises_like_the_constructor(name):
+    """A reset head of 1000 classes has the weight spread (and bias rule) of a head built with
+    1000 classes: the family's own initialisation, not PyTorch's default."""
+    torch.manual_seed(0)
+    built = _head_linear(_small(name, num_classes=1000))
+    model = _small(name, num_classes=2)
+    model.reset_classifier(1000)
+    reset = _head_linear(model)
+    assert reset.weight.shape == built.weight.shape
+    # >= 64k values each: the std estimates agree to well under 5% when the rule is the same
+    ratio = reset.weight.std().item() / built.weight.std().item()
+    assert ratio == pytest.approx(1.0, abs=0.05), ratio
+    assert (reset.bias is None) == (built.bias is None)
+    if built.bias is not None:
+        assert torch.equal(reset.bias == 0, built.bias == 0)
+
+
+@pytest.mark.parametrize("name", REGISTRY)
+def test_stage_names_partition_the_backbone(name):
+    """Stages (stem first) are disjoint, non-empty, name real parameters and exclude the head."""
+    from convzoo.models.heads import head_state_keys, stage_parameter_names
+
+    with torch.device("meta"):
+        model = create_model(name, num_classes=7)
+    stages = stage_parameter_names(model)
+    names = [n for n, _ in model.named_parameters()]
+    flat = [n for stage in stages for n in stage]
+    assert len(stages) >= 3 and all(stages)
+    assert len(flat) == len(set(flat)) and set(flat) <= set(names)
+    assert not set(flat) & head_state_keys(model)
+    # stages follow forward order: a stage's parameters come after the previous stage's
+    order = {n: i for i, n in enumerate(names)}
+    assert all(max(order[n] for n in a) < min(order[n] for n in b)
+               for a, b in zip(stages, stages[1:]))
+    assert flat[0] == names[0]  # the first layer is in the stem
+
+
+def test_fc_bn_head_is_linear_plus_logit_norm():
+    model = create_model("resnet20", shortcut="projection", fc_bn=True)
+    head = model.get_classifier()
+    assert [type(m) for m in head] == [nn.Linear, nn.BatchNorm1d]
+    model.reset_classifier(4)
+    assert model.fc.out_features == 4 and model.fc_bn.num_features == 4
+    assert model.fc.bias is None  # neon's affine-with-BN has no bias, after a reset too
+    model.reset_classifier(0)
+    model.reset_classifier(6)  # the logit norm comes back with a head
+    assert isinstance(model.fc_bn, nn.BatchNorm1d) and model.fc_bn.num_features == 6

@@ -117,11 +117,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from convzoo.models import list_models
+    """The zoo's table; named models / patterns (zoo or timm:) with their figures; with
+    --all and no names, timm's architectures by name after the table (figures for one cost a
+    model build on the meta device, so ask for them by name or pattern)."""
+    from convzoo.models import get_entry, list_models
     from convzoo.models.info import format_table, model_info
 
+    if args.names:
+        names: list[str] = []
+        for pattern in args.names:
+            if not set(pattern) & set("*?["):  # a plain name: unknown ones get suggestions
+                get_entry(pattern)
+            matched = list_models(pattern, include_timm=args.all)
+            if not matched:
+                raise ConvzooError(f"no model matches {pattern!r} (see `convzoo models"
+                                   f"{'' if args.all else ' --all'}`)")
+            names += [n for n in matched if n not in names]
+        rows = [model_info(name) for name in names]
+        print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+        return 0
     rows = [model_info(name) for name in list_models()]
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    timm_names = list_models("timm:*") if args.all else []
+    if args.json:
+        print(json.dumps(rows + [{"name": n, "source": "timm"} for n in timm_names], indent=2))
+        return 0
+    print(format_table(rows))
+    if timm_names:
+        print(f"\ntimm ({len(timm_names)} architectures; `convzoo models timm:NAME` for "
+              "parameters and FLOPs):")
+        print("\n".join(timm_names))
     return 0
 
 
@@ -271,6 +295,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("models", help="list models with parameters and FLOPs")
+    p.add_argument("names", nargs="*", metavar="NAME|PATTERN",
+                   help="models to describe: zoo names, timm:NAME, or shell patterns "
+                        "('resnet*', 'timm:convnext_*')")
+    p.add_argument("--all", action="store_true",
+                   help="include timm's architectures as timm:NAME (needs convzoo[timm])")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 

@@ -1,4 +1,8 @@
-"""The model zoo: every network registered by name; build one with `create_model(name)`."""
+"""The model zoo: every network registered by name; build one with `create_model(name)`.
+
+Reuse: `load_init` (start from trained weights), `freeze` (linear probe / last stage),
+`head_and_backbone_params` (lr groups), `load_weights_file` (model from a .safetensors).
+"""
 
 # Importing the family modules registers their models.
 from convzoo.models import (  # noqa: F401
@@ -10,6 +14,8 @@ from convzoo.models import (  # noqa: F401
     simple_cnn,
     tv,
 )
+from convzoo.models.freeze import FREEZE_MODES, freeze
+from convzoo.models.heads import head_and_backbone_params
 from convzoo.models.info import format_table, model_info
 from convzoo.models.registry import (
     ModelEntry,
@@ -18,13 +24,20 @@ from convzoo.models.registry import (
     list_models,
     register_model,
 )
+from convzoo.models.weights import InitReport, load_init, load_weights_file
 
 __all__ = [
+    "FREEZE_MODES",
+    "InitReport",
     "ModelEntry",
     "create_model",
     "format_table",
+    "freeze",
     "get_entry",
+    "head_and_backbone_params",
     "list_models",
+    "load_init",
+    "load_weights_file",
     "model_info",
     "register_model",
 ]

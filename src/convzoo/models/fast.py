@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from convzoo.models.heads import new_head
 from convzoo.models.registry import register_model
 
 WHITEN_CHUNK = 1024  # images per chunk while accumulating patch statistics (bounds memory)
@@ -133,6 +134,7 @@ class FastNet(nn.Module):
             groups.append(ConvGroup(in_ch, width, depth, bn_momentum))
             in_ch = width
         self.groups = nn.Sequential(*groups)
+        self.num_features, self.num_classes = in_ch, num_classes
         self.head = nn.Linear(in_ch, num_classes, bias=False)
         self.scale = scale
         self.whiten_eps = whiten_eps
@@ -147,8 +149,22 @@ class FastNet(nn.Module):
         self.whiten.weight.copy_(w.to(self.whiten.weight.dtype))
 
     def set_epoch(self, epoch: int) -> None:
-        """Train the whitening bias during epochs 1..whiten_bias_epochs only (airbench)."""
-        self.whiten_bias.requires_grad_(epoch <= self.whiten_bias_epochs)
+        """Train the whitening bias during epochs 1..whiten_bias_epochs only (airbench), and
+        never when ``convzoo.models.freeze`` froze it (it records what it froze)."""
+        frozen = "whiten_bias" in getattr(self, "frozen_names", ())
+        self.whiten_bias.requires_grad_(epoch <= self.whiten_bias_epochs and not frozen)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new bias-free head (PyTorch's default Linear init, as at build); 0: features."""
+        self.head = new_head(self.num_features, num_classes, bias=False)
+        self.num_classes = num_classes
+
+    def stage_names(self) -> list[list[str]]:
+        """The whitening layer (weights and bias), then each conv group."""
+        return [["whiten", "whiten_bias"], *([f"groups.{i}"] for i in range(len(self.groups)))]
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, H, W) -> (B, widths[-1]) globally max-pooled features."""
@@ -157,7 +173,10 @@ class FastNet(nn.Module):
         return torch.amax(x, dim=(2, 3))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x)) * self.scale
+        features = self.forward_features(x)
+        if self.num_classes == 0:  # reset_classifier(0): the pooled features, unscaled
+            return features
+        return self.head(features) * self.scale
 
 
 _SRC = "convzoo fast family (after airbench, arXiv 2404.00498)"

@@ -37,7 +37,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from convzoo.models.heads import new_head, split_after_pools
 from convzoo.models.registry import register_model
+
+
+def _xavier(m: nn.Conv2d | nn.Linear) -> None:
+    """MXNet Xavier(uniform, avg, magnitude 3) = xavier_uniform_ with gain 1; bias 0."""
+    nn.init.xavier_uniform_(m.weight)
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
 
 
 class ConvBNReLU(nn.Sequential):
@@ -132,14 +140,25 @@ class GoogLeNetBN(nn.Module):
         self.inception = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
+        self.num_features, self.num_classes = ch, num_classes
         self.fc = nn.Linear(ch, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
-                nn.init.xavier_uniform_(m.weight)  # MXNet Xavier(uniform, avg, magnitude 3)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                _xavier(m)
             elif isinstance(m, nn.BatchNorm2d) and fix_gamma:
                 m.weight.requires_grad_(False)  # MXNet fix_gamma: gamma stays 1
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new classifier, MXNet Xavier as at build."""
+        self.fc = new_head(self.num_features, num_classes, init=_xavier)
+        self.num_classes = num_classes
+
+    def stage_names(self) -> list[list[str]]:
+        """The stem, then inception 3 (a-b), 4 (a-e) and 5 (a-b): cut at the max pools."""
+        return [["stem"], *split_after_pools(self.inception, "inception")]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.inception(self.stem(x)))

@@ -30,9 +30,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from convzoo.models.heads import new_head
 from convzoo.models.registry import register_model
 
 RRELU_LOWER, RRELU_UPPER = 0.125, 0.334  # MXNet LeakyReLU rrelu defaults
+
+
+def _uniform_001(m: nn.Conv2d | nn.Linear) -> None:
+    """MXNet FeedForward's default initializer Uniform(0.01); bias 0."""
+    nn.init.uniform_(m.weight, -0.01, 0.01)
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
 
 
 class ConvBNRReLU(nn.Sequential):
@@ -133,12 +141,28 @@ class InceptionBNSmall(nn.Module):
             ch = block.out_channels
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
+        self.num_features, self.num_classes = ch, num_classes
         self.fc = nn.Linear(ch, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
-                nn.init.uniform_(m.weight, -0.01, 0.01)  # MXNet FeedForward default Uniform(0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                _uniform_001(m)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new classifier, MXNet Uniform(0.01) as at build."""
+        self.fc = new_head(self.num_features, num_classes, init=_uniform_001)
+        self.num_classes = num_classes
+
+    def stage_names(self) -> list[list[str]]:
+        """3a-3c (28 px, 3c halves), 4a-4e (14 px, 4e halves), 5a-5b (7 px): cut after type B."""
+        stages: list[list[str]] = [[]]
+        for i, block in enumerate(self.features):
+            stages[-1].append(f"features.{i}")
+            if isinstance(block, InceptionB):
+                stages.append([])
+        return stages
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))

@@ -4,15 +4,23 @@
     def resnet20(num_classes: int = 10, in_chans: int = 3, **kwargs) -> nn.Module: ...
 
     model = create_model("resnet20", num_classes=100)
+
+Names ``timm:<name>`` resolve to timm's architectures (``pip install 'convzoo[timm]'``),
+built with ``timm.create_model(name, pretrained=False, num_classes=, in_chans=, **kwargs)``
+(random init: trained weights come from ``convzoo.models.weights.load_init``). This module is
+the one place that resolves a model name, zoo or timm.
 """
 
 from __future__ import annotations
 
 import difflib
+import fnmatch
+import functools
 import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -51,13 +59,55 @@ def register_model(
     return decorator
 
 
-def list_models() -> list[str]:
-    """Names of all registered models, sorted."""
-    return sorted(_REGISTRY)
+TIMM_PREFIX = "timm:"
+TIMM_EXTRA = "pip install 'convzoo[timm]'"
+
+
+def import_timm(why: str) -> Any:
+    """The timm module, or a ConvzooError saying `why` it is needed and how to install it."""
+    try:
+        import timm
+    except ImportError:
+        raise ConvzooError(f"{why} needs timm, an optional extra: {TIMM_EXTRA}") from None
+    return timm
+
+
+def list_models(pattern: str = "*", *, include_timm: bool = False) -> list[str]:
+    """Names of registered models matching the shell-style `pattern`, sorted; with
+    `include_timm`, then timm's architectures as ``timm:<name>`` (needs timm)."""
+    names = [n for n in sorted(_REGISTRY) if fnmatch.fnmatchcase(n, pattern)]
+    if include_timm or pattern.startswith(TIMM_PREFIX):
+        timm = import_timm("listing timm's models")
+        timm_pattern = pattern.removeprefix(TIMM_PREFIX)
+        names += [TIMM_PREFIX + n for n in timm.list_models(timm_pattern)]
+    return names
+
+
+@functools.cache
+def _timm_entry(name: str) -> ModelEntry:
+    """A ModelEntry for ``timm:<arch>`` (``<arch>`` may carry a pretrained tag, ``.a1_in1k``)."""
+    timm = import_timm(f"model {name!r}")
+    arch = name.removeprefix(TIMM_PREFIX)
+    if not arch or not timm.is_model(arch):
+        close = difflib.get_close_matches(arch, timm.list_models(), n=5, cutoff=0.6)
+        hint = f"did you mean: {', '.join(TIMM_PREFIX + c for c in close)}?" if close else (
+            "see `convzoo models --all`")
+        raise ConvzooError(f"unknown timm model {arch!r}; {hint}")
+    cfg = timm.models.get_pretrained_cfg(arch, allow_unregistered=True)
+    input_size = tuple(cfg.input_size) if cfg is not None else (3, 224, 224)
+
+    def factory(num_classes: int = 1000, in_chans: int = 3, **kwargs: Any) -> nn.Module:
+        return timm.create_model(arch, pretrained=False, num_classes=num_classes,
+                                 in_chans=in_chans, **kwargs)
+
+    factory.__name__ = name
+    return ModelEntry(name, factory, "timm", input_size, f"timm {arch}")
 
 
 def get_entry(name: str) -> ModelEntry:
     """The registry entry for `name`; unknown names raise ConvzooError listing close matches."""
+    if name.startswith(TIMM_PREFIX):
+        return _timm_entry(name)
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -77,7 +127,8 @@ def _accepted_keywords(factory: ModelFactory) -> set[str] | None:
 
 
 def create_model(name: str, num_classes: int = 10, in_chans: int = 3, **kwargs) -> nn.Module:
-    """Build the registered model `name`; bad names or keywords raise ConvzooError."""
+    """Build the registered (or ``timm:``) model `name`; bad names or keywords raise
+    ConvzooError."""
     entry = get_entry(name)
     accepted = _accepted_keywords(entry.factory)
     if accepted is not None:

@@ -45,9 +45,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convzoo.models.heads import new_head
 from convzoo.models.registry import register_model
 
 SHORTCUTS = ("A", "projection", "chainer")
+
+
+def _normal_fan_in(m: nn.Conv2d | nn.Linear, gain: float) -> None:
+    """weight ~ N(0, gain / fan_in) (He for gain 2, LeCun / Chainer wscale 1 for gain 1), bias 0."""
+    nn.init.normal_(m.weight, 0.0, math.sqrt(gain / m.weight[0].numel()))
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
 
 
 class Shortcut(nn.Module):
@@ -142,7 +150,8 @@ class ResNetCifar(nn.Module):
         if init not in ("kaiming", "chainer"):
             raise ValueError(f"init must be 'kaiming' or 'chainer', got {init!r}")
         n = (depth - 2) // 6
-        self.depth, self.num_classes = depth, num_classes
+        self.depth, self.num_classes, self.init_rule = depth, num_classes, init
+        self.blocks_per_stage = n
         self.stem = nn.Sequential(
             nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=conv_bias),
             nn.BatchNorm2d(widths[0]),
@@ -165,6 +174,7 @@ class ResNetCifar(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         if fc_bias is None:
             fc_bias = not fc_bn  # neon's Affine with batch_norm has no bias
+        self.num_features, self.fc_bias, self.has_fc_bn = in_ch, fc_bias, fc_bn
         self.fc = nn.Linear(in_ch, num_classes, bias=fc_bias)
         self.fc_bn = nn.BatchNorm1d(num_classes) if fc_bn else nn.Identity()
         self._init_weights(init)
@@ -174,16 +184,31 @@ class ResNetCifar(nn.Module):
             if isinstance(m, nn.Conv2d | nn.Linear):
                 if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1):
                     continue  # projection shortcut keeps its identity initialisation
-                gain = 2.0
-                if init == "chainer" and (m is self.stem[0] or m is self.fc):
-                    gain = 1.0  # Chainer wscale=1 for the stem conv and classifier
-                fan_in = m.weight[0].numel()
-                nn.init.normal_(m.weight, 0.0, math.sqrt(gain / fan_in))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+                # Chainer wscale=1 for the stem conv and classifier, He (gain 2) elsewhere
+                gain = 1.0 if init == "chainer" and (m is self.stem[0] or m is self.fc) else 2.0
+                _normal_fan_in(m, gain)
             elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def get_classifier(self) -> nn.Module:
+        """The linear classifier, followed by its BatchNorm1d on the logits with ``fc_bn``."""
+        return self.fc if isinstance(self.fc_bn, nn.Identity) else nn.Sequential(self.fc,
+                                                                                   self.fc_bn)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new classifier (and logit BatchNorm1d with ``fc_bn``), initialised as at build."""
+        gain = 1.0 if self.init_rule == "chainer" else 2.0
+        self.fc = new_head(self.num_features, num_classes, bias=self.fc_bias,
+                           init=lambda m: _normal_fan_in(m, gain))
+        self.fc_bn = nn.BatchNorm1d(num_classes) if self.has_fc_bn and num_classes else nn.Identity()
+        self.num_classes = num_classes
+
+    def stage_names(self) -> list[list[str]]:
+        """The stem, then the n blocks of each width."""
+        n = self.blocks_per_stage
+        return [["stem"]] + [[f"blocks.{i}" for i in range(s * n, (s + 1) * n)]
+                             for s in range(len(self.blocks) // n)]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, 64) pooled features."""

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convzoo.models.heads import new_head
 from convzoo.models.registry import register_model
 
 
@@ -40,6 +41,12 @@ def _tf_same_pad(size: int, kernel: int, stride: int) -> tuple[int, int]:
     """(before, after) padding of TensorFlow 'same' for one spatial dimension."""
     total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
+
+
+def _he_normal(m: nn.Conv2d | nn.Linear) -> None:
+    """Keras 2 he_normal: normal truncated at 2 std, std sqrt(2 / fan_in), fan_in k*k*in/groups."""
+    std = math.sqrt(2.0 / m.weight[0].numel())
+    nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std)
 
 
 class GroupedConv(nn.Conv2d):
@@ -111,12 +118,26 @@ class ResNeXtCifar(nn.Module):
                 blocks.append(Bottleneck(ch, width, cardinality, stride, tf_padding))
                 ch = 2 * width
         self.blocks = nn.Sequential(*blocks)
+        self.blocks_per_set, self.num_features, self.num_classes = blocks_per_set, ch, num_classes
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(ch, num_classes, bias=False)
         for m in self.modules():
             if isinstance(m, nn.Conv2d | nn.Linear):
-                std = math.sqrt(2.0 / m.weight[0].numel())  # he_normal: fan_in = k*k*in/groups
-                nn.init.trunc_normal_(m.weight, 0.0, std, -2 * std, 2 * std)
+                _he_normal(m)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new bias-free classifier, Keras he_normal as at build."""
+        self.fc = new_head(self.num_features, num_classes, bias=False, init=_he_normal)
+        self.num_classes = num_classes
+
+    def stage_names(self) -> list[list[str]]:
+        """The stem, then each set of bottleneck blocks."""
+        b = self.blocks_per_set
+        return [["stem"]] + [[f"blocks.{i}" for i in range(s * b, (s + 1) * b)]
+                             for s in range(len(self.blocks) // b)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.blocks(self.stem(x))), 1))

@@ -29,6 +29,7 @@ import math
 import torch
 from torch import nn
 
+from convzoo.models.heads import new_head, split_after_pools
 from convzoo.models.registry import register_model
 
 _SOURCE = "chainer-cifar (seed C)"
@@ -39,12 +40,37 @@ def _pool_out(size: int, kernel: int, stride: int) -> int:
     return math.ceil((size - kernel) / stride) + 1
 
 
+def _lecun(m: nn.Conv2d | nn.Linear) -> None:
+    """Chainer's default: W ~ N(0, 1/fan_in), bias 0."""
+    nn.init.normal_(m.weight, 0.0, math.sqrt(1.0 / m.weight[0].numel()))
+    if m.bias is not None:
+        nn.init.zeros_(m.bias)
+
+
 def _lecun_init(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, nn.Conv2d | nn.Linear):
-            nn.init.normal_(m.weight, 0.0, math.sqrt(1.0 / m.weight[0].numel()))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+            _lecun(m)
+
+
+class _ChainerClassifier(nn.Module):
+    """The classifier interface of both Chainer nets: the last layer of ``self.classifier``
+    maps the hidden features (1000 or 1024) to logits."""
+
+    classifier: nn.Sequential
+    features: nn.Sequential
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier[-1]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new last layer, Chainer's LeCun normal as at build."""
+        self.classifier[-1] = new_head(self.num_features, num_classes, init=_lecun)
+        self.num_classes = num_classes
+
+    def stage_names(self) -> list[list[str]]:
+        """One stage per resolution: the conv blocks up to and including each pool."""
+        return split_after_pools(self.features, "features")
 
 
 def _conv_block(in_ch: int, out_ch: int, kernel: int, bn: bool, conv_bias: bool) -> list[nn.Module]:
@@ -55,7 +81,7 @@ def _conv_block(in_ch: int, out_ch: int, kernel: int, bn: bool, conv_bias: bool)
     return layers
 
 
-class ChainerCNN(nn.Module):
+class ChainerCNN(_ChainerClassifier):
     """Seed C's CNN / CNNBN: three conv5x5 + 3x3/2 max-pool stages, two linear layers."""
 
     def __init__(
@@ -82,13 +108,14 @@ class ChainerCNN(nn.Module):
             nn.Dropout(0.5),
             nn.Linear(1000, num_classes),
         )
+        self.num_features, self.num_classes = 1000, num_classes
         _lecun_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
-class ChainerVGG(nn.Module):
+class ChainerVGG(_ChainerClassifier):
     """Seed C's VGG-like network (conv3x3-BN-ReLU stacks, dropout 0.25 after each pool)."""
 
     def __init__(
@@ -114,6 +141,7 @@ class ChainerVGG(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(1024, num_classes),
         )
+        self.num_features, self.num_classes = 1024, num_classes
         _lecun_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,441 @@
+"""Start a model from trained weights, and rebuild a model from a weights file.
+
+    report = load_init(model, "runs/cifar10-r20", classes=new_classes)   # fine-tune a run
+    report = load_init(model, "resnet18-f37072fd.pth")                   # torchvision file
+    report = load_init(model, "torchvision:DEFAULT", arch="resnet18")    # named (online)
+    report = load_init(model, "timm:resnet18.a1_in1k")                   # timm tag (online)
+    print(report.summary())
+
+    model, meta = load_weights_file("runs/r20/model.safetensors")       # eval/predict/export
+
+Sources ``load_init`` reads:
+
+* a convzoo run directory (its ``last.pt``/``best.pt``, or for ``last`` its
+  ``model.safetensors`` when the checkpoints are gone) or checkpoint file, read with ``weights_only=True`` through
+  ``convzoo.train.checkpoint.load_checkpoint``; ``weights="ema"`` takes the run's EMA weights;
+* a ``.safetensors`` file (convzoo's, timm's / Hugging Face's ``model.safetensors``);
+* a torchvision or timm state-dict file (``.pth``/``.pt``/``.bin``), plain or wrapped in
+  ``{"state_dict" | "model" | "model_state_dict" | "module": ...}``; prefixes that wrappers
+  add to every key (DDP ``module.``, torch.compile ``_orig_mod.``, Lightning ``model.``) are
+  stripped when that matches the model better;
+* ``torchvision:<Enum>.<TAG>`` (``ResNet18_Weights.IMAGENET1K_V1``), or ``torchvision:DEFAULT``
+  / ``torchvision:<TAG>`` for the model ``arch`` names, and ``timm:<name>.<tag>``: downloaded
+  (cached) where the machine is online; offline, the error names the file to fetch.
+
+What is loaded: every key of the model whose name and shape match. The classifier head
+(``model.get_classifier()``) is re-initialised instead when its shape differs, when the
+source's class names are known and differ from ``classes``, or when ``head="new"``. Any other
+shape mismatch is an error naming the key and both shapes, except the first conv reading a
+different number of input channels, which is adapted as timm adapts it (summed over RGB for 1
+channel, repeated and rescaled otherwise). Keys of the model missing from the source keep
+their initialisation and keys of the source the model lacks are ignored; both are reported,
+and ``strict=True`` makes either (outside the head) an error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import urllib.error
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from convzoo.errors import ConvzooError
+from convzoo.models.heads import head_state_keys, num_outputs
+from convzoo.models.registry import TIMM_PREFIX, create_model, import_timm
+
+TORCHVISION_PREFIX = "torchvision:"
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
+KEY_PREFIXES = ("module.", "_orig_mod.", "model.")
+SAFETENSORS_FORMAT = "convzoo-weights"  # metadata "format" of convzoo's model.safetensors
+
+HeadPolicy = Literal["auto", "new", "keep"]
+
+
+@dataclass
+class InitReport:
+    """What ``load_init`` did, key by key (state-dict keys of the model)."""
+
+    source: str  # what was read: a path, or the named weights with their URL
+    loaded: list[str] = field(default_factory=list)
+    reinitialised: list[str] = field(default_factory=list)  # head keys left at a fresh init
+    missing: list[str] = field(default_factory=list)  # model keys the source lacks (kept)
+    unexpected: list[str] = field(default_factory=list)  # source keys the model lacks
+    adapted: list[str] = field(default_factory=list)  # first conv adapted to in_chans
+    head_reason: str = ""  # why the head was re-initialised ("" = it was loaded)
+    source_classes: list[str] | None = None  # class names stored with the weights, if any
+
+    def summary(self) -> str:
+        """One line for the log."""
+        parts = [f"init from {self.source}: {len(self.loaded)} tensors loaded"]
+        if self.reinitialised:
+            parts.append(f"head re-initialised ({self.head_reason})")
+        if self.adapted:
+            parts.append(f"adapted {', '.join(self.adapted)}")
+        for label, keys in (("missing (kept at init)", self.missing),
+                            ("unexpected (ignored)", self.unexpected)):
+            if keys:
+                more = f" and {len(keys) - 3} more" if len(keys) > 3 else ""
+                parts.append(f"{len(keys)} {label}: {', '.join(keys[:3])}{more}")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- reading sources
+
+
+@dataclass
+class _Source:
+    state: dict[str, Tensor]
+    description: str
+    classes: list[str] | None = None
+
+
+def _tensor_dict(obj: Any, where: str) -> dict[str, Tensor]:
+    """The state dict inside a loaded file (unwrapping the usual wrapper keys)."""
+    for _ in range(3):  # e.g. {"state_dict": {"model": {...}}}
+        if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+            return {str(k): v for k, v in obj.items()}
+        if isinstance(obj, Mapping):
+            inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+            if inner is not None:
+                obj = inner
+                continue
+        break
+    if isinstance(obj, Mapping):
+        keys = ", ".join(map(str, list(obj)[:6]))
+        raise ConvzooError(f"{where}: no state dict found (top-level keys: {keys}); expected "
+                           f"tensors by name, or one of {', '.join(WRAPPER_KEYS)} holding them")
+    raise ConvzooError(f"{where}: holds a {type(obj).__name__}, not a state dict")
+
+
+def _from_checkpoint(ckpt: dict[str, Any], where: str, weights: str) -> _Source:
+    if weights == "ema":
+        ema = ckpt.get("ema")
+        if not ema:
+            raise ConvzooError(f"{where}: the run kept no EMA weights (optim.ema_decay was 0); "
+                               "use weights=model")
+        state = ema["module"]
+    else:
+        state = ckpt["model"]
+    return _Source(dict(state), f"{where} ({ckpt.get('model_name')}, epoch {ckpt.get('epoch')}"
+                                f"{', EMA' if weights == 'ema' else ''})", list(ckpt["classes"]))
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ConvzooError(f"{path}: not a readable safetensors file ({e})") from None
+    return state, meta
+
+
+def _classes_from_meta(meta: Mapping[str, str], where: str) -> list[str] | None:
+    if "classes" not in meta:
+        return None
+    try:
+        classes = json.loads(meta["classes"])
+    except json.JSONDecodeError:
+        raise ConvzooError(f"{where}: metadata 'classes' is not JSON") from None
+    return [str(c) for c in classes]
+
+
+def _read_file(path: Path, which: str, weights: str) -> _Source:
+    from convzoo.train import checkpoint as ckpt_io
+
+    if path.suffix == ".safetensors":
+        if weights == "ema":
+            raise ConvzooError(f"{path}: a weights file holds one set of weights; "
+                               "weights=ema needs a run directory or checkpoint")
+        state, meta = _read_safetensors(path)
+        return _Source(state, str(path), _classes_from_meta(meta, str(path)))
+    try:  # mmap: a peek at a large checkpoint costs no reading
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (pre-zip) files cannot be memory-mapped
+        obj = None
+    except Exception as e:  # truncated, foreign, or pickled code weights_only refuses
+        raise ConvzooError(f"{path}: not a readable PyTorch weights file "
+                           f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+    if obj is None:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ConvzooError(f"{path}: not a readable PyTorch weights file "
+                               f"({type(e).__name__})") from None
+    if isinstance(obj, Mapping) and obj.get("format") == ckpt_io.FORMAT:
+        return _from_checkpoint(ckpt_io.load_checkpoint(path), str(path), weights)
+    if weights == "ema":
+        raise ConvzooError(f"{path}: weights=ema needs a convzoo run directory or checkpoint")
+    return _Source(_tensor_dict(obj, str(path)), str(path))
+
+
+def _read_run_dir(path: Path, which: str, weights: str) -> _Source:
+    from convzoo.train import checkpoint as ckpt_io
+
+    if (path / f"{which}.pt").exists():
+        ckpt = ckpt_io.load_checkpoint(path, which)
+        return _from_checkpoint(ckpt, str(path / f"{which}.pt"), weights)
+    # model.safetensors holds the last epoch's model weights: no stand-in for best.pt or EMA
+    if (path / "model.safetensors").exists() and which == "last" and weights == "model":
+        return _read_file(path / "model.safetensors", which, weights)
+    what = f"{which}.pt" + (" or model.safetensors" if which == "last" else "")
+    raise ConvzooError(f"{path}: not a run directory with {what}")
+
+
+def _offline_hint(what: str, url: str, reason: Exception) -> ConvzooError:
+    filename = url.rstrip("/").rsplit("/", 1)[-1] or "the weights file"
+    return ConvzooError(
+        f"could not download {what} from {url} ({type(reason).__name__}: "
+        f"{str(reason).splitlines()[0][:120] if str(reason) else 'no detail'}); offline? fetch "
+        f"{filename} on a machine with internet access and pass its path instead, e.g. "
+        f"--set model.init=/path/to/{filename}")
+
+
+def _read_torchvision(spec: str, arch: str | None) -> _Source:
+    import torchvision.models as tvm
+
+    name = spec.removeprefix(TORCHVISION_PREFIX)
+    try:
+        if "." in name:  # ResNet18_Weights.IMAGENET1K_V1
+            w = tvm.get_weight(name)
+        else:  # DEFAULT or a tag of the model's own weights enum
+            if arch is None or arch.startswith(TIMM_PREFIX):
+                raise ConvzooError(f"{spec}: name the weights in full for this model, e.g. "
+                                   "torchvision:ResNet18_Weights.IMAGENET1K_V1")
+            w = tvm.get_model_weights(arch)[name]
+    except (KeyError, ValueError, AttributeError) as e:
+        raise ConvzooError(f"{spec}: unknown torchvision weights ({e}); see "
+                           "torchvision.models.list_models() and get_model_weights(name)") from None
+    try:
+        state = w.get_state_dict(progress=False, check_hash=True)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise _offline_hint(f"torchvision weights {w}", w.url, e) from None
+    return _Source(dict(state), f"torchvision {w} ({w.url})", list(w.meta.get("categories", [])))
+
+
+def _read_timm(spec: str) -> _Source:
+    timm = import_timm(f"model.init {spec!r}")
+    name = spec.removeprefix(TIMM_PREFIX)
+    if not timm.is_model(name):
+        raise ConvzooError(f"{spec}: unknown timm model; see `convzoo models --all`")
+    cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
+    url = (f"https://huggingface.co/{cfg.hf_hub_id}/resolve/main/model.safetensors"
+           if cfg is not None and cfg.hf_hub_id else (cfg.url if cfg is not None else ""))
+    if not url:
+        raise ConvzooError(f"{spec}: timm has no pretrained weights for this name "
+                           "(name a tag, e.g. timm:resnet18.a1_in1k)")
+    try:
+        source_model = timm.create_model(name, pretrained=True)
+    except (OSError, RuntimeError, ValueError) as e:  # hub/URL errors are OSErrors
+        raise _offline_hint(f"timm weights {name}", url, e) from None
+    label_names = getattr(source_model, "pretrained_cfg", {}).get("label_names")
+    return _Source(source_model.state_dict(), f"timm {name} ({url})",
+                   list(label_names) if label_names else None)
+
+
+def read_source(source: str | Path, *, which: str = "last", weights: str = "model",
+                arch: str | None = None) -> _Source:
+    """The state dict (and class names, where stored) that `source` names."""
+    if weights not in ("model", "ema"):
+        raise ConvzooError(f"weights={weights!r}: choose model or ema")
+    text = str(source)
+    if text.startswith(TORCHVISION_PREFIX):
+        return _read_torchvision(text, arch)
+    if text.startswith(TIMM_PREFIX):
+        return _read_timm(text)
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _read_run_dir(path, which, weights)
+    if not path.is_file():
+        raise ConvzooError(f"model.init {path}: no such file or directory (expected a run "
+                           "directory, .pt/.pth/.safetensors file, torchvision:... or timm:...)")
+    return _read_file(path, which, weights)
+
+
+# ----------------------------------------------------------------------------- matching
+
+
+def _align_prefix(state: dict[str, Tensor], target: set[str]) -> dict[str, Tensor]:
+    """Strip wrapper prefixes every key carries (DDP, torch.compile, Lightning) when that
+    makes more keys match the model."""
+    best, best_hits = state, len(set(state) & target)
+    changed = True
+    while changed:
+        changed = False
+        for prefix in KEY_PREFIXES:
+            if best and all(k.startswith(prefix) for k in best):
+                stripped = {k[len(prefix):]: v for k, v in best.items()}
+                hits = len(set(stripped) & target)
+                if hits > best_hits or (hits == best_hits and hits == 0):
+                    best, best_hits, changed = stripped, hits, True
+    return best
+
+
+def _adapt_input_conv(weight: Tensor, in_chans: int) -> Tensor:
+    """(O, I, k, k) conv weights for `in_chans` inputs, as timm's ``adapt_input_conv``: the sum
+    over input channels for 1, else the weights tiled over the channels and rescaled by
+    I / in_chans, so a grey or multi-band image of the same intensity gives the same output."""
+    if in_chans == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeat = math.ceil(in_chans / weight.shape[1])
+    return weight.repeat(1, repeat, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
+
+
+def _shape(t: Tensor) -> str:
+    return "(" + ", ".join(map(str, t.shape)) + ")"
+
+
+def load_init(
+    model: nn.Module,
+    source: str | Path,
+    *,
+    num_classes: int | None = None,
+    classes: Sequence[str] | None = None,
+    arch: str | None = None,
+    which: str = "last",
+    weights: str = "model",
+    head: HeadPolicy = "auto",
+    strict: bool = False,
+) -> InitReport:
+    """Load trained weights from `source` into `model` in place (see the module docstring).
+
+    num_classes: the class count the model should end with; its head is reset to it first if
+        it has another. classes: the target class names; a source that stores different ones
+        gets a new head even when the shapes agree (classes 0-4 -> classes 5-9).
+    arch: the model's registry name (needed by ``torchvision:DEFAULT``; used in messages).
+    which / weights: the checkpoint of a run directory (last|best) and its weights (model|ema).
+    head: auto (re-initialise when needed, see above), new (always), keep (never: a head of
+        another shape is an error).
+    """
+    if head not in ("auto", "new", "keep"):
+        raise ConvzooError(f"head={head!r}: choose auto, new or keep")
+    if num_classes is not None and num_outputs(model.get_classifier()) != num_classes:
+        model.reset_classifier(num_classes)
+    src = read_source(source, which=which, weights=weights, arch=arch)
+    name = arch or type(model).__name__
+    target = model.state_dict()
+    state = _align_prefix(src.state, set(target))
+    head_keys = head_state_keys(model)
+    report = InitReport(src.description, source_classes=src.classes)
+
+    # The head: loaded when every key is there with its shape and the classes agree.
+    reasons = ["asked for a new head"] if head == "new" else []
+    misfit = [k for k in sorted(head_keys) if k in state and state[k].shape != target[k].shape]
+    reasons += [f"{k} {_shape(state[k])} in the source, {_shape(target[k])} here" for k in misfit]
+    reasons += [f"{k} not in the source" for k in sorted(head_keys) if k not in state]
+    if classes is not None and src.classes and list(classes) != list(src.classes):
+        reasons.append(f"classes differ ({len(src.classes)} in the source: "
+                       f"{', '.join(src.classes[:3])}...; {len(classes)} here: "
+                       f"{', '.join(list(classes)[:3])}...)")
+    if head == "keep" and misfit:
+        raise ConvzooError(f"{src.description}: head does not fit {name} ({reasons[0]}) and "
+                           "head=keep")
+    new_head = bool(reasons) and head != "keep"
+    report.head_reason = "; ".join(reasons[:2]) if new_head else ""
+
+    first_conv = next((k for k, v in target.items() if v.ndim == 4), None)
+    to_load: dict[str, Tensor] = {}
+    for k, t in target.items():
+        if k in head_keys and new_head:
+            report.reinitialised.append(k)
+            continue
+        if k not in state:
+            report.missing.append(k)
+            continue
+        s = state[k]
+        if s.shape == t.shape:
+            to_load[k] = s
+            report.loaded.append(k)
+        elif (k == first_conv and s.ndim == 4 and s.shape[0] == t.shape[0]
+              and s.shape[2:] == t.shape[2:]):
+            to_load[k] = _adapt_input_conv(s.float(), t.shape[1]).to(s.dtype)
+            report.adapted.append(f"{k} {_shape(s)} -> {_shape(t)}")
+            report.loaded.append(k)
+        else:
+            raise ConvzooError(
+                f"{src.description}: {k} has shape {_shape(s)} there but {_shape(t)} in {name}; "
+                "only the classifier head may differ (is it another architecture or variant?)")
+    model_keys = set(target)
+    report.unexpected = [k for k in state if k not in model_keys]
+    if not report.loaded:
+        raise ConvzooError(
+            f"{src.description}: none of its {len(state)} tensors match {name} (first there: "
+            f"{next(iter(state), '-')}; first here: {next(iter(target), '-')}); weights of "
+            "another architecture?")
+    if strict and (report.missing or report.unexpected):
+        what, key = ("missing from the source", report.missing[0]) if report.missing else (
+            "not in the model", report.unexpected[0])
+        raise ConvzooError(f"{src.description}: {key} is {what} (strict)")
+    model.load_state_dict(to_load, strict=False)
+    return report
+
+
+# ----------------------------------------------------------------------------- weights files
+
+
+def load_weights_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The model a convzoo ``.safetensors`` file describes, weights loaded, CPU, eval mode.
+
+    The file is a run's ``model.safetensors`` or ``convzoo export --format safetensors``
+    output; its metadata names the registry model, class count, input channels and keywords.
+    ``meta``: ``model``, ``num_classes``, ``in_chans``, ``model_kwargs``, ``classes`` and, when
+    the file has them (export writes them), ``image_shape``, ``epoch``, ``eval_view`` and
+    ``preprocess`` (``{"kind": str, <stat>: float32 tensor}``, ``Preprocessor.from_state``'s
+    input; None when the statistics were too large for metadata, e.g. ZCA).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConvzooError(f"weights file not found: {path}")
+    state, raw = _read_safetensors(path)
+    if raw.get("format") != SAFETENSORS_FORMAT:
+        raise ConvzooError(f"{path}: no convzoo metadata (format={raw.get('format')!r}); "
+                           "foreign weights start a model through model.init")
+    meta: dict[str, Any] = {}
+    try:
+        meta["model"] = raw["model"]
+        meta["num_classes"] = int(raw["num_classes"])
+        meta["in_chans"] = int(raw["in_chans"])
+        meta["model_kwargs"] = json.loads(raw.get("model_kwargs", "{}"))
+        meta["classes"] = _classes_from_meta(raw, str(path))
+        for key in ("image_shape", "eval_view"):
+            meta[key] = json.loads(raw[key]) if key in raw else None
+        meta["epoch"] = int(raw["epoch"]) if "epoch" in raw else None
+        meta["preprocess"] = _preprocess_state(raw.get("preprocess"))
+    except (KeyError, ValueError, TypeError) as e:
+        raise ConvzooError(f"{path}: bad convzoo metadata ({type(e).__name__}: {e})") from None
+    model = create_model(meta["model"], num_classes=meta["num_classes"],
+                         in_chans=meta["in_chans"], **meta["model_kwargs"])
+    expected = model.state_dict()
+    for k, t in expected.items():
+        if k not in state:
+            raise ConvzooError(f"{path}: tensor {k} of {meta['model']} is missing")
+        if state[k].shape != t.shape:
+            raise ConvzooError(f"{path}: {k} has shape {_shape(state[k])} but {meta['model']} "
+                               f"built from the metadata expects {_shape(t)}")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise ConvzooError(f"{path}: tensor {extra[0]} is not part of {meta['model']}")
+    model.load_state_dict(state)
+    return model.eval(), meta
+
+
+def _preprocess_state(text: str | None) -> dict[str, Any] | None:
+    """export's JSON preprocessing (kind + small statistics) as tensors; None if incomplete."""
+    if text is None:
+        return None
+    raw = json.loads(text)
+    state: dict[str, Any] = {"kind": raw.pop("kind")}
+    state.update({k: torch.tensor(v, dtype=torch.float32) for k, v in raw.items()})
+    return state if len(state) > 1 or state["kind"] == "none" else None
