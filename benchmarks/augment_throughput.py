@@ -18,7 +18,9 @@ random-resized crop (from 1.15x the size; convzoo's old grid_sample RRC, the sep
 the separable one with antialiasing against v2's default antialiased RRC), the three policies,
 mixup/cutmix, and two full pipelines (policy -> normalise -> flip -> mixup/cutmix; at 224 px
 RRC first). Timing: ``--repeats`` rounds after one warm-up, the sides alternating within each
-round (so a load change hits both); the median and the [min, max] spread are printed.
+round (so a load change hits both); the median and the [min, max] spread are printed. On a
+shared machine, ``--clock cpu --threads 1`` reports CPU time instead, which other jobs inflate
+far less than elapsed time.
 
 Example::
 
@@ -198,7 +200,8 @@ def build_cases(size: int, batch: int, device: torch.device, seed: int = 0) -> l
     return cases
 
 
-def time_case(case: Case, repeats: int, device: torch.device) -> dict[str, list[float]]:
+def time_case(case: Case, repeats: int, device: torch.device, clock: Callable[[], float]
+              ) -> dict[str, list[float]]:
     """ms per call of each side: one warm-up each, then `repeats` rounds alternating sides."""
     runnable = {k: f for k, f in case.sides.items() if callable(f)}
     for f in runnable.values():
@@ -209,10 +212,10 @@ def time_case(case: Case, repeats: int, device: torch.device) -> dict[str, list[
         order = list(runnable) if rep % 2 == 0 else list(reversed(runnable))
         for k in order:
             _sync(device)
-            t = time.perf_counter()
+            t = clock()
             runnable[k]()
             _sync(device)
-            times[k].append((time.perf_counter() - t) * 1000)
+            times[k].append((clock() - t) * 1000)
     return times
 
 
@@ -230,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds per row (after a warm-up)")
     p.add_argument("--only", default="", help="comma list of row-name prefixes to run")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall: elapsed time; cpu: this process's CPU time summed over its threads "
+                        "(robust to other jobs on a shared machine; use with --threads 1 to read "
+                        "it as single-core time)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1 round: checks it runs")
     args = p.parse_args(argv)
     if args.quick:
@@ -241,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device here")
+    if device.type == "cuda" and args.clock == "cpu":
+        p.error("--clock cpu measures host CPU time: use the wall clock with --device cuda")
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     try:
         import kornia  # noqa: F401
@@ -253,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{platform.python_version()}, {torch.get_num_threads()} threads, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print(f"command: {' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}; load average at start "
-          f"{load[0]:.2f}; {kornia_note}; ms per batch, median [min-max] of {args.repeats}")
+          f"{load[0]:.2f}; {kornia_note}; {args.clock}-clock ms per batch, median [min-max] "
+          f"of {args.repeats}")
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     for size, batch in zip(sizes, batches):
         print(f"\n| op ({size} px, batch {batch}) | convzoo batched | v2 per image | kornia | "
@@ -262,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in build_cases(size, batch, device):
             if only and not any(case.name.startswith(o) for o in only):
                 continue
-            times = time_case(case, args.repeats, device)
+            times = time_case(case, args.repeats, device, clock)
             ratio = statistics.median(times["v2"]) / statistics.median(times["convzoo"])
             kornia_cell = _fmt(times.get("kornia")) if "kornia" in case.sides else "n/a"
             print(f"| {case.name} | {_fmt(times['convzoo'])} | {_fmt(times['v2'])} | "

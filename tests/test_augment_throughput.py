@@ -21,7 +21,7 @@ def test_quick_mode_prints_every_row_for_both_sizes(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert re.search(r"augment throughput: .*torch .*threads, device cpu", out)
-    assert "ms per batch, median [min-max] of 1" in out
+    assert "wall-clock ms per batch, median [min-max] of 1" in out
     tables = out.split("| op (")[1:]
     assert [t.split(" px")[0] for t in tables] == ["16", "64"]
     cell = r"\s*[\d.]+ \[[\d.]+-[\d.]+\]\s*"
