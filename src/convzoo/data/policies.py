@@ -75,17 +75,21 @@ def _randint(high: int, shape: tuple[int, ...], generator: torch.Generator,
     return torch.randint(0, high, shape, generator=generator, device=generator.device).to(device)
 
 
+LUMA = (0.2989, 0.587, 0.114)  # ITU-R 601-2 weights of R, G, B (torchvision's grayscale)
+
+
 def _grayscale(x: Tensor) -> Tensor:
-    """(B, 1, H, W) luma (ITU-R 601-2, torchvision's weights) of an RGB or grey batch."""
+    """(B, 1, H, W) luma of an RGB or grey batch."""
     if x.shape[1] == 1:
         return x
     r, g, b = x.unbind(1)
-    return (r * 0.2989 + g * 0.587 + b * 0.114).unsqueeze(1)
+    return (r * LUMA[0] + g * LUMA[1] + b * LUMA[2]).unsqueeze(1)
 
 
 def _blend(x: Tensor, other: Tensor, factor: Tensor) -> Tensor:
-    """factor * x + (1 - factor) * other, clamped to the pixel range (torchvision's `_blend`)."""
-    return (x * factor + other * (1 - factor)).clamp_(0, MAX)
+    """factor * x + (1 - factor) * other (other broadcast to x), clamped to the pixel range:
+    torchvision's `_blend`, as one `lerp` pass and an in-place clamp."""
+    return torch.lerp(other.expand_as(x), x, factor).clamp_(0, MAX)
 
 
 # ----------------------------------------------------------------------------- colour ops
@@ -98,9 +102,12 @@ def adjust_brightness(x: Tensor, factor: float | Tensor) -> Tensor:
 
 
 def adjust_contrast(x: Tensor, factor: float | Tensor) -> Tensor:
-    """Blend with the image's mean luma (factor 0 = flat grey, 1 = unchanged)."""
-    mean = _grayscale(x).mean(dim=(1, 2, 3), keepdim=True)
-    return _blend(x, mean, _per_image(factor, x))
+    """Blend with the image's mean luma (factor 0 = flat grey, 1 = unchanged). The mean luma is
+    the luma of the channel means (it is linear), so no grey image is built."""
+    means = x.mean(dim=(2, 3))  # (B, C)
+    if x.shape[1] == 3:
+        means = means @ torch.tensor(LUMA, dtype=x.dtype, device=x.device)
+    return _blend(x, means.reshape(-1, 1, 1, 1), _per_image(factor, x))
 
 
 def adjust_saturation(x: Tensor, factor: float | Tensor) -> Tensor:
@@ -112,57 +119,52 @@ def adjust_saturation(x: Tensor, factor: float | Tensor) -> Tensor:
 
 def adjust_sharpness(x: Tensor, factor: float | Tensor) -> Tensor:
     """Blend the interior with a 3x3 smoothing ([[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13) of it
-    (factor 0 = smoothed, 1 = unchanged, 2 = sharpened); the one-pixel border is kept."""
-    B, C, H, W = x.shape
+    (factor 0 = smoothed, 1 = unchanged, 2 = sharpened); the one-pixel border is kept.
+
+    The smoothing is (3x3 box sum + 4 * centre) / 13 with the box sum as two separable
+    three-term sums of shifted views: measured ~8x faster on a CPU than the depthwise conv2d
+    torchvision uses (which is slow for float batches there), same values up to rounding."""
+    H, W = x.shape[-2:]
     if H <= 2 or W <= 2:
         return x
-    kernel = torch.ones(3, 3, dtype=x.dtype, device=x.device)
-    kernel[1, 1] = 5.0
-    kernel = (kernel / 13).expand(C, 1, 3, 3)
-    smooth = F.conv2d(x, kernel, groups=C)  # (B, C, H - 2, W - 2)
+    rows = x[..., :-2] + x[..., 1:-1]
+    rows += x[..., 2:]  # (B, C, H, W - 2): sums over 3 columns
+    box = rows[..., :-2, :] + rows[..., 1:-1, :]
+    box += rows[..., 2:, :]  # (B, C, H - 2, W - 2)
+    inner = x[..., 1:-1, 1:-1]
+    smooth = box.add_(inner, alpha=4.0).div_(13.0)
     out = x.clone()
-    inner = out[..., 1:-1, 1:-1]
-    inner.copy_(torch.lerp(smooth, inner, _per_image(factor, x)))
+    out[..., 1:-1, 1:-1] = torch.lerp(smooth, inner, _per_image(factor, x))
     return out.clamp_(0, MAX)
 
 
-def _rgb_to_hsv(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """h, s in [0, 1) and [0, 1], v on x's scale; each (B, H, W). PIL's formulas, as torchvision."""
-    r, g, b = x.unbind(1)
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
-    span = maxc - minc
-    flat = span == 0
-    s = span / torch.where(flat, torch.ones_like(maxc), maxc)
-    span = torch.where(flat, torch.ones_like(span), span)
-    rc, gc, bc = (maxc - r) / span, (maxc - g) / span, (maxc - b) / span
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(flat, torch.zeros_like(h), h)
-    return (h / 6.0 + 1.0).fmod(1.0), s, maxc
-
-
-def _hsv_to_rgb(h: Tensor, s: Tensor, v: Tensor) -> Tensor:
-    h6 = h * 6.0
-    i = torch.floor(h6)
-    f = h6 - i
-    i = i.long().remainder(6)
-    p = (v * (1.0 - s)).clamp(0, MAX)
-    q = (v * (1.0 - s * f)).clamp(0, MAX)
-    t = (v * (1.0 - s * (1.0 - f))).clamp(0, MAX)
-    # sector i -> (r, g, b) picks from (v, p, q, t)
-    vpqt = torch.stack([v, p, q, t], 1)  # (B, 4, H, W)
-    select = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]],
-                          device=h.device)[:, i]  # (3, B, H, W)
-    return vpqt.gather(1, select.transpose(0, 1))
-
-
 def adjust_hue(x: Tensor, shift: float | Tensor) -> Tensor:
-    """Rotate the hue by `shift` turns (in [-0.5, 0.5]) in HSV; grey images unchanged."""
+    """Rotate the hue by `shift` turns (in [-0.5, 0.5]) in HSV, PIL's and torchvision's hue;
+    grey images unchanged.
+
+    Written without the HSV round trip: a hue rotation keeps each pixel's max and min channel,
+    so the result is min + (max - min) * f_c(h') per channel, with the piecewise-linear
+    hue-to-channel functions f_c; that is the same value as HSV -> RGB with v = max,
+    s = (max - min) / max, at a fraction of the passes over the batch."""
     if x.shape[1] == 1:
         return x
-    h, s, v = _rgb_to_hsv(x)
-    h = (h + _per_image(shift, x).view(-1, 1, 1)).remainder(1.0)
-    return _hsv_to_rgb(h, s, v)
+    r, g, b = x.unbind(1)  # (B, H, W) views
+    maxc = x.amax(1)
+    minc = x.amin(1)
+    span = maxc - minc
+    safe = torch.where(span > 0, span, torch.ones_like(span))  # grey pixels: any hue, span 0
+    # hue in sextants [0, 6): (g - b) / span where max is r, 2 + (b - r) / span where it is g,
+    # 4 + (r - g) / span otherwise (torchvision's order of precedence)
+    h6 = torch.where(maxc == r, (g - b) / safe,
+                     torch.where(maxc == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    h6 = (h6 + 6.0 * _per_image(shift, x).view(-1, 1, 1)).remainder_(6.0)
+    out = torch.empty_like(x)
+    # f_r = clamp(|h - 3| - 1), f_g = clamp(2 - |h - 2|), f_b = clamp(2 - |h - 4|), in [0, 1]
+    for c, (center, sign) in enumerate(((3.0, 1.0), (2.0, -1.0), (4.0, -1.0))):
+        f = (h6 - center).abs_()
+        f = f.sub_(1.0) if sign > 0 else f.neg_().add_(2.0)
+        torch.addcmul(minc, span, f.clamp_(0.0, 1.0), out=out[:, c])
+    return out
 
 
 def posterize(x: Tensor, bits: int | Tensor) -> Tensor:
