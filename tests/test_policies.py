@@ -157,6 +157,9 @@ def test_solarize_posterize_invert_autocontrast_equalize_match_torchvision_on_ui
     xf = x.float()
     ref = torch.stack([TF.posterize(x[i], int(bits[i])) for i in range(9)])
     assert torch.equal(P.posterize(xf, bits), ref.float())
+    fractional = xf + torch.rand(xf.shape, generator=gen(1)) * 0.999
+    assert torch.equal(P.posterize(fractional, 8), fractional)  # 8 bits: unchanged, even off-grid
+    assert torch.equal(P.posterize(fractional, 7), P.posterize(xf, 7))  # else the uint8 level
     ref = torch.stack([TF.solarize(x[i], float(thresholds[i])) for i in range(9)])
     assert torch.equal(P.solarize(xf, thresholds), ref.float())
     assert torch.equal(P.invert(xf), TF.invert(x).float())
