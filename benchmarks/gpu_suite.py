@@ -542,6 +542,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.probe:
         probe(args.probe)
         return 0
+    if importlib.util.find_spec("torch") is None:
+        print(f"gpu_suite: error: {sys.executable} cannot import torch", file=sys.stderr)
+        return 2
     ctx = context(args)
     suite = Suite(args, ctx, STEPS)
     suite.check_inputs()
