@@ -40,7 +40,11 @@ class Context:
     seeds: int = 3  # airbench runs and convzoo seeds in the airbench comparison
     stamp: str = "run"  # distinguishes this invocation's run directories
     python: str = sys.executable
+    caps: dict[str, float] = field(default_factory=dict)  # --cap overrides: step name -> s
     records: dict[str, dict] = field(default_factory=dict)  # step name -> its record so far
+
+    def cap(self, step: Step) -> float:
+        return self.caps.get(step.name, step.cap)
 
     @property
     def cifar(self) -> Path:
@@ -261,9 +265,9 @@ class Airbench(Step):
         return [script("airbench_compare.py", "--airbench", str(ctx.airbench),
                        "--script", AIRBENCH_SCRIPT, "--data", str(ctx.cifar),
                        "--seeds", str(ctx.seeds), "--airbench-runs", str(ctx.seeds),
-                       # airbench's own compile (max-autotune) and runs; the rest of the cap
-                       # is the convzoo side's
-                       "--airbench-timeout", str(int(self.cap / 2)), *common)]
+                       # airbench's own compile (max-autotune) and runs get half the cap,
+                       # the convzoo side (3 seeds, compiled) the rest
+                       "--airbench-timeout", str(int(ctx.cap(self) / 2)), *common)]
 
     def collect(self, ctx: Context) -> dict[str, Any] | None:
         return read_json(ctx.out("airbench.json"))

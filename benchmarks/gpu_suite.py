@@ -100,6 +100,8 @@ def probe(path: Path) -> None:
         info["commit"] = git.stdout.strip() if git.returncode == 0 else None
     except (OSError, subprocess.TimeoutExpired):
         info["commit"] = None
+    # a copied checkout has no .git: the caller can name the commit it copied
+    info["commit"] = info["commit"] or os.environ.get("CONVZOO_COMMIT") or None
     path.write_text(json.dumps(info, indent=2) + "\n")
 
 
@@ -115,7 +117,7 @@ def env_lines(env: dict[str, Any]) -> list[tuple[str, str]]:
         ("machine", f"{env.get('cpu_cores')} CPU cores, {env.get('platform')}, C compiler "
                     f"{env.get('c_compiler') or 'none'}"),
         ("convzoo", f"commit {env['commit']}" if env.get("commit")
-         else "not a git checkout (give the commit that was copied)"),
+         else "not a git checkout and no CONVZOO_COMMIT given"),
     ]
 
 
@@ -232,7 +234,7 @@ class Suite:
                 "seconds": None, "note": "", "commands": [], "result": None}
 
     def cap(self, step: Step) -> float:
-        return self.args.caps.get(step.name, step.cap)
+        return self.ctx.cap(step)
 
     def selected(self, step: Step) -> bool:
         return not self.args.only or step.name in self.args.only
@@ -529,7 +531,7 @@ def check_out_dir(out: Path) -> None:
 
 def context(args: argparse.Namespace) -> Context:
     return Context(root=ROOT, work=args.workdir.resolve(), assets=args.assets.resolve(),
-                   quick=args.quick, seeds=args.seeds,
+                   quick=args.quick, seeds=args.seeds, caps=args.caps,
                    stamp=datetime.now().strftime("%Y%m%d-%H%M%S"))
 
 

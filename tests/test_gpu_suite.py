@@ -154,6 +154,18 @@ def test_dry_run_check_accepts_every_planned_command(tmp_path: Path) -> None:
                     assert gpu_suite.check_command(cmd, ctx) == "", (step.name, cmd)
 
 
+def test_cap_override_reaches_the_airbench_side_timeout(tmp_path: Path) -> None:
+    """airbench's own stop is half the step's cap, also when --cap changes the cap."""
+    args = gpu_suite.parse_args([str(tmp_path / "out"), "--cap", "airbench=400",
+                                 "--cap", "mfu=7.5", "--seeds", "5"])
+    ctx = gpu_suite.context(args)
+    (cmd,) = gpu_steps.Airbench().commands(ctx)
+    argv = cmd.argv("python")
+    assert argv[argv.index("--airbench-timeout") + 1] == "200"
+    assert argv[argv.index("--seeds") + 1] == argv[argv.index("--airbench-runs") + 1] == "5"
+    assert ctx.cap(gpu_steps.Mfu()) == 7.5 and ctx.cap(gpu_steps.Loader()) == 120.0
+
+
 def test_pytest_check_fails_when_the_selection_is_empty(tmp_path: Path) -> None:
     ctx = gpu_steps.Context(ROOT, work=tmp_path, assets=tmp_path)
     cmd = gpu_steps.Command("pytest", ("-q", "-m", "nosuchmarker", "tests/test_optim.py"))
