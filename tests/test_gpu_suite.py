@@ -324,6 +324,28 @@ def test_neon_estimate_from_the_fast_run(tmp_path: Path) -> None:
     assert "top-1 will not be final" in note
 
 
+def test_accuracy_run_stopped_at_its_cap_reports_what_it_finished(tmp_path: Path) -> None:
+    """A run killed after 3 of its 40 epochs: s/epoch from epochs 2-3, peak memory, and the
+    last evaluated top-1 marked as not final."""
+    ctx = gpu_steps.Context(ROOT, work=tmp_path, assets=tmp_path, stamp="s")
+    step = gpu_steps.AccuracyFast()
+    assert step.collect(ctx) is None  # killed before its first epoch ended
+    run = step.run_dir(ctx)
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("train:\n  epochs: 40\n")
+    rows = [{"epoch": e, "seconds": s, "images_per_second": 50000 / s, "peak_memory_mb": m,
+             "eval_top1": t, "eval_top5": 90.0, "eval_seconds": 0.5}
+            for e, s, m, t in ((1, 9.0, 100.0, 40.0), (2, 2.0, 300.0, 50.0), (3, 4.0, 200.0, 60.0))]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = step.collect(ctx)
+    assert not r["finished"] and r["epochs_done"] == 3 and r["epochs_planned"] == 40
+    assert r["seconds_per_epoch"] == 3.0 and r["peak_memory_mb"] == 300.0
+    assert r["top1"] == 60.0 and r["top1_epoch"] == 3 and r["train_seconds"] == 15.0
+    md = step.markdown(r)
+    assert "| `resnet20-cifar10-fast` | 3/40 | 60.00% |" in md
+    assert "stopped at the cap: top-1 of epoch 3, not final" in md
+
+
 # ----------------------------------------------------------------------------- quick forms
 
 
