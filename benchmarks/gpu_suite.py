@@ -184,9 +184,12 @@ def run_command(argv: list[str], cwd: Path, env: dict[str, str], cap: float,
     SIGKILL after a grace. Returns ('ok' | 'failed' | 'timeout', exit code)."""
     log.write(f"$ {shlex.join(argv)}\n")
     log.flush()
+    # A new process group, not a new session: whoever ends the suite's session (the device
+    # tool at its timeout) still ends the steps' processes with it.
+    group = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
     proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, errors="replace",
-                            start_new_session=True)
+                            stderr=subprocess.STDOUT, text=True, errors="replace", **group)
+    RUNNING.add(proc.pid)
 
     def copy() -> None:
         assert proc.stdout is not None
@@ -206,6 +209,7 @@ def run_command(argv: list[str], cwd: Path, env: dict[str, str], cap: float,
             proc.wait(timeout=KILL_GRACE)
     _signal_group(proc.pid, signal.SIGKILL)  # whatever the step left behind in its group
     proc.wait()
+    RUNNING.discard(proc.pid)
     reader.join(timeout=5)
     if timed_out:
         log.write(f"[gpu_suite] stopped after the {cap:.0f} s cap\n")
@@ -216,6 +220,17 @@ def run_command(argv: list[str], cwd: Path, env: dict[str, str], cap: float,
 def _signal_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
+
+
+RUNNING: set[int] = set()  # process groups of the commands running now
+
+
+def _stop_on_signal(signum: int, frame: Any) -> None:
+    """SIGTERM/SIGINT to the suite: stop the running step's group, then unwind (the results
+    files are rewritten on the way out)."""
+    for pid in list(RUNNING):
+        _signal_group(pid, signal.SIGKILL)
+    raise SystemExit(128 + signum)
 
 
 class Suite:
@@ -312,9 +327,16 @@ class Suite:
             for label, text in env_lines(self.env):
                 log.write(f"{label}: {text}\n")
             self.write(out)
-            for step in self.steps:
-                self.run_step(step, out, log, log_path)
+            try:
+                for step in self.steps:
+                    self.run_step(step, out, log, log_path)
+                    self.write(out)
+            except SystemExit:  # stopped from outside (_stop_on_signal): keep what was done
+                for rec in self.records.values():
+                    if rec["status"] == "running":
+                        rec.update(status="stopped", note="the suite was stopped from outside")
                 self.write(out)
+                raise
         self.write(out, final=True)
         markdown = (out / "gpu_results.md").read_text()
         print("\n" + markdown)
@@ -352,6 +374,7 @@ class Suite:
         self.write(out)
         self.say(f"{step.name}: running (cap {cap:.0f} s){': ' + rec['note'] if rec['note'] else ''}")
         log.write(f"\n===== {step.name}: {step.title} (cap {cap:.0f} s) =====\n")
+        log.flush()
         self.ctx.files.mkdir(parents=True, exist_ok=True)
         start = time.monotonic()
         status = "ok"
@@ -573,6 +596,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label}: {text}")
     for key, (ok, text) in suite.inputs.items():
         print(f"input {key}: {'ok' if ok else 'MISSING'}: {text}")
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
     return suite.run(args.out_dir)
 
 

@@ -312,6 +312,48 @@ def test_caps_failures_skips_and_results_after_every_step(tmp_path: Path, capsys
     assert sorted(p.name for p in out.iterdir()) == sorted(gpu_suite.RESULT_FILES)
 
 
+SLEEPER_DRIVER = """
+import signal, sys, textwrap
+from pathlib import Path
+sys.path[:0] = [{tests!r}, {bench!r}]
+import gpu_suite, test_gpu_suite as t
+out, tmp = Path({out!r}), Path({tmp!r})
+args = gpu_suite.parse_args([str(out), "--workdir", str(tmp / "work")])
+ctx = gpu_suite.context(args)
+code = (
+    "import subprocess, sys, time\\n"
+    "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\\n"
+    "open({pid_file!r}, 'w').write(str(child.pid))\\n"
+    "time.sleep(120)\\n")
+suite = gpu_suite.Suite(args, ctx, [t.FakeStep("sleeper", code, tmp, cap=100)])
+suite.env = {{"torch": "x"}}
+signal.signal(signal.SIGTERM, gpu_suite._stop_on_signal)
+suite.run(out)
+"""
+
+
+def test_suite_stopped_from_outside_stops_its_step_and_keeps_the_results(tmp_path: Path) -> None:
+    """SIGTERM to the suite (a device call's timeout): the running step's processes end with it
+    and the results files say which step was stopped."""
+    out, pid_file = tmp_path / "out", tmp_path / "grandchild.pid"
+    driver = tmp_path / "driver.py"
+    driver.write_text(SLEEPER_DRIVER.format(tests=str(Path(__file__).parent), bench=str(BENCH),
+                                            out=str(out),
+                                            tmp=str(tmp_path), pid_file=str(pid_file)))
+    proc = subprocess.Popen([sys.executable, str(driver)], stdout=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    deadline = time.monotonic() + 60
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.1)
+    proc.terminate()
+    assert proc.wait(30) == 128 + 15
+    time.sleep(0.5)
+    assert not _alive(int(pid_file.read_text()))
+    (step,) = json.loads((out / "gpu_results.json").read_text())["steps"]
+    assert step["status"] == "stopped" and "stopped from outside" in step["note"]
+
+
 def test_neon_estimate_from_the_fast_run(tmp_path: Path) -> None:
     ctx = gpu_steps.Context(ROOT, work=tmp_path, assets=tmp_path)
     neon = gpu_steps.AccuracyNeon()
