@@ -155,6 +155,7 @@ class Step:
 
     name = ""
     title = ""
+    goes_to = ""  # where its table is pasted
     cap: float = 60.0
     need: float = 10.0
     inputs: tuple[str, ...] = ()
@@ -209,6 +210,7 @@ def table(header: list[str], rows: list[list[str]], align: str = "") -> str:
 class GpuTests(Step):
     name = "gpu-tests"
     title = "the gpu-marked tests (CUDA paths of augmentation, preprocessing, streaming)"
+    goes_to = "the closing note of issue 16 (failures become issues)"
     cap, need = 120.0, 20.0
     inputs = ("pytest",)
 
@@ -257,6 +259,7 @@ class GpuTests(Step):
 class Airbench(Step):
     name = "airbench"
     title = "airbench94 (compiled) vs cifar10-fast94: mean accuracy and time over seeds"
+    goes_to = "BENCHMARKS.md, a GPU section under the issue 6 goals"
     cap, need = 300.0, 90.0
     inputs = ("cifar", "airbench")
     quick_inputs = ()  # --quick: digits on the convzoo side; airbench itself needs CUDA
@@ -310,6 +313,7 @@ class Airbench(Step):
 class ResNet56(Step):
     name = "resnet56"
     title = "ResNet-56 neon protocol vs the plain PyTorch loop: s/epoch, peak memory, ratio"
+    goes_to = "BENCHMARKS.md, beside the CPU table of the same benchmark"
     cap, need = 150.0, 45.0
     inputs = ("cifar",)
     quick_inputs = ()
@@ -342,6 +346,7 @@ class ResNet56(Step):
 class Mfu(Step):
     name = "mfu"
     title = "model FLOPs utilisation of resnet56 and fast94 in bf16 (eager, then compiled)"
+    goes_to = "BENCHMARKS.md, a GPU section under the issue 6 goals"
     cap, need = 120.0, 30.0
 
     def commands(self, ctx: Context) -> list[Command]:
@@ -374,6 +379,7 @@ class Mfu(Step):
 class Loader(Step):
     name = "loader"
     title = "streaming loader (nvJPEG decode) vs ImageFolder + DataLoader at 224 px"
+    goes_to = "BENCHMARKS.md (loader throughput, issue 4) and docs/data.md#throughput"
     cap, need = 120.0, 45.0
     inputs = ("cifar",)
 
@@ -407,7 +413,7 @@ class Accuracy(Step):
     its cap, it still reports s/epoch and peak memory of the epochs it finished."""
 
     recipe = ""
-    epochs = 0  # the recipe's length (read back from its config in the results)
+    goes_to = "RESULTS.md (its GPU runs; the neon run beside the seed B table)"
     inputs = ("cifar",)
     need = 30.0
 
