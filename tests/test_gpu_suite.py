@@ -354,6 +354,22 @@ def test_suite_stopped_from_outside_stops_its_step_and_keeps_the_results(tmp_pat
     assert step["status"] == "stopped" and "stopped from outside" in step["note"]
 
 
+def test_dry_run_fails_a_plan_with_more_than_8_files(tmp_path: Path, capsys) -> None:
+    class Copying(FakeStep):
+        def output_files(self, ctx):
+            return {f"{self.name}.txt": ctx.out(f"{self.name}.txt")}
+
+    args = gpu_suite.parse_args(["--dry-run", "--assets", str(tmp_path)])
+    steps = [Copying(f"s{i}", "pass\n", tmp_path) for i in range(6)]
+    suite = gpu_suite.Suite(args, gpu_suite.context(args), steps)
+    suite.check_inputs()
+    assert suite.dry_run() == 1
+    assert "9 files planned in OUT_DIR, the device machine hands back 8" in capsys.readouterr().out
+    suite = gpu_suite.Suite(args, gpu_suite.context(args), steps[:5])
+    suite.check_inputs()
+    assert suite.dry_run() == 0
+
+
 def test_neon_estimate_from_the_fast_run(tmp_path: Path) -> None:
     ctx = gpu_steps.Context(ROOT, work=tmp_path, assets=tmp_path)
     neon = gpu_steps.AccuracyNeon()
