@@ -210,7 +210,7 @@ def table(header: list[str], rows: list[list[str]], align: str = "") -> str:
 class GpuTests(Step):
     name = "gpu-tests"
     title = "the gpu-marked tests (CUDA paths of augmentation, preprocessing, streaming)"
-    goes_to = "the closing note of issue 16 (failures become issues)"
+    goes_to = "the closing note of issue 16; each failure becomes an issue"
     cap, need = 120.0, 20.0
     inputs = ("pytest",)
 
@@ -379,7 +379,7 @@ class Mfu(Step):
 class Loader(Step):
     name = "loader"
     title = "streaming loader (nvJPEG decode) vs ImageFolder + DataLoader at 224 px"
-    goes_to = "BENCHMARKS.md (loader throughput, issue 4) and docs/data.md#throughput"
+    goes_to = "BENCHMARKS.md, loader throughput (issue 4), and docs/data.md#throughput"
     cap, need = 120.0, 45.0
     inputs = ("cifar",)
 
@@ -413,7 +413,7 @@ class Accuracy(Step):
     its cap, it still reports s/epoch and peak memory of the epochs it finished."""
 
     recipe = ""
-    goes_to = "RESULTS.md (its GPU runs; the neon run beside the seed B table)"
+    goes_to = "RESULTS.md, its GPU runs (the neon run beside the seed B table)"
     inputs = ("cifar",)
     need = 30.0
 

@@ -464,7 +464,7 @@ def markdown(data: dict[str, Any], steps: list[Step]) -> str:
                      rec["note"].replace("|", "/")])
     parts += ["## Steps", "", table(["#", "step", "status", "s", "cap s", "note"], rows, "rllrrl")]
     for step, rec in zip(steps, data["steps"], strict=True):
-        parts += [f"## {step.title}", ""] + ([f"(for {step.goes_to})", ""] if step.goes_to else [])
+        parts += [f"## {step.title}", ""] + ([f"For {step.goes_to}.", ""] if step.goes_to else [])
         if rec["result"]:
             try:
                 parts.append(step.markdown(rec["result"]))
