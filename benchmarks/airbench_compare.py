@@ -14,6 +14,15 @@ with test-time augmentation on the 10,000 test images. Outside it, for both: loa
 onto the GPU, building the model, torch.compile's compilation (airbench: its warm-up run;
 convzoo: ``compile_seconds``), per-epoch logging / checkpoints.
 
+Where the scripts are: the repository keeps the paper's scripts under ``legacy/``
+(``airbench94_compiled.py``, the 3.09 s anchor, and ``airbench94.py``, uncompiled); ``--airbench``
+takes either a checkout (``legacy/`` is searched too) or a folder holding the script alone.
+The compiled script first runs one warm-up run on random labels (that is where compilation
+happens); its row is not counted, and the wall time up to its end is reported as
+``warmup_seconds`` (start-up + compilation + one run). ``--airbench-runs N`` stops airbench
+after N counted runs (it would run 25), ``--airbench-timeout`` stops it after that many seconds,
+keeping the runs it finished; the convzoo side still runs.
+
     python benchmarks/airbench_compare.py --airbench ~/src/cifar10-airbench --seeds 5
     python benchmarks/airbench_compare.py --quick     # CPU: converter + a tiny convzoo run only
 """
@@ -26,6 +35,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -34,6 +44,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get(
     "CONVZOO_CIFAR10_JPEG", ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"))
+QUICK_OVERRIDES = [  # --quick: one epoch of a narrow fast net, seconds on a CPU
+    "data.limit=256", "data.image_size=32", "train.epochs=1", "train.batch_size=64",
+    "train.eval_batch_size=128", "train.eval_every=1", "train.save_every=1",
+    "train.compile=false", "model.kwargs={widths: [16, 32, 32]}"]
 
 
 def load_split_arrays(source: str, limit: int = 0) -> dict[str, dict]:
@@ -60,11 +74,15 @@ def write_airbench_tensors(source: str, workdir: Path, limit: int = 0) -> Path:
     return folder
 
 
-def parse_airbench_output(text: str) -> list[tuple[float, float]]:
-    """(tta accuracy in %, timed seconds) of every run in airbench's printed table: the rows
-    whose ``epoch`` column is ``eval``. Works for the columns of all airbench94 variants."""
+def airbench_rows(text: str) -> list[tuple[str, float, float]]:
+    """(run, tta accuracy in %, timed seconds) of every finished run in airbench's printed table.
+
+    A run's ``run`` cell is filled on its first row only; its result is the later row whose
+    ``epoch`` is ``eval``. Works for the columns of all airbench94 variants.
+    """
     header: list[str] | None = None
-    runs = []
+    run = ""
+    rows = []
     for line in text.splitlines():
         if not line.startswith("|"):
             continue
@@ -75,74 +93,184 @@ def parse_airbench_output(text: str) -> list[tuple[float, float]]:
         if header is None or len(cells) != len(header):
             continue
         row = dict(zip(header, cells, strict=True))
-        if row.get("epoch") != "eval":
-            continue
+        run = row.get("run") or run
         seconds = row.get("total_time_seconds") or row.get("time_seconds")
-        if row.get("tta_val_acc") and seconds:
-            runs.append((100.0 * float(row["tta_val_acc"]), float(seconds)))
-    return runs
+        if row.get("epoch") == "eval" and row.get("tta_val_acc") and seconds:
+            rows.append((run, 100.0 * float(row["tta_val_acc"]), float(seconds)))
+    return rows
 
 
-def run_airbench(checkout: Path, script: str, workdir: Path) -> list[tuple[float, float]]:
-    """Run airbench's script unmodified with ``workdir`` (holding cifar10/*.pt) as its cwd."""
-    path = (checkout / script).resolve()
-    if not path.is_file():
-        sys.exit(f"airbench_compare: {path} not found (--airbench / --script)")
+def parse_airbench_output(text: str) -> list[tuple[float, float]]:
+    """(tta accuracy in %, timed seconds) of every counted run: all but the compiled scripts'
+    first run, named ``warmup``, which trains on random labels to compile the model."""
+    return [(acc, sec) for run, acc, sec in airbench_rows(text) if run != "warmup"]
+
+
+def find_script(checkout: Path, script: str) -> Path:
+    """``checkout/script`` or ``checkout/legacy/script`` (where the repository keeps the
+    paper's airbench94 scripts); exits with one line naming both places if neither exists."""
+    for path in (checkout / script, checkout / "legacy" / script):
+        if path.is_file():
+            return path.resolve()
+    sys.exit(f"airbench_compare: {script} not found in {checkout} or {checkout / 'legacy'} "
+             "(--airbench / --script)")
+
+
+def run_airbench(path: Path, workdir: Path, runs: int = 0, timeout: float = 0) -> dict:
+    """Run airbench's script unmodified with ``workdir`` (holding cifar10/*.pt) as its cwd.
+
+    Its output is streamed (echoed, and kept in ``workdir/airbench_stdout.txt``) so that it can
+    be stopped after ``runs`` counted runs (0 = all of them) or ``timeout`` seconds (0 = none);
+    the runs finished by then are kept. Returns {'runs': [(tta %, s)], 'warmup_seconds',
+    'wall_seconds', 'stopped', 'returncode'}.
+    """
     print(f"running {path} (cwd {workdir}) ...", flush=True)
-    proc = subprocess.run([sys.executable, str(path)], cwd=workdir, text=True,
-                          capture_output=True)
-    (workdir / "airbench_stdout.txt").write_text(proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        sys.exit(f"airbench_compare: airbench exited {proc.returncode}; see "
-                 f"{workdir / 'airbench_stdout.txt'}")
-    runs = parse_airbench_output(proc.stdout)
-    if not runs:
-        sys.exit("airbench_compare: found no 'eval' rows in airbench's output")
-    return runs
+    t0 = time.perf_counter()
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # rows arrive as printed, not at exit
+    proc = subprocess.Popen([sys.executable, str(path)], cwd=workdir, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    stopped = []
+
+    def stop(why: str) -> None:
+        if proc.poll() is None and not stopped:
+            stopped.append(why)
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    timer = threading.Timer(timeout, stop, ("timeout",)) if timeout > 0 else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    lines: list[str] = []
+    warmup_seconds = None
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        lines.append(line)
+        if not line.startswith("|"):
+            continue
+        rows = airbench_rows("".join(lines))
+        if warmup_seconds is None and any(run == "warmup" for run, _, _ in rows):
+            warmup_seconds = time.perf_counter() - t0
+        if runs and sum(run != "warmup" for run, _, _ in rows) >= runs:
+            stop(f"after {runs} runs")
+    proc.wait()
+    if timer is not None:
+        timer.cancel()
+    text = "".join(lines)
+    (workdir / "airbench_stdout.txt").write_text(text)
+    return {"script": path.name, "runs": parse_airbench_output(text),
+            "warmup_seconds": warmup_seconds, "wall_seconds": time.perf_counter() - t0,
+            "stopped": stopped[0] if stopped else "finished", "returncode": proc.returncode}
 
 
-def run_convzoo(recipe: str, source: str, seeds: int, workdir: Path,
-                overrides: list[str]) -> list[tuple[float, float, float]]:
-    """(top1 %, timed seconds, compile seconds) of ``seeds`` runs of ``recipe`` through
-    convzoo's own trainer (``fit``), reading each run's summary.json."""
-    import convzoo.models.fast  # noqa: F401  (registers the fast family)
+def convzoo_config(recipe: str, source: str, seed: int, workdir: Path, overrides: list[str]):
+    """The validated config of one convzoo seed: ``recipe`` on ``source`` with ``overrides``."""
     from convzoo import config as C
+
+    over: dict = {"data": {"source": source},
+                  "train": {"seed": seed, "out": str(workdir / "convzoo"),
+                            "name": f"{Path(recipe).stem}-seed{seed}"}}
+    for text in overrides:
+        over = C.merge(over, C.parse_override(text))
+    return C.from_dict(C.merge(C.load_recipe(recipe), over))
+
+
+def run_convzoo(recipe: str, source: str, seeds: int, workdir: Path, overrides: list[str],
+                on_seed=None) -> list[tuple[float, float, float]]:
+    """(top1 %, timed seconds, compile seconds) of ``seeds`` runs of ``recipe`` through
+    convzoo's own trainer (``fit``), reading each run's summary.json; ``on_seed(runs)`` is
+    called after each seed (the caller saves partial results)."""
+    import convzoo.models.fast  # noqa: F401  (registers the fast family)
     from convzoo.train.loop import fit
 
-    base = C.load_recipe(recipe)
     runs = []
     for seed in range(seeds):
-        over: dict = {"data": {"source": source},
-                      "train": {"seed": seed, "out": str(workdir / "convzoo"),
-                                "name": f"{recipe}-seed{seed}"}}
-        for text in overrides:
-            over = C.merge(over, C.parse_override(text))
-        cfg = C.from_dict(C.merge(base, over))
-        run_dir = fit(cfg)
+        run_dir = fit(convzoo_config(recipe, source, seed, workdir, overrides))
         s = json.loads((run_dir / "summary.json").read_text())
         runs.append((s["top1"], s["timed_seconds"], s["compile_seconds"]))
         print(f"  convzoo seed {seed}: top1 {s['top1']:.2f}%  timed {s['timed_seconds']:.2f}s  "
               f"(compile {s['compile_seconds']:.1f}s, not timed)", flush=True)
+        if on_seed is not None:
+            on_seed(runs)
     return runs
 
 
-def main(argv: list[str] | None = None) -> int:
+def summarise(result: dict) -> dict:
+    """Means and the verdict from the raw runs in ``result`` (written into the JSON)."""
+    ab, cz = result["airbench"]["runs"], result["convzoo"]["runs"]
+    out: dict = {}
+    if ab:
+        out["airbench_mean_acc"] = statistics.mean(a for a, _ in ab)
+        out["airbench_mean_seconds"] = statistics.mean(s for _, s in ab)
+    if cz:
+        out["convzoo_mean_acc"] = statistics.mean(a for a, _, _ in cz)
+        out["convzoo_mean_seconds"] = statistics.mean(s for _, s, _ in cz)
+        out["convzoo_mean_compile_seconds"] = statistics.mean(c for _, _, c in cz)
+    if ab and cz:
+        out["time_ratio"] = out["convzoo_mean_seconds"] / out["airbench_mean_seconds"]
+        out["acc_delta_pp"] = out["convzoo_mean_acc"] - out["airbench_mean_acc"]
+        out["verdict"] = "PASS" if out["time_ratio"] <= 1.0 and out["acc_delta_pp"] >= 0 else "FAIL"
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--airbench", type=Path, help="path of a cifar10-airbench checkout")
+    p.add_argument("--airbench", type=Path,
+                   help="a cifar10-airbench checkout, or a folder holding the script")
     p.add_argument("--script", default="airbench94_compiled.py",
-                   help="airbench script to run (airbench94.py, airbench94_compiled.py, ...)")
+                   help="airbench script to run (airbench94_compiled.py, airbench94.py, ...)")
+    p.add_argument("--airbench-runs", type=int, default=0, dest="airbench_runs",
+                   help="stop airbench after this many counted runs (0 = all it makes)")
+    p.add_argument("--airbench-timeout", type=float, default=0, dest="airbench_timeout",
+                   help="stop airbench after this many seconds, keeping its finished runs")
     p.add_argument("--recipe", default="cifar10-fast94")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="data both sides train on")
     p.add_argument("--seeds", type=int, default=5, help="convzoo runs (airbench runs its own n)")
     p.add_argument("--workdir", type=Path, default=Path("bench-airbench"))
     p.add_argument("--set", action="append", default=[], help="extra convzoo overrides")
+    p.add_argument("--json", type=Path, help="also write the results here (after each side "
+                                             "and each seed, so a stopped run leaves them)")
     p.add_argument("--quick", action="store_true",
                    help="CPU check: converter on a few images + one tiny convzoo run")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed and checked arguments: counts in range, the recipe and overrides valid."""
+    from convzoo.errors import ConvzooError
+
+    p = build_parser()
     args = p.parse_args(argv)
+    if args.seeds < 1 or args.airbench_runs < 0 or args.airbench_timeout < 0:
+        p.error("--seeds must be >= 1, --airbench-runs and --airbench-timeout >= 0")
+    overrides = [*QUICK_OVERRIDES, *args.set] if args.quick else args.set
+    try:
+        convzoo_config(args.recipe, args.data, 0, args.workdir, overrides)
+    except ConvzooError as e:
+        p.error(f"--recipe {args.recipe} / --set: {e}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     cuda = torch.cuda.is_available()
     device = torch.cuda.get_device_name() if cuda else "cpu"
     print(f"airbench_compare: torch {torch.__version__}, device {device}, data {args.data}")
+    result: dict = {"recipe": args.recipe, "script": args.script, "device": device,
+                    "airbench": {"runs": []}, "convzoo": {"runs": []}}
+
+    def save(**parts) -> None:
+        result.update(parts)
+        result["summary"] = summarise(result)
+        if args.json:
+            tmp = args.json.with_name(args.json.name + ".tmp")
+            tmp.write_text(json.dumps(result, indent=2) + "\n")
+            os.replace(tmp, args.json)
 
     if args.quick:
         data = "digits"  # bundled and small: checks the code path offline in seconds
@@ -152,13 +280,12 @@ def main(argv: list[str] | None = None) -> int:
               f"{train['images'].dtype}, labels {tuple(train['labels'].shape)}, "
               f"{len(train['classes'])} classes")
         t0 = time.perf_counter()
-        runs = run_convzoo(args.recipe, data, 1, args.workdir, [
-            "data.limit=256", "data.image_size=32", "train.epochs=1", "train.batch_size=64",
-            "train.eval_batch_size=128", "train.eval_every=1", "train.save_every=1",
-            "train.compile=false", "model.kwargs={widths: [16, 32, 32]}", *args.set])
+        runs = run_convzoo(args.recipe, data, 1, args.workdir, [*QUICK_OVERRIDES, *args.set])
+        save(convzoo={"runs": runs, "seeds": 1, "data": data})
         print(f"convzoo {args.recipe} (tiny, cpu): top1 {runs[0][0]:.2f}%, timed "
               f"{runs[0][1]:.2f}s, wall {time.perf_counter() - t0:.1f}s")
         if not cuda:
+            save(airbench={"runs": [], "stopped": "needs CUDA"})
             print("airbench: needs CUDA (its loader and timer use the GPU); skipped. "
                   "ratio: n/a on CPU")
             return 0
@@ -170,25 +297,34 @@ def main(argv: list[str] | None = None) -> int:
         print("airbench_compare: the comparison needs a CUDA GPU (use --quick on CPU)")
         return 2
     if args.airbench is None:
-        p.error("--airbench PATH (a cifar10-airbench checkout) is required")
+        sys.exit("airbench_compare: --airbench PATH (a cifar10-airbench checkout) is required")
+    script = find_script(args.airbench, args.script)
     folder = write_airbench_tensors(args.data, args.workdir)
     print(f"wrote {folder}/train.pt and test.pt from {args.data}")
-    ab = run_airbench(args.airbench, args.script, args.workdir)
-    cz = run_convzoo(args.recipe, args.data, args.seeds, args.workdir, args.set)
-    ab_acc = statistics.mean(a for a, _ in ab)
-    ab_sec = statistics.mean(s for _, s in ab)
-    cz_acc = statistics.mean(a for a, _, _ in cz)
-    cz_sec = statistics.mean(s for _, s, _ in cz)
-    cz_compile = statistics.mean(c for _, _, c in cz)
+    ab = run_airbench(script, args.workdir, args.airbench_runs, args.airbench_timeout)
+    save(airbench=ab)
+    cz = run_convzoo(args.recipe, args.data, args.seeds, args.workdir, args.set,
+                     on_seed=lambda runs: save(convzoo={"runs": runs, "seeds": args.seeds}))
+    s = result["summary"]
     print("timer (both): data-dependent init + all training steps + final TTA evaluation; "
           "excluded: data to GPU, model build, compilation, per-epoch logging")
-    print(f"airbench {args.script}: {len(ab)} runs, mean tta acc {ab_acc:.2f}%, "
-          f"mean time {ab_sec:.3f}s")
-    print(f"convzoo {args.recipe}: {len(cz)} seeds, mean acc {cz_acc:.2f}%, mean time "
-          f"{cz_sec:.3f}s (+ {cz_compile:.1f}s compile, reported separately)")
-    verdict = "PASS" if cz_sec <= ab_sec and cz_acc >= ab_acc else "FAIL"
-    print(f"ratio: convzoo/airbench time {cz_sec / ab_sec:.3f}x (goal <= 1.0), accuracy "
-          f"{cz_acc - ab_acc:+.2f} pp (goal >= 0) -> {verdict}")
+    if ab["runs"]:
+        warm = (f", start-up + compile + warm-up run {ab['warmup_seconds']:.1f}s"
+                if ab["warmup_seconds"] is not None else "")
+        print(f"airbench {script.name}: {len(ab['runs'])} runs, mean tta acc "
+              f"{s['airbench_mean_acc']:.2f}%, mean time {s['airbench_mean_seconds']:.3f}s"
+              f"{warm}")
+    else:
+        print(f"airbench {script.name}: no finished run ({ab['stopped']}, exit "
+              f"{ab['returncode']}); see {args.workdir / 'airbench_stdout.txt'}")
+    print(f"convzoo {args.recipe}: {len(cz)} seeds, mean acc {s['convzoo_mean_acc']:.2f}%, mean "
+          f"time {s['convzoo_mean_seconds']:.3f}s (+ {s['convzoo_mean_compile_seconds']:.1f}s "
+          "compile, reported separately)")
+    if not ab["runs"]:
+        print("ratio: n/a (airbench produced no run)")
+        return 1
+    print(f"ratio: convzoo/airbench time {s['time_ratio']:.3f}x (goal <= 1.0), accuracy "
+          f"{s['acc_delta_pp']:+.2f} pp (goal >= 0) -> {s['verdict']}")
     return 0
 
 

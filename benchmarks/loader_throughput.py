@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -177,10 +178,13 @@ def bench_convzoo(packed: Path, args: argparse.Namespace) -> float:
     return _time_passes(batches, args.passes)
 
 
-def main(argv: list[str] | None = None) -> int:
+DATA_SETS = ("cifar32", "cifar224", "imagenette")
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default="cifar32,cifar224,imagenette",
-                   help="comma list of cifar32, cifar224, imagenette")
+                   help="comma list of " + ", ".join(DATA_SETS))
     p.add_argument("--limit", type=int, default=5000, help="images per data set")
     p.add_argument("--workers", type=int, default=2, help="loader worker processes (both)")
     p.add_argument("--batch-size", type=int, default=256)
@@ -194,35 +198,55 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cifar", type=Path, default=Path(os.environ.get(
         "CONVZOO_CIFAR10_JPEG", SHARED / "cifar10-jpeg.tar.gz")))
     p.add_argument("--imagenette", type=Path, default=SHARED / "imagenette-train.tar.gz")
+    p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--quick", action="store_true",
                    help="tiny run (cifar32, 512 images, 1 worker) to check that it works")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed and checked arguments (``--quick`` applied): data set names known, counts in range."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.quick:
         args.data, args.limit, args.workers, args.batch_size = "cifar32", 512, 1, 128
         args.passes = 2
+    args.names = [n.strip() for n in args.data.split(",") if n.strip()]
+    unknown = set(args.names) - set(DATA_SETS)
+    if unknown or not args.names:
+        p.error(f"--data: unknown data set(s) {', '.join(sorted(unknown)) or '(none given)'}; "
+                f"choose from {', '.join(DATA_SETS)}")
+    if args.limit < 1 or args.batch_size < 1 or args.passes < 1 or args.workers < 0:
+        p.error("--limit, --batch-size and --passes must be >= 1, --workers >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     cores = os.cpu_count() or 1
     torch.set_num_threads(args.threads or max(1, cores - args.workers))
-    names = [n.strip() for n in args.data.split(",") if n.strip()]
-    unknown = set(names) - {"cifar32", "cifar224", "imagenette"}
-    if unknown:
-        p.error(f"unknown data set(s): {', '.join(sorted(unknown))}")
-
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"loader throughput: torch {torch.__version__}, {os.cpu_count()} CPU cores, "
           f"{platform.python_version()}, device {args.device}, workers {args.workers}, "
           f"batch {args.batch_size}, {args.limit} images, {torch.get_num_threads()} main threads, "
           f"best of passes 2..{args.passes}")
     rows = []
-    for name in names:
+    for name in args.names:
         folder, packs, size = _prepare(name, args)
         tv = bench_torchvision(folder, size, args)
         cz = bench_convzoo(packs["jpeg"], args)
         raw = bench_convzoo(packs["raw"], args)
-        rows.append((name, size, tv, cz, raw))
+        rows.append({"data": name, "size": size, "images": args.limit, "torchvision": tv,
+                     "convzoo_jpeg": cz, "convzoo_raw": raw})
         print(f"  {name:<11} {size:>3}px  torchvision {tv:8.0f} img/s   convzoo jpeg pack "
               f"{cz:8.0f} img/s ({cz / tv:5.2f}x)   raw pack {raw:8.0f} img/s ({raw / tv:5.2f}x)",
               flush=True)
-    summary = ", ".join(f"{n} {cz / tv:.2f}x (raw {raw / tv:.2f}x)"
-                        for n, _, tv, cz, raw in rows)
+        if args.json:  # after each data set, so a stopped run keeps the finished ones
+            args.json.write_text(json.dumps({
+                "device": device, "workers": args.workers, "batch_size": args.batch_size,
+                "passes": args.passes, "rows": rows}, indent=2) + "\n")
+    summary = ", ".join(f"{r['data']} {r['convzoo_jpeg'] / r['torchvision']:.2f}x "
+                        f"(raw {r['convzoo_raw'] / r['torchvision']:.2f}x)" for r in rows)
     print(f"summary: convzoo streaming vs torchvision ImageFolder: {summary}")
     return 0
 

@@ -7,6 +7,8 @@
   ``--warmup`` steps, synchronised only at the ends.
 - Peak: measured, not the datasheet: the best of a few large square matmuls (bf16 on CUDA,
   8192^3; fp32 on CPU, 1024^3).
+- Compilation: with ``--compile`` the untimed warm-up steps compile; their wall time is printed
+  (and written to ``--json``) apart as ``warmup_seconds``.
 
     python benchmarks/mfu.py --models resnet56,fast94 --batch 512 --compile
     python benchmarks/mfu.py --quick     # CPU, tiny batch: seconds
@@ -15,7 +17,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -54,8 +58,10 @@ def train_step_flops(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -
     return counter.get_total_flops()
 
 
-def achieved(name: str, args: argparse.Namespace, device: torch.device) -> tuple[float, float]:
-    """(FLOPs per step, achieved FLOP/s) of `name` trained as convzoo's loop does."""
+def achieved(name: str, args: argparse.Namespace,
+             device: torch.device) -> tuple[float, float, float]:
+    """(FLOPs per step, achieved FLOP/s, warm-up seconds incl. any compilation) of `name`
+    trained as convzoo's loop does."""
     torch.manual_seed(0)
     model = create_model(name).to(device).to(memory_format=torch.channels_last)
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
@@ -75,17 +81,19 @@ def achieved(name: str, args: argparse.Namespace, device: torch.device) -> tuple
         loss.backward()
         opt.step()
 
+    t0 = time.perf_counter()
     for _ in range(args.warmup):
         step()
     sync(device)
+    warmup_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step()
     sync(device)
-    return flops, flops * args.steps / (time.perf_counter() - t0)
+    return flops, flops * args.steps / (time.perf_counter() - t0), warmup_seconds
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", default="resnet56,fast94")
     p.add_argument("--batch", type=int, default=512)
@@ -94,10 +102,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--compile", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--quick", action="store_true", help="CPU check: batch 8, 16 px, 2 steps")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed and checked arguments (``--quick`` applied): counts in range, models known."""
+    from convzoo.errors import ConvzooError
+    from convzoo.models import get_entry
+
+    p = build_parser()
     args = p.parse_args(argv)
     if args.quick:
         args.batch, args.size, args.steps, args.warmup, args.device = 8, 16, 2, 1, "cpu"
+    if min(args.batch, args.size, args.steps, args.warmup) < 1:
+        p.error("--batch, --size, --steps and --warmup must be >= 1")
+    args.model_names = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not args.model_names:
+        p.error("--models: give at least one model name")
+    try:
+        for name in args.model_names:
+            get_entry(name)
+    except ConvzooError as e:
+        p.error(f"--models: {e}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
         peak, what = measured_peak(device, torch.bfloat16, 8192), "bf16 8192^3 matmul"
@@ -108,10 +141,20 @@ def main(argv: list[str] | None = None) -> int:
         name = "cpu"
     print(f"mfu: torch {torch.__version__}, device {name}, batch {args.batch}, {args.size} px, "
           f"compile {args.compile}; measured peak {peak / 1e12:.3f} TFLOP/s ({what})")
-    for model_name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        flops, rate = achieved(model_name, args, device)
+    rows = []
+    for model_name in args.model_names:
+        flops, rate, warmup = achieved(model_name, args, device)
+        rows.append({"model": model_name, "mflop_per_image": flops / args.batch / 1e6,
+                     "tflops": rate / 1e12, "mfu_percent": 100 * rate / peak,
+                     "warmup_seconds": warmup})
         print(f"MFU {model_name}: {flops / args.batch / 1e6:.1f} MFLOP per training image, "
-              f"achieved {rate / 1e12:.4f} TFLOP/s = {100 * rate / peak:.1f}% of measured peak")
+              f"achieved {rate / 1e12:.4f} TFLOP/s = {100 * rate / peak:.1f}% of measured peak "
+              f"(warm-up {warmup:.1f}s{', compile included' if args.compile else ''})")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "device": name, "batch": args.batch, "size": args.size, "steps": args.steps,
+            "compile": args.compile, "precision": "bf16" if device.type == "cuda" else "fp32",
+            "peak_tflops": peak / 1e12, "peak_what": what, "models": rows}, indent=2) + "\n")
     return 0
 
 

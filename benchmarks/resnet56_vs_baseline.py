@@ -153,14 +153,15 @@ def measure(side: str, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, __file__, "--side", side, "--data", args.data, "--model", args.model,
            "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--workers",
            str(args.workers), "--device", args.device, "--limit", str(args.limit),
-           "--workdir", str(args.workdir), "--image-size", str(args.image_size)] + (["--compile"] if args.compile else [])
+           "--workdir", str(args.workdir), "--image-size", str(args.image_size)]
+    cmd += ["--compile"] if args.compile else []
     proc = subprocess.run(cmd, text=True, capture_output=True)
     if proc.returncode != 0:
         sys.exit(f"resnet56_vs_baseline: the {side} run failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--model", default="resnet56")
@@ -172,15 +173,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--image-size", type=int, default=32, help="image size of a --limit subset")
     p.add_argument("--compile", action="store_true", help="torch.compile on the convzoo side")
     p.add_argument("--workdir", type=Path, default=Path("bench-resnet56"))
+    p.add_argument("--json", type=Path, help="also write the results here")
     p.add_argument("--side", choices=("baseline", "convzoo"), help=argparse.SUPPRESS)
     p.add_argument("--quick", action="store_true",
                    help="CPU check: resnet20, 64 digits images at 16 px, 2 epochs, 1 worker")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parsed and checked arguments (``--quick`` applied): counts in range, the model known."""
+    from convzoo.errors import ConvzooError
+    from convzoo.models import get_entry
+
+    p = build_parser()
     args = p.parse_args(argv)
     if args.quick:
         args.data, args.model, args.limit, args.epochs = "digits", "resnet20", 64, 2
         args.batch_size, args.workers, args.device, args.image_size = 32, 1, "cpu", 16
     if args.epochs < 2:
         p.error("--epochs must be >= 2 (the first epoch is a warm-up)")
+    if args.batch_size < 1 or args.workers < 0 or args.limit < 0 or args.image_size < 1:
+        p.error("--batch-size and --image-size must be >= 1, --workers and --limit >= 0")
+    try:
+        get_entry(args.model)
+    except ConvzooError as e:
+        p.error(f"--model: {e}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     folder = image_folder(args.data, args.workdir, args.limit, args.image_size)
 
@@ -201,12 +223,20 @@ def main(argv: list[str] | None = None) -> int:
         timed = r["epoch_seconds"][1:]
         sec = sum(timed) / len(timed)
         rate[side] = 1.0 / sec
+        r.update(seconds_per_epoch=sec, images_per_second=r["images"] / sec)
         extra = f", compile {r['compile_seconds']:.1f}s" if r.get("compile_seconds") else ""
         print(f"  {side:<8} {sec:8.2f} s/epoch  {r['images'] / sec:8.0f} img/s  peak memory "
               f"{r['peak_memory_mb']:8.0f} MB{extra}")
     goal = "goal >= 3x on GPU" if device != "cpu" else "CPU: loader-and-step overhead only"
+    ratio = rate["convzoo"] / rate["baseline"]
     print(f"ratio: convzoo {rate['convzoo']:.3f} epochs/s vs baseline {rate['baseline']:.3f} "
-          f"epochs/s = {rate['convzoo'] / rate['baseline']:.2f}x ({goal})")
+          f"epochs/s = {ratio:.2f}x ({goal})")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "model": args.model, "device": device, "batch_size": args.batch_size,
+            "workers": args.workers, "epochs": args.epochs, "compile": args.compile,
+            "memory_kind": "torch.cuda.max_memory_allocated" if device != "cpu"
+            else "peak RSS", "sides": results, "ratio": ratio}, indent=2) + "\n")
     return 0
 
 
