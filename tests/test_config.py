@@ -39,7 +39,7 @@ def test_wrong_type_names_key_and_value():
 
 
 def test_override_without_equals_is_an_error():
-    with pytest.raises(ConvzooError, match="key=value"):
+    with pytest.raises(ConvzooError, match="SECTION.KEY=VALUE"):
         C.parse_override("optim.lr")
 
 

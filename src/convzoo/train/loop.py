@@ -70,11 +70,7 @@ def resolve_runtime(cfg: C.TrainConfig) -> Runtime:
     if precision not in dtypes:
         raise ConvzooError(f"train.precision: expected auto|fp32|bf16|fp16, got '{precision}'")
     # channels_last is faster for convolutions on CUDA and on CPU (oneDNN): ~16% for resnet20.
-    channels_last = {"auto": True, "true": True, "false": False}.get(str(cfg.channels_last).lower())
-    if channels_last is None:
-        raise ConvzooError(
-            f"train.channels_last: expected auto|true|false, got '{cfg.channels_last}'"
-        )
+    channels_last = True if cfg.channels_last is None else cfg.channels_last  # None = auto
     rank = int(os.environ.get("RANK", 0))
     world_size = int(os.environ.get("WORLD_SIZE", 1))
     if world_size > 1:  # launched by torchrun: one process per device
@@ -224,20 +220,7 @@ def new_run_dir(cfg: C.Config) -> Path:
 
 def stage_plan(cfg: C.Config) -> list[C.Config]:
     """The config of each stage: the main one, then one per ``stages`` entry (seed A's lr drop)."""
-    plan = [cfg]
-    for i, stage in enumerate(cfg.stages):
-        prev = plan[-1]
-        if stage.epochs <= prev.train.epochs:
-            raise ConvzooError(
-                f"stages[{i}].epochs={stage.epochs} must exceed the previous "
-                f"stage's {prev.train.epochs}"
-            )
-        overrides: dict[str, Any] = {}
-        for key, value in stage.set.items():
-            overrides = C.merge(overrides, C.dotted_to_nested(key, value))
-        overrides = C.merge(overrides, {"train": {"epochs": stage.epochs}})
-        plan.append(C.apply_overrides(prev, overrides))
-    return plan
+    return C.stage_configs(cfg)
 
 
 # ----------------------------------------------------------------------------- fit

@@ -68,14 +68,11 @@ def _fused_supported(cls: type) -> bool:
 
 
 def _use_fused(cfg: OptimConfig, cls: type, device_type: str) -> bool:
-    """Fused kernels only on CUDA: 'auto' uses them when torch has them, 'true' insists."""
-    mode = str(cfg.fused).lower()
-    if mode not in ("auto", "true", "false"):
-        raise ConvzooError(f"optim.fused must be auto, true or false, got '{cfg.fused}'")
-    if mode == "false" or device_type != "cuda":
+    """Fused kernels only on CUDA: auto (None) uses them when torch has them, True insists."""
+    if cfg.fused is False or device_type != "cuda":
         return False  # never on CPU, even when asked: CPU fused kernels are not the fast path
     if not _fused_supported(cls):
-        if mode == "true":
+        if cfg.fused is True:
             raise ConvzooError(
                 f"optim.fused=true but this torch has no fused {cls.__name__} (use auto or false)"
             )
