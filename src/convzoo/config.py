@@ -346,11 +346,14 @@ def hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, include_extras=True)
 
 
-def declared_keys(cls: type = None) -> dict[str, Any]:  # type: ignore[assignment]
-    """Every leaf key of the tree (``"optim.lr"``) with its declared type; ``stages`` is a leaf."""
-    cls = cls or Config
+@functools.cache
+def declared_keys(cls: type | None = None) -> dict[str, Any]:
+    """Every leaf key of the tree (``"optim.lr"``) with its declared type; ``stages`` is a leaf.
+
+    Cached: do not modify the returned dict.
+    """
     out: dict[str, Any] = {}
-    for name, tp in hints(cls).items():
+    for name, tp in hints(cls or Config).items():
         if is_dataclass(tp):
             out.update({f"{name}.{k}": t for k, t in declared_keys(tp).items()})
         else:
@@ -378,12 +381,6 @@ def check_value(key: str, value: Any) -> Any:
     return convert(value, declared_keys()[key], key)
 
 
-def convert(value: Any, tp: Any, where: str) -> Any:
-    """``value`` converted to type ``tp`` (``int``, ``Annotated[float, In("[0, 1)")]``, ...) and
-    checked against its rules; errors name ``where``."""
-    return _coerce(value, tp, where)
-
-
 # How a value is shown in an error: as the user would write it.
 def _show(value: Any) -> str:
     if isinstance(value, str):
@@ -396,7 +393,7 @@ def _show(value: Any) -> str:
 class _Text(str):
     """A plain (unquoted) YAML scalar: its source text, plus what YAML 1.1 made of it.
 
-    A loaded value stays text until it meets its declared type (``_coerce``): ``train.name: 001``
+    A loaded value stays text until it meets its declared type (``convert``): ``train.name: 001``
     stays "001", ``optim.weight_decay: 5e-4`` (a string to YAML 1.1) becomes 0.0005, and
     ``optim.fused: on`` becomes True. Where the type is ``Any`` (``model.kwargs``) YAML's reading
     is used.
@@ -411,7 +408,8 @@ class _Text(str):
 
 
 def _plain(value: Any) -> Any:
-    """``value`` with every ``_Text`` inside replaced by YAML 1.1's reading of it."""
+    """``value`` with every ``_Text`` inside replaced by YAML's reading of it (1.1, except that
+    ``5e-4`` is a number)."""
     if isinstance(value, _Text):
         return value.yaml_value
     if isinstance(value, dict):
@@ -440,8 +438,9 @@ def _number(value: Any, where: str, what: str) -> int | float:
     raise ConvzooError(f"{where}: expected {what}, got {_show(value)}")
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """``value`` converted to the declared type ``tp`` and checked against its rules."""
+def convert(value: Any, tp: Any, where: str) -> Any:
+    """``value`` converted to type ``tp`` (``int``, ``Annotated[float, In("[0, 1)")]``, ...) and
+    checked against its rules; errors name ``where`` (the dotted key)."""
     tp, rules = unwrap(tp)
     value = _convert(value, tp, where)
     for rule in rules:
@@ -459,7 +458,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return None  # a tri-state's "decide per device"
         for i, member in enumerate(members):
             try:
-                return _coerce(value, member, where)
+                return convert(value, member, where)
             except ConvzooError:
                 if i + 1 < len(members):
                     continue
@@ -492,7 +491,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ConvzooError(f"{where}: expected a list such as [1, 2], got {_show(value)}")
         (item,) = args or (Any,)
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
             raise ConvzooError(f"{where}: expected a mapping, got {_show(value)}")
@@ -539,7 +538,7 @@ def _build(cls: type, data: dict[Any, Any], where: str) -> Any:
     for key in data:
         if key not in declared:
             raise _unknown_key(where, key, known)
-    kwargs = {k: _coerce(v, declared[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+    kwargs = {k: convert(v, declared[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
 
@@ -659,7 +658,7 @@ def parse_override(text: str) -> dict[str, Any]:
         raise ConvzooError(f"--set expects SECTION.KEY=VALUE (e.g. optim.lr=0.01), got {text!r}")
     if unwrap(declared_keys().get(key))[0] is str and raw.strip()[:1] not in ("'", '"'):
         return dotted_to_nested(key, raw.strip())
-    value = load_yaml(raw, f"--set {key}={raw}") if raw.strip() else ""
+    value = load_yaml(raw, f"--set {key}={raw}", lines=False) if raw.strip() else ""
     return dotted_to_nested(key, value)
 
 
@@ -707,24 +706,32 @@ class _Loader(yaml.SafeLoader):
         return {str(k) if isinstance(k, _Text) else k: v for k, v in mapping.items()}
 
 
+# A number as YAML 1.2 (and JSON, and Python) writes it; YAML 1.1 wants a dot before an exponent.
+_NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?")
+
+
 def _plain_scalar(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
     value = yaml.SafeLoader.yaml_constructors[node.tag](loader, node)
-    return _Text(node.value, value) if node.style is None else value
+    if node.style is not None:  # quoted: text, as written
+        return value
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        value = float(value)  # `5e-4` is a number wherever the type is open (model.kwargs)
+    return _Text(node.value, value)
 
 
 for _tag in ("null", "bool", "int", "float", "str", "timestamp"):
     _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _plain_scalar)
 
 
-def load_yaml(text: str, where: str) -> Any:
+def load_yaml(text: str, where: str, lines: bool = True) -> Any:
     """Parse config YAML; errors become one line ``where:LINE:COL: invalid YAML (problem)``
-    (just ``where: invalid YAML (problem)`` for one-line text such as a --set value)."""
+    (``where: invalid YAML (problem)`` with ``lines=False``, for a --set value)."""
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = where
-        if mark is not None and "\n" in text.strip():
+        if mark is not None and lines:
             at = f"{where}:{mark.line + 1}:{mark.column + 1}"
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConvzooError(f"{at}: invalid YAML ({problem})") from None
