@@ -181,6 +181,28 @@ def test_text_keys_keep_what_was_typed(tmp_path):
     assert (cfg.train.name, cfg.data.source, cfg.data.root) == ("001", "on", "1e3")
 
 
+def test_values_read_from_yaml_are_plain_python(tmp_path):
+    """No YAML text object survives into a Config: to_dict stays safe for yaml.safe_dump."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {kwargs: {a: 1e-3, on: yes, n: [1, 2e1]}}\n"
+                      "stages: [{epochs: 9, set: {optim.lr: 1e-2, model.kwargs.b: x}}]\n")
+
+    def plain(o: Any) -> bool:
+        if isinstance(o, dict):
+            return all(type(k) is str and plain(v) for k, v in o.items())
+        if isinstance(o, list):
+            return all(plain(v) for v in o)
+        return type(o) in (str, int, float, bool, type(None))
+
+    for cfg in [C.from_dict(C.load_recipe(str(recipe)))] + [
+            C.from_dict(C.load_recipe(n)) for n in C.list_recipes()]:
+        assert plain(C.to_dict(cfg))
+        yaml.safe_dump(C.to_dict(cfg))
+    cfg = C.from_dict(C.load_recipe(str(recipe)))
+    assert cfg.model.kwargs == {"a": 1e-3, "on": True, "n": [1, 20.0]}
+    assert cfg.stages[0].set == {"optim.lr": 0.01, "model.kwargs.b": "x"}
+
+
 def test_open_mappings_read_numbers_as_numbers():
     cfg = C.apply_overrides(C.Config(), C.parse_override("model.kwargs={drop: 5e-2, act: relu}"))
     assert cfg.model.kwargs == {"drop": 0.05, "act": "relu"}
