@@ -2,7 +2,7 @@
 problem, print no traceback, and leave every existing file (a finished run, its caches)
 byte-identical.
 
-Extend it with one line per new bad input. A case is a command line with placeholders:
+Extend it with one line per new bad input. A case is a command line with placeholders (a literal brace is written twice, ``{{``):
 
     {run}   a copy of a finished one-epoch digits run (compared byte for byte afterwards)
     {tmp}   an empty scratch folder (runs started by the case go under {tmp}/runs)
@@ -15,11 +15,14 @@ that the parts can grow independently.
 
 from __future__ import annotations
 
+import math
 import shlex
 import shutil
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,7 +46,135 @@ CONFIG_CASES: list[Bad] = [
     Bad("train --data digits --set nosuch.key=1 --out {tmp}/runs", "nosuch"),
     Bad("train --recipe {file} --out {tmp}/runs", "invalid YAML",
         setup=lambda tmp: (tmp / "file").write_text("optim: {lr: [0.1\n")),
+    # recipe files that are not a config
+    Bad("train --recipe {file} --out {tmp}/runs", "a recipe must be a mapping",
+        setup=lambda tmp: (tmp / "file").write_text("- optim\n- lr\n"), id="recipe-list"),
+    Bad("train --recipe {file} --out {tmp}/runs", "a recipe must be a mapping",
+        setup=lambda tmp: (tmp / "file").write_text("42\n"), id="recipe-number"),
+    Bad("train --recipe {file} --out {tmp}/runs", "appears twice",
+        setup=lambda tmp: (tmp / "file").write_text("optim:\n  lr: 1\n  lr: 2\n"),
+        id="recipe-duplicate-key"),
+    Bad("train --recipe {file} --out {tmp}/runs", "aliases",
+        setup=lambda tmp: (tmp / "file").write_text("a: &x [1]\nb: *x\n"), id="recipe-alias"),
+    Bad("train --recipe {file} --out {tmp}/runs", "not UTF-8",
+        setup=lambda tmp: (tmp / "file").write_bytes(b"\xff\xfe\x00\x01"), id="recipe-binary"),
+    Bad("train --recipe {file} --out {tmp}/runs", "invalid YAML",
+        setup=lambda tmp: (tmp / "file").write_text("[" * 3000), id="recipe-deep"),
+    Bad("train --recipe {file} --out {tmp}/runs", "optim.lrr",
+        setup=lambda tmp: (tmp / "file").write_text("optim: {lrr: 0.1}\n"), id="recipe-typo"),
+    Bad("train --recipe {file} --out {tmp}/runs", "optim",
+        setup=lambda tmp: (tmp / "file").write_text("optim: 0.1\n"), id="recipe-section-value"),
+    Bad("train --recipe {tmp} --out {tmp}/runs", "cannot read"),
+    # --set forms
+    Bad("train --set optim.lr --out {tmp}/runs", "SECTION.KEY=VALUE"),
+    Bad("train --set =1 --out {tmp}/runs", "SECTION.KEY=VALUE"),
+    Bad("train --set optim..lr=1 --out {tmp}/runs", "SECTION.KEY=VALUE"),
+    Bad("train --set optim.lr=[0.1 --out {tmp}/runs", "invalid YAML"),
+    Bad("train --set optim.lr={{a: --out {tmp}/runs", "invalid YAML"),
+    Bad("train --set optim=0.1 --out {tmp}/runs", "optim"),
+    # tri-states, devices, run names, shortcuts
+    Bad("train --set train.channels_last=maybe --out {tmp}/runs", "true, false or auto"),
+    Bad("train --set optim.fused=2 --out {tmp}/runs", "optim.fused"),
+    Bad("train --device gpu --out {tmp}/runs", "train.device"),
+    Bad("train --device cuda:x --out {tmp}/runs", "train.device"),
+    Bad("train --name ../escape --out {tmp}/runs", "train.name"),
+    Bad("train --epochs 0 --out {tmp}/runs", "train.epochs=0 is outside its valid range [1, inf)"),
+    Bad("train --epochs -1 --out {tmp}/runs", "train.epochs"),
+    Bad("train --epochs 2.5 --out {tmp}/runs", "train.epochs"),
+    Bad("train --batch-size 0 --out {tmp}/runs", "train.batch_size"),
+    Bad("train --lr 0 --out {tmp}/runs", "optim.lr"),
+    Bad("train --lr nan --out {tmp}/runs", "optim.lr"),
+    Bad("train --lr inf --out {tmp}/runs", "optim.lr"),
+    Bad("train --seed -1 --out {tmp}/runs", "train.seed"),
+    # rules between keys, stages
+    Bad("train --set schedule.warmup_epochs=2 --out {tmp}/runs", "schedule.warmup_epochs"),
+    Bad("train --set optim.nesterov=true --set optim.momentum=0 --out {tmp}/runs",
+        "optim.nesterov"),
+    Bad("train --set schedule.min_lr=1 --out {tmp}/runs", "schedule.min_lr"),
+    Bad("train --set data.image_size=8 --set augment.crop=9 --out {tmp}/runs", "augment.crop"),
+    Bad("train --set augment.rrc_scale=[0.9,0.1] --out {tmp}/runs", "augment.rrc_scale"),
+    Bad("train --set schedule.milestones=[5,5] --out {tmp}/runs", "schedule.milestones"),
+    Bad("train --set 'stages=[{{epochs: 2}}]' --out {tmp}/runs", "stages[0].epochs"),
+    Bad("train --set 'stages=[{{epochs: 9, set: {{optim.lr: -1}}}}]' --out {tmp}/runs",
+        "stages[0].set"),
+    Bad("train --set 'stages=[{{epochs: 9}}, {{epochs: 8}}]' --out {tmp}/runs", "stages[1].epochs"),
+    Bad("train --set 'stages=[{{epochs: 9, set: {{nosuch.key: 1}}}}]' --out {tmp}/runs", "nosuch"),
+    Bad("train --resume {run} --set optim.lr=-1", "optim.lr"),
+    Bad("train --resume {run} --epochs 0", "train.epochs"),
+    # command-line-only numbers, checked by the parser
+    Bad("eval {run} --batch-size 0", "--batch-size"),
+    Bad("eval {run} --batch-size x", "--batch-size"),
+    Bad("eval {run} --device gpu", "--device"),
+    Bad("eval {run} --tta sideways", "--tta"),
+    Bad("predict {run} {tmp} --topk 0", "--topk"),
+    Bad("predict {run} {tmp} --topk 1.5", "--topk"),
+    Bad("predict {run} {tmp} --device cuda:", "--device"),
+    Bad("bench --model resnet20 --steps 0", "--steps"),
+    Bad("bench --model resnet20 --warmup -1", "--warmup"),
+    Bad("bench --model resnet20 --train-images 0", "--train-images"),
+    Bad("bench --model resnet20 --batch-size 0", "train.batch_size"),
+    Bad("pack {tmp} {tmp}/out --resize -1", "--resize"),
+    Bad("pack {tmp} {tmp}/out --quality 0", "--quality"),
+    Bad("pack {tmp} {tmp}/out --quality 101", "--quality"),
+    Bad("pack {tmp} {tmp}/out --workers -1", "--workers"),
+    Bad("export {run} --format onnx --opset 6", "--opset"),
+    Bad("export {run} --format onnx --opset 999", "--opset"),
+    Bad("train --no-such-flag", "--no-such-flag"),
+    Bad("no-such-command", "no-such-command"),
+    Bad("config --set optim.lr=-1", "optim.lr"),
 ]
+
+
+def _just_outside(key: str, tp: Any) -> list[tuple[str, str]]:
+    """(value text, id) just outside the declared range of a numeric key, and a non-number."""
+    from convzoo import config as C
+
+    base, rules = C.unwrap(tp)
+    rule = next(r for r in rules if isinstance(r, C.In))
+    is_list = typing.get_origin(base) is list or list in {
+        typing.get_origin(a) for a in typing.get_args(base)}
+    integer = base is int
+    step = 1 if integer else 1e-6
+    out = []
+    if math.isfinite(rule.lo):
+        lo = rule.lo - step if rule.lo_closed else rule.lo
+        out.append((f"{int(lo)}" if integer else f"{lo:.9g}", "below"))
+    if math.isfinite(rule.hi):
+        hi = rule.hi + step if rule.hi_closed else rule.hi
+        out.append((f"{int(hi)}" if integer else f"{hi:.9g}", "above"))
+    else:
+        out.append(("1e999" if not integer else "1e999", "infinite"))
+    if not integer:
+        out.append(("nan", "nan"))
+    out.append(("twelve", "not-a-number"))
+    if is_list:  # one bad element in a list of the right length
+        n = next((r.lo for r in rules if isinstance(r, C.Len)), 1)
+        good = [v for v in (rule.lo, rule.hi) if math.isfinite(v)] or [0.0]
+        out = [(f"[{','.join([t] + [repr(good[-1])] * (n - 1))}]", i) for t, i in out]
+    return out
+
+
+def _range_cases() -> list[Bad]:
+    """Every numeric key of the tree, just outside its declared range and not a number, through
+    --set and through a recipe file. Generated from the declarations: a new key is covered."""
+    from convzoo import config as C
+
+    cases = []
+    for key, tp in C.declared_keys().items():
+        if not any(isinstance(r, C.In) for r in C.unwrap(tp)[1]):
+            continue
+        section, name = key.split(".")
+        for text, what in _just_outside(key, tp):
+            cases.append(Bad(f"train --set {key}={text} --out {{tmp}}/runs", key,
+                             id=f"set-{key}-{what}"))
+            recipe = f"{section}:\n  {name}: {text}\n"
+            cases.append(Bad("train --recipe {file} --out {tmp}/runs", key,
+                             setup=lambda tmp, r=recipe: (tmp / "file").write_text(r),
+                             id=f"recipe-{key}-{what}"))
+    return cases
+
+
+CONFIG_CASES += _range_cases()
 
 # Data sources, archives, images and caches.
 DATA_CASES: list[Bad] = [

@@ -45,6 +45,11 @@ def image_folder(root, *, corrupt: bool = False, empty: bool = False):
         (["train", "--set", "train.epochs=many"], ["train.epochs", "many"]),
         (["train", "--recipe", "no-such-recipe"], ["no-such-recipe"]),
         (["eval", "/no/such/run"], ["/no/such/run"]),
+        (["train", "--set", "optim.weight_decay=-5e-4"], ["optim.weight_decay", "[0, inf)"]),
+        (["train", "--epochs", "0"], ["train.epochs=0", "[1, inf)"]),
+        (["eval", "/no/such/run", "--batch-size", "0"], ["--batch-size", "[1, inf)"]),
+        (["train", "--no-such-flag"], ["--no-such-flag"]),
+        (["no-such-command"], ["no-such-command"]),
     ],
 )
 def test_bad_arguments(args, needles, tmp_path):
@@ -74,3 +79,22 @@ def test_eval_of_a_file_that_is_not_a_checkpoint(tmp_path):
 
 def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
     assert_one_line_error(convzoo("train", "--resume", str(tmp_path)), str(tmp_path))
+
+
+def test_version_and_help_exit_0():
+    from convzoo import __version__
+
+    result = convzoo("--version")
+    assert result.returncode == 0 and result.stdout.startswith(f"convzoo {__version__} ")
+    result = convzoo("train", "--help")
+    assert result.returncode == 0 and "convzoo config" in result.stdout
+
+
+def test_weight_decay_5e_4_through_set_and_a_recipe(tmp_path):
+    """Issue 11: `--set optim.weight_decay=5e-4` and `weight_decay: 5e-4` in YAML were refused."""
+    recipe = tmp_path / "wd.yaml"
+    recipe.write_text("optim:\n  weight_decay: 5e-4\n")
+    for args in (["--set", "optim.weight_decay=5e-4"], [str(recipe)]):
+        result = convzoo("config", *args)
+        assert result.returncode == 0, result.stderr
+        assert "weight_decay: 0.0005" in result.stdout

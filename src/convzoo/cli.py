@@ -1,17 +1,24 @@
-"""The ``convzoo`` command line: train, eval, predict, models, recipes, pack, plot, bench, export.
+"""The ``convzoo`` command line: train, eval, predict, models, recipes, config, pack, plot, bench,
+export.
 
-Every user-input problem surfaces as one line ``convzoo: error: ...`` and exit status 2.
+Every user-input problem surfaces as one line ``convzoo: error: ...`` and exit status 2: bad
+flags and values the parser sees (``Parser.error``), and every ConvzooError raised later.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
+import platform
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from convzoo import __version__
 from convzoo import config as C
 from convzoo.errors import ConvzooError
 
@@ -168,6 +175,35 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    from convzoo.configdoc import commented_yaml
+
+    where = "defaults"
+    data: dict[str, Any] = {}
+    if args.recipe:
+        run_config = Path(args.recipe) / "config.yaml"
+        if run_config.is_file():  # a run directory: the config it ran with
+            data, where = C.read_yaml(run_config), f"run {args.recipe}"
+        else:
+            data, where = C.load_recipe(args.recipe), f"recipe {args.recipe}"
+    overrides = explicit_overrides(args)
+    cfg = C.from_dict(C.merge(data, overrides))
+    given = " ".join(argv_tail(args))
+    header = [f"convzoo config: {where}" + (f" + {given}" if given else ""),
+              "each key: its value, what it means and its valid values; change any with "
+              "--set SECTION.KEY=VALUE",
+              "this file is a recipe as it is: convzoo train --recipe FILE"]
+    print(commented_yaml(cfg, header), end="")
+    return 0
+
+
+def argv_tail(args: argparse.Namespace) -> list[str]:
+    """The shortcut flags and --set overrides the user gave, as typed (for a header line)."""
+    out = [f"--{attr.replace('_', '-')} {getattr(args, attr)}" for attr, _ in SHORTCUTS
+           if getattr(args, attr, None) is not None]
+    return out + [f"--set {t}" for t in args.set or []]
+
+
 # ----------------------------------------------------------------------------- data / reports
 
 
@@ -237,18 +273,67 @@ def cmd_export(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", help="shipped recipe name (see `convzoo recipes`) or YAML file")
-    p.add_argument("--model", help="model name (see `convzoo models`)")
-    p.add_argument("--data", help="cifar10 | cifar100 | digits | path to archive/folder/pack")
-    p.add_argument("--epochs", type=int, help="total epochs to train to")
-    p.add_argument("--batch-size", type=int, dest="batch_size")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--out", help="parent directory for run directories (default runs/)")
-    p.add_argument("--name", help="run directory name")
-    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run (overrides allowed)")
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: a bad flag or value raises ConvzooError, which ``main``
+    prints as ``convzoo: error: <subcommand>: <problem> (see convzoo <subcommand> --help)``."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        sub = self.prog.removeprefix("convzoo").strip()
+        raise ConvzooError(f"{sub + ': ' if sub else ''}{message} (see {self.prog} --help)")
+
+
+def number_in(interval: str, integer: bool = True) -> Callable[[str], int | float]:
+    """An argparse ``type`` for a command-line-only number in ``interval`` (``"[1, inf)"``),
+    parsed and range-checked as a config key is (``1_000``, ``1e3`` accepted)."""
+    rule = C.In(interval)
+
+    def parse(text: str) -> int | float:
+        try:
+            value = C.convert(text, int if integer else float, "")
+        except ConvzooError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if integer else 'a number'}, got {text!r}") from None
+        if not rule.contains(value):
+            raise argparse.ArgumentTypeError(f"{value} is outside its valid range {interval}")
+        return value
+
+    parse.__name__ = "integer" if integer else "number"
+    return parse
+
+
+def device_arg(text: str) -> str:
+    """An argparse ``type`` for ``--device``: the same rule as ``train.device``."""
+    if re.fullmatch(C.DEVICE, text) is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a device (expected auto, cpu, cuda, cuda:N or mps)")
+    return text
+
+
+def onnx_opset(text: str) -> int:
+    """``--opset``: an ONNX opset the installed onnx package knows (7 is the oldest torch
+    exports)."""
+    try:
+        from onnx.defs import onnx_opset_version
+
+        newest = onnx_opset_version()
+    except ImportError:  # export says how to install onnx; the number still has to be sane
+        newest = 99
+    return number_in(f"[7, {newest}]")(text)  # type: ignore[return-value]
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """Shortcuts for the most used keys, and --set for every key (values checked by config)."""
+    p.add_argument("--model", help="model name (see `convzoo models`) = model.name")
+    p.add_argument("--data", help="cifar10 | cifar100 | digits | path to archive/folder/pack "
+                                  "= data.source")
+    p.add_argument("--epochs", help="total epochs to train to = train.epochs")
+    p.add_argument("--batch-size", dest="batch_size", help="= train.batch_size")
+    p.add_argument("--lr", help="peak learning rate = optim.lr")
+    p.add_argument("--out", help="parent directory for run directories (default runs/) "
+                                 "= train.out")
+    p.add_argument("--name", help="run directory name = train.name")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps = train.device")
+    p.add_argument("--seed", help="= train.seed")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any config key, e.g. --set optim.lr=0.01 (repeatable)")
     p.add_argument("--dry-run", action="store_true", dest="dry_run",
@@ -262,12 +347,40 @@ def add_weights_arg(p: argparse.ArgumentParser) -> None:
                         "weights; auto (default): ema when the run kept one")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="convzoo", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", help="shipped recipe name (see `convzoo recipes`) or YAML file")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run (overrides allowed)")
+    add_config_args(p)
 
-    p = sub.add_parser("train", help="train a model (recipe, shortcuts and --set overrides)")
+
+def train_epilog() -> str:
+    from convzoo.configdoc import sections_help
+
+    return ("Every config key can be given with --set SECTION.KEY=VALUE (repeatable; the value is "
+            "YAML:\n  --set optim.weight_decay=5e-4 --set schedule.milestones=[90,135] "
+            "--set train.channels_last=auto).\n"
+            "`convzoo config [RECIPE] [--set ...]` prints the resolved config: every key with "
+            "its value,\nmeaning and valid range. Precedence: defaults < recipe < shortcut "
+            "flags < --set.\nThe sections and their keys:\n" + sections_help())
+
+
+def version_line() -> str:
+    try:
+        torch = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch = "not installed"
+    return (f"convzoo {__version__} (torch {torch}, python {platform.python_version()}) "
+            f"from {Path(__file__).resolve().parent}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="convzoo", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=version_line())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model (recipe, shortcuts and --set overrides)",
+                       epilog=train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_args(p)
     p.set_defaults(func=cmd_train)
 
@@ -275,10 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", metavar="RUN_DIR|CKPT")
     p.add_argument("--data", help="evaluate on this data instead of the run's")
     p.add_argument("--split", help="split to evaluate (default: the one the run evaluated on)")
-    p.add_argument("--tta", help="none | flip | flip_translate | multicrop")
+    p.add_argument("--tta", choices=C.choices("augment.tta"),
+                   help="test-time augmentation (default: the run's augment.tta)")
     p.add_argument("--checkpoint", default="last", choices=["last", "best"])
-    p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, dest="batch_size",
+    p.add_argument("--device", default="auto", type=device_arg, help="auto | cpu | cuda[:N] | mps")
+    p.add_argument("--batch-size", type=number_in("[1, inf)"), dest="batch_size",
                    help="eval batch size (default: the run's train.eval_batch_size)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     add_weights_arg(p)
@@ -287,9 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="classify image files with a trained model")
     p.add_argument("run", metavar="RUN_DIR|CKPT")
     p.add_argument("images", nargs="+", metavar="IMAGE|DIR")
-    p.add_argument("--topk", type=int, default=5)
+    p.add_argument("--topk", type=number_in("[1, inf)"), default=5,
+                   help="classes shown per image (default 5; at most the run's classes)")
     p.add_argument("--checkpoint", default="last", choices=["last", "best"])
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=device_arg, help="auto | cpu | cuda[:N] | mps")
     p.add_argument("--json", action="store_true")
     add_weights_arg(p)
     p.set_defaults(func=cmd_predict)
@@ -307,15 +422,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recipes)
 
+    p = sub.add_parser("config", help="print the resolved config: every key with its value, "
+                                      "meaning and valid range")
+    p.add_argument("recipe", nargs="?", metavar="RECIPE|FILE|RUN_DIR",
+                   help="a shipped recipe, a YAML file or a run directory (default: defaults)")
+    add_config_args(p)
+    p.set_defaults(func=cmd_config)
+
     p = sub.add_parser("pack", help="pack an image folder (or a tar archive of one) or a CIFAR "
                                     "archive into record files")
     p.add_argument("src", help="image-folder tree (train/<class>/*, optional val/ and test/), "
                                "a .tar/.tar.gz of one, or cifar-10/100-python.tar.gz")
     p.add_argument("dest", help="directory to create")
     p.add_argument("--format", default="auto", choices=["auto", "jpeg", "raw"])
-    p.add_argument("--resize", type=int, default=0, help="resize the shorter side to N px")
-    p.add_argument("--quality", type=int, default=90, help="JPEG quality when re-encoding")
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--resize", type=number_in("[0, 8192]"), default=0,
+                   help="resize the shorter side to N px (0 = keep)")
+    p.add_argument("--quality", type=number_in("[1, 100]"), default=90,
+                   help="JPEG quality when re-encoding (1-100, default 90)")
+    p.add_argument("--workers", type=number_in("[0, 1024]"), default=0,
+                   help="decoding processes (0 = number of cores)")
     p.add_argument("--skip-bad", action="store_true", dest="skip_bad",
                    help="skip unreadable images (counted) instead of failing")
     p.set_defaults(func=cmd_pack)
@@ -331,12 +456,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model to time with default settings (repeatable)")
     p.add_argument("--runs", nargs="+", action="extend", metavar="RUN_DIR",
                    help="finished run directories to tabulate (repeatable)")
-    p.add_argument("--steps", type=int, default=20, help="timed training steps (default 20)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
-    p.add_argument("--batch-size", type=int, dest="batch_size",
+    p.add_argument("--steps", type=number_in("[1, inf)"), default=20,
+                   help="timed training steps (default 20)")
+    p.add_argument("--warmup", type=number_in("[0, inf)"), default=3,
+                   help="untimed steps first (default 3)")
+    p.add_argument("--batch-size", dest="batch_size",
                    help="batch size (default: the recipe's train.batch_size)")
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default: the recipe's)")
-    p.add_argument("--train-images", type=int, dest="train_images",
+    p.add_argument("--train-images", type=number_in("[1, inf)"), dest="train_images",
                    help="images per epoch for s/epoch (default: the data source's train split)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any config key of every timed row (repeatable)")
@@ -351,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, metavar="onnx|safetensors")
     p.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/<which>.<ext>)")
     p.add_argument("--checkpoint", default="last", choices=["last", "best"])
-    p.add_argument("--opset", type=int, help="ONNX opset (default: the exporter's)")
+    p.add_argument("--opset", type=onnx_opset, help="ONNX opset (default: the exporter's)")
     p.add_argument("--check", action="store_true",
                    help="validate the file (onnx.checker; onnxruntime comparison if installed)")
     add_weights_arg(p)
@@ -362,7 +489,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from convzoo.train.logging import setup_logging
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except ConvzooError as e:
+        print(f"convzoo: error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help, --version
+        return e.code if isinstance(e.code, int) else 0
     setup_logging(args.verbose)
     try:
         return args.func(args)

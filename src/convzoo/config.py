@@ -1,29 +1,135 @@
 """The typed config tree: declared once here, merged from recipe + command line, validated, frozen.
 
-Every key carries a one-line comment with its meaning and units. The tree is passed down
-explicitly (``fit(cfg)`` hands ``cfg.optim`` to the optimizer builder, and so on); nothing
+Every key is declared once, with its type, its valid values and a comment giving its meaning and
+units, e.g. ``lr: Annotated[float, In("(0, inf)")] = 0.1  # peak learning rate``. The declared
+type is the truth, and :func:`from_dict` is the one place that checks it:
+
+- ``int`` / ``float`` keys take every spelling a user writes, in a recipe and in ``--set``:
+  ``5e-4``, ``1E-3``, ``.1``, ``1_000``, ``-1e-2`` (YAML 1.1 reads ``5e-4`` as text; the text is
+  parsed where it meets its declared type). An ``int`` key takes ``1e3`` but not ``2.5``.
+- ``In("[lo, hi)")`` is the key's valid range in interval notation (for a list: of each element);
+  ``inf`` bounds are open, so every ranged float is finite.
+- ``bool`` takes true/false/yes/no/on/off; ``bool | None`` is a tri-state whose None (``null``,
+  or ``auto``) means "decide per device".
+- ``Literal[...]`` keys take one of the listed choices (case-insensitive); the error lists them.
+- ``Len``, ``Ordered`` and ``Match`` constrain list lengths, list order and text.
+- Rules that join several keys (a stage's epochs, onecycle without warmup, ...) are in
+  :func:`check_rules`.
+
+Code that receives a Config therefore never re-checks a choice or a range. The tree is passed
+down explicitly (``fit(cfg)`` hands ``cfg.optim`` to the optimizer builder, and so on); nothing
 reads it as a global.
 
 Sources, in order of precedence (later wins):
   1. these defaults,
   2. a recipe YAML (``--recipe NAME|FILE``),
   3. command-line shortcuts (``--model``, ``--epochs``, ...),
-  4. ``--set section.key=value`` overrides (value parsed as YAML: ``0.1``, ``true``, ``[90,135]``).
+  4. ``--set section.key=value`` overrides (the value is YAML: ``0.1``, ``true``, ``[90, 135]``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import functools
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from convzoo.errors import ConvzooError
+
+# ----------------------------------------------------------------------------- what a key may hold
+
+
+class In:
+    """A key's valid range in interval notation: ``In("[0, 1)")``, ``In("(0, inf)")``.
+
+    Checks a number, or every number of a list. Infinite bounds are open and NaN is in no
+    range, so a ranged float is always finite.
+    """
+
+    _FORM = re.compile(r"([\[(])\s*([-+.\w]+)\s*,\s*([-+.\w]+)\s*([\])])")
+
+    def __init__(self, interval: str) -> None:
+        m = self._FORM.fullmatch(interval.strip())
+        if m is None:
+            raise ValueError(f"not an interval: {interval!r} (write e.g. '[0, 1)')")
+        self.text = interval
+        self.lo, self.hi = float(m[2]), float(m[3])
+        self.lo_closed, self.hi_closed = m[1] == "[", m[4] == "]"
+
+    def contains(self, x: float) -> bool:
+        if isinstance(x, float) and not math.isfinite(x):
+            return False
+        above = x >= self.lo if self.lo_closed else x > self.lo
+        below = x <= self.hi if self.hi_closed else x < self.hi
+        return above and below
+
+    def check(self, value: Any, where: str) -> None:
+        if value is None:
+            return
+        if isinstance(value, list):
+            if not all(self.contains(v) for v in value):
+                raise ConvzooError(f"{where}={_show(value)}: each value must be in {self.text}")
+        elif not self.contains(value):
+            raise ConvzooError(f"{where}={_show(value)} is outside its valid range {self.text}")
+
+    def __repr__(self) -> str:
+        return f"In({self.text!r})"
+
+
+@dataclass(frozen=True)
+class Len:
+    """A list of exactly ``lo`` values, or of ``lo`` to ``hi``."""
+
+    lo: int
+    hi: int | None = None
+
+    def check(self, value: Any, where: str) -> None:
+        hi = self.lo if self.hi is None else self.hi
+        if value is not None and not self.lo <= len(value) <= hi:
+            n = f"{self.lo}" if hi == self.lo else f"{self.lo} to {hi}"
+            raise ConvzooError(f"{where}={_show(value)}: expected a list of {n} values")
+
+
+@dataclass(frozen=True)
+class Ordered:
+    """A list in increasing order (``strict``: no value twice)."""
+
+    strict: bool = False
+
+    def check(self, value: Any, where: str) -> None:
+        if value is None:
+            return
+        pairs = list(zip(value, value[1:]))
+        if any(a > b or (self.strict and a == b) for a, b in pairs):
+            order = "strictly increasing" if self.strict else "in increasing order"
+            raise ConvzooError(f"{where}={_show(value)}: the values must be {order}")
+
+
+@dataclass(frozen=True)
+class Match:
+    """Text that matches ``pattern`` (whole string); ``means`` says what in the error."""
+
+    pattern: str
+    means: str
+
+    def check(self, value: Any, where: str) -> None:
+        if value is not None and re.fullmatch(self.pattern, value) is None:
+            raise ConvzooError(f"{where}={value!r}: expected {self.means}")
+
+
+DEVICE = r"auto|cpu|mps|cuda(:\d+)?"  # train.device, eval/predict --device
+FOLDER_NAME = r"(?!\.\.?$)[^/\\\0]*"  # train.name: one path component, never . or ..
+
+# ----------------------------------------------------------------------------- the tree
 
 
 @dataclass(frozen=True)
@@ -31,47 +137,65 @@ class DataConfig:
     source: str = "digits"  # cifar10 | cifar100 | digits | path to archive / folder / packed set
     root: str = "~/.cache/convzoo"  # where downloads and decoded-array caches live
     download: bool = True  # fetch cifar10/cifar100 from the official URL if not in `root`
-    val_fraction: float = 0.0  # fraction of train held out (stratified, seeded) as "val" split
-    eval_split: str = "auto"  # split evaluated each epoch: auto (val if carved, else test) | val | test
-    channels: int = 0  # 0 keeps the source's channels; 1 or 3 converts (grayscale <-> RGB)
-    image_size: int = 0  # 0 keeps the source size; digits default is 32 (8x8 upscaled)
-    loader: str = "auto"  # auto | memory (device-resident) | stream (packed records, workers)
-    workers: int = 0  # CPU workers for decoding (0 = number of cores)
+    # fraction of train held out (stratified, seeded) as the "val" split
+    val_fraction: Annotated[float, In("[0, 1)")] = 0.0
+    # split evaluated each epoch: auto (val if there is one, else test) | val | test
+    eval_split: Literal["auto", "val", "test"] = "auto"
+    channels: Literal[0, 1, 3] = 0  # 0 keeps the source's channels; 1 or 3 converts (gray <-> RGB)
+    # 0 keeps the source size; digits default is 32 (8x8 upscaled)
+    image_size: Annotated[int, In("[0, 8192]")] = 0
+    # auto (stream only a packed set too big for memory) | memory (device-resident)
+    # | stream (packed records, decoded by workers)
+    loader: Literal["auto", "memory", "stream"] = "auto"
+    workers: Annotated[int, In("[0, 1024]")] = 0  # CPU workers for decoding (0 = number of cores)
     skip_bad: bool = False  # skip unreadable images (counted and reported) instead of failing
-    limit: int = 0  # use at most this many train (and test) images; 0 = all (smoke tests)
+    # use at most this many train (and test) images; 0 = all (smoke tests, quick looks)
+    limit: Annotated[int, In("[0, inf)")] = 0
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
     # none | mean_image (seeds A/B) | global_mean (seed C) | channel (mean/std per channel, seed E)
     # | gcn (per-image contrast normalisation, seed C) | gcn_zca (gcn then ZCA whitening, seed C)
-    kind: str = "channel"
-    mean: list[float] | None = None  # fixed per-channel mean on the 0-255 scale (None = fit on train)
-    std: list[float] | None = None  # fixed per-channel std on the 0-255 scale (None = fit on train)
-    zca_eps: float = 0.01  # ZCA regulariser added to the eigenvalues
-    gcn_scale: float = 1.0  # GCN target standard deviation
+    kind: Literal["none", "mean_image", "global_mean", "channel", "gcn", "gcn_zca"] = "channel"
+    # fixed per-channel mean on the 0-255 scale (null = fit on train)
+    mean: Annotated[list[float] | None, Len(1, 3), In("[0, 255]")] = None
+    # fixed per-channel std on the 0-255 scale (null = fit on train)
+    std: Annotated[list[float] | None, Len(1, 3), In("(0, 255]")] = None
+    # ZCA regulariser added to the eigenvalues (> 0: a gcn'd set always has one ~0 eigenvalue)
+    zca_eps: Annotated[float, In("(0, inf)")] = 0.01
+    gcn_scale: Annotated[float, In("(0, inf)")] = 1.0  # GCN target standard deviation
     # training images the statistics are fitted on (stratified, seeded sample);
     # 0 = all of them in memory, 10,000 when streaming a packed set
-    fit_images: int = 0
+    fit_images: Annotated[int, In("[0, inf)")] = 0
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """Batched train-time augmentation, applied on the device in the fixed order listed here."""
 
-    random_resized_crop: int = 0  # ImageNet-style RRC to this size (0 = off)
-    rrc_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RRC area range
-    crop: int = 0  # random crop to this size at train, centre crop at eval (seed A: 28)
-    pad: int = 4  # pad-and-random-crop back to the input size by this many pixels (seed B: 4)
-    pad_mode: str = "zeros"  # zeros | reflect
-    translate: int = 0  # random shift by up to N pixels, constant fill (seeds C, E)
-    rotate: float = 0.0  # random rotation up to +-degrees (seed D: 15)
-    shear: float = 0.0  # random shear up to +- this factor (seed D: 0.1)
-    scale: list[float] | None = None  # random zoom range, e.g. [0.9, 1.1]
+    # ImageNet-style random resized crop to this size (0 = off)
+    random_resized_crop: Annotated[int, In("[0, 8192]")] = 0
+    # RRC area range [lo, hi], fractions of the image
+    rrc_scale: Annotated[list[float], Len(2), In("(0, 1]"), Ordered()] = field(
+        default_factory=lambda: [0.08, 1.0])
+    # random crop to this size at train, centre crop at eval (seed A: 28; 0 = off)
+    crop: Annotated[int, In("[0, 8192]")] = 0
+    # pad-and-random-crop back to the input size by this many pixels (seed B: 4)
+    pad: Annotated[int, In("[0, 8192]")] = 4
+    pad_mode: Literal["zeros", "reflect"] = "zeros"  # fill of the padding
+    # random shift by up to N pixels, constant fill (seeds C, E)
+    translate: Annotated[int, In("[0, 8192]")] = 0
+    rotate: Annotated[float, In("[0, 180]")] = 0.0  # random rotation up to +-degrees (seed D: 15)
+    shear: Annotated[float, In("[0, 1]")] = 0.0  # random shear up to +- this factor (seed D: 0.1)
+    # random zoom range [lo, hi], e.g. [0.9, 1.1] (null = off)
+    scale: Annotated[list[float] | None, Len(2), In("(0, 10]"), Ordered()] = None
     flip: bool = True  # random horizontal flip with p=0.5
-    flip_mode: str = "random"  # random | alternate (flip every other epoch per image, airbench)
-    cutout: int = 0  # zero a random square of this side (0 = off)
-    tta: str = "none"  # eval-time views averaged: none | flip | flip_translate | multicrop
+    # random | alternate (flip every other epoch per image, airbench)
+    flip_mode: Literal["random", "alternate"] = "random"
+    cutout: Annotated[int, In("[0, 8192]")] = 0  # zero a random square of this side (0 = off)
+    # eval-time views averaged: none | flip | flip_translate | multicrop
+    tta: Literal["none", "flip", "flip_translate", "multicrop"] = "none"
 
 
 @dataclass(frozen=True)
@@ -82,75 +206,106 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    name: str = "sgd"  # sgd | adam | adamw | muon (fast family)
-    lr: float = 0.1  # peak learning rate
-    momentum: float = 0.9  # SGD momentum
-    nesterov: bool = False  # Nesterov momentum (seed E)
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # Adam betas
-    eps: float = 1e-8  # Adam epsilon
-    weight_decay: float = 5e-4  # L2 (coupled) or decoupled weight decay
+    name: Literal["sgd", "adam", "adamw", "muon"] = "sgd"  # sgd | adam | adamw | muon (fast family)
+    lr: Annotated[float, In("(0, inf)")] = 0.1  # peak learning rate
+    momentum: Annotated[float, In("[0, 1)")] = 0.9  # SGD momentum
+    nesterov: bool = False  # Nesterov momentum (seed E; needs momentum > 0)
+    betas: Annotated[list[float], Len(2), In("[0, 1)")] = field(
+        default_factory=lambda: [0.9, 0.999])  # Adam betas
+    eps: Annotated[float, In("(0, 1]")] = 1e-8  # Adam epsilon
+    # L2 (coupled) or decoupled weight decay
+    weight_decay: Annotated[float, In("[0, inf)")] = 5e-4
     decoupled_wd: bool = False  # AdamW-style decoupled decay instead of L2 in the gradient
     no_decay_norm_bias: bool = False  # exclude norm weights and biases from weight decay
-    grad_clip: float = 0.0  # clip the global grad norm to this (0 = off)
-    label_smoothing: float = 0.0  # cross-entropy label smoothing
-    ema_decay: float = 0.0  # EMA of weights, evaluated alongside (0 = off)
-    lookahead_steps: int = 0  # lookahead: sync slow weights every k steps (0 = off)
-    lookahead_alpha: float = 0.5  # lookahead interpolation factor
-    fused: str = "auto"  # auto | true | false: fused optimizer kernels on CUDA
-    bias_lr_scale: float = 1.0  # lr multiplier for biases and norm parameters
+    grad_clip: Annotated[float, In("[0, inf)")] = 0.0  # clip the global grad norm to this (0 = off)
+    label_smoothing: Annotated[float, In("[0, 1)")] = 0.0  # cross-entropy label smoothing
+    # EMA of weights, evaluated alongside (0 = off)
+    ema_decay: Annotated[float, In("[0, 1)")] = 0.0
+    # lookahead: sync slow weights every k steps (0 = off)
+    lookahead_steps: Annotated[int, In("[0, inf)")] = 0
+    lookahead_alpha: Annotated[float, In("(0, 1]")] = 0.5  # lookahead interpolation factor
+    fused: bool | None = None  # fused optimizer kernels on CUDA: auto (null) | true | false
+    # lr multiplier for biases and norm parameters
+    bias_lr_scale: Annotated[float, In("[0, inf)")] = 1.0
     freeze_bn_scale: bool = False  # keep batch-norm weights fixed at 1 (airbench)
-    bias_wd_scale: float = 1.0  # weight-decay multiplier for biases/norm params (airbench: 1/64)
-    lookahead_pow: float = 0.0  # lookahead alpha_t = 1-(1-alpha)*(t/T)^pow, T steps (airbench 3)
-    muon_lr: float = 0.0  # muon: lr of the orthogonalised conv-filter updates (0 = optim.lr)
-    muon_momentum: float = 0.0  # muon: Nesterov momentum of the conv-filter updates (0 = momentum)
+    # weight-decay multiplier for biases/norm params (airbench: 1/64)
+    bias_wd_scale: Annotated[float, In("[0, inf)")] = 1.0
+    # lookahead alpha_t = 1-(1-alpha)*(t/T)^pow, T steps (airbench 3; 0 = constant alpha)
+    lookahead_pow: Annotated[float, In("[0, inf)")] = 0.0
+    # muon: lr of the orthogonalised conv-filter updates (0 = optim.lr)
+    muon_lr: Annotated[float, In("[0, inf)")] = 0.0
+    # muon: Nesterov momentum of the conv-filter updates (0 = momentum)
+    muon_momentum: Annotated[float, In("[0, 1)")] = 0.0
 
 
 @dataclass(frozen=True)
 class ScheduleConfig:
     # constant | multistep | cosine | onecycle | plateau. Default one-cycle: on the 3-epoch
     # CIFAR-10 default run it gave 74.1% vs cosine's 71.7% (same seed; RESULTS.md)
-    name: str = "onecycle"
-    milestones: list[float] = field(default_factory=list)  # multistep: epochs at which lr *= gamma
-    gamma: float = 0.1  # multistep decay factor
-    warmup_epochs: float = 0.0  # linear warmup from warmup_start * lr (epochs, may be fractional)
-    warmup_start: float = 0.0  # warmup starts at this fraction of lr
-    min_lr: float = 0.0  # floor for cosine / onecycle / plateau
-    pct_start: float = 0.25  # onecycle: fraction of training spent rising
-    anneal: str = "linear"  # onecycle: shape of the descent, linear | cos
-    final_fraction: float = 0.0  # onecycle/cosine: lr at the end as a fraction of peak
-    monitor: str = "val_loss"  # plateau: metric watched (val_loss | val_top1)
-    factor: float = 0.316227766  # plateau: lr *= factor (seed E: sqrt(0.1))
-    patience: int = 10  # plateau: epochs without improvement before reducing
-    cooldown: int = 0  # plateau: epochs to wait after a reduction
-    threshold: float = 1e-4  # plateau: minimum change that counts as improvement
+    name: Literal["constant", "multistep", "cosine", "onecycle", "plateau"] = "onecycle"
+    # multistep: epochs at which lr *= gamma
+    milestones: Annotated[list[float], In("[0, inf)"), Ordered(strict=True)] = field(
+        default_factory=list)
+    gamma: Annotated[float, In("(0, 1]")] = 0.1  # multistep decay factor
+    # linear warmup from warmup_start * lr (epochs, may be fractional; not for onecycle)
+    warmup_epochs: Annotated[float, In("[0, inf)")] = 0.0
+    # warmup (and onecycle's rise) starts at this fraction of lr
+    warmup_start: Annotated[float, In("[0, 1]")] = 0.0
+    # floor for cosine / onecycle / plateau (at most optim.lr)
+    min_lr: Annotated[float, In("[0, inf)")] = 0.0
+    pct_start: Annotated[float, In("[0, 1)")] = 0.25  # onecycle: fraction of training spent rising
+    anneal: Literal["linear", "cos"] = "linear"  # onecycle: shape of the descent, linear | cos
+    # onecycle/cosine: lr at the end as a fraction of peak
+    final_fraction: Annotated[float, In("[0, 1]")] = 0.0
+    monitor: Literal["val_loss", "val_top1"] = "val_loss"  # plateau: metric watched
+    # plateau: lr *= factor (seed E: sqrt(0.1))
+    factor: Annotated[float, In("(0, 1)")] = 0.316227766
+    # plateau: epochs without improvement before reducing
+    patience: Annotated[int, In("[0, inf)")] = 10
+    cooldown: Annotated[int, In("[0, inf)")] = 0  # plateau: epochs to wait after a reduction
+    # plateau: minimum relative change that counts as improvement
+    threshold: Annotated[float, In("[0, 1)")] = 1e-4
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 3  # total epochs (a resumed run continues to this number)
-    batch_size: int = 128  # images per optimiser step (global, across ranks)
-    eval_batch_size: int = 500  # images per eval forward
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-    channels_last: str = "auto"  # auto (= true: faster on CUDA and CPU) | true | false
+    # total epochs (a resumed run continues to this number)
+    epochs: Annotated[int, In("[1, inf)")] = 3
+    # images per optimiser step (global, across ranks)
+    batch_size: Annotated[int, In("[1, inf)")] = 128
+    eval_batch_size: Annotated[int, In("[1, inf)")] = 500  # images per eval forward
+    # auto (cuda if available, else cpu) | cpu | cuda | cuda:N | mps
+    device: Annotated[str, Match(DEVICE, "auto, cpu, cuda, cuda:N or mps")] = "auto"
+    # auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # channels-last memory format: auto (null: yes, faster on CUDA and CPU) | true | false
+    channels_last: bool | None = None
     compile: bool = False  # torch.compile the model (compile time reported separately)
-    seed: int = 0  # seeds data order, augmentation and init
+    # seeds data order, augmentation and init (numpy's range)
+    seed: Annotated[int, In("[0, 4294967295]")] = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
     out: str = "runs"  # parent directory of run directories
-    name: str = ""  # run directory name (default: <model>-<data>-<timestamp>)
-    log_every: int = 50  # steps between progress log lines when not on a TTY
-    early_stop_patience: int = 0  # stop after this many epochs without val improvement (0 = off)
-    eval_every: int = 1  # evaluate every N epochs (the last epoch always)
-    save_every: int = 1  # write last.pt every N epochs (the last epoch always)
+    # run directory name (default: <model>-<data>-<timestamp>)
+    name: Annotated[str, Match(FOLDER_NAME, "a folder name (no / or \\, not . or ..)")] = ""
+    # steps between progress log lines when not on a TTY
+    log_every: Annotated[int, In("[1, inf)")] = 50
+    # stop after this many epochs without val improvement (0 = off)
+    early_stop_patience: Annotated[int, In("[0, inf)")] = 0
+    # evaluate every N epochs (the last epoch always)
+    eval_every: Annotated[int, In("[1, inf)")] = 1
+    # write last.pt every N epochs (the last epoch always)
+    save_every: Annotated[int, In("[1, inf)")] = 1
     tensorboard: bool = True  # write TensorBoard event files in the run directory
-    threads: int = 0  # torch CPU threads (0 = leave torch's default)
+    # torch CPU threads (0 = torch's default, one per core; on a busy machine 1 can be much
+    # faster: README)
+    threads: Annotated[int, In("[0, 4096]")] = 0
 
 
 @dataclass(frozen=True)
 class StageConfig:
     """One extra training stage: continue from the previous stage's end with overrides."""
 
-    epochs: int = 0  # train until this total epoch count
+    epochs: Annotated[int, In("[1, inf)")] = 0  # train until this total epoch count (required)
     set: dict[str, Any] = field(default_factory=dict)  # dotted overrides for this stage
     from_epoch: int = 0  # epoch it continued from (written when it starts; 0 = not yet)
     started: str = ""  # local time it started, ISO 8601 (written by train; "" = not yet)
@@ -163,13 +318,14 @@ class Config:
     source: str = ""  # seed system reproduced (e.g. "A: MXNet Inception-BN") or "convzoo"
     reported: str = ""  # the seed's reported result, shown beside ours
     started: str = ""  # local time the run's first stage started, ISO 8601 (written by train)
-    data: DataConfig = field(default_factory=DataConfig)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)  # where the images come from
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)  # normalisation
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # train-time augmentation, TTA
+    model: ModelConfig = field(default_factory=ModelConfig)  # the network
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and regularisation
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # learning-rate schedule
+    train: TrainConfig = field(default_factory=TrainConfig)  # the loop, device, logging, saving
+    # later stages of the same run, e.g. [{epochs: 44, set: {optim.lr: 0.01}}]
     stages: list[StageConfig] = field(default_factory=list)
 
 
@@ -177,7 +333,7 @@ class Config:
 
 
 def to_dict(cfg: Any) -> Any:
-    """Plain dict/list/scalar form of a config (YAML- and JSON-safe)."""
+    """Plain dict/list/scalar form of a config (YAML- and JSON-safe; a tri-state's auto is None)."""
     if is_dataclass(cfg):
         return {f.name: to_dict(getattr(cfg, f.name)) for f in fields(cfg)}
     if isinstance(cfg, (list, tuple)):
@@ -187,84 +343,296 @@ def to_dict(cfg: Any) -> Any:
     return cfg
 
 
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+@functools.cache
+def hints(cls: type) -> dict[str, Any]:
+    """Declared types of a config class's fields, with their ``Annotated`` rules."""
+    return typing.get_type_hints(cls, include_extras=True)
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against annotation `tp`, converting ints to floats and lists as needed."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
+@functools.cache
+def declared_keys(cls: type | None = None) -> dict[str, Any]:
+    """Every leaf key of the tree (``"optim.lr"``) with its declared type; ``stages`` is a leaf.
+
+    Cached: do not modify the returned dict.
+    """
+    out: dict[str, Any] = {}
+    for name, tp in hints(cls or Config).items():
+        if is_dataclass(tp):
+            out.update({f"{name}.{k}": t for k, t in declared_keys(tp).items()})
+        else:
+            out[name] = tp
+    return out
+
+
+def unwrap(tp: Any) -> tuple[Any, tuple[Any, ...]]:
+    """``Annotated[T, rule, ...]`` -> ``(T, (rule, ...))``; any other type -> ``(tp, ())``."""
+    if typing.get_origin(tp) is Annotated:
+        return typing.get_args(tp)[0], tuple(tp.__metadata__)
+    return tp, ()
+
+
+def choices(key: str) -> tuple[Any, ...]:
+    """The choices of a ``Literal`` key, e.g. ``choices("augment.tta")``."""
+    tp, _ = unwrap(declared_keys()[key])
+    if typing.get_origin(tp) is not Literal:
+        raise KeyError(f"{key} is not a choice key")
+    return typing.get_args(tp)
+
+
+def check_value(key: str, value: Any) -> Any:
+    """``value`` in the declared type of ``key`` (dotted), checked as ``from_dict`` checks it."""
+    return convert(value, declared_keys()[key], key)
+
+
+# How a value is shown in an error: as the user would write it.
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return repr(str(value))
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    return str(value)
+
+
+class _Text(str):
+    """A plain (unquoted) YAML scalar: its source text, plus what YAML 1.1 made of it.
+
+    A loaded value stays text until it meets its declared type (``convert``): ``train.name: 001``
+    stays "001", ``optim.weight_decay: 5e-4`` (a string to YAML 1.1) becomes 0.0005, and
+    ``optim.fused: on`` becomes True. Where the type is ``Any`` (``model.kwargs``) YAML's reading
+    is used.
+    """
+
+    yaml_value: Any
+
+    def __new__(cls, text: str, yaml_value: Any) -> _Text:
+        obj = super().__new__(cls, text)
+        obj.yaml_value = yaml_value
+        return obj
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every ``_Text`` inside replaced by YAML's reading of it (1.1, except that
+    ``5e-4`` is a number)."""
+    if isinstance(value, _Text):
+        return value.yaml_value
+    if isinstance(value, dict):
+        return {_plain(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+_BOOLS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _number(value: Any, where: str, what: str) -> int | float:
+    """An int or float from a number or from any spelling of one (``5e-4``, ``.1``, ``1_000``)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and not isinstance(value, bool):
+        text = str(value).strip()
+        if text.lower().lstrip("+-") in (".inf", ".nan"):  # YAML's spellings
+            text = text.replace(".", "", 1)
+        for parse in (int, lambda t: int(t, 0), float):
             try:
-                return _coerce(value, arg, where)
-            except ConvzooError as e:
-                errors.append(str(e))
-        raise ConvzooError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+                return parse(text)
+            except ValueError:
+                pass
+    raise ConvzooError(f"{where}: expected {what}, got {_show(value)}")
+
+
+def convert(value: Any, tp: Any, where: str) -> Any:
+    """``value`` converted to type ``tp`` (``int``, ``Annotated[float, In("[0, 1)")]``, ...) and
+    checked against its rules; errors name ``where`` (the dotted key)."""
+    tp, rules = unwrap(tp)
+    value = _convert(value, tp, where)
+    for rule in rules:
+        rule.check(value, where)
+    return value
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in args if a is not type(None)]
+        if type(None) in args and (value is None or _plain(value) is None):
+            return None
+        if bool in members and isinstance(value, str) and value.strip().lower() == "auto":
+            return None  # a tri-state's "decide per device"
+        for i, member in enumerate(members):
+            try:
+                return convert(value, member, where)
+            except ConvzooError:
+                if i + 1 < len(members):
+                    continue
+                if members == [bool]:
+                    raise ConvzooError(
+                        f"{where}: expected true, false or auto, got {_show(value)}") from None
+                raise
+    if origin is Literal:
+        text = value.strip().lower() if isinstance(value, str) else None
+        for choice in args:
+            if isinstance(choice, str) and text == choice.lower():
+                return choice
+            if isinstance(choice, int) and not isinstance(value, bool):
+                try:
+                    if _number(value, where, "") == choice:
+                        return choice
+                except ConvzooError:
+                    pass
+        raise ConvzooError(f"{where}: {_show(value)} is not one of: "
+                           f"{', '.join(str(c) for c in args)}")
     if is_dataclass(tp):
+        if isinstance(value, tp):
+            value = to_dict(value)
         if not isinstance(value, dict):
-            raise ConvzooError(f"{where}: expected a mapping, got {value!r}")
+            raise ConvzooError(f"{where}: expected a mapping of keys, got {_show(value)}")
         return _build(tp, value, where)
     if origin is list:
         if isinstance(value, tuple):
             value = list(value)
         if not isinstance(value, list):
-            raise ConvzooError(f"{where}: expected a list, got {value!r}")
-        (item_tp,) = args or (Any,)
-        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+            raise ConvzooError(f"{where}: expected a list such as [1, 2], got {_show(value)}")
+        (item,) = args or (Any,)
+        return [convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConvzooError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+            raise ConvzooError(f"{where}: expected a mapping, got {_show(value)}")
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise ConvzooError(f"{where}: keys must be names, got {bad[0]!r}")
+        return {str(k): _plain(v) for k, v in value.items()}
     if tp is Any:
-        return value
+        return _plain(value)
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConvzooError(f"{where}: expected true/false, got {value!r}")
+        v = _plain(value)
+        if isinstance(v, str) and v.strip().lower() in _BOOLS:
+            v = _BOOLS[v.strip().lower()]
+        if isinstance(v, bool):
+            return v
+        raise ConvzooError(f"{where}: expected true or false, got {_show(value)}")
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConvzooError(f"{where}: expected an integer, got {value!r}")
+        n = _number(value, where, "an integer")
+        if isinstance(n, float):
+            if not n.is_integer():
+                raise ConvzooError(f"{where}: expected an integer, got {_show(value)}")
+            return int(n)
+        return n
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConvzooError(f"{where}: expected a number, got {value!r}")
+        return float(_number(value, where, "a number"))
     if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, str) or (isinstance(value, (int, float)) and
+                                      not isinstance(value, bool)):
             return str(value)
-        raise ConvzooError(f"{where}: expected a string, got {value!r}")
+        raise ConvzooError(f"{where}: expected text, got {_show(value)}")
     return value
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConvzooError(
-            f"unknown config key '{prefix}{unknown[0]}' (known keys: {', '.join(sorted(known))})"
-        )
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+def _unknown_key(where: str, key: Any, known: list[str]) -> ConvzooError:
+    full = f"{where}.{key}" if where else str(key)
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f"did you mean '{where + '.' if where else ''}{close[0]}'? " if close else ""
+    return ConvzooError(f"unknown config key '{full}' ({hint}known keys: {', '.join(known)})")
+
+
+def _build(cls: type, data: dict[Any, Any], where: str) -> Any:
+    declared = hints(cls)
+    known = sorted(f.name for f in fields(cls))
+    for key in data:
+        if key not in declared:
+            raise _unknown_key(where, key, known)
+    kwargs = {k: convert(v, declared[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
 
 def from_dict(data: dict[str, Any]) -> Config:
-    """Build and validate a Config from a (possibly partial) nested dict."""
+    """Build and validate a Config from a (possibly partial) nested dict.
+
+    Every value is converted to its declared type and checked against its declared range or
+    choices, then :func:`check_rules` checks the rules that join keys. Raises ConvzooError with
+    one line naming the key, the value and what is valid.
+    """
     if not isinstance(data, dict):
-        raise ConvzooError(f"a config must be a mapping, got {type(data).__name__}")
-    return _build(Config, data, "")
+        raise ConvzooError(f"a config must be a mapping of keys, got {_show(_plain(data))}")
+    return check_rules(_build(Config, data, ""))
+
+
+def check_rules(cfg: Config) -> Config:
+    """Check the rules that join several keys; returns ``cfg`` with each stage's overrides in
+    their declared types (``{optim.lr: 1e-2}`` -> ``{optim.lr: 0.01}``)."""
+    _check_joint(cfg)
+    return _check_stages(cfg)
+
+
+def _check_joint(cfg: Config) -> None:
+    """The rules between keys of one stage's config."""
+    o, s, a = cfg.optim, cfg.schedule, cfg.augment
+    if s.name == "onecycle" and s.warmup_epochs > 0:
+        raise ConvzooError(f"schedule.warmup_epochs={s.warmup_epochs} does not apply to "
+                           "schedule.name=onecycle: its rise lasts schedule.pct_start of training "
+                           "(from schedule.warmup_start * lr)")
+    if o.name == "sgd" and o.nesterov and o.momentum == 0:
+        raise ConvzooError("optim.nesterov=true needs optim.momentum > 0")
+    if s.min_lr > o.lr:
+        raise ConvzooError(f"schedule.min_lr={s.min_lr} is above optim.lr={o.lr}: "
+                           "the floor must not exceed the peak")
+    size = cfg.data.image_size
+    for key in ("crop", "cutout"):
+        if size and getattr(a, key) > size:
+            raise ConvzooError(f"augment.{key}={getattr(a, key)} is larger than "
+                               f"data.image_size={size}")
+
+
+def _check_stages(cfg: Config) -> Config:
+    """Each stage trains further than the one before, and its overrides make a valid config."""
+    if not cfg.stages:
+        return cfg
+    plan = stage_configs(cfg)
+    stages = []
+    for stage, stage_cfg in zip(cfg.stages, plan[1:]):
+        resolved = to_dict(stage_cfg)
+        stages.append(dataclasses.replace(stage, set={k: _lookup(resolved, k) for k in stage.set}))
+    return dataclasses.replace(cfg, stages=stages)
+
+
+def stage_configs(cfg: Config) -> list[Config]:
+    """The config each stage of ``cfg`` trains with: ``cfg``, then one per ``stages`` entry (its
+    ``set`` applied to the previous stage's config, ``train.epochs`` = the stage's ``epochs``).
+
+    Each stage's config keeps only the stages after it, so each one, as recorded in a checkpoint,
+    is itself a valid config describing what is left to train.
+    """
+    plan = [cfg]
+    for i, stage in enumerate(cfg.stages):
+        where, prev = f"stages[{i}]", plan[-1]
+        # A stage starts where the previous one ends, or earlier where a `--resume` with
+        # overrides began it (`from_epoch`, written when it starts).
+        start = stage.from_epoch or prev.train.epochs
+        if stage.epochs <= start:
+            raise ConvzooError(f"{where}.epochs={stage.epochs} must exceed the epoch it starts "
+                               f"from ({start})")
+        overrides: dict[str, Any] = {}
+        for key, value in stage.set.items():
+            if key.split(".")[0] == "stages" or key == "train.epochs":
+                raise ConvzooError(f"{where}.set: a stage cannot set '{key}' (its epochs are "
+                                   f"{where}.epochs)")
+            overrides = merge(overrides, dotted_to_nested(key, value))
+        overrides = merge(overrides, {"train": {"epochs": stage.epochs}})
+        rest = dataclasses.replace(prev, stages=cfg.stages[i + 1:])
+        try:
+            stage_cfg = _build(Config, merge(to_dict(rest), overrides), "")
+            _check_joint(stage_cfg)  # its own later stages are checked by this loop
+            plan.append(stage_cfg)
+        except ConvzooError as e:
+            raise ConvzooError(f"{where}.set: {e}") from None
+    return plan
+
+
+def _lookup(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 # ----------------------------------------------------------------------------- merging
@@ -281,18 +649,22 @@ def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_KEY = re.compile(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*")
+
+
 def parse_override(text: str) -> dict[str, Any]:
-    """``'optim.lr=0.01'`` -> ``{'optim': {'lr': 0.01}}`` (the value is parsed as YAML)."""
-    if "=" not in text:
-        raise ConvzooError(f"--set expects key=value, got '{text}'")
-    key, _, raw = text.partition("=")
+    """``'optim.lr=0.01'`` -> ``{'optim': {'lr': 0.01}}``.
+
+    The value is YAML (``0.1``, ``true``, ``[90, 135]``, ``{shortcut: B}``), except for a key
+    declared as text (``data.source``, ``train.name``), which takes the text as typed.
+    """
+    key, eq, raw = text.partition("=")
     key = key.strip()
-    if not key:
-        raise ConvzooError(f"--set expects key=value, got '{text}'")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+    if not eq or _KEY.fullmatch(key) is None:
+        raise ConvzooError(f"--set expects SECTION.KEY=VALUE (e.g. optim.lr=0.01), got {text!r}")
+    if unwrap(declared_keys().get(key))[0] is str and raw.strip()[:1] not in ("'", '"'):
+        return dotted_to_nested(key, raw.strip())
+    value = load_yaml(raw, f"--set {key}={raw}", lines=False) if raw.strip() else ""
     return dotted_to_nested(key, value)
 
 
@@ -313,6 +685,66 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     return from_dict(merge(to_dict(cfg), overrides))
 
 
+# ----------------------------------------------------------------------------- YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, keeping plain scalars as ``_Text``; refuses aliases and repeated
+    keys (both make a recipe mean something other than what it looks like)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not supported in a config",
+                self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                if key_node.value in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key '{key_node.value}' appears twice", key_node.start_mark)
+                seen.add(key_node.value)
+        mapping = super().construct_mapping(node, deep=deep)
+        # keys are names: `on:` or `1:` stay the text they are
+        return {str(k) if isinstance(k, _Text) else k: v for k, v in mapping.items()}
+
+
+# A number as YAML 1.2 (and JSON, and Python) writes it; YAML 1.1 wants a dot before an exponent.
+_NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9][0-9_]*(\.[0-9_]*)?)([eE][-+]?[0-9]+)?")
+
+
+def _plain_scalar(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    value = yaml.SafeLoader.yaml_constructors[node.tag](loader, node)
+    if node.style is not None:  # quoted: text, as written
+        return value
+    if isinstance(value, str) and _NUMBER.fullmatch(value):
+        value = float(value)  # `5e-4` is a number wherever the type is open (model.kwargs)
+    return _Text(node.value, value)
+
+
+for _tag in ("null", "bool", "int", "float", "str", "timestamp"):
+    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _plain_scalar)
+
+
+def load_yaml(text: str, where: str, lines: bool = True) -> Any:
+    """Parse config YAML; errors become one line ``where:LINE:COL: invalid YAML (problem)``
+    (``where: invalid YAML (problem)`` with ``lines=False``, for a --set value)."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = where
+        if mark is not None and lines:
+            at = f"{where}:{mark.line + 1}:{mark.column + 1}"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConvzooError(f"{at}: invalid YAML ({problem})") from None
+    except RecursionError:
+        raise ConvzooError(f"{where}: invalid YAML (nested too deeply)") from None
+
+
 # ----------------------------------------------------------------------------- recipes
 
 
@@ -325,16 +757,19 @@ def list_recipes() -> list[str]:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """A recipe or config file as a mapping (values still text until they meet their types)."""
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConvzooError(f"cannot read {path}: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConvzooError(f"{path}: invalid YAML: {e}") from None
+        raise ConvzooError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConvzooError(f"cannot read {path}: not UTF-8 text") from None
+    data = load_yaml(text, str(path))
+    if data is None or (isinstance(data, _Text) and data.yaml_value is None):
+        return {}
     if not isinstance(data, dict):
-        raise ConvzooError(f"{path}: a recipe must be a mapping at the top level")
+        raise ConvzooError(f"{path}: a recipe must be a mapping of keys at the top level, "
+                           f"got {type(_plain(data)).__name__}")
     return data
 
 
@@ -368,6 +803,17 @@ def save_config(cfg: Config, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def section_of(cls: type) -> str | None:
+    """``TrainConfig`` -> ``"train"`` (None for a class that is not a section of Config)."""
+    return next((name for name, tp in hints(Config).items() if tp is cls), None)
+
+
 def replace(cfg: Any, **changes: Any) -> Any:
-    """dataclasses.replace, re-exported so callers need one import."""
-    return dataclasses.replace(cfg, **changes)
+    """dataclasses.replace; for a config (or one of its sections) the result is validated."""
+    new = dataclasses.replace(cfg, **changes)
+    if type(new) is Config:
+        return from_dict(to_dict(new))
+    section = section_of(type(new))
+    if section is None:
+        return new  # not part of the config tree
+    return _build(type(new), to_dict(new), section)

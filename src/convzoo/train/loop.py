@@ -169,19 +169,7 @@ class Stage:
 def stage_plan(cfg: C.Config) -> list[C.Config]:
     """The config of each stage: the main one, then one per ``stages`` entry (seed A's lr drop,
     or a ``--resume`` with overrides), each the previous one with the entry's overrides."""
-    plan = [cfg]
-    for i, stage in enumerate(cfg.stages):
-        prev = plan[-1]
-        start = stage.from_epoch or prev.train.epochs
-        if stage.epochs <= start:
-            raise ConvzooError(f"stages[{i}].epochs={stage.epochs} must exceed the epoch it "
-                               f"starts from ({start})")
-        overrides: dict[str, Any] = {}
-        for key, value in stage.set.items():
-            overrides = C.merge(overrides, C.dotted_to_nested(key, value))
-        overrides = C.merge(overrides, {"train": {"epochs": stage.epochs}})
-        plan.append(C.apply_overrides(prev, overrides))
-    return plan
+    return C.stage_configs(cfg)
 
 
 def pending_stages(cfg: C.Config, ckpt: dict[str, Any] | None) -> list[Stage]:

@@ -55,14 +55,11 @@ class SGDW(torch.optim.SGD):
 
 
 def _use_fused(cfg: OptimConfig, cls: type, device_type: str) -> bool:
-    """Fused kernels only on CUDA: auto (None) uses them when torch has them, true insists."""
-    mode = {None: "auto", True: "true", False: "false"}.get(cfg.fused, str(cfg.fused).lower())
-    if mode not in ("auto", "true", "false"):
-        raise ConvzooError(f"optim.fused must be auto, true or false, got '{cfg.fused}'")
-    if mode == "false" or device_type != "cuda":
+    """Fused kernels only on CUDA: auto (None) uses them when torch has them, True insists."""
+    if cfg.fused is False or device_type != "cuda":
         return False  # never on CPU, even when asked: CPU fused kernels are not the fast path
-    if "fused" not in inspect.signature(cls).parameters:
-        if mode == "true":
+    if not "fused" not in inspect.signature(cls).parameters:
+        if cfg.fused is True:
             raise ConvzooError(
                 f"optim.fused=true but this torch has no fused {cls.__name__} (use auto or false)"
             )
