@@ -9,7 +9,6 @@ epoch.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import resource
@@ -32,6 +31,7 @@ from convzoo.errors import ConvzooError
 from convzoo.evaluate import autocast, evaluate
 from convzoo.models import create_model
 from convzoo.train import checkpoint as ckpt_io
+from convzoo.train import rundir
 from convzoo.train.ema import ModelEMA
 from convzoo.train.logging import MetricsWriter, Progress, log
 from convzoo.train.optim import EarlyStopping, apply_hparams, build_optimizer, build_schedule
@@ -108,9 +108,16 @@ def train_one_epoch(
     grad_clip: float = 0.0,
     ema: ModelEMA | None = None,
     progress: Progress | None = None,
+    epoch: int | None = None,
 ) -> dict[str, float]:
-    """One pass over `loader`. Loss and accuracy sums stay on the device (no per-step sync)."""
+    """One pass over `loader`. Loss and accuracy sums stay on the device (no per-step sync).
+
+    A non-finite loss raises ``rundir.Diverged`` (epoch, step, lr) at the next progress read or
+    at the epoch end, before anything of the epoch is saved.
+    """
     model.train()
+    watch = rundir.DivergenceCheck(schedule, rt.device, epoch=epoch, steps=len(loader),
+                                   early=rt.world_size == 1)
     loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
     correct = torch.zeros((), device=rt.device, dtype=torch.int64)
     count = 0
@@ -128,11 +135,13 @@ def train_one_epoch(
         schedule.step()
         if ema is not None:
             ema.update(model)
+        watch.update(step, loss)
         loss_sum += loss.detach().double() * y.shape[0]
         correct += (logits.detach().argmax(dim=1) == y).sum()
         count += y.shape[0]
         if progress is not None:
-            progress.update(step, y.shape[0], lambda s=loss_sum, n=count: s.item() / n)
+            progress.update(step, y.shape[0],
+                            lambda s=loss_sum, n=count: watch.running(s.item() / n))
     if count == 0:
         raise ConvzooError("the training split is smaller than one batch: lower train.batch_size")
     totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(count), device=rt.device,
@@ -140,6 +149,7 @@ def train_one_epoch(
     if rt.world_size > 1:  # figures over all ranks' images, not rank 0's share
         torch.distributed.all_reduce(totals)
     loss_total, correct_total, n = totals.tolist()
+    watch.finish(loss_total / n, model.parameters())
     return {"loss": loss_total / n, "top1": 100.0 * correct_total / n, "count": int(n)}
 
 
@@ -205,21 +215,13 @@ def compile_warmup(
 # ----------------------------------------------------------------------------- run directory
 
 
-def new_run_dir(cfg: C.Config) -> Path:
+def new_run_dir(cfg: C.Config) -> rundir.RunLock:
+    """A new run directory, created atomically (never an earlier run's) and locked."""
     name = cfg.train.name or (
         f"{cfg.model.name}-{Path(cfg.data.source).name or cfg.data.source}-"
         f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     )
-    parent = Path(cfg.train.out).expanduser()
-    run_dir, n = parent / name, 1
-    while run_dir.exists() and any(run_dir.iterdir()):  # never overwrite an earlier run
-        n += 1
-        run_dir = parent / f"{name}-{n}"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConvzooError(f"cannot create run directory {run_dir}: {e.strerror}") from None
-    return run_dir
+    return rundir.create(Path(cfg.train.out), name)
 
 
 def stage_plan(cfg: C.Config) -> list[C.Config]:
@@ -248,37 +250,43 @@ def fit(cfg: C.Config, resume: Path | None = None) -> Path:
 
     With `resume`, continue the run in that directory: from ``last.pt`` if there is one (exact
     continuation), else from scratch with the same config (a run killed before its first
-    checkpoint).
+    checkpoint). A finished run is not trained again; missing end-of-run files are rebuilt.
+    The run directory is locked for the whole call (``rundir.RunLock``; rank 0 under torchrun).
     """
     rt = resolve_runtime(cfg.train)  # under torchrun this joins the process group
-    run_dir = Path(resume) if resume is not None else None
+    lock = None
     if rt.is_main:
-        if run_dir is None:
-            run_dir = new_run_dir(cfg)
-        else:
-            ckpt_io.remove_stale_temps(run_dir)  # left by a writer killed mid-save
-        C.save_config(cfg, run_dir / "config.yaml")
-    if rt.world_size > 1:  # every rank works in rank 0's run directory; only rank 0 writes
-        shared = [str(run_dir) if rt.is_main else None]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        run_dir = Path(shared[0])  # type: ignore[arg-type]
-    assert run_dir is not None
-    state = None
-    if resume is not None and (run_dir / "last.pt").exists():
-        state = ckpt_io.load_checkpoint(run_dir, "last")
+        lock = rundir.RunLock.acquire(Path(resume)) if resume is not None else new_run_dir(cfg)
     try:
-        for stage_cfg in stage_plan(cfg):
-            done = state["epoch"] if state is not None else 0
-            if done >= stage_cfg.train.epochs:
-                continue
-            state = run_stage(stage_cfg, run_dir, state)
-    except ConvzooError:
-        # Bad input found before anything was trained: leave no half-made run directory.
-        if resume is None and rt.is_main and not (run_dir / "last.pt").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    if state is None:  # nothing left to train: a resumed run that was already finished
-        log.info(f"{run_dir}: already trained to epoch {cfg.train.epochs}")
+        run_dir = lock.run_dir if lock is not None else None
+        if lock is not None:
+            rundir.write_config(lock.run_dir, cfg)
+        if rt.world_size > 1:  # every rank works in rank 0's run directory; only rank 0 writes
+            shared = [str(run_dir) if rt.is_main else None]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            run_dir = Path(shared[0])  # type: ignore[arg-type]
+        assert run_dir is not None
+        state = None
+        if resume is not None and (run_dir / "last.pt").exists():
+            state = ckpt_io.load_checkpoint(run_dir, "last")
+        trained = False
+        try:
+            for stage_cfg in stage_plan(cfg):
+                done = state["epoch"] if state is not None else 0
+                if done >= stage_cfg.train.epochs:
+                    continue
+                state = run_stage(stage_cfg, run_dir, state)
+                trained = True
+        except ConvzooError:
+            # Bad input found before anything was trained: leave no half-made run directory.
+            if resume is None and rt.is_main and not (run_dir / "last.pt").exists():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        if not trained and state is not None and rt.is_main:  # a finished run, resumed
+            rundir.complete(run_dir, state, str(rt.device))
+    finally:
+        if lock is not None:
+            lock.release()
     return run_dir
 
 
@@ -391,6 +399,7 @@ def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dic
             grad_clip=cfg.optim.grad_clip,
             ema=ema,
             progress=progress,
+            epoch=epoch,
         )
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
@@ -492,13 +501,11 @@ def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dic
             "compile_seconds": compile_seconds,
             "metrics": row,
         }
-        if writer is not None:
-            writer.write(row)
-            if final or stop or epoch % cfg.train.save_every == 0:
-                ckpt_io.atomic_save(ckpt, run_dir / "last.pt")
-                save_weights(ckpt, run_dir / "model.safetensors")
-            if improved:
-                ckpt_io.atomic_save(ckpt, run_dir / "best.pt")
+        if writer is not None:  # metrics row, weights, best.pt, summary, then last.pt
+            summary = (rundir.summary(ckpt, params, peak_memory_mb(rt.device), str(rt.device))
+                       if final or stop else None)
+            rundir.save_epoch(run_dir, ckpt, writer, best=improved, summary=summary,
+                              checkpoint=final or stop or epoch % cfg.train.save_every == 0)
         if stop:
             log.info(
                 f"early stopping at epoch {epoch}: no improvement for "
@@ -507,77 +514,7 @@ def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dic
             break
     if writer is not None:
         writer.close()
-
-    if rt.is_main and ckpt:
-        write_summary(run_dir, cfg, ckpt, params, last_eval, rt)
     return ckpt
-
-
-def save_weights(ckpt: dict[str, Any], path: Path) -> None:
-    """model.safetensors: weights plus the metadata needed to rebuild the model."""
-    meta = {
-        "model": ckpt["model_name"],
-        "num_classes": str(ckpt["num_classes"]),
-        "in_chans": str(ckpt["in_chans"]),
-        "classes": json.dumps(ckpt["classes"]),
-        "model_kwargs": json.dumps(ckpt["model_kwargs"]),
-        "format": "convzoo-weights",
-    }
-    ckpt_io.save_safetensors(ckpt["model"], path, meta)
-
-
-def write_summary(
-    run_dir: Path,
-    cfg: C.Config,
-    ckpt: dict[str, Any],
-    params: int,
-    last_eval: dict[str, float],
-    rt: Runtime,
-) -> None:
-    """summary.json (final figures) plus metrics.csv and curves.png from the metric log."""
-    train_seconds = ckpt["train_seconds"]
-    summary = {
-        "model": cfg.model.name,
-        "recipe": cfg.name,
-        "data": cfg.data.source,
-        "params": params,
-        "input": "x".join(str(v) for v in ckpt["image_shape"]),  # stored (C, H, W)
-        "epochs": ckpt["epoch"],
-        "split": ckpt["eval_split"],
-        "top1": last_eval.get("top1"),
-        "top5": last_eval.get("top5"),
-        "loss": last_eval.get("loss"),
-        "best_top1": ckpt["best_top1"],
-        "train_seconds": train_seconds,
-        "seconds_per_epoch": train_seconds / max(ckpt["epoch"], 1),
-        "images_per_second": ckpt["train_images"] / max(train_seconds, 1e-9),
-        "train_images_per_epoch": ckpt["train_images"] // max(ckpt["epoch"], 1),
-        "peak_memory_mb": peak_memory_mb(rt.device),
-        "device": str(rt.device),
-        "torch": torch.__version__,
-    }
-    # What airbench's timer covers: data-dependent init + training epochs + final evaluation.
-    # Excluded, as there: data loading, model construction, compilation, logging, checkpoints.
-    summary["init_seconds"] = ckpt.get("init_seconds", 0.0)
-    summary["compile_seconds"] = ckpt.get("compile_seconds", 0.0)
-    summary["final_eval_seconds"] = ckpt["metrics"].get("eval_seconds", 0.0)
-    summary["timed_seconds"] = (
-        summary["init_seconds"] + train_seconds + summary["final_eval_seconds"]
-    )
-    if ckpt["metrics"].get("ema_eval_top1") is not None:
-        summary["ema_top1"] = ckpt["metrics"]["ema_eval_top1"]
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    try:
-        from convzoo import report
-
-        report.write_metrics_csv(run_dir)
-        report.plot_curves(run_dir)
-    except Exception as e:  # a plotting problem must never lose a finished run
-        log.warning(f"could not write curves for {run_dir}: {e}")
-    log.info(
-        f"done: {cfg.model.name} {summary['split']} top1 {summary['top1']:.2f}% "
-        f"top5 {summary['top5']:.2f}% in {train_seconds:.1f}s -> {run_dir}"
-    )
 
 
 def load_model_for_eval(
