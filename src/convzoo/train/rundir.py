@@ -144,20 +144,28 @@ class MetricsLog:
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def append(self, row: dict[str, Any]) -> None:
-        """One line, written with O_APPEND and fsync'd before returning."""
-        data = (json.dumps(row) + "\n").encode()
+        """One line, on disk (fsync'd) when this returns."""
         with _writing(self.path):
-            new = not self.path.exists()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                view = memoryview(data)
-                while view:  # a short write (signal, quota) continues where it stopped
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if new:
-                ckpt_io.fsync_dir(self.path.parent)
+            append_line(self.path, json.dumps(row) + "\n")
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` with O_APPEND and fsync it (and the directory, for a new file).
+
+    The one append primitive, beside ``checkpoint.atomic_write``: a kill leaves the file with
+    or without the line, or with a torn last line (no newline) that readers skip.
+    """
+    new = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(line.encode())
+        while view:  # a short write (signal, quota) continues where it stopped
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if new:
+        ckpt_io.fsync_dir(path.parent)
 
 
 # ----------------------------------------------------------------------------- an epoch's files
@@ -375,8 +383,7 @@ class DivergenceCheck:
 
     def _advice(self) -> str:
         what = f"epoch {self.epoch}" if self.epoch is not None else "this epoch"
-        return (f"nothing of {what} was saved (the run directory keeps its last good "
-                "checkpoint); lower optim.lr or set optim.grad_clip")
+        return f"nothing of {what} was saved; lower optim.lr or set optim.grad_clip"
 
 
 # ----------------------------------------------------------------------------- the owner
