@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from convzoo.cli import main
 from convzoo.train import checkpoint as ckpt_io
 from convzoo.train import rundir
+from convzoo.train.rundir import LOCK_FILE
 
 EPOCHS = 3
 ARGS = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=200",
@@ -268,6 +269,106 @@ def test_disk_error_at_a_write_is_one_line_then_resume_is_exact(
     assert torch.load(run / "last.pt", weights_only=True)["epoch"] == EPOCHS - 1  # not advanced
     assert main(["train", "--resume", str(run)]) == 0
     assert_consistent_and_exact(run, ref.run)
+
+
+# Runs as root in its own mount namespace (``unshare -m``), on a tmpfs at sys.argv[1]: for each
+# free-space budget, resume a copy of the snapshot with that much room left, then again with
+# room to spare; copies of the directory after each go to sys.argv[3].
+FULL_DISK = r"""
+import contextlib, io, json, os, shutil, subprocess, sys
+from pathlib import Path
+from convzoo.cli import main
+
+mnt, base, out, budgets = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), \
+    json.loads(sys.argv[4])
+
+def resize(n):
+    subprocess.run(["mount", "-o", f"remount,size={n}", str(mnt)], check=True)
+
+def resume(run):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["train", "--resume", str(run)])
+    return code, [x for x in err.getvalue().splitlines() if x.startswith("convzoo:")]
+
+for i, budget in enumerate(budgets):
+    resize(64 << 20)
+    run = mnt / f"b{i}"
+    shutil.copytree(base, run)
+    st = os.statvfs(mnt)
+    resize((st.f_blocks - st.f_bfree) * st.f_frsize + budget)
+    code, lines = resume(run)
+    shutil.copytree(run, out / f"b{i}-full")
+    resize(64 << 20)
+    again, _ = resume(run)
+    shutil.copytree(run, out / f"b{i}-final")
+    shutil.rmtree(run)
+    print(json.dumps([i, code, lines, again]), flush=True)
+"""
+
+
+def can_mount_tmpfs() -> bool:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs root and mount namespaces (tmpfs)")
+def test_a_real_full_disk_is_one_line_and_resume_is_exact(ref: Reference, tmp_path: Path):
+    """A tiny tmpfs is full from the start (the lock cannot be taken), or fills up at each big
+    write of the last epoch in turn (model.safetensors, best.pt, last.pt: the small ones between
+    them cannot be the first to fail), or not at all."""
+    size = {n: (ref.run / n).stat().st_size for n in os.listdir(ref.run)}
+    reports = size["summary.json"] + size["metrics.csv"] + size["curves.png"]
+    budgets = {0: LOCK_FILE, 64 << 10: "model.safetensors",
+               (size["model.safetensors"] + size["best.pt"]) // 2: "best.pt",
+               size["last.pt"] + reports // 2: "last.pt",
+               size["last.pt"] + reports + (1 << 20): None}
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    script = f"mount -t tmpfs -o size=64m tmpfs {mnt} && exec {sys.executable} -c \"$0\" \"$@\""
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script, FULL_DISK, str(mnt),
+                           str(ref.base), str(tmp_path), json.dumps(list(budgets))],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(results) == len(budgets)
+    for (i, code, lines, again), failing in zip(results, budgets.values()):
+        full, final = tmp_path / f"b{i}-full", tmp_path / f"b{i}-final"
+        if failing is None:
+            assert code == 0 and lines == []
+        else:
+            assert code == 2
+            assert lines == [f"convzoo: error: cannot write {mnt / f'b{i}' / failing}: "
+                             "No space left on device"]
+            assert not list(full.glob(".*.tmp*")) and not (full / ".lock").exists()
+            assert_untorn(full)
+            assert torch.load(full / "last.pt", weights_only=True)["epoch"] == EPOCHS - 1
+        assert again == 0
+        assert_consistent_and_exact(final, ref.run)
+
+
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs root and mount namespaces")
+def test_a_real_read_only_filesystem_is_one_line(ref: Reference, tmp_path: Path) -> None:
+    """Resuming a run, or starting one, on a read-only mount (root ignores chmod: bind-mount)."""
+    run = tmp_path / "run"
+    shutil.copytree(ref.base, run)
+    (tmp_path / "out").mkdir()
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    script = (f"mount --bind {tmp_path} {tmp_path} && mount -o remount,ro,bind {tmp_path} && "
+              f"{sys.executable} -m convzoo train --resume {run}; echo $?; "
+              f"{sys.executable} -m convzoo train {' '.join(ARGS)} --out {tmp_path}/out; echo $?")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert proc.stdout.split()[-2:] == ["2", "2"], proc.stderr
+    resumed, fresh = proc.stderr.splitlines()
+    assert resumed == f"convzoo: error: cannot lock run directory {run}: Read-only file system"
+    assert fresh.startswith(f"convzoo: error: cannot create run directory {tmp_path}/out/")
+    assert fresh.endswith(": Read-only file system")
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
 def test_full_disk_on_a_fresh_run_leaves_no_run_directory(

@@ -69,16 +69,18 @@ class Calls(nn.Module):
 
     calls = 0
 
-    def __init__(self, num_classes: int = 10, in_chans: int = 3, inf: bool = False) -> None:
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, inf: bool = False,
+                 inf_eval: bool = False) -> None:
         super().__init__()
         self.fc = nn.Linear(in_chans * 8 * 8, num_classes)
-        self.inf = inf
+        self.inf, self.inf_eval = inf, inf_eval
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
             Calls.calls += 1
         out = self.fc(x.flatten(1))
-        return out + float("inf") if self.inf else out
+        bad = self.inf if self.training else self.inf_eval
+        return out + float("inf") if bad else out
 
 
 class InfGrad(torch.autograd.Function):
@@ -117,6 +119,24 @@ def test_a_model_that_produces_inf_stops_at_the_first_progress_read(
     assert code == 2 and m and m.group(1, 2) == ("1", "1")  # the loss: inf - inf = nan
     # Found where the loop syncs anyway (the progress read), not after the whole epoch.
     assert Calls.calls == log_every < 200 // 32
+
+
+def test_outputs_that_overflow_on_the_eval_data_stop_the_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], models: None
+) -> None:
+    # Finite weights and training loss, but the eval outputs overflow: as useless as NaN.
+    assert main(["train", *ARGS, "--model", "calls_net", "--epochs", "1", "--out", str(tmp_path),
+                 "--name", "r"]) == 0
+    run = tmp_path / "r"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.name != "config.yaml"}
+    capsys.readouterr()
+    code = main(["train", "--resume", str(run), "--epochs", "2", "--set",
+                 "model.kwargs={inf_eval: true}"])
+    line = error_line(capsys)
+    assert code == 2
+    assert line.startswith("convzoo: error: training diverged in epoch 2: the test loss is nan "
+                           "(lr ")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != "config.yaml"} == before
 
 
 def test_weights_that_overflow_in_the_last_step_are_never_saved(

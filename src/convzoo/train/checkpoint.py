@@ -12,10 +12,10 @@ import os
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_save
 
 from convzoo.errors import ConvzooError
 
@@ -74,9 +74,39 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class _Sink:
+    """The file torch.save writes to, keeping the OSError of a failed write: torch itself
+    reports a full disk as ``RuntimeError: unexpected pos ...``, losing the reason."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save through :func:`atomic_write`: the old checkpoint or the new, never a torn one."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save through :func:`atomic_write`: the old checkpoint or the new, never a torn one.
+    A disk problem surfaces as the OSError it is (ENOSPC, EDQUOT...)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            sink = _Sink(f)
+            try:
+                torch.save(obj, sink)
+            except RuntimeError:
+                if sink.error is not None:
+                    raise sink.error from None
+                raise
+
+    atomic_write(path, write)
 
 
 def remove_stale_temps(run_dir: Path) -> int:
@@ -96,7 +126,10 @@ def save_safetensors(
 ) -> None:
     """Weights only, shareable and safe to load; written atomically like the checkpoint."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    # Serialised in memory and written by Python: safetensors' own file writer reports a full
+    # disk as a SafetensorError, not as the OSError it is.
+    data = safetensors_save(tensors, metadata=metadata)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:

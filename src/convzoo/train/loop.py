@@ -468,6 +468,7 @@ def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dic
             )
             + f" | {seconds:.1f}s {row['images_per_second']:.0f} img/s"
         )
+        rundir.check_losses(row)  # e.g. finite weights whose eval outputs overflow: stop here
 
         stop = False
         if stopper is not None and "eval_top1" in row:

@@ -187,7 +187,8 @@ def save_epoch(
     model.safetensors; ``best``: this epoch is the best so far; ``summary``: the stage ends here
     (summary.json, metrics.csv, curves.png are written before last.pt advances).
     """
-    if not weights_finite(ckpt["model"].values()):  # a last line of defence: see Diverged
+    check_losses(ckpt["metrics"])  # a last line of defence: the loop checks before this
+    if not weights_finite(ckpt["model"].values()):
         raise Diverged(f"training diverged: the weights after epoch {ckpt['epoch']} are not "
                        "finite; nothing of that epoch was saved")
     metrics.write(ckpt["metrics"])
@@ -328,6 +329,21 @@ def weights_finite(tensors: Iterable[torch.Tensor]) -> bool:
     """True when every floating tensor is finite (one host sync for all of them)."""
     checks = [torch.isfinite(t.detach()).all() for t in tensors if t.is_floating_point()]
     return bool(torch.stack(checks).all()) if checks else True
+
+
+def check_losses(row: dict[str, Any]) -> None:
+    """Raise Diverged if a loss of an epoch's metrics row (train, eval, EMA eval) is not finite:
+    finite weights whose outputs overflow on the eval data are as useless as NaN weights."""
+    for key in ("train_loss", "eval_loss", "ema_eval_loss"):
+        value = row.get(key)
+        if value is not None and not math.isfinite(value):
+            split = row.get("eval_split", "eval")
+            what = {"train_loss": "training", "eval_loss": split,
+                    "ema_eval_loss": f"EMA {split}"}[key]
+            raise Diverged(f"training diverged in epoch {row['epoch']}: the {what} loss is "
+                           f"{value} (lr {row.get('lr', float('nan')):.4g} at the epoch start); "
+                           f"nothing of epoch {row['epoch']} was saved; lower optim.lr or set "
+                           "optim.grad_clip")
 
 
 class DivergenceCheck:
