@@ -34,7 +34,7 @@ def dead_pid() -> int:
 def lock_file(run: Path, pid: int, host: str | None = None) -> Path:
     path = run / LOCK_FILE
     path.write_text(json.dumps({"pid": pid, "host": host or socket.gethostname(),
-                                "started": "2026-11-30T10:00:00", "token": "x"}))
+                                "started": "2026-11-30T10:00:00"}))
     return path
 
 

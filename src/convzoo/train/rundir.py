@@ -413,22 +413,20 @@ class Holder:
     host: str
     started: str  # local ISO time the lock was taken
     boot_start: int | None = None  # /proc/<pid>/stat start time: tells a reused pid apart
-    token: str = ""
 
     @staticmethod
     def this_process() -> Holder:
         stat = _proc_stat(os.getpid())
         return Holder(os.getpid(), socket.gethostname(),
                       datetime.now().isoformat(timespec="seconds"),
-                      stat[1] if stat else None, os.urandom(8).hex())
+                      stat[1] if stat else None)
 
     @staticmethod
     def parse(data: bytes) -> Holder | None:
         try:
             d = json.loads(data)
             return Holder(int(d["pid"]), str(d["host"]), str(d["started"]),
-                          None if d.get("boot_start") is None else int(d["boot_start"]),
-                          str(d.get("token", "")))
+                          None if d.get("boot_start") is None else int(d["boot_start"]))
         except (ValueError, KeyError, TypeError):
             return None
 
