@@ -371,14 +371,19 @@ def test_a_real_read_only_filesystem_is_one_line(ref: Reference, tmp_path: Path)
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
 
 
+@pytest.mark.parametrize("at", ["config.yaml", "metrics.jsonl"])
 def test_full_disk_on_a_fresh_run_leaves_no_run_directory(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], at: str
 ) -> None:
     with pytest.MonkeyPatch.context() as mp:
-        fail_at(mp, 1, errno.ENOSPC)  # its first metrics row
+        if at == "config.yaml":
+            mp.setattr(rundir, "write_config", lambda run_dir, cfg: rundir.write_file(
+                run_dir / "config.yaml", lambda tmp: (_ for _ in ()).throw(OSError(28, "full"))))
+        else:
+            fail_at(mp, 1, errno.ENOSPC)  # its first metrics row
         code = main(["train", *ARGS, "--epochs", "1", "--out", str(tmp_path), "--name", "x"])
-    err = capsys.readouterr().err
-    assert code == 2 and "No space left on device" in err and "Traceback" not in err
+    err = [x for x in capsys.readouterr().err.splitlines() if x.startswith("convzoo:")]
+    assert code == 2 and err[0].startswith(f"convzoo: error: cannot write {tmp_path}/x/{at}: ")
     assert not any(tmp_path.iterdir())
 
 

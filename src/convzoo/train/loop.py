@@ -259,8 +259,6 @@ def fit(cfg: C.Config, resume: Path | None = None) -> Path:
         lock = rundir.RunLock.acquire(Path(resume)) if resume is not None else new_run_dir(cfg)
     try:
         run_dir = lock.run_dir if lock is not None else None
-        if lock is not None:
-            rundir.write_config(lock.run_dir, cfg)
         if rt.world_size > 1:  # every rank works in rank 0's run directory; only rank 0 writes
             shared = [str(run_dir) if rt.is_main else None]
             torch.distributed.broadcast_object_list(shared, src=0)
@@ -271,6 +269,8 @@ def fit(cfg: C.Config, resume: Path | None = None) -> Path:
             state = ckpt_io.load_checkpoint(run_dir, "last")
         trained = False
         try:
+            if lock is not None:
+                rundir.write_config(run_dir, cfg)
             for stage_cfg in stage_plan(cfg):
                 done = state["epoch"] if state is not None else 0
                 if done >= stage_cfg.train.epochs:
