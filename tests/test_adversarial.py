@@ -15,9 +15,12 @@ that the parts can grow independently.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import shlex
 import shutil
+import socket
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -208,6 +211,27 @@ def foreign_checkpoint(tmp: Path) -> None:
                 "model": create_model("resnet20").state_dict(), "ema": None}, tmp / "file")
 
 
+def _run(tmp: Path, lock: dict | str | None = None, mode: int | None = None) -> None:
+    """{tmp} as a run directory (config.yaml), with a lock file and/or a permission mode."""
+    if mode is not None and os.geteuid() == 0:
+        pytest.skip("root ignores file permissions")
+    (tmp / "config.yaml").write_text("data: {source: digits}\n")
+    if lock is not None:
+        text = lock if isinstance(lock, str) else json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "started": "2026-11-30T10:00:00",
+             **lock})
+        (tmp / ".lock").write_text(text)
+    if mode is not None:
+        tmp.chmod(mode)
+
+
+def _read_only(path: Path) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file permissions")
+    path.mkdir()
+    path.chmod(0o555)
+
+
 # Run directories, checkpoints, resume, eval / predict / export of a run.
 RUN_CASES: list[Bad] = [
     Bad("eval {tmp}/not-a-run", "not-a-run"),
@@ -230,6 +254,19 @@ RUN_CASES: list[Bad] = [
     Bad("eval {file}", "do not fit", setup=foreign_checkpoint, id="eval a foreign checkpoint"),
     Bad("export {file} --format safetensors --out {tmp}/w.safetensors", "do not fit",
         setup=foreign_checkpoint, id="export a foreign checkpoint"),
+    Bad("train --resume {tmp}", "in use by another convzoo run",
+        setup=lambda tmp: _run(tmp, lock={}), id="resume-locked-by-a-live-process"),
+    Bad("train --resume {tmp}", "on elsewhere.example",
+        setup=lambda tmp: _run(tmp, lock={"host": "elsewhere.example", "pid": 1}),
+        id="resume-locked-from-another-host"),
+    Bad("train --resume {tmp}", "unreadable", setup=lambda tmp: _run(tmp, lock="garbage"),
+        id="resume-unreadable-lock"),
+    Bad("train --resume {tmp}", "Permission denied", setup=lambda tmp: _run(tmp, mode=0o555),
+        id="resume-read-only-run"),
+    Bad("train --data digits --out {tmp}/ro", "Permission denied",
+        setup=lambda tmp: _read_only(tmp / "ro"), id="train-into-read-only-folder"),
+    Bad("train --data digits --set data.image_size=8 --set data.limit=64 --batch-size 32 "
+        "--lr 1e9 --out {tmp}/runs", "training diverged in epoch"),
 ]
 
 CASES = CONFIG_CASES + DATA_CASES + RUN_CASES

@@ -39,44 +39,69 @@ def _metrics_path(run_dir: str | Path) -> Path:
     return path
 
 
-def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Per-epoch records of a run (``run_dir`` or its metrics.jsonl), sorted by epoch.
+def read_metrics_file(path: Path, text: str) -> list[dict[str, Any]]:
+    """The records of metrics.jsonl ``text`` (read from ``path``), in file order.
 
-    Records without an ``epoch`` key are skipped. When an epoch appears more than once (a run
-    resumed from a checkpoint older than its last logged epoch) the last record wins.
+    A last line without its newline that is not valid JSON is an append cut short by a kill:
+    it is skipped. Any other bad line is an error naming ``path`` and the line. Records without
+    an ``epoch`` key are skipped.
     """
-    path = _metrics_path(run_dir)
-    by_epoch: dict[int, dict[str, Any]] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as e:
-        raise ConvzooError(f"cannot read {path}: {e.strerror}") from None
+    lines = text.split("\n")  # a complete file ends with "\n": the last piece is then ""
+    records = []
     for i, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
+            if i == len(lines):  # torn: no newline after it
+                continue
             raise ConvzooError(f"{path}:{i}: not valid JSON ({e.msg})") from None
         if not isinstance(record, dict):
             raise ConvzooError(f"{path}:{i}: expected a JSON object")
         if "epoch" in record:
-            by_epoch[int(record["epoch"])] = record
+            records.append(record)
+    return records
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Per-epoch records of a run (``run_dir`` or its metrics.jsonl), sorted by epoch.
+
+    When an epoch appears more than once (a log written by an older convzoo, resumed from a
+    checkpoint older than its last logged epoch) the last record wins. A torn last line (a kill
+    mid-append) is skipped; see :func:`read_metrics_file`.
+    """
+    path = _metrics_path(run_dir)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConvzooError(f"cannot read {path}: {e.strerror}") from None
+    by_epoch = {int(r["epoch"]): r for r in read_metrics_file(path, text)}
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def write_metrics_csv(run_dir: str | Path) -> Path:
-    """Write ``metrics.csv`` beside metrics.jsonl: one row per epoch, every key a column."""
+def write_metrics_csv(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``metrics.csv`` (one row per epoch, every key a column) to ``out``, by default
+    atomically beside metrics.jsonl."""
     records = read_metrics(run_dir)
     columns: list[str] = []
     for r in records:
         columns.extend(k for k in r if k not in columns)
-    out = _metrics_path(run_dir).with_name("metrics.csv")
-    with out.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(records)
-    return out
+
+    def write(path: Path) -> None:
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
+            writer.writeheader()
+            writer.writerows(records)
+
+    if out is not None:
+        write(Path(out))
+        return Path(out)
+    from convzoo.train.checkpoint import atomic_write  # torch: only when writing a run's file
+
+    target = _metrics_path(run_dir).with_name("metrics.csv")
+    atomic_write(target, write)
+    return target
 
 
 def read_summary(run_dir: str | Path) -> dict[str, Any]:
@@ -87,7 +112,8 @@ def read_summary(run_dir: str | Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ConvzooError(f"cannot read {path}: {e}") from None
+        raise ConvzooError(f"cannot read {path} ({e}); `convzoo train --resume {Path(run_dir)}` "
+                           "rebuilds it for a finished run") from None
     return data if isinstance(data, dict) else {}
 
 

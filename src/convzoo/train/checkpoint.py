@@ -9,12 +9,13 @@ schedule, EMA, RNG, epoch).
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_save
 
 from convzoo.errors import ConvzooError
 
@@ -22,27 +23,99 @@ FORMAT = "convzoo-checkpoint"
 VERSION = 1
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file in the same directory, fsync, then rename over `path`.
+TEMP_TAG = ".tmp"  # temp files are ".<name>.<random>.tmp<suffix>": hidden, and never taken as good
 
-    A process killed at any moment leaves either the old file or the new one, never a torn one.
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """The one way convzoo writes a file it must not tear: ``write(tmp)`` fills a temp file in
+    the same directory, which is fsync'd and renamed over ``path``; then the directory is fsync'd
+    so that the rename itself survives a power cut.
+
+    A process killed at any moment leaves either the old file or the new one, never a torn one
+    (at worst a hidden temp file, removed by :func:`remove_stale_temps`). The temp keeps
+    ``path``'s suffix so that writers choosing a format by extension (matplotlib) still work.
+    On any error (also KeyboardInterrupt / SystemExit) the temp is removed and ``path`` is as it
+    was; the error propagates unchanged.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    while True:  # like mkstemp, but the file gets the umask's mode (mkstemp: always 0600)
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_TAG}{path.suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames/creations in ``directory`` durable (a no-op where directories cannot be
+    opened, e.g. Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Sink:
+    """The file torch.save writes to, keeping the OSError of a failed write: torch itself
+    reports a full disk as ``RuntimeError: unexpected pos ...``, losing the reason."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.error = f, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save through :func:`atomic_write`: the old checkpoint or the new, never a torn one.
+    A disk problem surfaces as the OSError it is (ENOSPC, EDQUOT...)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            sink = _Sink(f)
+            try:
+                torch.save(obj, sink)
+            except RuntimeError:
+                if sink.error is not None:
+                    raise sink.error from None
+                raise
+
+    atomic_write(path, write)
 
 
 def remove_stale_temps(run_dir: Path) -> int:
-    """Delete temp files a killed writer left in `run_dir` (never taken as good); returns count."""
-    stale = list(Path(run_dir).glob(".*.tmp"))
+    """Delete temp files a killed writer left in `run_dir` (never taken as good); returns count.
+
+    Call it only while owning the directory (``rundir.RunLock``): a live writer's temp matches
+    the same pattern.
+    """
+    stale = [p for p in Path(run_dir).glob(f".*{TEMP_TAG}*") if p.is_file()]
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return len(stale)
@@ -52,16 +125,11 @@ def save_safetensors(
     state_dict: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]
 ) -> None:
     """Weights only, shareable and safe to load; written atomically like the checkpoint."""
-    path = Path(path)
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # Serialised in memory and written by Python: safetensors' own file writer reports a full
+    # disk as a SafetensorError, not as the OSError it is.
+    data = safetensors_save(tensors, metadata=metadata)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:

@@ -8,7 +8,6 @@ on the host.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from convzoo.train.rundir import MetricsLog
 
 log = logging.getLogger("convzoo")
 
@@ -147,17 +148,11 @@ class Progress:
 
 
 class MetricsWriter:
-    """Appends one JSON object per epoch to metrics.jsonl (and TensorBoard scalars)."""
+    """One row per epoch to metrics.jsonl (``rundir.MetricsLog``: appended, fsync'd) and to
+    TensorBoard scalars."""
 
     def __init__(self, run_dir: Path, tensorboard: bool, resume_epoch: int = 0):
-        self.path = run_dir / "metrics.jsonl"
-        if self.path.exists():  # drop epochs after the checkpoint we resumed from
-            kept = [
-                ln
-                for ln in self.path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("epoch", 0) <= resume_epoch
-            ]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+        self.log = MetricsLog(run_dir, keep_through=resume_epoch)  # drops rows to be retrained
         self.tb = None
         if tensorboard:
             try:
@@ -170,8 +165,7 @@ class MetricsWriter:
                 log.warning("tensorboard unavailable; skipping event files")
 
     def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        self.log.append(row)
         if self.tb is not None:
             for key, value in row.items():
                 if isinstance(value, (int, float)) and key != "epoch":

@@ -6,14 +6,15 @@ Read it top to bottom: there are no callbacks and no trainer class. What a stage
 ``convzoo bench``. Exact resume works because everything random in epoch ``e`` is seeded from
 ``(seed, e)`` (see ``epoch_seed``) and all other state is in ``last.pt``, written atomically.
 
-Files of a run directory are written in three places only: ``start_stage_files`` (config.yaml,
-when a stage starts), ``write_epoch_files`` (metrics row, checkpoints, weights) and
-``write_summary`` (summary.json, metrics.csv, curves.png at the end of ``fit``).
+Every file of a run directory is written by ``train/rundir.py``: config.yaml when a stage
+starts, and after each epoch the metrics row, weights, best.pt, (at a stage's end) the summary,
+then last.pt, in the order that survives a kill at any point. ``fit`` owns the directory
+(``rundir.RunLock``) from start to exit.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import math
 import resource
 import shutil
@@ -31,6 +32,7 @@ from convzoo.data.pipeline import Loader, build_pipeline
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import autocast, evaluate
 from convzoo.train import checkpoint as ckpt_io
+from convzoo.train import rundir
 from convzoo.train.logging import Eta, MetricsWriter, Progress, format_seconds, log
 from convzoo.train.schedule import set_lr
 from convzoo.train.setup import (
@@ -56,12 +58,17 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def train_one_epoch(run: Run, loader: Loader, lrs: list[float],
-                    progress: Progress | None = None) -> dict[str, float]:
+                    progress: Progress | None = None, *, epoch: int | None = None
+                    ) -> dict[str, float]:
     """One pass over ``loader``, step ``i`` at base lr ``lrs[i]``. Loss and accuracy sums stay on
     the device (no per-step sync). Under fp16 the loss is scaled (``run.scaler``): steps whose
-    gradients overflow are skipped and the scale lowered; in bf16/fp32 the scaler is a no-op."""
+    gradients overflow are skipped and the scale lowered; in bf16/fp32 the scaler is a no-op.
+
+    A non-finite loss raises ``rundir.Diverged`` (epoch, step, lr) at the next progress read or
+    at the epoch end, before anything of the epoch is saved."""
     model, optimizer, scaler, rt = run.step_model, run.optimizer, run.scaler, run.rt
     grad_clip = run.cfg.optim.grad_clip
+    watch = rundir.DivergenceCheck(lrs, rt.device, epoch=epoch, early=rt.world_size == 1)
     model.train()
     loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
     correct = torch.zeros((), device=rt.device, dtype=torch.int64)
@@ -82,16 +89,19 @@ def train_one_epoch(run: Run, loader: Loader, lrs: list[float],
         scaler.update()
         if run.ema is not None:
             run.ema.update(run.model)
+        watch.update(step + 1, loss)
         loss_sum += loss.detach().double() * y.shape[0]
         correct += (logits.detach().argmax(dim=1) == y).sum()
         count += y.shape[0]
         if progress is not None:
-            progress.update(step + 1, y.shape[0], lambda s=loss_sum, n=count: s.item() / n)
+            progress.update(step + 1, y.shape[0],
+                            lambda s=loss_sum, n=count: watch.running(s.item() / n))
     totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(count), device=rt.device,
                                                                    dtype=torch.float64)])
     if rt.world_size > 1:  # figures over all ranks' images, not rank 0's share
         torch.distributed.all_reduce(totals)
     loss_total, correct_total, n = totals.tolist()
+    watch.finish(loss_total / n, run.model.parameters())
     return {"loss": loss_total / n, "top1": 100.0 * correct_total / n, "count": int(n)}
 
 
@@ -259,21 +269,14 @@ def resume_config(run_dir: Path, overrides: dict[str, Any],
 # ----------------------------------------------------------------------------- fit
 
 
-def new_run_dir(cfg: C.Config) -> Path:
+def new_run_dir(cfg: C.Config) -> rundir.RunLock:
+    """A new run directory, created atomically (never an earlier run's) and owned."""
+    model = cfg.model.name.replace(":", "-")  # timm:<name> -> a plain folder name
     name = cfg.train.name or (
-        f"{cfg.model.name}-{Path(cfg.data.source).name or cfg.data.source}-"
+        f"{model}-{Path(cfg.data.source).name or cfg.data.source}-"
         f"{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     )
-    parent = Path(cfg.train.out).expanduser()
-    run_dir, n = parent / name, 1
-    while run_dir.exists() and any(run_dir.iterdir()):  # never overwrite an earlier run
-        n += 1
-        run_dir = parent / f"{name}-{n}"
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConvzooError(f"cannot create run directory {run_dir}: {e.strerror}") from None
-    return run_dir
+    return rundir.create(Path(cfg.train.out), name)
 
 
 def prepare_stage(stage: Stage, rt: Runtime, ckpt: dict[str, Any] | None) -> Run:
@@ -309,23 +312,38 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
 
     With ``resume``, continue the run in that directory from ``last.pt`` (``ckpt``, if the
     caller has loaded it), or from scratch with its config when it has no checkpoint yet. A run
-    with nothing left to train writes nothing.
+    with nothing left to train is not trained again; end-of-run files it misses are rebuilt.
+    Rank 0 owns the run directory (``rundir.RunLock``) for the whole call: a resumed run's lock
+    is taken before anything is read, a new run's directory is created only once everything
+    has been validated, so bad input leaves no directory behind.
     """
-    rt, todo, run = check(cfg, resume, ckpt)
-    if run is None:
-        log.info(f"{resume}: every stage has been trained; nothing to do (nothing written)")
-        return Path(resume)  # type: ignore[arg-type]
-    run_dir = Path(resume) if resume is not None else None
-    if rt.is_main:
-        if run_dir is None:
-            run_dir = new_run_dir(cfg)
-        else:
-            ckpt_io.remove_stale_temps(run_dir)  # left by a writer killed mid-save
-    if rt.world_size > 1:  # every rank works in rank 0's run directory; only rank 0 writes
-        shared = [str(run_dir) if rt.is_main else None]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        run_dir = Path(shared[0])  # type: ignore[arg-type]
-    assert run_dir is not None
+    rt = resolve_runtime(cfg.train)  # under torchrun this joins the process group
+    with contextlib.ExitStack() as owner:
+        lock = None
+        if resume is not None and rt.is_main:
+            lock = owner.enter_context(rundir.RunLock.acquire(Path(resume)))
+        if ckpt is None and resume is not None and (Path(resume) / "last.pt").exists():
+            ckpt = ckpt_io.load_checkpoint(resume, "last")
+        rt, todo, run = check(cfg, resume, ckpt)
+        if run is None:  # a finished run: rebuild what its end must have left, if missing
+            if rt.is_main and ckpt is not None:
+                rundir.complete(Path(resume), ckpt, str(rt.device))  # type: ignore[arg-type]
+            return Path(resume)  # type: ignore[arg-type]
+        if resume is None and rt.is_main:
+            lock = owner.enter_context(new_run_dir(cfg))
+        run_dir = lock.run_dir if lock is not None else None
+        if rt.world_size > 1:  # every rank works in rank 0's run directory; only rank 0 writes
+            shared = [str(run_dir) if rt.is_main else None]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            run_dir = Path(shared[0])  # type: ignore[arg-type]
+        assert run_dir is not None
+        train_stages(cfg, run_dir, rt, todo, run, fresh=resume is None)
+        return run_dir
+
+
+def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], run: Run, *,
+                 fresh: bool) -> None:
+    """Train the stages ``todo`` in ``run_dir``, the first one already built (``run``)."""
     writer = MetricsWriter(run_dir, cfg.train.tensorboard, resume_epoch=run.state.epoch) \
         if rt.is_main else None
     eta = Eta(sum((s.end - max(s.start, run.state.epoch)) for s in todo) * len(run.data.train),
@@ -337,19 +355,16 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
                 run = prepare_stage(stage, rt, ckpt_out)
             cfg = mark_started(cfg, stage, run.state.epoch)
             if rt.is_main:
-                start_stage_files(run_dir, cfg)
+                rundir.write_config(run_dir, cfg)  # the whole plan and history so far
             ckpt_out = run_stage(run, run_dir, writer, eta)
     except ConvzooError:
         # Bad input found before anything was trained: leave no half-made run directory.
-        if resume is None and rt.is_main and not (run_dir / "last.pt").exists():
+        if fresh and rt.is_main and not (run_dir / "last.pt").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
         if writer is not None:
             writer.close()
-    if rt.is_main:
-        write_summary(run_dir, run, ckpt_out)
-    return run_dir
 
 
 def evals_between(cfg: C.TrainConfig, start: int) -> int:
@@ -385,7 +400,7 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None,
         progress = Progress(len(run.data.train), epoch, cfg.train.epochs, cfg.train.log_every,
                             rt.is_main, eta=eta)
         t0 = time.perf_counter()
-        stats = train_one_epoch(run, run.data.train, lrs, progress)
+        stats = train_one_epoch(run, run.data.train, lrs, progress, epoch=epoch)
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
         seconds = time.perf_counter() - t0
@@ -408,10 +423,14 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None,
         if improved:
             s.best_top1 = selected_top1(run, row)
         log.info(epoch_line(run, row, eta))
+        rundir.check_losses(row)  # finite weights whose eval outputs overflow: stop here too
         ckpt = checkpoint_state(run, row)
-        if rt.is_main:
-            save = s.stopped or epoch == cfg.train.epochs or epoch % cfg.train.save_every == 0
-            write_epoch_files(run_dir, ckpt, writer, save=save, improved=improved)
+        if rt.is_main:  # metrics row, weights, best.pt, summary (stage end), then last.pt
+            end = s.stopped or epoch == cfg.train.epochs
+            figures = rundir.summary(ckpt, run.params, peak_memory_mb(rt.device),
+                                     str(rt.device), rt.precision) if end else None
+            rundir.save_epoch(run_dir, ckpt, writer, best=improved, summary=figures,
+                              checkpoint=end or epoch % cfg.train.save_every == 0)
         if s.stopped:
             log.info(f"early stopping at epoch {epoch}: no improvement for "
                      f"{cfg.train.early_stop_patience} epochs")
@@ -435,105 +454,6 @@ def epoch_line(run: Run, row: dict[str, Any], eta: Eta) -> str:
     text += f" | {row['seconds']:.1f}s {row['images_per_second']:.0f} img/s"
     left = eta.left()
     return text + (f" | run ETA {format_seconds(left)}" if left else "")
-
-
-# ----------------------------------------------------------------------------- run files
-
-
-def start_stage_files(run_dir: Path, cfg: C.Config) -> None:
-    """At the start of every stage: config.yaml, the run's whole plan and history so far."""
-    C.save_config(cfg, run_dir / "config.yaml")
-
-
-def write_epoch_files(run_dir: Path, ckpt: dict[str, Any], writer: MetricsWriter | None, *,
-                      save: bool, improved: bool) -> None:
-    """After every epoch: the metrics row; ``last.pt`` and ``model.safetensors`` every
-    ``save_every`` epochs (and the last); ``best.pt`` when the judged top-1 improved."""
-    if writer is not None:
-        writer.write(ckpt["metrics"])
-    if save:
-        ckpt_io.atomic_save(ckpt, run_dir / "last.pt")
-        save_weights(ckpt, run_dir / "model.safetensors")
-    if improved:
-        ckpt_io.atomic_save(ckpt, run_dir / "best.pt")
-
-
-def save_weights(ckpt: dict[str, Any], path: Path) -> None:
-    """model.safetensors: the run's weights (EMA when it keeps one) plus what rebuilds the model."""
-    state, weights = ckpt_io.select_weights(ckpt, "auto")
-    meta = {
-        "model": ckpt["model_name"],
-        "num_classes": str(ckpt["num_classes"]),
-        "in_chans": str(ckpt["in_chans"]),
-        "classes": json.dumps(ckpt["classes"]),
-        "model_kwargs": json.dumps(ckpt["model_kwargs"]),
-        "weights": weights,
-        "format": "convzoo-weights",
-    }
-    ckpt_io.save_safetensors(state, path, meta)
-
-
-def write_summary(run_dir: Path, run: Run, ckpt: dict[str, Any]) -> None:
-    """summary.json (final figures) plus metrics.csv and curves.png from the metric log.
-
-    ``top1``/``top5``/``loss`` are those of ``weights`` (EMA when the run keeps one; the
-    trained weights' figures are then ``raw_*``); ``best_split`` says where best.pt was chosen.
-    """
-    cfg, rt, last = run.cfg, run.rt, ckpt["metrics"]
-    epochs, train_seconds = ckpt["epoch"], ckpt["train_seconds"]
-    prefix = "ema_eval_" if run.ema is not None else "eval_"
-    summary = {
-        "model": cfg.model.name,
-        "recipe": cfg.name,
-        "data": cfg.data.source,
-        "params": run.params,
-        "input": "x".join(str(v) for v in ckpt["image_shape"]),  # stored (C, H, W)
-        "epochs": epochs,
-        "split": ckpt["eval_split"],
-        "weights": run.weights,
-        "top1": last.get(prefix + "top1"),
-        "top5": last.get(prefix + "top5"),
-        "loss": last.get(prefix + "loss"),
-        "best_top1": ckpt["best_top1"],
-        "best_split": ckpt["eval_split"],
-        "train_seconds": train_seconds,
-        "seconds_per_epoch": train_seconds / max(epochs, 1),
-        "images_per_second": ckpt["train_images"] / max(train_seconds, 1e-9),
-        "train_images_per_epoch": ckpt["train_images"] // max(epochs, 1),
-        "peak_memory_mb": peak_memory_mb(rt.device),
-        "device": str(rt.device),
-        "precision": rt.precision,
-        "torch": torch.__version__,
-    }
-    if run.ema is not None:
-        summary.update({"ema_top1": last.get("ema_eval_top1"), "raw_top1": last.get("eval_top1"),
-                        "raw_top5": last.get("eval_top5"), "raw_loss": last.get("eval_loss")})
-    if ckpt["eval_split"] == "test":
-        summary["best_note"] = ("best.pt was chosen on the test split, so its test figure is "
-                                "optimistic; set data.val_fraction (or give the data a val/ "
-                                "split) to choose on held-out data")
-        log.warning(f"note: {summary['best_note']}")
-    # What airbench's timer covers: data-dependent init + training epochs + final evaluation.
-    # Excluded, as there: data loading, model construction, compilation, logging, checkpoints.
-    summary["init_seconds"] = ckpt.get("init_seconds", 0.0)
-    summary["compile_seconds"] = ckpt.get("compile_seconds", 0.0)
-    summary["final_eval_seconds"] = last.get("eval_seconds", 0.0)
-    summary["timed_seconds"] = (
-        summary["init_seconds"] + train_seconds + summary["final_eval_seconds"]
-    )
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    try:
-        from convzoo import report
-
-        report.write_metrics_csv(run_dir)
-        report.plot_curves(run_dir)
-    except Exception as e:  # a plotting problem must never lose a finished run
-        log.warning(f"could not write curves for {run_dir}: {e}")
-    log.info(
-        f"done: {cfg.model.name} {summary['split']} top1 {summary['top1']:.2f}% "
-        f"top5 {summary['top5']:.2f}% ({run.weights} weights) in {train_seconds:.1f}s "
-        f"-> {run_dir}"
-    )
 
 
 def describe(run: Run, todo: list[Stage]) -> str:

@@ -58,7 +58,7 @@ def _use_fused(cfg: OptimConfig, cls: type, device_type: str) -> bool:
     """Fused kernels only on CUDA: auto (None) uses them when torch has them, True insists."""
     if cfg.fused is False or device_type != "cuda":
         return False  # never on CPU, even when asked: CPU fused kernels are not the fast path
-    if not "fused" not in inspect.signature(cls).parameters:
+    if "fused" not in inspect.signature(cls).parameters:
         if cfg.fused is True:
             raise ConvzooError(
                 f"optim.fused=true but this torch has no fused {cls.__name__} (use auto or false)"

@@ -1,0 +1,707 @@
+"""The run directory: one owner, files that are never torn, and an order that survives a kill.
+
+Everything ``train`` writes into ``runs/<name>/`` goes through this module:
+
+    .lock               the owner: pid, host, start time (held from start to exit)
+    config.yaml         the resolved config (rewritten with a new stage's overrides)
+    metrics.jsonl       one JSON line per epoch, appended and fsync'd, never truncated in place
+    model.safetensors   weights of the newest checkpoint epoch
+    best.pt             the checkpoint of the best evaluated epoch
+    summary.json, metrics.csv, curves.png     written at the end of each stage
+    last.pt             the checkpoint ``--resume`` continues from
+
+What a reader can rely on after a kill at any point (SIGKILL, OOM, power loss):
+
+* Every file is absent, complete-old or complete-new, never torn (temp + fsync + rename, then
+  the directory fsync'd: ``checkpoint.atomic_write``). A hidden ``.<name>.*.tmp*`` is garbage
+  from a killed writer; the next owner deletes it. metrics.jsonl can end in one torn line
+  (a killed append); readers skip it and the next owner rewrites the file without it.
+* ``last.pt`` is the commit point and is written last in every epoch (:func:`save_epoch`):
+  metrics row -> model.safetensors -> best.pt -> summary.json / metrics.csv / curves.png ->
+  last.pt. So every other file is at least as new as ``last.pt``, and once ``last.pt`` holds a
+  stage's final epoch, that stage's best.pt and summary are already complete. Anything newer
+  than ``last.pt`` belongs to an epoch that ``--resume`` trains again; since that replay is
+  exact (same seed per epoch), it rewrites those files with the same content, and drops
+  metrics rows after ``last.pt``'s epoch.
+* No file ever holds non-finite weights: a diverged epoch raises :class:`Diverged` before its
+  first write, so the last good epoch's files stay untouched.
+* At most one process trains in a directory (:class:`RunLock`); ``--resume`` of a finished run
+  rebuilds a missing summary.json / metrics.csv / curves.png / model.safetensors
+  (:func:`complete`) and says what it rebuilt.
+
+A write that fails (full or read-only disk) raises a one-line ``ConvzooError`` naming the file;
+the directory is then as a kill at that point would have left it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from convzoo import config as C
+from convzoo.errors import ConvzooError
+from convzoo.train import checkpoint as ckpt_io
+
+try:
+    import fcntl
+except ImportError:  # Windows: the O_EXCL lock file alone (no kernel lock, pid check only)
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("convzoo")
+
+LOCK_FILE = ".lock"
+METRICS_FILE = "metrics.jsonl"
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn an OSError while writing `path` (disk full, read-only, quota) into one line."""
+    try:
+        yield
+    except OSError as e:
+        reason = e.strerror or str(e)
+        raise ConvzooError(f"cannot write {path}: {reason}") from None
+
+
+def write_file(path: Path, write: Callable[[Path], Any]) -> None:
+    """``checkpoint.atomic_write`` with a disk problem reported as one line."""
+    with _writing(path):
+        ckpt_io.atomic_write(path, write)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_file(path, lambda tmp: tmp.write_text(text))
+
+
+def write_config(run_dir: Path, cfg: C.Config) -> None:
+    """config.yaml: the resolved config that actually runs."""
+    write_text(run_dir / "config.yaml", yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
+
+
+def save_weights(ckpt: dict[str, Any], path: Path) -> None:
+    """model.safetensors: the run's weights (EMA when it keeps one), what rebuilds the model,
+    and their epoch."""
+    state, weights = ckpt_io.select_weights(ckpt, "auto")
+    meta = {
+        "model": ckpt["model_name"],
+        "num_classes": str(ckpt["num_classes"]),
+        "in_chans": str(ckpt["in_chans"]),
+        "classes": json.dumps(ckpt["classes"]),
+        "model_kwargs": json.dumps(ckpt["model_kwargs"]),
+        "weights": weights,
+        "epoch": str(ckpt["epoch"]),
+        "format": "convzoo-weights",
+    }
+    with _writing(path):
+        ckpt_io.save_safetensors(state, path, meta)
+
+
+def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
+    with _writing(path):
+        ckpt_io.atomic_save(ckpt, path)
+
+
+# ----------------------------------------------------------------------------- metrics.jsonl
+
+
+class MetricsLog:
+    """metrics.jsonl, owned here: rows appended with fsync, the file never truncated in place.
+
+    Opening it for a run that continues from epoch ``keep_through`` drops later rows (epochs
+    that will be trained again) and a torn last line, by rewriting the file atomically; a file
+    that needs neither is left untouched.
+    """
+
+    def __init__(self, run_dir: Path, keep_through: int = 0) -> None:
+        self.path = Path(run_dir) / METRICS_FILE
+        if not self.path.exists():
+            return
+        from convzoo.report import read_metrics_file
+
+        try:
+            text = self.path.read_text()
+        except OSError as e:
+            raise ConvzooError(f"cannot read {self.path}: {e.strerror}") from None
+        rows = read_metrics_file(self.path, text)
+        kept = [r for r in rows if int(r["epoch"]) <= keep_through]
+        if len(kept) != len(rows) or (text and not text.endswith("\n")):
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def append(self, row: dict[str, Any]) -> None:
+        """One line, on disk (fsync'd) when this returns."""
+        with _writing(self.path):
+            append_line(self.path, json.dumps(row) + "\n")
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` with O_APPEND and fsync it (and the directory, for a new file).
+
+    The one append primitive, beside ``checkpoint.atomic_write``: a kill leaves the file with
+    or without the line, or with a torn last line (no newline) that readers skip.
+    """
+    new = not path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(line.encode())
+        while view:  # a short write (signal, quota) continues where it stopped
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if new:
+        ckpt_io.fsync_dir(path.parent)
+
+
+# ----------------------------------------------------------------------------- an epoch's files
+
+
+def save_epoch(
+    run_dir: Path,
+    ckpt: dict[str, Any],
+    metrics: Any,
+    *,
+    checkpoint: bool,
+    best: bool,
+    summary: dict[str, Any] | None = None,
+) -> None:
+    """Write epoch ``ckpt['epoch']``'s files in the order the module docstring relies on.
+
+    ``metrics`` has ``write(row)`` (``logging.MetricsWriter``: this module's MetricsLog plus
+    TensorBoard); the row is ``ckpt['metrics']``. ``checkpoint``: advance last.pt and
+    model.safetensors; ``best``: this epoch is the best so far; ``summary``: the stage ends here
+    (summary.json, metrics.csv, curves.png are written before last.pt advances).
+    """
+    check_losses(ckpt["metrics"])  # a last line of defence: the loop checks before this
+    if not weights_finite(ckpt["model"].values()):
+        raise Diverged(f"training diverged: the weights after epoch {ckpt['epoch']} are not "
+                       "finite; nothing of that epoch was saved")
+    metrics.write(ckpt["metrics"])
+    if checkpoint:
+        save_weights(ckpt, run_dir / "model.safetensors")
+    if best:
+        save_checkpoint(ckpt, run_dir / "best.pt")
+    if summary is not None:
+        write_summary(run_dir, summary)
+    if checkpoint:
+        save_checkpoint(ckpt, run_dir / "last.pt")
+
+
+def summary(ckpt: dict[str, Any], params: int, peak_memory_mb: float, device: str,
+            precision: str | None = None) -> dict[str, Any]:
+    """summary.json's figures, from the stage's last checkpoint and its final metrics row.
+
+    ``top1``/``top5``/``loss`` are those of ``weights`` (EMA when the run keeps one; the trained
+    weights' figures are then ``raw_*``); ``best_split`` says where best.pt was chosen.
+    """
+    cfg = ckpt["config"]
+    row = ckpt["metrics"]
+    epochs = max(int(ckpt["epoch"]), 1)
+    train_seconds = ckpt["train_seconds"]
+    weights = ckpt.get("weights", "raw")
+    prefix = "ema_eval_" if weights == "ema" else "eval_"
+    out = {
+        "model": ckpt["model_name"],
+        "recipe": cfg.get("name"),
+        "data": cfg["data"]["source"],
+        "params": params,
+        "input": "x".join(str(v) for v in ckpt["image_shape"]),  # stored (C, H, W)
+        "epochs": ckpt["epoch"],
+        "split": ckpt["eval_split"],
+        "weights": weights,
+        "top1": row.get(prefix + "top1"),
+        "top5": row.get(prefix + "top5"),
+        "loss": row.get(prefix + "loss"),
+        "best_top1": ckpt["best_top1"],
+        "best_split": ckpt["eval_split"],
+        "train_seconds": train_seconds,
+        "seconds_per_epoch": train_seconds / epochs,
+        "images_per_second": ckpt["train_images"] / max(train_seconds, 1e-9),
+        "train_images_per_epoch": ckpt["train_images"] // epochs,
+        "peak_memory_mb": peak_memory_mb,
+        "device": device,
+        "precision": precision,
+        "torch": torch.__version__,
+    }
+    if weights == "ema":
+        out.update({"ema_top1": row.get("ema_eval_top1"), "raw_top1": row.get("eval_top1"),
+                    "raw_top5": row.get("eval_top5"), "raw_loss": row.get("eval_loss")})
+    if ckpt["eval_split"] == "test":
+        out["best_note"] = ("best.pt was chosen on the test split, so its test figure is "
+                            "optimistic; set data.val_fraction (or give the data a val/ split) "
+                            "to choose on held-out data")
+    # What airbench's timer covers: data-dependent init + training epochs + final evaluation.
+    # Excluded, as there: data loading, model construction, compilation, logging, checkpoints.
+    out["init_seconds"] = ckpt.get("init_seconds", 0.0)
+    out["compile_seconds"] = ckpt.get("compile_seconds", 0.0)
+    out["final_eval_seconds"] = row.get("eval_seconds", 0.0)
+    out["timed_seconds"] = out["init_seconds"] + train_seconds + out["final_eval_seconds"]
+    return out
+
+
+def write_summary(run_dir: Path, figures: dict[str, Any]) -> None:
+    """summary.json, then metrics.csv and curves.png from the metric log (a plotting problem is
+    a warning: it must never lose a finished run)."""
+    write_text(run_dir / "summary.json", json.dumps(figures, indent=2) + "\n")
+    _write_reports(run_dir)
+    top1, top5 = figures.get("top1"), figures.get("top5")
+    if figures.get("best_note"):
+        log.warning(f"note: {figures['best_note']}")
+    log.info(
+        f"done: {figures['model']} {figures['split']} top1 {_pct(top1)} top5 {_pct(top5)} "
+        f"({figures.get('weights', 'raw')} weights) in {figures['train_seconds']:.1f}s "
+        f"-> {run_dir}"
+    )
+
+
+def _pct(v: Any) -> str:
+    return f"{v:.2f}%" if isinstance(v, (int, float)) else "n/a"
+
+
+def _write_reports(run_dir: Path, which: Iterable[str] = ("metrics.csv", "curves.png")) -> None:
+    """metrics.csv and curves.png from metrics.jsonl. A full or read-only disk is an error like
+    any other write; anything else (a plotting problem) only a warning."""
+    from convzoo import report
+
+    writers: dict[str, Callable[[Path], Any]] = {
+        "metrics.csv": lambda tmp: report.write_metrics_csv(run_dir, out=tmp),
+        "curves.png": lambda tmp: report.plot_curves(run_dir, out=tmp),
+    }
+    for name in which:
+        try:
+            write_file(run_dir / name, writers[name])
+        except ConvzooError:
+            raise
+        except Exception as e:
+            log.warning(f"could not write {run_dir / name}: {e}")
+
+
+def complete(run_dir: Path, ckpt: dict[str, Any], device: str) -> list[str]:
+    """A finished run resumed: rebuild what a run end must have left but is missing.
+
+    Rebuilds model.safetensors (from last.pt), summary.json (missing, unreadable, or of an
+    older epoch; its peak memory then comes from the last metrics row, ``device`` is this
+    process's, and the file says ``"rebuilt": true``), metrics.csv and curves.png; logs what it
+    did and returns the rebuilt names.
+    """
+    from convzoo.report import read_summary
+
+    done: list[str] = []
+    if not (run_dir / "model.safetensors").is_file():
+        save_weights(ckpt, run_dir / "model.safetensors")
+        done.append("model.safetensors")
+    try:
+        stale = read_summary(run_dir).get("epochs") != ckpt["epoch"]
+    except ConvzooError:  # e.g. a 0-byte file from a torn write by an older convzoo
+        stale = True
+    if stale:
+        figures = summary(ckpt, _count_params(ckpt), ckpt["metrics"].get("peak_memory_mb", 0.0),
+                          device)
+        figures["rebuilt"] = True
+        write_text(run_dir / "summary.json", json.dumps(figures, indent=2) + "\n")
+        done.append("summary.json")
+    missing = [n for n in ("metrics.csv", "curves.png") if not (run_dir / n).is_file()]
+    if missing:
+        _write_reports(run_dir, missing)
+        done.extend(n for n in missing if (run_dir / n).is_file())
+    what = f"rebuilt {', '.join(done)}" if done else "nothing to do"
+    log.info(f"{run_dir}: already trained to epoch {ckpt['epoch']}; {what}")
+    return done
+
+
+def _count_params(ckpt: dict[str, Any]) -> int:
+    """Trainable parameters of the checkpoint's model, built on the meta device (no memory)."""
+    from convzoo.models import create_model
+
+    with torch.device("meta"):
+        model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"],
+                             in_chans=ckpt["in_chans"], **ckpt["model_kwargs"])
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------- divergence
+
+
+class Diverged(ConvzooError):
+    """Training produced a non-finite loss or weights; nothing of that epoch was written."""
+
+
+def weights_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """True when every floating tensor is finite (one host sync for all of them)."""
+    checks = [torch.isfinite(t.detach()).all() for t in tensors if t.is_floating_point()]
+    return bool(torch.stack(checks).all()) if checks else True
+
+
+def check_losses(row: dict[str, Any]) -> None:
+    """Raise Diverged if a loss of an epoch's metrics row (train, eval, EMA eval) is not finite:
+    finite weights whose outputs overflow on the eval data are as useless as NaN weights."""
+    for key in ("train_loss", "eval_loss", "ema_eval_loss"):
+        value = row.get(key)
+        if value is not None and not math.isfinite(value):
+            split = row.get("eval_split", "eval")
+            what = {"train_loss": "training", "eval_loss": split,
+                    "ema_eval_loss": f"EMA {split}"}[key]
+            raise Diverged(f"training diverged in epoch {row['epoch']}: the {what} loss is "
+                           f"{value} (lr {row.get('lr', float('nan')):.4g} at the epoch start); "
+                           f"nothing of epoch {row['epoch']} was saved; lower optim.lr or set "
+                           "optim.grad_clip")
+
+
+class DivergenceCheck:
+    """Finds the first optimizer step of an epoch whose loss is not finite, without a host sync
+    per step: the step number is kept on the device (``update``) and read only where the loop
+    syncs anyway, at a progress read (``running``) and at the epoch end (``finish``).
+
+    ``lrs``: the base lr of each of the epoch's steps (named in the error). ``early`` (single
+    process) lets a progress read stop the run at once; with several ranks only the epoch end
+    decides, on the all-reduced loss, so that every rank stops together.
+    """
+
+    def __init__(self, lrs: list[float], device: torch.device, *, epoch: int | None = None,
+                 early: bool = True) -> None:
+        self.lrs, self.epoch, self.early = lrs, epoch, early
+        self.first = torch.zeros((), dtype=torch.int64, device=device)  # 0 = all finite so far
+
+    def update(self, step: int, loss: torch.Tensor) -> None:
+        """After step ``step`` (1-based in the epoch): remember it if it is the first bad one."""
+        self.first = torch.where(torch.isfinite(loss.detach()) | (self.first > 0),
+                                 self.first, step)
+
+    def running(self, value: float) -> float:
+        """A progress read of the running mean loss: stop here if it is no longer finite."""
+        if self.early and not math.isfinite(value):
+            self._raise(value)
+        return value
+
+    def finish(self, loss: float, parameters: Iterable[torch.Tensor]) -> None:
+        """Epoch end (``loss``: the epoch's mean over all ranks; equal weights on every rank)."""
+        if not math.isfinite(loss):
+            self._raise(loss)
+        if not weights_finite(parameters):  # the last step's update overflowed: loss still finite
+            raise Diverged(f"training diverged{self._where()}: the weights are not finite after "
+                           f"its last step (lr {self._lr(None)}); {self._advice()}")
+
+    def _raise(self, value: float) -> None:
+        step = int(self.first.item()) or None  # None: only another rank saw it (DDP)
+        at = f", step {step}/{len(self.lrs)}" if step else ""
+        raise Diverged(f"training diverged{self._where()}{at}: the loss is {value} "
+                       f"(lr {self._lr(step)}); {self._advice()}")
+
+    def _where(self) -> str:
+        return f" in epoch {self.epoch}" if self.epoch is not None else ""
+
+    def _lr(self, step: int | None) -> str:
+        """The lr step ``step`` of this epoch used (None: the last step's)."""
+        if not self.lrs:
+            return "unknown"
+        return f"{self.lrs[step - 1 if step else -1]:.4g}"
+
+    def _advice(self) -> str:
+        what = f"epoch {self.epoch}" if self.epoch is not None else "this epoch"
+        return f"nothing of {what} was saved; lower optim.lr or set optim.grad_clip"
+
+
+# ----------------------------------------------------------------------------- the owner
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a run directory: what the lock file says."""
+
+    pid: int
+    host: str
+    started: str  # local ISO time the lock was taken
+    boot_start: int | None = None  # /proc/<pid>/stat start time: tells a reused pid apart
+
+    @staticmethod
+    def this_process() -> Holder:
+        stat = _proc_stat(os.getpid())
+        return Holder(os.getpid(), socket.gethostname(),
+                      datetime.now().isoformat(timespec="seconds"),
+                      stat[1] if stat else None)
+
+    @staticmethod
+    def parse(data: bytes) -> Holder | None:
+        try:
+            d = json.loads(data)
+            return Holder(int(d["pid"]), str(d["host"]), str(d["started"]),
+                          None if d.get("boot_start") is None else int(d["boot_start"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}, since {self.started}"
+
+    def alive(self) -> bool:
+        """Whether the process is still running (only meaningful on its own host)."""
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:  # EPERM: alive, another user's
+            pass
+        stat = _proc_stat(self.pid)
+        if stat is not None:
+            state, start = stat
+            if state in "ZX":  # exited, not yet reaped
+                return False
+            if self.boot_start is not None and start != self.boot_start:
+                return False  # the pid now belongs to another process
+        return True
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks after boot) from /proc (Linux), else None."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()  # the command name may contain spaces
+    return fields[0], int(fields[19])
+
+
+class RunLock:
+    """Exclusive ownership of a run directory, held from ``acquire`` to ``release``.
+
+    The lock is ``RUN_DIR/.lock``, created with O_EXCL (atomic, also on NFS) and holding
+    :class:`Holder` as JSON; the owner also holds ``flock`` on it, which the kernel drops when
+    the process dies, however it dies. Another process then finds:
+
+    * the flock taken: the owner is alive; fail at once naming it.
+    * the flock free, the lock from this host, its pid gone: stale (the owner was killed).
+      It is taken over in place while holding the flock, so of two processes taking over the
+      same stale lock exactly one wins.
+    * the lock from another host: never broken (its liveness cannot be checked from here);
+      the error says how to remove it.
+
+    Children forked while the lock is held (DataLoader workers) close their copy at once, so a
+    killed trainer's lingering workers never keep its lock. SIGTERM is turned into SystemExit
+    while the lock is held, so ``finally`` blocks release it, as they do on errors and Ctrl-C.
+    """
+
+    def __init__(self, run_dir: Path, fd: int, holder: Holder) -> None:
+        self.run_dir, self.path, self.fd, self.holder = run_dir, run_dir / LOCK_FILE, fd, holder
+        self._sigterm: tuple[Any] | None = None  # (the handler to restore,) while ours is set
+        if threading.current_thread() is threading.main_thread():
+            old = signal.signal(signal.SIGTERM, _sigterm)
+            self._sigterm = (signal.SIG_DFL if old is None else old,)
+        _HELD.add(self)
+
+    @classmethod
+    def acquire(cls, run_dir: Path, *, wait: float = 2.0) -> RunLock:
+        """Own ``run_dir`` or raise ConvzooError naming the holder; removes stale temp files.
+
+        ``wait``: seconds to wait for a lock file that is being written or taken over.
+        """
+        run_dir = Path(run_dir)
+        path = run_dir / LOCK_FILE
+        me = Holder.this_process()
+        deadline = time.monotonic() + wait
+        while True:
+            fd = _create(path, me)
+            if fd is None:
+                fd = _take_over(path, me, patient=time.monotonic() < deadline)
+            if fd is None:  # released, being written or being taken over: look again
+                time.sleep(0.05)
+                continue
+            lock = cls(run_dir, fd, me)
+            n = ckpt_io.remove_stale_temps(run_dir)  # safe now: no other writer can be here
+            if n:
+                log.info(f"{run_dir}: removed {n} temp file(s) left by a killed writer")
+            return lock
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:
+            if _same_file(self.fd, self.path):  # gone if a failed fresh run removed its dir
+                self.path.unlink()
+        except OSError:
+            pass
+        finally:
+            os.close(self.fd)  # drops the flock
+            self.fd = None
+            _HELD.discard(self)
+            if self._sigterm is not None:
+                signal.signal(signal.SIGTERM, self._sigterm[0])
+                self._sigterm = None
+
+    def __enter__(self) -> RunLock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+_HELD: set[RunLock] = set()
+
+
+def _close_in_child() -> None:
+    """A forked child (a DataLoader worker) must not keep its parent's lock alive."""
+    for lock in list(_HELD):
+        if lock.fd is not None:
+            os.close(lock.fd)
+            lock.fd = None
+    _HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_in_child)
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    log.warning("convzoo: terminated (SIGTERM); the run directory keeps its last checkpoint")
+    raise SystemExit(128 + signum)
+
+
+def _flock(fd: int, *, block: bool) -> bool:
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError as e:  # a filesystem without flock: the pid check alone decides
+        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    return True
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        a, b = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _create(path: Path, me: Holder) -> int | None:
+    """A new lock file owned by ``me`` (its fd), or None when one exists."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return None
+    except OSError as e:
+        raise ConvzooError(f"cannot lock run directory {path.parent}: {e.strerror}") from None
+    _flock(fd, block=True)  # a process looking at the new, empty file holds it a moment at most
+    try:
+        _write_holder(fd, me)
+        ckpt_io.fsync_dir(path.parent)
+    except OSError as e:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise ConvzooError(f"cannot write {path}: {e.strerror}") from None
+    return fd
+
+
+def _write_holder(fd: int, holder: Holder) -> None:
+    data = json.dumps(asdict(holder)).encode()
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, data, 0)
+    os.fsync(fd)
+
+
+def _read(fd: int) -> bytes:
+    return os.pread(fd, 1 << 16, 0)
+
+
+def _take_over(path: Path, me: Holder, *, patient: bool) -> int | None:
+    """The lock exists: return an fd owning it if it was stale, None to look again, or raise
+    ConvzooError naming the holder."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return None  # released meanwhile
+    except OSError as e:
+        raise ConvzooError(f"cannot open {path}: {e.strerror}") from None
+    try:
+        if not _flock(fd, block=False):  # a live process on this host holds it
+            holder = Holder.parse(_read(fd))
+            stale_looking = holder is None or (holder.host == me.host and not holder.alive())
+            if patient and stale_looking:
+                return None  # being written, or being taken over by another process right now
+            raise ConvzooError(_held(path, holder))
+        if not _same_file(fd, path):
+            return None  # released and re-created while we opened it
+        data = _read(fd)
+        holder = Holder.parse(data)
+        if holder is None:
+            if patient or data.strip():  # being written; or not a lock convzoo wrote
+                if not patient:
+                    raise ConvzooError(f"{path.parent} is locked, but {path} is unreadable; "
+                                       f"if no convzoo process uses it, delete {path}")
+                return None
+            # empty and nobody holds it after `wait`: its creator died right after creating it
+            log.warning(f"taking over {path}: an empty lock left by a killed process")
+        elif holder.host != me.host:
+            raise ConvzooError(
+                f"{path.parent} is locked by {holder.describe()}; convzoo on {me.host} cannot "
+                f"tell whether that process still runs: if it does not, delete {path}"
+            )
+        elif holder.alive():  # no flock but a live pid: be safe, treat it as held
+            raise ConvzooError(_held(path, holder))
+        else:
+            log.warning(f"taking over the stale lock of {holder.describe()} (that process is "
+                        f"gone): {path}")
+        _write_holder(fd, me)
+        owned, fd = fd, -1
+        return owned
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _held(path: Path, holder: Holder | None) -> str:
+    who = holder.describe() if holder is not None else "another process"
+    return f"{path.parent} is in use by another convzoo run ({who}; lock {path})"
+
+
+def create(parent: Path, name: str) -> RunLock:
+    """A new run directory ``parent/name`` (``name-2``, ``name-3``... when taken), owned.
+
+    Creation is atomic (``mkdir`` without exist_ok), so two runs started together with the same
+    name get different directories. An existing empty directory is taken if its lock can be.
+    """
+    parent = Path(parent).expanduser()
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConvzooError(f"cannot create run directory {parent / name}: {e.strerror}") from None
+    n = 1
+    while True:
+        run_dir = parent / (name if n == 1 else f"{name}-{n}")
+        n += 1
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            if run_dir.is_dir() and not any(run_dir.iterdir()):  # made by the user: take it
+                me = Holder.this_process()
+                fd = _create(run_dir / LOCK_FILE, me)
+                if fd is None:  # another new run got it first
+                    continue
+                lock = RunLock(run_dir, fd, me)
+                if {p.name for p in run_dir.iterdir()} == {LOCK_FILE}:
+                    return lock
+                lock.release()
+            continue
+        except OSError as e:
+            raise ConvzooError(f"cannot create run directory {run_dir}: {e.strerror}") from None
+        return RunLock.acquire(run_dir)
