@@ -123,13 +123,14 @@ def assert_consistent_and_exact(run: Path, ref: Path) -> None:
     assert [r["epoch"] for r in log] == list(range(1, EPOCHS + 1))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["epochs"] == EPOCHS
-    assert summary["top1"] == log[-1]["eval_top1"] and summary["loss"] == log[-1]["eval_loss"]
+    judged = "ema_eval_" if summary["weights"] == "ema" else "eval_"  # the weights it goes by
+    assert summary["top1"] == log[-1][judged + "top1"] and summary["loss"] == log[-1][judged + "loss"]
     assert (run / "metrics.csv").read_text().count("\n") == EPOCHS + 1
     assert (run / "curves.png").stat().st_size > 0
     last = torch.load(run / "last.pt", weights_only=True)
     best = torch.load(run / "best.pt", weights_only=True)
     assert last["epoch"] == weights_epoch(run) == EPOCHS
-    tops = [r["eval_top1"] for r in log]
+    tops = [r[judged + "top1"] for r in log]
     assert best["epoch"] == 1 + tops.index(max(tops))  # the first epoch with the best top-1
     a, b = load_file(ref / "model.safetensors"), load_file(run / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -23,16 +23,17 @@ def convzoo(*args: str) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def finished(run: Path) -> bool:
-    return (run / "summary.json").exists()
-
-
 def epoch_of(run: Path) -> int:
     """The epoch of the run's last.pt (0 if none yet or if it is being replaced right now)."""
     try:
         return torch.load(run / "last.pt", weights_only=True)["epoch"]
     except Exception:
         return 0
+
+
+def finished(run: Path) -> bool:
+    """last.pt is the commit point: the summary is written just before its final epoch lands."""
+    return epoch_of(run) == 6 and (run / "summary.json").exists()
 
 
 def test_sigkill_at_any_moment_then_resume_is_bit_identical(tmp_path):

@@ -241,7 +241,8 @@ def resume_config(run_dir: Path, overrides: dict[str, Any],
     keeps the whole history. No overrides: the plan continues (an exact resume).
     """
     cfg = C.load_config(run_dir / "config.yaml")
-    flat = dotted(overrides)
+    keys = C.declared_keys()  # the command line gives text: each value in its key's type
+    flat = {k: C.check_value(k, v) if k in keys else v for k, v in dotted(overrides).items()}
     runtime = {k: v for k, v in flat.items() if k in RUNTIME_KEYS}
     stage_keys = {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
     for key, value in runtime.items():
