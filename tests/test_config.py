@@ -246,7 +246,7 @@ def test_run_names_are_one_folder(name):
     ({"augment": {"rrc_scale": [0.9, 0.1]}}, "augment.rrc_scale=.*increasing"),
     ({"augment": {"scale": [1.1, 0.9]}}, "augment.scale=.*increasing"),
     ({"schedule": {"milestones": [90, 90]}}, "schedule.milestones=.*strictly increasing"),
-    ({"stages": [{"epochs": 3}]}, r"stages\[0\].epochs=3 must exceed the previous stage's 3"),
+    ({"stages": [{"epochs": 3}]}, r"stages\[0\].epochs=3 must exceed the epoch it starts from \(3\)"),
     ({"stages": [{"epochs": 5}, {"epochs": 5}]}, r"stages\[1\].epochs=5 must exceed"),
     ({"stages": [{"set": {"optim.lr": 0.01}}]}, r"stages\[0\].epochs=0 must exceed"),
     ({"stages": [{"epochs": 5, "set": {"optim.lr": "-1"}}]},
@@ -375,14 +375,14 @@ def test_every_choice_key_is_a_literal():
 
 def test_choices_match_what_the_code_implements():
     from convzoo.data import augment, preprocess
-    from convzoo.train import optim
+    from convzoo.train import optim, schedule
 
     assert set(C.choices("preprocess.kind")) == set(preprocess.KINDS)
     assert set(C.choices("augment.tta")) == set(augment.TTA_MODES)
     assert set(C.choices("augment.pad_mode")) == set(augment.PAD_MODES)
     assert set(C.choices("augment.flip_mode")) == set(augment.FLIP_MODES)
     assert set(C.choices("optim.name")) == set(optim.OPTIMIZERS)
-    assert set(C.choices("schedule.name")) == set(optim.SCHEDULES)
+    assert set(C.choices("schedule.name")) == set(schedule.SCHEDULES)
 
 
 @pytest.mark.parametrize("interval, inside, outside", [
@@ -460,7 +460,8 @@ def valid_texts(key: str, tp: Any) -> list[tuple[str, Any]]:
             out += [(t, base(v)) for t in _number_text(v, base is int)]
     elif origin is list and key == "stages":
         out += [("[]", []), ("[{epochs: 5, set: {optim.lr: 1e-2}}, {epochs: 7}]",
-                             [{"epochs": 5, "set": {"optim.lr": 0.01}}, {"epochs": 7, "set": {}}])]
+                             [{"epochs": 5, "set": {"optim.lr": 0.01}, "from_epoch": 0, "started": ""},
+                              {"epochs": 7, "set": {}, "from_epoch": 0, "started": ""}])]
     elif origin is list:
         n = length.lo if length else 3
         lo, *rest = _valid_numbers(in_rule, False)

@@ -704,4 +704,8 @@ def create(parent: Path, name: str) -> RunLock:
             continue
         except OSError as e:
             raise ConvzooError(f"cannot create run directory {run_dir}: {e.strerror}") from None
-        return RunLock.acquire(run_dir)
+        me = Holder.this_process()
+        fd = _create(run_dir / LOCK_FILE, me)
+        if fd is None:  # another creator took our new, still empty folder as a user-made one
+            continue
+        return RunLock(run_dir, fd, me)
