@@ -39,6 +39,11 @@ class DataConfig:
     workers: int = 0  # CPU workers for decoding (0 = number of cores)
     skip_bad: bool = False  # skip unreadable images (counted and reported) instead of failing
     limit: int = 0  # use at most this many train (and test) images; 0 = all (smoke tests)
+    # how image_size is reached: crop = shorter side to S, centre crop (torchvision/timm);
+    # squash = resize to SxS ignoring the aspect ratio. Recorded in the checkpoint.
+    resize: typing.Literal["crop", "squash"] = "crop"
+    max_image_pixels: int = 89_478_485  # largest image decoded, width*height (Pillow's guard); 0 = off
+    max_member_mb: int = 1024  # largest archive member read into memory, MiB; 0 = no limit
 
 
 @dataclass(frozen=True)

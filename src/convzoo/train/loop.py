@@ -25,9 +25,9 @@ from torch import nn
 
 from convzoo import config as C
 from convzoo.data.augment import tta_views
-from convzoo.data.loaders import epoch_seed
 from convzoo.data.pipeline import Loader, build_pipeline
 from convzoo.data.preprocess import Preprocessor
+from convzoo.data.sampler import torch_seed
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import autocast, evaluate
 from convzoo.models import create_model
@@ -374,7 +374,7 @@ def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dic
     epochs = cfg.train.epochs
     for epoch in range(start_epoch + 1, epochs + 1):
         # Everything random in this epoch depends only on (seed, epoch): exact resume.
-        torch.manual_seed(epoch_seed(cfg.train.seed, epoch, stream=1 + rt.rank))
+        torch.manual_seed(torch_seed(cfg.train.seed, epoch, rt.rank))
         train_loader.set_epoch(epoch)
         if hasattr(model, "set_epoch"):  # model-side schedule (fast family: whitening bias)
             model.set_epoch(epoch)
@@ -477,6 +477,7 @@ def run_stage(cfg: C.Config, run_dir: Path, state: dict[str, Any] | None) -> dic
             "in_chans": in_chans,
             "classes": list(data.classes),
             "image_shape": list(data.image_shape),
+            "geometry": data.geometry.state(),
             "eval_split": split,
             "preprocess": preprocess.state(),
             "model": model.state_dict(),
