@@ -59,7 +59,7 @@ DEFAULT_MAX_MEMBER_MB = 1024
 LAYOUT = ("expected <root>/train/<class>/* with test/ and/or val/ beside it, or "
           "<root>/<class>/* (one split)")
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_GRAY_PIL_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
+GRAY_PIL_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
 _SIXTEEN_BIT_PIL_MODES = frozenset({"I", "I;16", "I;16B", "I;16L"})
 _MIN_FILES_PER_WORKER = 512  # below this, a process pool costs more than it saves
 
@@ -264,26 +264,35 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> torch.Tensor:
     return _decode_pil(data, limits)
 
 
-def _decode_pil(data: bytes, limits: Limits) -> torch.Tensor:
-    # Pillow's own guard, at our limit (it checks on open; 0 = off). Per process: decoding
-    # runs in one thread.
-    Image.MAX_IMAGE_PIXELS = limits.max_pixels or None
+def pil_open(source: str | Path | bytes, limits: Limits) -> Image.Image:
+    """Pillow's lazy open (header only) with our pixel bound instead of Pillow's global one
+    (``Image.MAX_IMAGE_PIXELS``, which warns at 1x and fails at 2x its value): one rule and one
+    message for every format."""
+    old = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # checked below, from the header, before anything is decoded
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we raise below
-            im = Image.open(io.BytesIO(data))
-        with im:
-            limits.check_pixels(*im.size)  # before im.load(): nothing decoded yet
+        im = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+    finally:
+        Image.MAX_IMAGE_PIXELS = old
+    try:
+        limits.check_pixels(*im.size)
+    except DecodeError:
+        im.close()
+        raise
+    return im
+
+
+def _decode_pil(data: bytes, limits: Limits) -> torch.Tensor:
+    try:
+        with pil_open(data, limits) as im:
             im.load()
             if im.mode in _SIXTEEN_BIT_PIL_MODES:
                 arr = np.asarray(im, dtype=np.int32).clip(0, 65535)
                 return _to_uint8(torch.from_numpy(arr.astype(np.float32)))[None]
-            gray = im.mode in _GRAY_PIL_MODES
+            gray = im.mode in GRAY_PIL_MODES
             arr = np.asarray(im.convert("L" if gray else "RGB"))
     except UnidentifiedImageError:
         raise DecodeError("not a recognised image format") from None
-    except Image.DecompressionBombError as e:
-        raise DecodeError(str(e)) from None
     except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
         raise DecodeError(str(e) or type(e).__name__) from None
     t = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())

@@ -128,13 +128,10 @@ def _target_hw(h: int, w: int, resize: int) -> tuple[int, int]:
 
 def _probe_file(task: tuple[str, Limits]) -> tuple[int, int, bool] | str:
     """(height, width, gray) from the header, or an error message."""
-    from PIL import Image
-
     path, limits = task
     try:
-        with Image.open(path) as im:
-            limits.check_pixels(*im.size)
-            gray = im.mode in images._GRAY_PIL_MODES
+        with images.pil_open(path, limits) as im:
+            gray = im.mode in images.GRAY_PIL_MODES
             return im.size[1], im.size[0], gray
     except Exception as e:  # noqa: BLE001 - any decoder failure means "bad file"
         return f"{type(e).__name__}: {e}"
