@@ -441,6 +441,7 @@ def test_stream_loader_on_cuda_matches_the_cpu_loader(large_folder: Path, tmp_pa
 
     cuda = loader("cuda", False, gpu_decode=gpu_decode)
     assert cuda.mode == ("encoded" if gpu_decode else "decoded")
+    assert cuda.loader.pin_memory  # uint8 batches are copied from pinned memory
     for (x, y), (xc, yc) in zip(loader("cpu", False), cuda, strict=True):
         assert xc.device.type == "cuda" and torch.equal(yc.cpu(), y)
         torch.testing.assert_close(xc.cpu(), x, atol=0.15, rtol=0)

@@ -133,3 +133,25 @@ def test_order_is_the_same_on_every_rank_and_a_pure_function() -> None:
     assert not torch.equal(a, sampler.epoch_order(1000, seed=4, epoch=10, shuffle=True))
     assert sorted(a.tolist()) == list(range(1000))
     assert sampler.epoch_order(5, 0, 0, shuffle=False).tolist() == list(range(5))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_resident_loader_on_cuda_same_order_own_streams() -> None:
+    """On CUDA the order is the CPU's (drawn on the CPU), augmentation draws come from a CUDA
+    generator of the batch's stream: reproducible, and different per rank."""
+    split = Split(torch.randint(0, 256, (1, 3, 12, 12), dtype=torch.uint8).expand(64, -1, -1, -1),
+                  torch.arange(64))
+    augment = build_train_augment(AugmentConfig(pad=3, flip=True, cutout=4))
+
+    def batches(rank: int, device: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        loader = ResidentLoader(split, 8, shuffle=True, drop_last=True, seed=0, rank=rank,
+                                world_size=2, augment=augment, device=device)
+        loader.set_epoch(1)
+        return list(loader)
+
+    cuda0, cuda1, cpu0 = batches(0, "cuda"), batches(0, "cuda"), batches(0, "cpu")
+    assert all(x.device.type == "cuda" for x, _ in cuda0)
+    assert [y.tolist() for _, y in cuda0] == [y.tolist() for _, y in cpu0]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(cuda0, cuda1))
+    assert all(not torch.equal(a[0], b[0]) for a, b in zip(cuda0, batches(1, "cuda")))

@@ -304,7 +304,9 @@ def decode_jpegs(payloads: list[torch.Tensor], limits: Limits = DEFAULT_LIMITS, 
     """1-D uint8 JPEG tensors -> uint8 (C, H, W) images (C = 1 or 3) on ``device``, in one
     batched ``decode_jpeg`` call (nvJPEG on CUDA). The same codec and rules as `decode`."""
     for p in payloads:
-        dims = image_dims(p[:65536].numpy().tobytes())
+        # the frame header follows the tables, usually within a few hundred bytes (a large
+        # EXIF block can push it further: then read the whole record)
+        dims = image_dims(p[:4096].numpy().tobytes()) or image_dims(p.numpy().tobytes())
         if dims is None:
             raise ConvzooError(f"{where}: a record is not a JPEG image")
         try:
