@@ -65,7 +65,7 @@ class _SlowServer(http.server.ThreadingHTTPServer):
                 self.end_headers()
                 for i in range(0, len(server.payload), 4096):
                     self.wfile.write(server.payload[i:i + 4096])
-                    time.sleep(0.02)
+                    time.sleep(0.05)
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -74,13 +74,17 @@ class _SlowServer(http.server.ThreadingHTTPServer):
 
 
 PREPARE = """
-import sys
+import sys, time
+from pathlib import Path
 from convzoo.config import DataConfig
 from convzoo.data import sources
 from convzoo.data.sources import load_dataset
-url, md5, root = sys.argv[1:4]
+url, md5, root, sync, me = sys.argv[1:6]
 folder, name, _, _ = sources._OFFICIAL["cifar10"]
 sources._OFFICIAL["cifar10"] = (folder, name, url, md5)
+(Path(sync) / f"ready-{me}").touch()  # imports done: start together
+while not (Path(sync) / "go").exists():
+    time.sleep(0.01)
 ds = load_dataset(DataConfig(source="cifar10", root=root))
 print(len(ds.splits["train"]), len(ds.splits["test"]))
 """
@@ -95,11 +99,16 @@ def test_four_processes_prepare_cifar10_once(tmp_path: Path) -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
-    root = tmp_path / "root"
+    root, sync = tmp_path / "root", tmp_path / "sync"
+    sync.mkdir()
     try:
-        procs = [subprocess.Popen([sys.executable, "-c", PREPARE, url, md5, str(root)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for _ in range(4)]
+        procs = [subprocess.Popen([sys.executable, "-c", PREPARE, url, md5, str(root), str(sync),
+                                   str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for i in range(4)]
+        deadline = time.time() + 300
+        while len(list(sync.glob("ready-*"))) < 4 and time.time() < deadline:
+            time.sleep(0.05)
+        (sync / "go").touch()  # the download takes ~1 s: the four overlap
         outs = [p.communicate(timeout=300) for p in procs]
     finally:
         server.shutdown()
