@@ -393,6 +393,19 @@ def test_stream_loader_matches_in_memory_pipeline(small_folder: Path, tmp_path: 
     assert x.shape == (21, 3, 12, 12) and torch.equal(y, memory.labels)
 
 
+def test_a_gray_jpeg_in_a_colour_pack_streams_with_the_packs_channels(
+        mixed_folder: Path, tmp_path: Path) -> None:
+    """A gray JPEG is stored byte for byte in a 3-channel pack; read without a geometry, it
+    comes back with the pack's 3 channels (found by the loader benchmark on Imagenette)."""
+    dest = tmp_path / "mixed"
+    pack(mixed_folder, dest, fmt="jpeg", workers=1, progress=False)
+    split = open_packed(dest).splits["train"]
+    dog = split.subset([4, 5, 6, 7])  # 30x40 images; record 6 is the gray JPEG
+    assert split[6][0] == (mixed_folder / "train" / "dog" / "002.jpg").read_bytes()
+    (x, y), = list(StreamLoader(dog, 4, workers=0))
+    assert x.shape == (4, 3, 40, 30) and torch.equal(x[2, 0], x[2, 1])
+
+
 def test_stream_loader_decode_size_for_mixed_sizes(mixed_folder: Path, tmp_path: Path) -> None:
     dest = tmp_path / "mixed"
     pack(mixed_folder, dest, workers=1, progress=False)

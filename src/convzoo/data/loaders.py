@@ -31,7 +31,13 @@ from torch.utils.data import DataLoader, Sampler
 
 from convzoo.data.cpu_stage import Slots
 from convzoo.data.dataset import Split
-from convzoo.data.images import DEFAULT_LIMITS, Geometry, Limits, decode_jpegs
+from convzoo.data.images import (
+    DEFAULT_LIMITS,
+    Geometry,
+    Limits,
+    convert_channels,
+    decode_jpegs,
+)
 from convzoo.data.packed import PackedSplit, stack_images
 from convzoo.data.sampler import EpochPlan
 from convzoo.data.stage import Stage
@@ -262,8 +268,8 @@ class StreamLoader(_Loader):
             data, lengths, _, index = item
             payloads = list(torch.split(data, lengths.tolist()))
             images = decode_jpegs(payloads, self.limits, device=dev, where=self.split.where)
-            if self.geometry is not None:
-                images = [self.geometry.apply(x) for x in images]
+            images = [self.geometry.apply(x) if self.geometry is not None
+                      else convert_channels(x, self.split.channels) for x in images]
             x = stack_images(images, where=self.split.where)
         else:
             x, _, index = item

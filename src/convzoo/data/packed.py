@@ -201,14 +201,17 @@ class PackedSplit:
                       limits: Limits = DEFAULT_LIMITS) -> list[torch.Tensor] | torch.Tensor:
         """Decode records into uint8 (C, H, W) images without stacking them: a list, or one
         (B, C, H, W) tensor for a raw pack (a view of the bytes read). With `geometry` every
-        image is brought to it (`Geometry.apply`); without, images keep their stored size."""
+        image is brought to it (`Geometry.apply`); without, images keep their stored size and
+        get the pack's channels."""
         data, lengths = self.read_many(indices)
         if self.image_format == "raw":
             batch = data.view(len(indices), *self.shape)  # type: ignore[misc]
             return geometry.apply(batch) if geometry is not None else batch
         decoded = images.decode_jpegs(list(torch.split(data, lengths.tolist())), limits,
                                       where=self.where)
-        return [geometry.apply(x) for x in decoded] if geometry is not None else decoded
+        if geometry is None:  # stored size; the pack's channels (a gray JPEG in a colour pack)
+            return [images.convert_channels(x, self.channels) for x in decoded]
+        return [geometry.apply(x) for x in decoded]
 
     def decode(self, indices: Sequence[int], geometry: Geometry | None = None,
                out: torch.Tensor | None = None, limits: Limits = DEFAULT_LIMITS) -> torch.Tensor:
