@@ -299,32 +299,39 @@ def _decode_pil(data: bytes, limits: Limits) -> torch.Tensor:
     return t.contiguous()
 
 
-def decode_jpegs(payloads: list[torch.Tensor], limits: Limits = DEFAULT_LIMITS, *,
+def decode_jpegs(data: torch.Tensor, lengths: torch.Tensor, limits: Limits = DEFAULT_LIMITS, *,
                  device: str | torch.device = "cpu", where: str = "") -> list[torch.Tensor]:
-    """1-D uint8 JPEG tensors -> uint8 (C, H, W) images (C = 1 or 3) on ``device``, in one
-    batched ``decode_jpeg`` call (nvJPEG on CUDA). The same codec and rules as `decode`."""
-    for p in payloads:
+    """JPEG records concatenated in one uint8 buffer (`data`, with their (B,) `lengths`) ->
+    uint8 (C, H, W) images (C = 1 or 3) on ``device``, in one batched ``decode_jpeg`` call
+    (nvJPEG on CUDA). The same codec and rules as `decode`; each record's size is checked from
+    its header first (on a view of the one buffer: ~2 us per record)."""
+    arr = data.numpy()
+    offset = 0
+    for n in lengths.tolist():
         # the frame header follows the tables, usually within a few hundred bytes (a large
         # EXIF block can push it further: then read the whole record)
-        dims = image_dims(p[:4096].numpy().tobytes()) or image_dims(p.numpy().tobytes())
+        dims = (image_dims(arr[offset:offset + min(n, 2048)].tobytes())
+                or image_dims(arr[offset:offset + n].tobytes()))
         if dims is None:
             raise ConvzooError(f"{where}: a record is not a JPEG image")
         try:
             limits.check_pixels(*dims)
         except DecodeError as e:
             raise ConvzooError(f"{where}: {e}") from None
+        offset += n
+    payloads = list(torch.split(data, lengths.tolist()))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             images = decode_jpeg(payloads, mode=ImageReadMode.UNCHANGED, device=device)
     except RuntimeError as e:
         raise ConvzooError(f"{where}: cannot decode a JPEG record ({e})") from None
-    out = []
-    for p, t in zip(payloads, images):
-        if t.shape[0] == 4:  # CMYK: let the codec convert, as `decode` does
-            t = decode_jpeg(p, mode=ImageReadMode.RGB, device=device)
-        out.append(_fix_channels(t))
-    return out
+    for i, t in enumerate(images):
+        if t.shape[0] not in (1, 3):
+            if t.shape[0] == 4:  # CMYK: let the codec convert, as `decode` does
+                t = decode_jpeg(payloads[i], mode=ImageReadMode.RGB, device=device)
+            images[i] = _fix_channels(t)
+    return images
 
 
 def read_file(path: str | Path) -> bytes:

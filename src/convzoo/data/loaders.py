@@ -180,11 +180,14 @@ class _BatchReader(torch.utils.data.Dataset):
             data, lengths = self.split.read_many(indices)
             return data, lengths, labels, index
         images = self.split.decode_images(indices, self.geometry, self.limits)
-        shapes = {tuple(x.shape) for x in images}
-        if len(shapes) != 1:
-            raise ConvzooError(f"{self.split.where}: images have different sizes "
-                               f"{sorted(shapes)[:2]}...; set data.image_size")
-        c, h, w = shapes.pop()
+        if isinstance(images, torch.Tensor):  # a raw batch: one size by construction
+            c, h, w = images.shape[1:]
+        else:
+            shapes = {tuple(x.shape) for x in images}
+            if len(shapes) != 1:
+                raise ConvzooError(f"{self.split.where}: images have different sizes "
+                                   f"{sorted(shapes)[:2]}...; set data.image_size")
+            c, h, w = shapes.pop()
         if self.mode == "decoded":
             out = self._output(slot, (len(indices), h, w, c), torch.uint8)
             x = stack_images(images, where=self.split.where, out=out)
@@ -266,8 +269,7 @@ class StreamLoader(_Loader):
         dev = self.device
         if self.mode == "encoded":
             data, lengths, _, index = item
-            payloads = list(torch.split(data, lengths.tolist()))
-            images = decode_jpegs(payloads, self.limits, device=dev, where=self.split.where)
+            images = decode_jpegs(data, lengths, self.limits, device=dev, where=self.split.where)
             images = [self.geometry.apply(x) if self.geometry is not None
                       else convert_channels(x, self.split.channels) for x in images]
             x = stack_images(images, where=self.split.where)

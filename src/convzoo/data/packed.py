@@ -207,10 +207,10 @@ class PackedSplit:
         if self.image_format == "raw":
             batch = data.view(len(indices), *self.shape)  # type: ignore[misc]
             return geometry.apply(batch) if geometry is not None else batch
-        decoded = images.decode_jpegs(list(torch.split(data, lengths.tolist())), limits,
-                                      where=self.where)
+        decoded = images.decode_jpegs(data, lengths, limits, where=self.where)
         if geometry is None:  # stored size; the pack's channels (a gray JPEG in a colour pack)
-            return [images.convert_channels(x, self.channels) for x in decoded]
+            c = self.channels
+            return [x if x.shape[0] == c else images.convert_channels(x, c) for x in decoded]
         return [geometry.apply(x) for x in decoded]
 
     def decode(self, indices: Sequence[int], geometry: Geometry | None = None,
