@@ -13,8 +13,9 @@ twice:
 
 Nothing half-made is ever used: downloads land under a temporary name and are renamed after
 their MD5 matched; an archive already present is verified before use (once: a stamp file
-records the size and mtime it was verified at) and replaced when it does not match; a decode
-cache carries a digest of its tensors and is rebuilt when it does not match. A cache that
+records the size and mtime it was verified at) and fetched again when it does not match
+(with ``data.download=false`` it is the user's own file: used as it is, with a warning); a
+decode cache carries a digest of its tensors and is rebuilt when it does not match. A cache that
 cannot be written (read-only or full disk) is a warning, never an error.
 """
 
@@ -117,12 +118,12 @@ def fetch_archive(url: str, dest: Path, md5: str, *, allow_download: bool, name:
         if verified(dest, md5):
             return dest
         if dest.exists():
-            if not allow_download:
-                raise ConvzooError(f"{dest}: MD5 differs from the official {name} archive's "
-                                   f"({md5}): a partial or corrupt file; delete it or set "
-                                   "data.download=true to fetch it again")
-            log.warning(f"{dest}: MD5 does not match the official {name} archive; "
-                        "downloading it again")
+            if not allow_download:  # the user's own file, to be used as it is
+                log.warning(f"{dest}: MD5 differs from the official {name} archive's ({md5}); "
+                            "using it as it is (data.download=false)")
+                return dest
+            log.warning(f"{dest}: MD5 differs from the official {name} archive's; a partial "
+                        "or corrupt file: downloading it again")
             dest.unlink()
         elif not allow_download:
             raise ConvzooError(f"{name}: {dest} does not exist (set data.download=true, or put "
