@@ -179,9 +179,92 @@ def _range_cases() -> list[Bad]:
 
 CONFIG_CASES += _range_cases()
 
+
+def _png(path: Path, size: tuple[int, int] = (8, 8), noise: bool = False) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (*size, 3), dtype=np.uint8) if noise else np.zeros((*size, 3),
+                                                                                    np.uint8)
+    Image.fromarray(arr).save(path)
+
+
+def _tree(root: Path, classes: tuple[str, ...] = ("0", "1")) -> Path:
+    for split in ("train", "test"):
+        for c in classes:
+            _png(root / split / c / "a.png")
+    return root
+
+
+def _bomb(path: Path) -> None:
+    """A 1-bit PNG of 12,000 x 12,000 pixels (144 Mpx) in a few KB."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    z = zlib.compressobj(9)
+    body = b"".join(z.compress(b"\x00" * 1501) for _ in range(12_000)) + z.flush()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12_000,
+                                                                         12_000, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+def _tar(root: Path, dest: Path) -> None:
+    import tarfile
+
+    with tarfile.open(dest, "w:gz") as tar:
+        tar.add(root, arcname=root.name)
+
+
+def _corrupt_targz(tmp: Path) -> None:
+    _tar(_tree(tmp / "src"), tmp / "bad.tar.gz")
+    data = (tmp / "bad.tar.gz").read_bytes()
+    (tmp / "bad.tar.gz").write_bytes(data[:len(data) // 2])  # a partial download
+
+
+def _big_member(tmp: Path) -> None:
+    _png(_tree(tmp / "src") / "train" / "0" / "big.png", (700, 700), noise=True)  # ~1.5 MB
+    _tar(tmp / "src", tmp / "big.tar.gz")
+
+
+def _bomb_tree(tmp: Path) -> None:
+    _bomb(_tree(tmp / "src") / "train" / "1" / "bomb.png")
+
+
+def _bad_index(tmp: Path) -> None:
+    (tmp / "pk").mkdir()
+    (tmp / "pk" / "index.json").write_text('{"format": "convzoo-packed", "version": 1}')
+
+
 # Data sources, archives, images and caches.
 DATA_CASES: list[Bad] = [
     Bad("train --data {tmp}/no-such-folder --out {tmp}/runs", "no-such-folder"),
+    Bad("train --data {tmp}/bad.tar.gz --out {tmp}/runs", "bad.tar.gz", setup=_corrupt_targz,
+        id="corrupt-targz"),
+    Bad("pack {tmp}/bad.tar.gz {tmp}/out", "bad.tar.gz", setup=_corrupt_targz,
+        id="pack-corrupt-targz"),
+    Bad("train --data {tmp}/src --out {tmp}/runs", "bomb.png", setup=_bomb_tree,
+        id="decompression-bomb"),
+    Bad("pack {tmp}/src {tmp}/out --workers 1", "bomb.png", setup=_bomb_tree,
+        id="pack-decompression-bomb"),
+    Bad("predict {run} {tmp}/src/train/1/bomb.png", "bomb.png", setup=_bomb_tree,
+        id="predict-decompression-bomb"),
+    Bad("train --data {tmp}/big.tar.gz --set data.max_member_mb=1 --out {tmp}/runs",
+        "data.max_member_mb=1", setup=_big_member, id="oversized-archive-member"),
+    Bad("train --data {tmp}/pk --out {tmp}/runs", "index.json", setup=_bad_index,
+        id="malformed-pack-index"),
+    Bad("eval {run} --data {tmp}/src", "'zebra'", id="eval-unknown-class",
+        setup=lambda tmp: _tree(tmp / "src", ("0", "zebra"))),
+    Bad("eval {run} --data {tmp}/src --split val", "--split val", id="eval-missing-split",
+        setup=lambda tmp: _tree(tmp / "src")),
+    Bad("train --data {tmp}/src --out {tmp}/runs", "no class folders", id="folder-without-images",
+        setup=lambda tmp: (tmp / "src" / "train").mkdir(parents=True)),
 ]
 
 def three_class_folder(tmp: Path) -> None:

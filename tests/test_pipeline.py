@@ -12,7 +12,7 @@ from convzoo import config as C
 from convzoo.cli import main
 from convzoo.data import pipeline
 from convzoo.data.digits import load_digits
-from convzoo.data.records import pack
+from convzoo.data.pack import pack
 
 TINY = ["--model", "resnet20", "--batch-size", "32", "--set", "train.eval_batch_size=100",
         "--set", "augment.pad=1", "--set", "augment.flip=false", "--set", "train.tensorboard=false",

@@ -1,4 +1,4 @@
-"""Packed record datasets (`convzoo pack`) and the streaming loader."""
+"""Packed record datasets (`convzoo pack`, `convzoo.data.packed`) and the streaming loader."""
 
 from __future__ import annotations
 
@@ -16,9 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from convzoo.data import records
-from convzoo.data.records import is_packed, load_packed, open_packed, pack
-from convzoo.data.streaming import StreamLoader
+from convzoo.data import pack as pack_module
+from convzoo.data import packed as packed_module
+from convzoo.data.images import Geometry
+from convzoo.data.loaders import StreamLoader
+from convzoo.data.pack import pack
+from convzoo.data.packed import is_packed, load_packed, open_packed
 from convzoo.errors import ConvzooError
 
 CIFAR_JPEG = Path(os.environ.get(
@@ -104,7 +107,8 @@ def test_pack_folder_jpeg_index_and_random_access(mixed_folder: Path, tmp_path: 
     assert report.skipped == []
     assert is_packed(dest)
     info = json.loads((dest / "index.json").read_text())
-    assert info["version"] == records.FORMAT_VERSION
+    assert info["version"] == packed_module.FORMAT_VERSION
+    assert sorted(map(tuple, info["sizes"])) == [(30, 40, 6), (40, 30, 6)]  # (h, w, count)
     assert info["classes"] == ["cat", "dog"]
     assert info["splits"]["train"]["shards"] == ["train-00000.rec"]
     table = np.load(dest / info["splits"]["train"]["table"])
@@ -138,10 +142,11 @@ def test_pack_resize_and_load_packed(mixed_folder: Path, tmp_path: Path) -> None
     for i in range(8):
         with Image.open(io.BytesIO(open_packed(dest).splits["train"][i][0])) as im:
             assert min(im.size) == 20 and max(im.size) == 27  # 40x30 -> 27x20
-    # mixed aspect ratios: loading into memory needs a size
-    with pytest.raises(ConvzooError, match="different sizes"):
-        load_packed(dest, workers=0)
-    data = load_packed(dest, size=20, workers=0)
+    # mixed aspect ratios: as for a folder, the most common size (by the crop rule), or a size
+    as_is = load_packed(dest, workers=0)
+    assert as_is.splits["train"].images.shape[1:] in ((3, 20, 27), (3, 27, 20))
+    assert as_is.geometry.resize == "crop"
+    data = load_packed(dest, image_size=20, workers=0)
     assert data.classes == ["cat", "dog"]
     train = data.splits["train"]
     assert train.images.shape == (8, 3, 20, 20) and train.images.dtype == torch.uint8
@@ -235,7 +240,7 @@ def test_pack_a_tar_archive_of_an_image_folder(mixed_folder: Path, tmp_path: Pat
 def test_interrupted_pack_leaves_nothing_valid(mixed_folder: Path, tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    real = records._encode_file
+    real = pack_module._encode_file
 
     def failing(task):  # simulate a crash (e.g. disk full) after a few records
         calls["n"] += 1
@@ -243,7 +248,7 @@ def test_interrupted_pack_leaves_nothing_valid(mixed_folder: Path, tmp_path: Pat
             raise OSError("No space left on device")
         return real(task)
 
-    monkeypatch.setattr(records, "_encode_file", failing)
+    monkeypatch.setattr(pack_module, "_encode_file", failing)
     dest = tmp_path / "pk"
     with pytest.raises(OSError):
         pack(mixed_folder, dest, workers=1, progress=False)
@@ -332,24 +337,28 @@ def test_stream_loader_epochs_and_seeds(packed_small: Path) -> None:
 
 
 def test_stream_loader_rank_sharding(packed_small: Path) -> None:
+    """21 images over 4 ranks. Evaluation (exact partition): contiguous blocks of 6, 5, 5, 5
+    of the order, every image once. Training (drop_last): global batches of 4 x 2; 2 steps
+    per rank, 16 distinct images, the other 5 left out of this epoch."""
     split = open_packed(packed_small).splits["train"]
     seen = []
     for rank in range(4):
         loader = StreamLoader(split, 2, shuffle=True, seed=1, rank=rank, world_size=4,
                               workers=0)
         loader.set_epoch(2)
-        order = loader.sampler.order().tolist()
-        assert len(order) == 6 and len(loader) == 3  # ceil(21 / 4), padded by wrapping
-        seen.append(order)
-        assert len(_epoch(loader, 2)[1]) == 6
-    flat = [i for order in seen for i in order]
-    assert set(flat) == set(range(21))
-    assert len(flat) - len(set(flat)) == 3  # only the padding repeats
-    first = [set(o) for o in seen]
-    assert all(first[a].isdisjoint(first[b]) for a in range(3) for b in range(a + 1, 3))
-    dropped = [set(StreamLoader(split, 2, shuffle=True, drop_last=True, rank=r, world_size=4,
-                                workers=0).sampler.order().tolist()) for r in range(4)]
-    assert sum(len(s) for s in dropped) == 20 and len(set().union(*dropped)) == 20
+        shard = loader.plan.shard(2).tolist()
+        assert len(shard) == (6 if rank == 0 else 5) and len(loader) == (3 if rank == 0 else 3)
+        assert _epoch(loader, 2)[1] == split.labels[shard].tolist()
+        seen.append(shard)
+    flat = [i for shard in seen for i in shard]
+    assert sorted(flat) == list(range(21))  # no padding, nothing dropped
+    trained = []
+    for rank in range(4):
+        loader = StreamLoader(split, 2, shuffle=True, drop_last=True, rank=rank, world_size=4,
+                              workers=0)
+        assert len(loader) == 2
+        trained.append(set(loader.plan.shard(0).tolist()))
+    assert sum(len(s) for s in trained) == 16 and len(set().union(*trained)) == 16
 
 
 def test_stream_loader_matches_in_memory_pipeline(small_folder: Path, tmp_path: Path) -> None:
@@ -384,13 +393,26 @@ def test_stream_loader_matches_in_memory_pipeline(small_folder: Path, tmp_path: 
     assert x.shape == (21, 3, 12, 12) and torch.equal(y, memory.labels)
 
 
+def test_a_gray_jpeg_in_a_colour_pack_streams_with_the_packs_channels(
+        mixed_folder: Path, tmp_path: Path) -> None:
+    """A gray JPEG is stored byte for byte in a 3-channel pack; read without a geometry, it
+    comes back with the pack's 3 channels (found by the loader benchmark on Imagenette)."""
+    dest = tmp_path / "mixed"
+    pack(mixed_folder, dest, fmt="jpeg", workers=1, progress=False)
+    split = open_packed(dest).splits["train"]
+    dog = split.subset([4, 5, 6, 7])  # 30x40 images; record 6 is the gray JPEG
+    assert split[6][0] == (mixed_folder / "train" / "dog" / "002.jpg").read_bytes()
+    (x, y), = list(StreamLoader(dog, 4, workers=0))
+    assert x.shape == (4, 3, 40, 30) and torch.equal(x[2, 0], x[2, 1])
+
+
 def test_stream_loader_decode_size_for_mixed_sizes(mixed_folder: Path, tmp_path: Path) -> None:
     dest = tmp_path / "mixed"
     pack(mixed_folder, dest, workers=1, progress=False)
     split = open_packed(dest).splits["train"]
     with pytest.raises(ConvzooError, match="different sizes"):
         list(StreamLoader(split, 8, workers=0))
-    (x, y), = list(StreamLoader(split, 8, workers=0, decode_size=24))
+    (x, y), = list(StreamLoader(split, 8, workers=0, geometry=Geometry(3, 24, 24)))
     assert x.shape == (8, 3, 24, 24) and y.tolist() == [0] * 4 + [1] * 4
 
 
@@ -403,54 +425,6 @@ def large_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
             for i in range(n):
                 _write(root / split / cls / f"{i}.jpg", _image(80, 72, 7 * c + i + 40 * n))
     return root
-
-
-@pytest.mark.parametrize("fmt", ["jpeg", "raw"])
-def test_stream_cpu_stage_on_large_images_is_exact_and_kept_batches_stay_intact(
-        large_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
-    """On a CPU, large images go from decoded pixels to normalised, augmented batches in one
-    pass per image, written into reused shared buffers. The batches equal the batched
-    preprocess-then-augment stage exactly, and a batch the caller keeps is never overwritten
-    by later ones (more are kept here than the loader has buffers)."""
-    import convzoo.data.augment as augment_module
-    import convzoo.data.streaming as streaming_module
-    from convzoo.config import AugmentConfig, PreprocessConfig
-    from convzoo.data.augment import build_eval_transform, build_train_augment
-    from convzoo.data.preprocess import fit_preprocessor
-
-    dest = tmp_path / fmt
-    pack(large_folder, dest, fmt=fmt, workers=1, progress=False)
-    split = open_packed(dest).splits["train"]
-    test = open_packed(dest).splits["test"]
-    pre = fit_preprocessor(PreprocessConfig(kind="channel"), load_packed(dest).splits["train"].images)
-    aug = build_train_augment(AugmentConfig(crop=64, pad=4, flip=True, cutout=10), seed=1)
-    view = build_eval_transform(AugmentConfig(crop=64))
-
-    def batches(workers: int, epochs: int = 3) -> list[list[torch.Tensor]]:
-        train = StreamLoader(split, 5, shuffle=True, seed=2, preprocess=pre, augment=aug,
-                             workers=workers)
-        out = [_epoch(train, e)[0] for e in range(epochs)]
-        evaluation = StreamLoader(test, 4, preprocess=pre, eval_transform=view, workers=workers)
-        return out + [[x for x, _ in evaluation]]
-
-    with monkeypatch.context() as m:  # the reference: batched ops, in this process
-        m.setattr(augment_module, "_per_image", lambda shape, device: False)
-        m.setattr(streaming_module, "_per_image", lambda shape, device: False)
-        reference = [[x.clone() for x in epoch] for epoch in batches(0)]
-    assert reference[0][0].shape == (5, 3, 64, 64) and reference[-1][0].shape == (4, 3, 64, 64)
-
-    kept = []
-    train = StreamLoader(split, 5, shuffle=True, seed=2, preprocess=pre, augment=aug, workers=2)
-    for e in range(3):
-        train.set_epoch(e)
-        for i, (x, _) in enumerate(train):
-            assert torch.equal(x, reference[e][i]), (e, i)
-            if i % 2 == 0:
-                kept.append((e, i, x))
-    assert len(kept) > train.slots.count
-    for e, i, x in kept:
-        assert torch.equal(x, reference[e][i]), (e, i)
-    assert all(torch.equal(a, b) for a, b in zip(batches(0, epochs=0)[-1], reference[-1]))
 
 
 @pytest.mark.gpu
@@ -480,6 +454,7 @@ def test_stream_loader_on_cuda_matches_the_cpu_loader(large_folder: Path, tmp_pa
 
     cuda = loader("cuda", False, gpu_decode=gpu_decode)
     assert cuda.mode == ("encoded" if gpu_decode else "decoded")
+    assert cuda.loader.pin_memory  # uint8 batches are copied from pinned memory
     for (x, y), (xc, yc) in zip(loader("cpu", False), cuda, strict=True):
         assert xc.device.type == "cuda" and torch.equal(yc.cpu(), y)
         torch.testing.assert_close(xc.cpu(), x, atol=0.15, rtol=0)
@@ -490,10 +465,11 @@ def test_stream_loader_on_cuda_matches_the_cpu_loader(large_folder: Path, tmp_pa
 
 def test_decoded_batches_go_into_the_given_buffer_or_a_fresh_one(packed_small: Path) -> None:
     """The CUDA path's worker output (uint8 (B, H, W, C)), written into a reusable buffer."""
-    from convzoo.data.streaming import _BatchReader
+    from convzoo.data.images import DEFAULT_LIMITS
+    from convzoo.data.loaders import _BatchReader
 
     split = open_packed(packed_small).splits["train"]
-    reader = _BatchReader(split, None, "decoded")
+    reader = _BatchReader(split, None, DEFAULT_LIMITS, "decoded")
     buffer = torch.empty(10_000, dtype=torch.uint8)
     x, labels, index = reader[(0, 0, [3, 1, 2], (0, buffer))]
     assert torch.equal(x, split.decode([3, 1, 2])) and x.data_ptr() == buffer.data_ptr()

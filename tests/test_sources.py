@@ -7,10 +7,8 @@ import io
 import logging
 import os
 import pickle
-import sys
 import tarfile
 import time
-import types
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +16,11 @@ import pytest
 import torch
 from PIL import Image
 
-import convzoo.data
 from convzoo.config import DataConfig
 from convzoo.data import download, sources
 from convzoo.data.cifar import load_cifar
 from convzoo.data.digits import load_digits
-from convzoo.data.folder import load_image_folder
-from convzoo.data.sources import load_dataset
+from convzoo.data.sources import load_dataset, load_tree
 from convzoo.errors import ConvzooError
 
 CIFAR10_JPEG = Path(
@@ -34,6 +30,15 @@ CIFAR10_JPEG = Path(
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def load_image_folder(root: Path, cache_dir: Path | None = None, workers: int = 1,
+                      **options) -> sources.Dataset:
+    """An image folder (or tar archive) loaded as `load_dataset` loads one, caching under
+    `cache_dir` (default: a fresh folder beside `root`)."""
+    cache = cache_dir if cache_dir is not None else root.parent / f"cache-{time.time_ns()}"
+    return load_tree(Path(root), DataConfig(source=str(root), root=str(cache), workers=workers,
+                                            **options))
 
 
 def _pickle(obj: dict) -> bytes:
@@ -223,9 +228,9 @@ def test_all_gray_stays_one_channel(tmp_path):
     _save(root / "val" / "x" / "v.png", (5, 5), "L", 9)
     ds = load_image_folder(root, workers=1)
     assert ds.splits["train"].images.shape == (3, 1, 5, 5)
-    assert set(ds.splits) == {"train", "test"}  # val/ alone serves as the test split
+    assert set(ds.splits) == {"train", "val"}  # a tree's val/ is the split val (issue 10)
     rgb = load_image_folder(root, channels=3, workers=1)
-    assert rgb.splits["test"].images.shape == (1, 3, 5, 5)
+    assert rgb.splits["val"].images.shape == (1, 3, 5, 5)
 
 
 def test_test_and_val_both_loaded(tmp_path):
@@ -264,8 +269,9 @@ def test_folder_layout_errors(tmp_path):
     _save(root / "test" / "owl" / "x.png", (8, 8))
     with pytest.raises(ConvzooError, match="owl"):
         load_image_folder(root)
-    with pytest.raises(ConvzooError, match="no train/"):
-        load_image_folder(root / "test")
+    # a split-less <class>/* folder is one split ("train"), classes its folders
+    flat = load_image_folder(root / "test")
+    assert flat.classes == ["cat", "dog", "owl"] and list(flat.splits) == ["train"]
     with pytest.raises(ConvzooError, match="not found"):
         load_image_folder(tmp_path / "nowhere")
     empty = tmp_path / "empty"
@@ -305,20 +311,21 @@ def test_cache_reused_and_invalidated(tmp_path):
     root = _folder(tmp_path)
     cache = tmp_path / "cache"
     first = load_image_folder(root, cache_dir=cache, workers=1)
+    cache = cache / "cache"
     files = list(cache.glob("*.pt"))
     assert len(files) == 1 and not list(cache.glob("*.tmp"))
-    again = load_image_folder(root, cache_dir=cache, workers=1)
+    again = load_image_folder(root, cache_dir=cache.parent, workers=1)
     assert torch.equal(first.splits["train"].images, again.splits["train"].images)
     # Change one image: a new cache replaces the stale one and holds the new pixels.
     changed = root / "train" / "cat" / "000.png"
     pixels = _save(changed, (8, 8), seed=123)
     os.utime(changed, ns=(time.time_ns(), time.time_ns() + 10**9))
-    third = load_image_folder(root, cache_dir=cache, workers=1)
+    third = load_image_folder(root, cache_dir=cache.parent, workers=1)
     assert np.array_equal(third.splits["train"].images[0].permute(1, 2, 0).numpy(), pixels)
     assert len(list(cache.glob("*.pt"))) == 1 and list(cache.glob("*.pt")) != files
     # A damaged cache file is rebuilt, not fatal.
     next(cache.glob("*.pt")).write_bytes(b"garbage")
-    assert torch.equal(load_image_folder(root, cache_dir=cache).splits["train"].images,
+    assert torch.equal(load_image_folder(root, cache_dir=cache.parent).splits["train"].images,
                        third.splits["train"].images)
 
 
@@ -386,20 +393,6 @@ def test_train_only_folder_needs_val_fraction(tmp_path):
         load_dataset(DataConfig(source=str(root), root=str(tmp_path / "c")))
     ds = load_dataset(DataConfig(source=str(root), root=str(tmp_path / "c"), val_fraction=0.2))
     assert sorted(ds.splits) == ["train", "val"] and len(ds.splits["val"]) == 2
-
-
-def test_packed_dataset_goes_to_records(tmp_path, monkeypatch):
-    packed = tmp_path / "packed"
-    packed.mkdir()
-    (packed / "index.json").write_text("{}")
-    expected = load_digits(image_size=8)
-    fake = types.ModuleType("convzoo.data.records")
-    fake.is_packed = lambda p: Path(p) == packed
-    fake.load_packed = lambda p: expected
-    monkeypatch.setitem(sys.modules, "convzoo.data.records", fake)
-    monkeypatch.setattr(convzoo.data, "records", fake, raising=False)
-    ds = load_dataset(DataConfig(source=str(packed), limit=50))
-    assert len(ds.splits["train"]) == 50 and ds.image_shape == (3, 8, 8)
 
 
 # ----------------------------------------------------------------------------- digits

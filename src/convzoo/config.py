@@ -151,6 +151,13 @@ class DataConfig:
     skip_bad: bool = False  # skip unreadable images (counted and reported) instead of failing
     # use at most this many train (and test) images; 0 = all (smoke tests, quick looks)
     limit: Annotated[int, In("[0, inf)")] = 0
+    # how image_size is reached: crop = shorter side to S, centre crop (torchvision/timm);
+    # squash = resize to SxS ignoring the aspect ratio. Recorded in the checkpoint.
+    resize: Literal["crop", "squash"] = "crop"
+    # largest image decoded, width*height pixels (Pillow's decompression-bomb guard); 0 = off
+    max_image_pixels: Annotated[int, In("[0, inf)")] = 89_478_485
+    # largest archive member read into memory, MiB; 0 = no limit
+    max_member_mb: Annotated[int, In("[0, inf)")] = 1024
 
 
 @dataclass(frozen=True)

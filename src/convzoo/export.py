@@ -1,11 +1,13 @@
 """``convzoo export``: a trained model as ONNX (preprocessing folded in) or safetensors.
 
 ONNX: the exported graph is ``InferenceModel`` in eval mode: it takes float32 images
-(B, C, H, W) on the 0-255 scale at the checkpoint's stored image size (what ``convzoo predict``
-feeds after reading a file), applies the checkpoint's fitted preprocessing and deterministic
-eval view (centre crop where the recipe crops), then the network, and returns logits (B, classes).
-The batch axis is dynamic. Class names, input size and the preprocessing kind are stored in the
-ONNX model's ``metadata_props``.
+(B, C, H, W) on the 0-255 scale at the run's input geometry (``checkpoint_geometry``: what
+``convzoo predict`` feeds after decoding a file and bringing it to the run's channels and size
+by its crop/squash rule), applies the checkpoint's fitted preprocessing and deterministic eval
+view (centre crop where the recipe crops), then the network, and returns logits (B, classes).
+The batch axis is dynamic. Class names, the input geometry (channels, height, width and the
+resize rule a caller must apply first) and the preprocessing kind are stored in the ONNX
+model's ``metadata_props``.
 
 safetensors: the model's ``state_dict`` (loadable with ``model.load_state_dict``) plus the
 metadata needed to rebuild it, as the run's own ``model.safetensors``, and the checkpoint's
@@ -33,6 +35,7 @@ from convzoo import config as C
 from convzoo.data.augment import build_eval_transform
 from convzoo.data.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
+from convzoo.inference import checkpoint_geometry
 from convzoo.train import checkpoint as ckpt_io
 from convzoo.train.setup import load_model_for_eval
 
@@ -111,7 +114,7 @@ def export(path: str | Path, fmt: str, *, out: str | Path | None = None, which: 
     exporter = export_onnx(wrapper, ckpt, target, opset=opset, weights=weights)
     result = ExportResult(target, fmt, exporter)
     if check:
-        result.checks.extend(check_onnx(target, wrapper, tuple(ckpt["image_shape"])))
+        result.checks.extend(check_onnx(target, wrapper, checkpoint_geometry(ckpt).shape))
     return result
 
 
@@ -133,6 +136,7 @@ def weights_metadata(ckpt: dict[str, Any], weights: str,
         "classes": json.dumps(ckpt["classes"]),
         "model_kwargs": json.dumps(ckpt["model_kwargs"]),
         "image_shape": json.dumps(list(ckpt["image_shape"])),
+        "geometry": json.dumps(checkpoint_geometry(ckpt).state()),
         "epoch": str(ckpt["epoch"]),
         "weights": weights,  # "ema" or "raw" (select_weights)
         "preprocess": json.dumps({"kind": state["kind"], **small}),
@@ -201,7 +205,8 @@ def export_onnx(wrapper: InferenceModel, ckpt: dict[str, Any], path: Path,
     if it fails, the legacy TorchScript-based exporter (``dynamo=False``) is used.
     """
     onnx = _require_onnx()
-    example = torch.randint(0, 256, (2, *ckpt["image_shape"])).float()  # (2, C, H, W) 0-255
+    shape = checkpoint_geometry(ckpt).shape
+    example = torch.randint(0, 256, (2, *shape)).float()  # (2, C, H, W) 0-255
     common: dict[str, Any] = {"input_names": [INPUT_NAME], "output_names": [OUTPUT_NAME]}
     if opset is not None:
         common["opset_version"] = opset
@@ -228,7 +233,7 @@ def export_onnx(wrapper: InferenceModel, ckpt: dict[str, Any], path: Path,
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, onnx_metadata(ckpt, wrapper, weights))
     model.doc_string = (f"convzoo {ckpt['model_name']}: float32 images (batch, "
-                        f"{', '.join(map(str, ckpt['image_shape']))}) on the 0-255 scale -> "
+                        f"{', '.join(map(str, shape))}) on the 0-255 scale -> "
                         f"logits (batch, {ckpt['num_classes']}); preprocessing included")
     onnx.save(model, str(path))
     return name
@@ -240,7 +245,10 @@ def onnx_metadata(ckpt: dict[str, Any], wrapper: InferenceModel,
     return {
         "convzoo.model": ckpt["model_name"],
         "convzoo.classes": json.dumps(ckpt["classes"]),
-        "convzoo.input_size": json.dumps(list(ckpt["image_shape"])),  # (C, H, W)
+        "convzoo.input_size": json.dumps(list(checkpoint_geometry(ckpt).shape)),  # (C, H, W)
+        # how a caller brings an image to input_size: crop = scale to cover, centre crop;
+        # squash = resize ignoring the aspect ratio (bilinear, antialiased)
+        "convzoo.geometry": json.dumps(checkpoint_geometry(ckpt).state()),
         "convzoo.input": "float32 (batch, C, H, W), RGB/grey values 0-255, unnormalised",
         "convzoo.output": "logits (batch, classes); softmax for probabilities",
         "convzoo.preprocess": wrapper.preprocess.kind,

@@ -10,16 +10,15 @@ Train order (`Augment`): random_resized_crop -> crop -> pad -> translate -> affi
 cutout. Eval: `build_eval_transform` (deterministic centre crops / resize) and `tta_views`.
 
 The integer-geometry ops (crop, zero pad-and-crop, translate, flip, cutout) compose into one
-per-image `Windows` plan: on a CPU, large images are then built image by image in one pass
-(`apply_windows`), which can also read the uint8 source and normalise on the way. Both paths
-draw the same numbers in the same order and give exactly the same batch.
+per-image `Windows` plan (`convzoo.data.cpu_stage`): on a CPU, large images are then built image
+by image in one pass (`apply_windows`), which can also read the uint8 source and normalise on
+the way. Both paths draw the same numbers in the same order and give exactly the same batch.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +26,7 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from convzoo.config import AugmentConfig
+from convzoo.data.cpu_stage import Windows, apply_windows, per_image
 from convzoo.errors import ConvzooError
 
 PAD_MODES = ("zeros", "reflect")
@@ -334,103 +334,6 @@ def cutout(x: Tensor, size: int, generator: torch.Generator) -> Tensor:
     return x.masked_fill(mask, 0.0)
 
 
-# ----------------------------------------------------------------------------- per-image windows
-
-
-@dataclass(frozen=True)
-class Windows:
-    """The integer geometry of a batch, image by image: where each output pixel comes from.
-
-    Output image b (``size`` = (h, w)) holds source pixel ``(i + dy[b], j + dx[b])`` at (i, j) for
-    rows ``top[b] <= i < bottom[b]`` and columns ``left[b] <= j < right[b]`` and the fill value 0
-    elsewhere; it is then mirrored where ``flip[b]``, and ``cut`` px squares at ``cut_at[b]`` =
-    (top, left) are set to 0. Crops and shifts compose into this form (each keeps the valid part
-    a rectangle), which is what lets a CPU build each image with one copy.
-    """
-
-    size: tuple[int, int]
-    dy: Tensor  # (B,) int64: source row = output row + dy
-    dx: Tensor
-    top: Tensor  # (B,) int64: the rows/columns that come from the source, the rest is fill
-    bottom: Tensor
-    left: Tensor
-    right: Tensor
-    flip: Tensor | None = None  # (B,) bool
-    cut: int = 0
-    cut_at: tuple[Tensor, Tensor] | None = None
-
-    @staticmethod
-    def identity(batch: int, height: int, width: int) -> Windows:
-        zero = torch.zeros(batch, dtype=torch.int64)
-        return Windows((height, width), zero, zero, zero, zero + height, zero, zero + width)
-
-    def crop(self, top: Tensor | int, left: Tensor | int, size: tuple[int, int]) -> Windows:
-        """The `size` window at (top, left) of the current output."""
-        h, w = size
-        return replace(self, size=size, dy=self.dy + top, dx=self.dx + left,
-                       top=(self.top - top).clamp(0, h), bottom=(self.bottom - top).clamp(0, h),
-                       left=(self.left - left).clamp(0, w), right=(self.right - left).clamp(0, w))
-
-    def shift(self, dy: Tensor, dx: Tensor) -> Windows:
-        """The current output moved down by dy and right by dx px, 0 shifted in."""
-        h, w = self.size
-        return replace(self, dy=self.dy - dy, dx=self.dx - dx,
-                       top=(self.top + dy).clamp(0, h), bottom=(self.bottom + dy).clamp(0, h),
-                       left=(self.left + dx).clamp(0, w), right=(self.right + dx).clamp(0, w))
-
-
-def apply_windows(
-    images: Sequence[Tensor] | Tensor,
-    windows: Windows,
-    out: Tensor | None = None,
-    normalize: tuple[Tensor, Tensor] | None = None,
-) -> Tensor:
-    """Build the batch `windows` describes from `images` (B source (C, H, W) tensors, or one
-    (B, C, H, W) batch, any layout), one copy per image.
-
-    With ``normalize = (mean, scale)`` the sources are uint8 on the 0-255 scale and each copied
-    pixel becomes ``(x - mean) * scale`` as float32 (``Preprocessor.pixelwise``); the result is
-    then exactly preprocess-then-augment, without a full-size intermediate batch. `out` (B, C, h,
-    w) receives the batch (e.g. a reused shared-memory buffer); by default a new contiguous one.
-    """
-    B = len(images)
-    h, w = windows.size
-    if out is None:
-        C, dtype = images[0].shape[0], torch.float32 if normalize else images[0].dtype
-        out = torch.empty(B, C, h, w, dtype=dtype)
-    geometry = zip(windows.dy.tolist(), windows.dx.tolist(), windows.top.tolist(),
-                   windows.bottom.tolist(), windows.left.tolist(), windows.right.tolist())
-    flips = windows.flip.tolist() if windows.flip is not None else [False] * B
-    cuts = zip(*(t.tolist() for t in windows.cut_at)) if windows.cut_at else [None] * B
-    for b, ((dy, dx, t, bt, lf, rt), flipped, cut) in enumerate(zip(geometry, flips, cuts)):
-        o = out[b]
-        if t >= bt or lf >= rt:
-            o.zero_()  # shifted out entirely
-        else:
-            src = images[b][:, t + dy:bt + dy, lf + dx:rt + dx]
-            if flipped:  # mirrored: the same columns counted from the right edge
-                src, lf, rt = src.flip(-1), w - rt, w - lf
-            o[:, :t].zero_()
-            o[:, bt:].zero_()
-            o[:, t:bt, :lf].zero_()
-            o[:, t:bt, rt:].zero_()
-            region = o[:, t:bt, lf:rt]
-            region.copy_(src)
-            if normalize is not None:
-                region.sub_(normalize[0]).mul_(normalize[1])
-        if cut is not None:
-            o[:, cut[0]:cut[0] + windows.cut, cut[1]:cut[1] + windows.cut].zero_()
-    return out
-
-
-def _per_image(shape: torch.Size | tuple[int, ...], device: torch.device) -> bool:
-    """Whether to build batches image by image (`apply_windows`): on a CPU, for images of
-    64x64x3 values or more. There one pass per image beats the batched ops (a full-size
-    temporary per op, per-channel loops on channels-last data) several times over; below that
-    size the per-image Python overhead wins, and on a GPU the batched ops always do."""
-    return device.type == "cpu" and math.prod(shape[1:]) >= 64 * 64 * 3
-
-
 # ----------------------------------------------------------------------------- pipelines
 
 
@@ -486,7 +389,7 @@ class Augment:
     ) -> Tensor:
         """(B, C, H, W) float -> augmented float batch (H, W change only with rrc/crop)."""
         c = self.cfg
-        if self.integer_only and _per_image(x.shape, x.device):
+        if self.integer_only and per_image(x.shape, x.device):
             return apply_windows(x, self.windows(x.shape, generator, epoch, index))
         if c.random_resized_crop:
             x = random_resized_crop(x, c.random_resized_crop, generator, scale=c.rrc_scale)

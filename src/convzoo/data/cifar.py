@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from convzoo.data.dataset import Dataset, Split
+from convzoo.data.images import DEFAULT_LIMITS, Limits
 from convzoo.errors import ConvzooError
 
 CIFAR10_DIR = "cifar-10-batches-py"
@@ -58,7 +60,7 @@ def _unpickle(data: bytes, where: str) -> dict[str, Any]:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-def _read_members(path: Path) -> tuple[str, dict[str, dict[str, Any]]]:
+def _read_members(path: Path, limits: Limits) -> tuple[str, dict[str, dict[str, Any]]]:
     """(folder name, {file name: unpickled dict}) from an archive or an extracted folder."""
     found: dict[str, dict[str, Any]] = {}
     if path.is_dir():
@@ -83,10 +85,11 @@ def _read_members(path: Path) -> tuple[str, dict[str, dict[str, Any]]]:
                     continue
                 kind = folder
                 if name in _CIFAR10_FILES or name in _CIFAR100_FILES:
+                    limits.check_member(path, member.name, member.size)
                     f = tar.extractfile(member)
                     assert f is not None  # a regular file member always has data
                     found[name] = _unpickle(f.read(), f"{path}:{member.name}")
-    except (tarfile.TarError, OSError, EOFError) as e:
+    except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise ConvzooError(f"cannot read CIFAR archive {path}: {e}") from None
     if not kind:
         raise ConvzooError(
@@ -128,16 +131,17 @@ def _names(meta: dict[str, Any], key: str, where: str) -> list[str]:
     return [n.decode() if isinstance(n, bytes) else str(n) for n in meta[key]]
 
 
-def load_cifar(path: Path, fine: bool = True) -> Dataset:
+def load_cifar(path: Path, fine: bool = True, limits: Limits = DEFAULT_LIMITS) -> Dataset:
     """Load CIFAR-10 or CIFAR-100 from the official ``.tar.gz`` or its extracted folder.
 
     For CIFAR-100, ``fine=True`` gives the 100 fine labels, ``fine=False`` the 20 coarse
     super-classes. Splits "train" (50,000) and "test" (10,000); images (N, 3, 32, 32) uint8.
+    Archive members over ``limits.max_member_bytes`` are refused before they are read.
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise ConvzooError(f"CIFAR data not found: {path}")
-    kind, files = _read_members(path)
+    kind, files = _read_members(path, limits)
     wanted = _CIFAR10_FILES if kind == CIFAR10_DIR else _CIFAR100_FILES
     missing = [n for n in wanted if n not in files]
     if missing:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from convzoo.data.images import Geometry
 
 
 @dataclass
@@ -31,11 +35,14 @@ class Split:
 
 @dataclass
 class Dataset:
-    """A named dataset: class names plus its splits ("train", "test", optionally "val")."""
+    """A named dataset: class names, its splits ("train", "val", "test"), the geometry its
+    images were brought to, and the files skipped as unreadable (``data.skip_bad``)."""
 
     name: str
     classes: list[str]
     splits: dict[str, Split] = field(default_factory=dict)
+    geometry: Geometry | None = None
+    skipped: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -43,5 +50,5 @@ class Dataset:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the training images."""
-        return tuple(self.splits["train"].images.shape[1:])  # type: ignore[return-value]
+        """(C, H, W) of the images."""
+        return tuple(next(iter(self.splits.values())).images.shape[1:])  # type: ignore[return-value]

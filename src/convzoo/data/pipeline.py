@@ -1,30 +1,35 @@
-"""From ``cfg.data`` to the trainer's two loaders: device-resident or streaming, one interface.
+"""From ``cfg.data`` to the trainer's two loaders: resident or streaming, one interface.
 
 ``build_pipeline`` decides where the images live:
 
 - ``memory``: ``sources.load_dataset`` decodes every split into one uint8 tensor, which
-  ``DeviceLoader`` keeps on the training device (CIFAR, digits, small folders).
+  ``ResidentLoader`` keeps on the training device (CIFAR, digits, folders, small packs).
 - ``stream``: a packed dataset (``convzoo pack``) stays on disk; ``StreamLoader`` reads and
   decodes each batch in worker processes (or on the GPU with nvJPEG).
 - ``auto``: ``stream`` for a packed dataset whose decoded train split would exceed
   ``MEMORY_BUDGET_BYTES``, ``memory`` otherwise.
 
-Either way the trainer gets ``(images float (B, C, H, W) normalised, labels int64 (B,))`` on
-the device, and the preprocessing is fitted on the training split (a seeded, stratified sample
-of ``preprocess.fit_images`` images when streaming).
+Either way the images are brought to one `Geometry` (``data.channels``, ``image_size``,
+``resize``; for eval, the run's own), which the checkpoint records; the trainer gets
+``(images float (B, C, H, W) normalised, labels int64 (B,))`` on the device, and the
+preprocessing is fitted on the training split (a seeded, stratified sample of
+``preprocess.fit_images`` images when streaming).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from convzoo import config as C
+from convzoo.data import packed as packed_io
 from convzoo.data.augment import build_eval_transform, build_train_augment
-from convzoo.data.loaders import DeviceLoader
+from convzoo.data.images import Geometry, Limits
+from convzoo.data.loaders import ResidentLoader, StreamLoader
+from convzoo.data.prepare import once_per_node
 from convzoo.data.preprocess import Preprocessor, fit_preprocessor
 from convzoo.data.sources import carve_val, limit_splits, load_dataset, stratified_pick
 from convzoo.errors import ConvzooError
@@ -32,7 +37,7 @@ from convzoo.errors import ConvzooError
 MEMORY_BUDGET_BYTES = 8 * 2**30  # decoded uint8 train split that `auto` still keeps in memory
 STREAM_FIT_IMAGES = 10_000  # images decoded to fit preprocessing when streaming (fit_images=0)
 
-Loader = Any  # DeviceLoader | StreamLoader: set_epoch(e), len(), iteration, head(n)
+Loader = ResidentLoader | StreamLoader
 
 
 @dataclass
@@ -49,6 +54,7 @@ class Pipeline:
     train_count: int
     eval_count: int
     kind: str  # "memory" | "stream"
+    geometry: Geometry  # what every image is brought to; goes into the checkpoint
 
     @property
     def num_classes(self) -> int:
@@ -66,10 +72,19 @@ def resolve_eval_split(requested: str, available: list[str], source: str) -> str
     return split
 
 
+def heldout_split(available: list[str]) -> str:
+    """The split to evaluate a run on when it meets new data: test, else val, else the only
+    split there is (a split-less ``<class>/*`` folder)."""
+    for name in ("test", "val"):
+        if name in available:
+            return name
+    return sorted(available)[0]
+
+
 def packed_path(source: str) -> Path | None:
     """The directory of a packed dataset named by `source`, or None if it is not one."""
     path = Path(source).expanduser()
-    return path if (path / "index.json").is_file() else None
+    return path if (path / packed_io.INDEX_NAME).is_file() else None
 
 
 def choose_loader(cfg: C.DataConfig) -> str:
@@ -82,29 +97,16 @@ def choose_loader(cfg: C.DataConfig) -> str:
                            f"'{cfg.source}' is not one")
     if cfg.loader != "auto" or packed is None:
         return "memory" if cfg.loader == "auto" else cfg.loader
-    from convzoo.data.records import open_packed
-
-    ds = open_packed(packed)
+    ds = packed_io.open_packed(packed)
     try:
         train = ds.splits.get("train")
         if train is None:
             raise ConvzooError(f"{packed}: packed dataset has no train split")
-        c, h, w = _stored_shape(train, cfg.image_size)
+        c, h, w = ds.geometry(channels=cfg.channels, image_size=cfg.image_size,
+                              resize=cfg.resize).shape
         return "stream" if len(train) * c * h * w > MEMORY_BUDGET_BYTES else "memory"
     finally:
         ds.close()
-
-
-def _stored_shape(split: Any, size: int) -> tuple[int, int, int]:
-    """(C, H, W) the loader will produce for a packed split (probes one record for JPEG)."""
-    if size:
-        return split.channels, size, size
-    if split.shape is not None:
-        return tuple(split.shape)
-    if len(split) == 0:
-        raise ConvzooError(f"{split.root}: split '{split.name}' is empty")
-    h, w, c = split.decode([0]).shape[1:]
-    return c, h, w
 
 
 # ----------------------------------------------------------------------------- building
@@ -118,40 +120,73 @@ class Source:
     classes: list[str]
     splits: dict[str, Any]
     kind: str  # "memory" | "stream"
+    geometry: Geometry
+    limits: Limits
 
 
-def open_source(cfg: C.Config) -> Source:
-    """Load (memory) or open (stream) ``cfg.data`` with ``limit`` and ``val_fraction`` applied."""
+def open_source(cfg: C.Config, geometry: Geometry | None = None) -> Source:
+    """Load (memory) or open (stream) ``cfg.data`` with ``limit`` and ``val_fraction`` applied,
+    brought to `geometry` (default: the one ``cfg.data`` describes). Under torchrun, local
+    rank 0 prepares (downloads, decodes, caches) before the node's other ranks."""
     kind = choose_loader(cfg.data)
+    limits = Limits.from_config(cfg.data)
     if kind == "memory":
-        dataset = load_dataset(cfg.data, seed=cfg.train.seed)
-        return Source(dataset.name, list(dataset.classes), dict(dataset.splits), kind)
-    packed, splits = _stream_splits(cfg)
-    if cfg.data.channels and cfg.data.channels != packed.channels:
-        raise ConvzooError(f"data.channels={cfg.data.channels}: the streamed pack has "
-                           f"{packed.channels} channels (repack, or use data.loader=memory)")
-    return Source(packed.name, list(packed.classes), splits, kind)
+        ds = once_per_node(lambda: load_dataset(cfg.data, seed=cfg.train.seed,
+                                                geometry=geometry))
+        assert ds.geometry is not None
+        return Source(ds.name, list(ds.classes), dict(ds.splits), kind, ds.geometry, limits)
+    pack = packed_io.open_packed(packed_path(cfg.data.source))  # type: ignore[arg-type]
+    splits = dict(pack.splits)
+    if "train" not in splits and geometry is None:
+        raise ConvzooError(f"{cfg.data.source}: packed dataset has no train split")
+    if cfg.data.limit:
+        limit_splits(splits, cfg.data.limit, cfg.train.seed)
+    if cfg.data.val_fraction:
+        carve_val(splits, cfg.data.val_fraction, cfg.train.seed, cfg.data.source)
+    geo = geometry or pack.geometry(channels=cfg.data.channels, image_size=cfg.data.image_size,
+                                    resize=cfg.data.resize)
+    return Source(pack.name, list(pack.classes), splits, kind, geo, limits)
+
+
+def remap_classes(source: Source, classes: list[str]) -> Source:
+    """`source` with its labels renumbered to `classes` (a run's), matched by name: a subset
+    of a run's classes, in any order, is fine; a class the run does not know is an error."""
+    if list(source.classes) == list(classes):
+        return source
+    index = {c: i for i, c in enumerate(classes)}
+    unknown = [c for c in source.classes if c not in index]
+    if unknown:
+        shown = ", ".join(classes[:20]) + (", ..." if len(classes) > 20 else "")
+        raise ConvzooError(f"{source.name}: class '{unknown[0]}' is not one the model knows "
+                           f"(its {len(classes)} classes: {shown})")
+    mapping = torch.tensor([index[c] for c in source.classes], dtype=torch.int64)
+    splits = {}
+    for name, split in source.splits.items():
+        if source.kind == "memory":
+            splits[name] = type(split)(split.images, mapping[split.labels])
+        else:
+            splits[name] = split.relabel(mapping)
+    return replace(source, classes=list(classes), splits=splits)
 
 
 def make_loader(source: Source, split: str, cfg: C.Config, device: torch.device,
                 preprocess: Preprocessor, *, train: bool, rank: int = 0,
                 world_size: int = 1, batch_size: int | None = None) -> Loader:
-    """A training loader (shuffled, augmented, per-rank slice) or an evaluation loader."""
-    common: dict[str, Any] = dict(device=device, preprocess=preprocess)
+    """A training loader (shuffled, augmented, training partition over the ranks) or an
+    evaluation loader (in order, exact partition over the ranks)."""
+    common: dict[str, Any] = dict(device=device, preprocess=preprocess, seed=cfg.train.seed,
+                                  rank=rank, world_size=world_size)
     if train:
         common.update(augment=build_train_augment(cfg.augment, seed=cfg.train.seed),
-                      shuffle=True, drop_last=True, seed=cfg.train.seed, rank=rank,
-                      world_size=world_size)
+                      shuffle=True, drop_last=True)
         batch = batch_size or cfg.train.batch_size // world_size
     else:
         common.update(eval_transform=build_eval_transform(cfg.augment))
         batch = batch_size or cfg.train.eval_batch_size
     if source.kind == "memory":
-        return DeviceLoader(source.splits[split], batch, **common)
-    from convzoo.data.streaming import StreamLoader
-
+        return ResidentLoader(source.splits[split], batch, **common)
     return StreamLoader(source.splits[split], batch, workers=cfg.data.workers or None,
-                        decode_size=cfg.data.image_size or None, **common)
+                        geometry=source.geometry, limits=source.limits, **common)
 
 
 def fit_on_train(cfg: C.Config, source: Source) -> Preprocessor:
@@ -165,16 +200,8 @@ def fit_on_train(cfg: C.Config, source: Source) -> Preprocessor:
         return fit_preprocessor(cfg.preprocess, train.images if pick is None else
                                 train.images[pick])
     indices = list(range(len(train))) if pick is None else pick.tolist()
-    sample = train.decode(indices, cfg.data.image_size or None).permute(0, 3, 1, 2)
+    sample = train.decode(indices, source.geometry, limits=source.limits).permute(0, 3, 1, 2)
     return fit_preprocessor(cfg.preprocess, sample)
-
-
-def stored_shape(source: Source, cfg: C.DataConfig) -> tuple[int, int, int]:
-    """(C, H, W) of the training images as the loader delivers them, before augmentation."""
-    train = source.splits["train"]
-    if source.kind == "memory":
-        return tuple(train.images.shape[1:])  # type: ignore[return-value]
-    return _stored_shape(train, cfg.image_size)
 
 
 def build_pipeline(cfg: C.Config, device: torch.device, *, rank: int = 0, world_size: int = 1,
@@ -195,21 +222,6 @@ def build_pipeline(cfg: C.Config, device: torch.device, *, rank: int = 0, world_
     train = make_loader(source, "train", cfg, device, preprocess, train=True, rank=rank,
                         world_size=world_size)
     evaluation = make_loader(source, split, cfg, device, preprocess, train=False)
-    return Pipeline(source.name, source.classes, stored_shape(source, cfg.data), split, train,
+    return Pipeline(source.name, source.classes, source.geometry.shape, split, train,
                     evaluation, preprocess, len(source.splits["train"]),
-                    len(source.splits[split]), source.kind)
-
-
-def _stream_splits(cfg: C.Config) -> tuple[Any, dict[str, Any]]:
-    """The opened pack and its splits after ``limit`` and ``val_fraction`` (index views)."""
-    from convzoo.data.records import open_packed
-
-    packed = open_packed(packed_path(cfg.data.source))  # type: ignore[arg-type]
-    splits = dict(packed.splits)
-    if "train" not in splits:
-        raise ConvzooError(f"{cfg.data.source}: packed dataset has no train split")
-    if cfg.data.limit:
-        limit_splits(splits, cfg.data.limit, cfg.train.seed)
-    if cfg.data.val_fraction:
-        carve_val(splits, cfg.data.val_fraction, cfg.train.seed, cfg.data.source)
-    return packed, splits
+                    len(source.splits[split]), source.kind, source.geometry)

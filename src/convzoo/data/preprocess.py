@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from convzoo.config import PreprocessConfig
+from convzoo.data.progress import progress
 from convzoo.errors import ConvzooError
 
 KINDS = ("none", "mean_image", "global_mean", "channel", "gcn", "gcn_zca")
@@ -192,10 +193,13 @@ class Preprocessor(nn.Module):
 # ----------------------------------------------------------------------------- fitting
 
 
-def _chunks(images: Tensor, device: torch.device, dtype: torch.dtype) -> Any:
+def _chunks(images: Tensor, device: torch.device, dtype: torch.dtype,
+            desc: str = "fitting preprocessing") -> Any:
     """Yield (n, C, H, W) chunks of the uint8 training images on `device` as `dtype`."""
-    for i in range(0, images.shape[0], _FIT_CHUNK):
-        yield images[i : i + _FIT_CHUNK].to(device).to(dtype)
+    with progress(images.shape[0], desc, unit="img") as bar:
+        for i in range(0, images.shape[0], _FIT_CHUNK):
+            yield images[i : i + _FIT_CHUNK].to(device).to(dtype)
+            bar.update(min(_FIT_CHUNK, images.shape[0] - i))
 
 
 def _pixel_sums(images: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -235,7 +239,7 @@ def _fit_zca(images: Tensor, scale: float, eps: float, device: torch.device) -> 
     work = torch.float32 if device.type == "cpu" else torch.float64
     total = torch.zeros(d, dtype=torch.float64, device=device)
     gram = torch.zeros(d, d, dtype=torch.float64, device=device)
-    for c in _chunks(images, device, work):
+    for c in _chunks(images, device, work, "fitting ZCA whitening"):
         flat = gcn(c, scale).reshape(c.shape[0], -1)  # (n, D)
         total += flat.sum(0, dtype=torch.float64)
         gram += (flat.T @ flat).to(torch.float64)

@@ -4,7 +4,7 @@ epoch loop, ``train_one_epoch`` the steps, ``evaluate_run`` the per-epoch evalua
 Read it top to bottom: there are no callbacks and no trainer class. What a stage is built from
 (model, optimizer, schedule, scaler, EMA) lives in ``train/setup.py`` and is shared with
 ``convzoo bench``. Exact resume works because everything random in epoch ``e`` is seeded from
-``(seed, e)`` (see ``epoch_seed``) and all other state is in ``last.pt``, written atomically.
+``(seed, e)`` (``data/sampler.py``: the table of random streams) and all other state is in ``last.pt``, written atomically.
 
 Every file of a run directory is written by ``train/rundir.py``: config.yaml when a stage
 starts, and after each epoch the metrics row, weights, best.pt, (at a stage's end) the summary,
@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from convzoo import config as C
-from convzoo.data.loaders import epoch_seed
 from convzoo.data.pipeline import Loader, build_pipeline
+from convzoo.data.sampler import torch_seed
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import autocast, evaluate
 from convzoo.train import checkpoint as ckpt_io
@@ -393,7 +393,7 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None,
     ckpt: dict[str, Any] = {}
     for epoch in range(s.epoch + 1, cfg.train.epochs + 1):
         # Everything random in this epoch depends only on (seed, epoch): exact resume.
-        torch.manual_seed(epoch_seed(cfg.train.seed, epoch, stream=1 + rt.rank))
+        torch.manual_seed(torch_seed(cfg.train.seed, epoch, rt.rank))
         run.data.train.set_epoch(epoch)
         if hasattr(run.model, "set_epoch"):  # model-side schedule (fast family: whitening bias)
             run.model.set_epoch(epoch)

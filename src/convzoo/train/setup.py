@@ -286,6 +286,7 @@ def checkpoint_state(run: Run, row: dict[str, Any]) -> dict[str, Any]:
         "in_chans": data.image_shape[0],
         "classes": list(data.classes),
         "image_shape": list(data.image_shape),
+        "geometry": data.geometry.state(),  # how images reach the model: eval/predict/export
         "eval_split": data.eval_split,
         "preprocess": data.preprocess.state(),
         "model": run.model.state_dict(),

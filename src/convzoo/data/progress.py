@@ -1,0 +1,64 @@
+"""Progress of data preparation (decoding, caching, packing, fitting), on stderr.
+
+On a terminal: a tqdm bar (rate and ETA). Otherwise (logs, CI): a log line when the work
+starts and then at most every ``LOG_SECONDS`` with the count, rate and ETA. Quiet on every
+torchrun rank but 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from types import TracebackType
+
+from tqdm import tqdm
+
+log = logging.getLogger("convzoo")
+LOG_SECONDS = 30.0
+
+
+def _is_main_rank() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class progress:  # noqa: N801 - used like tqdm, as a context manager
+    """``with progress(total, "decoding", unit="img") as bar: bar.update(n)``."""
+
+    def __init__(self, total: int | None, desc: str, unit: str = "it",
+                 enabled: bool = True) -> None:
+        self.total, self.desc, self.unit = total, desc, unit
+        self.enabled = enabled and _is_main_rank()
+        self.bar: tqdm | None = None
+        if self.enabled and sys.stderr.isatty():
+            self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
+                            dynamic_ncols=True, leave=False)
+        self.done = 0
+        self.start = self.last = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if self.enabled and now - self.last >= LOG_SECONDS:
+            self.last = now
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = ""
+            if self.total:
+                eta = f", ETA {(self.total - self.done) / max(rate, 1e-9):.0f}s"
+            of = f"/{self.total:,}" if self.total else ""
+            log.info(f"{self.desc}: {self.done:,}{of} {self.unit} ({rate:,.0f}/s{eta})")
+
+    def __enter__(self) -> progress:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        seconds = time.perf_counter() - self.start
+        if self.enabled and kind is None and seconds >= 1.0 and self.done:
+            log.info(f"{self.desc}: {self.done:,} {self.unit} in {seconds:.1f}s")

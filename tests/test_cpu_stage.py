@@ -1,0 +1,243 @@
+"""The CPU fast path (`convzoo.data.cpu_stage`): per-image windows equal the batched ops bit
+for bit, in the augmentation, in the streaming loader's workers and in the resident loader;
+and the shared-memory buffers it writes into are really reused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import convzoo.data.augment as A
+import convzoo.data.stage as stage_module
+from convzoo.config import AugmentConfig, PreprocessConfig
+from convzoo.data.augment import build_eval_transform, build_train_augment
+from convzoo.data.cpu_stage import apply_windows
+from convzoo.data.loaders import ResidentLoader, StreamLoader
+from convzoo.data.pack import pack
+from convzoo.data.packed import load_packed, open_packed
+from convzoo.data.preprocess import fit_preprocessor
+from convzoo.errors import ConvzooError
+
+OFF = dict(
+    random_resized_crop=0, crop=0, pad=0, pad_mode="zeros", translate=0, rotate=0.0, shear=0.0,
+    scale=None, flip=False, flip_mode="random", cutout=0, tta="none",
+)
+
+
+def acfg(**kw) -> AugmentConfig:
+    return AugmentConfig(**{**OFF, **kw})
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# Integer-geometry pipelines (the ones a CPU builds image by image), with edge cases: shifts
+# larger than the image (whole images shifted out), crop + pad + translate composed.
+WINDOW_CFGS = [
+    acfg(pad=4, flip=True),
+    acfg(pad=4, flip=True, flip_mode="alternate"),
+    acfg(translate=3),
+    acfg(crop=60, flip=True),
+    acfg(crop=50, pad=2, translate=1, flip=True, cutout=12),
+    acfg(pad=71, cutout=70),
+    acfg(crop=64, pad=5, pad_mode="zeros", translate=40, flip=True, flip_mode="alternate"),
+    acfg(),
+]
+
+
+@pytest.fixture
+def batched_only(monkeypatch):
+    """Force the batched (GPU-style) ops on the CPU: the reference for the per-image path."""
+    monkeypatch.setattr(A, "per_image", lambda shape, device: False)
+
+
+@pytest.mark.parametrize("cfg", WINDOW_CFGS, ids=str)
+def test_cpu_per_image_path_equals_the_batched_ops(cfg, monkeypatch):
+    """Large images on a CPU are built image by image (`apply_windows`); the result is exactly
+    what the batched ops give, with the same draws from the same generator."""
+    x = torch.randn(9, 3, 70, 75).contiguous(memory_format=torch.channels_last)  # >= 64x64
+    index = torch.arange(100, 109)
+    aug = build_train_augment(cfg, seed=3)
+    assert A.per_image(x.shape, x.device)
+    fast = [aug(x, gen(5), epoch=e, index=index) for e in (0, 1)]
+    monkeypatch.setattr(A, "per_image", lambda shape, device: False)
+    for e in (0, 1):
+        assert torch.equal(fast[e], aug(x, gen(5), epoch=e, index=index)), e
+    assert fast[0].is_contiguous()
+
+
+@pytest.mark.parametrize("cfg", WINDOW_CFGS[:5], ids=str)
+def test_apply_windows_normalising_uint8_equals_preprocess_then_augment(cfg, batched_only):
+    """The streaming CPU stage's one pass (uint8 in, normalised and augmented float out) gives
+    exactly preprocess-then-augment, for every pixelwise preprocessing kind."""
+    from convzoo.config import PreprocessConfig
+    from convzoo.data.preprocess import fit_preprocessor
+
+    images = torch.randint(0, 256, (6, 3, 66, 70), dtype=torch.uint8, generator=gen(1))
+    index = torch.arange(6)
+    aug = build_train_augment(cfg, seed=2)
+    for kind in ("none", "global_mean", "channel"):
+        pre = fit_preprocessor(PreprocessConfig(kind=kind), images)
+        expected = aug(pre(images), gen(7), epoch=1, index=index)
+        plan = aug.windows(images.shape, gen(7), epoch=1, index=index)
+        hwc = [im.permute(1, 2, 0).contiguous().permute(2, 0, 1) for im in images]  # decoded
+        got = apply_windows(hwc, plan, normalize=pre.pixelwise())
+        assert got.dtype == torch.float32 and torch.equal(got, expected), kind
+    assert fit_preprocessor(PreprocessConfig(kind="mean_image"), images).pixelwise() is None
+    assert build_train_augment(acfg(pad=4, pad_mode="reflect")).windows(
+        images.shape, gen()) is None
+    assert build_train_augment(acfg(rotate=5.0)).windows(images.shape, gen()) is None
+
+
+def test_eval_transform_windows_equal_the_eval_view():
+
+    x = torch.rand(3, 3, 40, 36, generator=gen(0))
+    for cfg in (acfg(), acfg(crop=32), acfg(crop=20), acfg(random_resized_crop=36)):
+        t = build_eval_transform(cfg)
+        plan = t.windows(x.shape)
+        if cfg.random_resized_crop:
+            assert plan is None  # resizes: not integer geometry
+            assert t.windows(torch.Size([3, 3, 36, 36])) is not None  # already the eval view
+            continue
+        assert torch.equal(apply_windows(x, plan), t(x)), cfg
+    with pytest.raises(ConvzooError, match=r"augment\.crop"):
+        build_eval_transform(acfg(crop=48)).windows(x.shape)
+
+
+# ----------------------------------------------------------------------------- loaders
+
+
+def _image(w: int, h: int, seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = (x * 255 // max(w - 1, 1) + y * 3 + seed * 17) % 256
+    arr = np.stack([base, (base + 85) % 256, (base + 170) % 256], -1)
+    return Image.fromarray((arr + rng.integers(0, 20, arr.shape)).clip(0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def large_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two classes of 80x72 JPEGs: large enough for the per-image CPU stage (>= 64x64)."""
+    root = tmp_path_factory.mktemp("large") / "photos"
+    for split, n in (("train", 12), ("test", 3)):
+        for c, cls in enumerate(("a", "b")):
+            for i in range(n):
+                path = root / split / cls / f"{i}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _image(80, 72, 7 * c + i + 40 * n).save(path)
+    return root
+
+
+def _epoch(loader, epoch: int) -> tuple[list[torch.Tensor], list[int]]:
+    loader.set_epoch(epoch)
+    xs, ys = [], []
+    for x, y in loader:
+        xs.append(x)
+        ys.extend(y.tolist())
+    return xs, ys
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "raw"])
+def test_stream_cpu_stage_on_large_images_is_exact_and_kept_batches_stay_intact(
+        large_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    """On a CPU, large images go from decoded pixels to normalised, augmented batches in one
+    pass per image, written into reused shared buffers. The batches equal the batched
+    preprocess-then-augment stage exactly, and a batch the caller keeps is never overwritten
+    by later ones (more are kept here than the loader has buffers)."""
+
+    dest = tmp_path / fmt
+    pack(large_folder, dest, fmt=fmt, workers=1, progress=False)
+    split = open_packed(dest).splits["train"]
+    test = open_packed(dest).splits["test"]
+    pre = fit_preprocessor(PreprocessConfig(kind="channel"), load_packed(dest).splits["train"].images)
+    aug = build_train_augment(acfg(crop=64, pad=4, flip=True, cutout=10), seed=1)
+    view = build_eval_transform(acfg(crop=64))
+
+    def batches(workers: int, epochs: int = 3) -> list[list[torch.Tensor]]:
+        train = StreamLoader(split, 5, shuffle=True, seed=2, preprocess=pre, augment=aug,
+                             workers=workers)
+        out = [_epoch(train, e)[0] for e in range(epochs)]
+        evaluation = StreamLoader(test, 4, preprocess=pre, eval_transform=view, workers=workers)
+        return out + [[x for x, _ in evaluation]]
+
+    with monkeypatch.context() as m:  # the reference: batched ops, in this process
+        m.setattr(A, "per_image", lambda shape, device: False)
+        m.setattr(stage_module, "per_image", lambda shape, device: False)
+        reference = [[x.clone() for x in epoch] for epoch in batches(0)]
+    assert reference[0][0].shape == (5, 3, 64, 64) and reference[-1][0].shape == (4, 3, 64, 64)
+
+    kept = []
+    train = StreamLoader(split, 5, shuffle=True, seed=2, preprocess=pre, augment=aug, workers=2)
+    for e in range(3):
+        train.set_epoch(e)
+        for i, (x, _) in enumerate(train):
+            assert torch.equal(x, reference[e][i]), (e, i)
+            if i % 2 == 0:
+                kept.append((e, i, x))
+    assert len(kept) > train.slots.count
+    for e, i, x in kept:
+        assert torch.equal(x, reference[e][i]), (e, i)
+    assert all(torch.equal(a, b) for a, b in zip(batches(0, epochs=0)[-1], reference[-1]))
+
+
+def test_resident_loader_takes_the_same_cpu_stage(large_folder: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The resident loader on a CPU runs the same stage: its per-image batches equal its
+    batched ones, and equal the streaming loader's for the same images."""
+    dest = tmp_path / "raw"
+    pack(large_folder, dest, fmt="raw", workers=1, progress=False)
+    memory = load_packed(dest).splits["train"]
+    pre = fit_preprocessor(PreprocessConfig(kind="channel"), memory.images)
+    aug = build_train_augment(acfg(crop=64, pad=4, flip=True), seed=1)
+
+    def make(kind):
+        common = dict(shuffle=True, drop_last=True, seed=2, preprocess=pre, augment=aug)
+        if kind == "memory":
+            return ResidentLoader(memory, 5, **common)
+        return StreamLoader(open_packed(dest).splits["train"], 5, workers=0, **common)
+
+    fast = [_epoch(make("memory"), e)[0] for e in range(2)]
+    assert fast[0][0].shape == (5, 3, 64, 64)
+    stream = [_epoch(make("stream"), e)[0] for e in range(2)]
+    monkeypatch.setattr(A, "per_image", lambda shape, device: False)
+    monkeypatch.setattr(stage_module, "per_image", lambda shape, device: False)
+    batched = [_epoch(make("memory"), e)[0] for e in range(2)]
+    for e in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(fast[e], batched[e], strict=True))
+        assert all(torch.equal(a, b) for a, b in zip(fast[e], stream[e], strict=True))
+
+
+def test_shared_buffer_reuse_is_really_active(large_folder: Path, tmp_path: Path) -> None:
+    """After the first batches, every batch a worker hands over lives in one of the loader's
+    shared buffers (its memory is a slot's memory), and no new buffer is made: reuse relies on
+    torch's storage reference count (``torch._C._storage_Use_Count``), which this checks is
+    there and counts what it should."""
+    from convzoo.data import cpu_stage
+
+    assert cpu_stage._storage_refs is not None, "torch no longer exposes storage use counts"
+    dest = tmp_path / "raw"
+    pack(large_folder, dest, fmt="raw", workers=1, progress=False)
+    pre = fit_preprocessor(PreprocessConfig(kind="channel"),
+                           load_packed(dest).splits["train"].images)
+    loader = StreamLoader(open_packed(dest).splits["train"], 3, shuffle=True, seed=0,
+                          preprocess=pre, augment=build_train_augment(acfg(pad=4, flip=True)),
+                          workers=2, prefetch=1)
+    in_slots = total = 0
+    for epoch in range(4):
+        loader.set_epoch(epoch)
+        for x, _ in loader:
+            total += 1
+            ptr = x.untyped_storage().data_ptr()
+            in_slots += any(b is not None and b.untyped_storage().data_ptr() == ptr
+                            for b in loader.slots.buffers)
+            del x  # a loop that keeps no batch: its buffer is free again
+    slots = loader.slots
+    # at most one batch per slot (the first of each, before the buffer size is known) and the
+    # batches prefetched while every slot is held get fresh memory
+    assert slots.made <= slots.count and slots.reused >= total // 2, (slots.reused, total)
+    assert in_slots >= slots.reused, (in_slots, slots.reused, total)
