@@ -18,7 +18,7 @@ from PIL import Image
 from convzoo import config as C
 from convzoo import report
 from convzoo.cli import main
-from convzoo.data.augment import validate as validate_augment
+from convzoo.data.augment import build_eval_transform, build_train_augment
 from convzoo.models import create_model
 from convzoo.train.loop import stage_plan
 from convzoo.train.optim import OPTIMIZERS
@@ -109,7 +109,7 @@ def test_recipe_validates_and_builds_its_model(name):
     if name in SEED_FACTS or name.endswith("-fast"):
         assert cfg.train.name == ""  # each run names its own directory
     assert cfg.optim.name in OPTIMIZERS and cfg.schedule.name in SCHEDULES
-    validate_augment(cfg.augment)
+    build_train_augment(cfg.augment, seed=0), build_eval_transform(cfg.augment)
     if name.endswith("-fast"):  # convzoo's own recipes say so
         assert cfg.source == "convzoo" and cfg.description.startswith("convzoo")
         assert cfg.optim.nesterov and cfg.optim.no_decay_norm_bias

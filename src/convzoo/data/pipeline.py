@@ -89,8 +89,6 @@ def packed_path(source: str) -> Path | None:
 
 def choose_loader(cfg: C.DataConfig) -> str:
     """``memory`` or ``stream`` for ``cfg.loader`` (see the module docstring)."""
-    if cfg.loader not in ("auto", "memory", "stream"):
-        raise ConvzooError(f"data.loader: expected auto|memory|stream, got '{cfg.loader}'")
     packed = packed_path(cfg.source)
     if cfg.loader == "stream" and packed is None:
         raise ConvzooError(f"data.loader=stream needs a packed dataset (made by `convzoo pack`); "

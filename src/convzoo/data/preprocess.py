@@ -256,8 +256,8 @@ def fit_preprocessor(
     cfg: PreprocessConfig, train_images: Tensor, device: str | torch.device | None = None
 ) -> Preprocessor:
     """Fit the statistics `cfg.kind` needs on `train_images` ((N, C, H, W) uint8, CPU; may be a
-    subsample of a huge set). `device` runs the fit elsewhere (a GPU makes ZCA instant)."""
-    _check_kind(cfg.kind)
+    subsample of a huge set). `device` runs the fit elsewhere (a GPU makes ZCA instant).
+    ``cfg`` is a validated config (kind, gcn_scale > 0, zca_eps > 0: config.from_dict)."""
     if train_images.dtype != torch.uint8 or train_images.ndim != 4:
         raise ValueError(
             f"train_images must be (N, C, H, W) uint8, got {tuple(train_images.shape)} "
@@ -270,13 +270,9 @@ def fit_preprocessor(
     kind = cfg.kind
     if kind == "none":
         return Preprocessor(kind)
-    if kind in ("gcn", "gcn_zca") and cfg.gcn_scale <= 0:
-        raise ConvzooError(f"preprocess.gcn_scale must be positive, got {cfg.gcn_scale}")
     if kind == "gcn":
         return Preprocessor(kind, {"gcn_scale": torch.tensor(cfg.gcn_scale)})
     if kind == "gcn_zca":
-        if cfg.zca_eps < 0:
-            raise ConvzooError(f"preprocess.zca_eps must be >= 0, got {cfg.zca_eps}")
         zca = _fit_zca(train_images, cfg.gcn_scale, cfg.zca_eps, dev)
         return Preprocessor(kind, {"gcn_scale": torch.tensor(cfg.gcn_scale), **zca})
 

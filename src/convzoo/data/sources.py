@@ -86,8 +86,6 @@ def limit_splits(splits: dict[str, Any], limit: int, seed: int) -> None:
 
 def carve_val(splits: dict[str, Any], fraction: float, seed: int, source: str) -> None:
     """Move a stratified, seeded `fraction` of "train" into a new "val" split, in place."""
-    if not 0.0 < fraction < 1.0:
-        raise ConvzooError(f"data.val_fraction must be in [0, 1), got {fraction}")
     if "val" in splits:
         raise ConvzooError(f"data.val_fraction={fraction} but data source '{source}' already "
                            f"has a val split; set data.val_fraction=0")
@@ -221,8 +219,6 @@ def load_dataset(cfg: DataConfig, seed: int = 0, geometry: Geometry | None = Non
     own, for eval) overrides ``channels``/``image_size``/``resize``. A source without a
     held-out split is allowed only with a geometry given (evaluation of a split-less folder).
     """
-    if cfg.channels not in (0, 1, 3):
-        raise ConvzooError(f"data.channels must be 0, 1 or 3, got {cfg.channels}")
     source = cfg.source.strip()
     if source == "digits":
         side = cfg.image_size or (geometry.height if geometry else 32)

@@ -142,13 +142,7 @@ def build_optimizer(
     ``total_steps`` (optimizer steps of the stage, counted from the start of the run) is where
     lookahead ends on its slow weights and what ``lookahead_pow`` is measured against.
     """
-    name = cfg.name.lower()
-    if name not in OPTIMIZERS:
-        raise ConvzooError(f"unknown optim.name '{cfg.name}' (options: {', '.join(OPTIMIZERS)})")
-    if cfg.lr <= 0:
-        raise ConvzooError(f"optim.lr must be > 0, got {cfg.lr}")
-    if cfg.weight_decay < 0:
-        raise ConvzooError(f"optim.weight_decay must be >= 0, got {cfg.weight_decay}")
+    name = cfg.name  # names, ranges and the nesterov/momentum rule: checked by config.from_dict
     if cfg.freeze_bn_scale:
         freeze_bn_scale(model)
     groups = param_groups(model, cfg)
@@ -159,13 +153,9 @@ def build_optimizer(
                               ns_dtype=None if device_type == "cuda" else torch.float32)
     else:
         if name == "sgd":
-            if cfg.nesterov and cfg.momentum <= 0:
-                raise ConvzooError("optim.nesterov=true needs optim.momentum > 0")
             cls: type = SGDW if cfg.decoupled_wd else torch.optim.SGD
             kwargs: dict[str, Any] = {"momentum": cfg.momentum, "nesterov": cfg.nesterov}
         else:  # adam + decoupled_wd is AdamW; adamw is always decoupled
-            if len(cfg.betas) != 2:
-                raise ConvzooError(f"optim.betas must be two numbers, got {cfg.betas}")
             cls = torch.optim.AdamW if (name == "adamw" or cfg.decoupled_wd) else torch.optim.Adam
             kwargs = {"betas": tuple(cfg.betas), "eps": cfg.eps}
         if _use_fused(cfg, torch.optim.SGD if cls is SGDW else cls, device_type):
@@ -248,15 +238,8 @@ class Lookahead:
         pow: float = 0.0,
         total_steps: int = 0,
     ) -> None:
-        if k < 1:
-            raise ConvzooError(f"optim.lookahead_steps must be >= 1, got {k}")
-        if not 0.0 < alpha <= 1.0:
-            raise ConvzooError(f"optim.lookahead_alpha must be in (0, 1], got {alpha}")
-        if pow < 0 or (pow > 0 and total_steps < 1):
-            raise ConvzooError(
-                f"optim.lookahead_pow={pow} needs pow >= 0 and the run's total steps "
-                f"(got {total_steps})"
-            )
+        if pow > 0 and total_steps < 1:  # k, alpha, pow ranges: checked by config.from_dict
+            raise ValueError(f"lookahead_pow={pow} needs the run's total steps, got {total_steps}")
         self.optimizer = optimizer
         self.k = k
         self.alpha = alpha

@@ -199,15 +199,7 @@ class Schedule:
     """
 
     def __init__(self, cfg: ScheduleConfig, peak: float, epochs: int, steps_per_epoch: int):
-        if cfg.name not in SCHEDULES:
-            raise ConvzooError(
-                f"unknown schedule.name '{cfg.name}' (options: {', '.join(SCHEDULES)})"
-            )
-        if cfg.name == "onecycle" and cfg.warmup_epochs > 0:
-            raise ConvzooError(
-                "schedule.warmup_epochs does not apply to onecycle: its rise lasts "
-                "schedule.pct_start of training (from schedule.warmup_start * lr)"
-            )
+        # name, ranges and onecycle-without-warmup: checked by config.from_dict
         if steps_per_epoch < 1:
             raise ConvzooError(f"steps per epoch must be >= 1, got {steps_per_epoch}")
         self.cfg, self.peak, self.epochs = cfg, float(peak), int(epochs)
