@@ -240,7 +240,9 @@ class GpuTests(Step):
                     message = (node.get("message") or "").splitlines()[0][:160] if \
                         node.get("message") else ""
                     break
-            tests.append({"test": f"{case.get('classname')}::{case.get('name')}",
+            # a module skipped or broken at collection has no classname: its name is the module
+            classname, name = case.get("classname") or "", case.get("name") or ""
+            tests.append({"test": f"{classname}::{name}" if classname else name,
                           "outcome": outcome, "seconds": float(case.get("time") or 0),
                           "message": message})
         counts: dict[str, int] = {}

@@ -404,6 +404,27 @@ def test_accuracy_run_stopped_at_its_cap_reports_what_it_finished(tmp_path: Path
     assert "stopped at the cap: top-1 of epoch 3, not final" in md
 
 
+def test_gpu_test_report_names_modules_skipped_at_collection(tmp_path: Path) -> None:
+    """A module skipped at import (an optional package missing) has an empty classname in the
+    JUnit file; the report names it by module, like every other test, not '::module'."""
+    ctx = gpu_steps.Context(ROOT, work=tmp_path, assets=tmp_path, stamp="s")
+    ctx.files.mkdir(parents=True)
+    ctx.out("gpu-tests-junit.xml").write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="" name="tests.test_mixing" time="0.000">'
+        '<skipped message="collection skipped" /></testcase>'
+        '<testcase classname="tests.test_augment" name="test_flip[cuda]" time="0.250" />'
+        '<testcase classname="tests.test_records" name="test_nvjpeg" time="0.100">'
+        '<failure message="AssertionError: bad&#10;more" /></testcase>'
+        '</testsuite></testsuites>')
+    r = gpu_steps.GpuTests().collect(ctx)
+    assert [t["test"] for t in r["tests"]] == [
+        "tests.test_mixing", "tests.test_augment::test_flip[cuda]", "tests.test_records::test_nvjpeg"]
+    assert [t["outcome"] for t in r["tests"]] == ["skipped", "passed", "failed"]
+    assert r["tests"][2]["message"] == "AssertionError: bad"
+    assert r["counts"] == {"skipped": 1, "passed": 1, "failed": 1}
+
+
 # ----------------------------------------------------------------------------- quick forms
 
 
