@@ -208,7 +208,9 @@ def build_pipeline(cfg: C.Config, device: torch.device, *, rank: int = 0, world_
 
     `preprocess_state` (from a checkpoint) is used instead of fitting, so a resumed run
     normalises exactly as before. The train batch is ``train.batch_size // world_size`` per
-    rank; every rank evaluates the whole evaluation split.
+    rank (``train.distributed.check_global_batch`` has checked it divides); each rank
+    evaluates its own block of whole eval batches (the exact partition), and
+    ``evaluate.evaluate`` gathers the figures.
     """
     source = open_source(cfg)
     split = resolve_eval_split(cfg.data.eval_split, list(source.splits), cfg.data.source)
@@ -219,7 +221,8 @@ def build_pipeline(cfg: C.Config, device: torch.device, *, rank: int = 0, world_
     preprocess = preprocess.to(device)
     train = make_loader(source, "train", cfg, device, preprocess, train=True, rank=rank,
                         world_size=world_size)
-    evaluation = make_loader(source, split, cfg, device, preprocess, train=False)
+    evaluation = make_loader(source, split, cfg, device, preprocess, train=False, rank=rank,
+                             world_size=world_size)
     return Pipeline(source.name, source.classes, source.geometry.shape, split, train,
                     evaluation, preprocess, len(source.splits["train"]),
                     len(source.splits[split]), source.kind, source.geometry)
