@@ -31,6 +31,7 @@ from convzoo.data.images import Geometry, Limits
 from convzoo.data.loaders import ResidentLoader, StreamLoader
 from convzoo.data.prepare import once_per_node
 from convzoo.data.preprocess import Preprocessor, fit_preprocessor
+from convzoo.data.remote import fetch_metadata, is_url
 from convzoo.data.sources import carve_val, limit_splits, load_dataset, stratified_pick
 from convzoo.errors import ConvzooError
 
@@ -81,8 +82,11 @@ def heldout_split(available: list[str]) -> str:
     return sorted(available)[0]
 
 
-def packed_path(source: str) -> Path | None:
-    """The directory of a packed dataset named by `source`, or None if it is not one."""
+def packed_path(source: str) -> Path | str | None:
+    """The directory of a packed dataset named by `source`, or its fsspec URL (a URL source is
+    always a pack: ``data.remote``), or None if it is not one."""
+    if is_url(source):
+        return source
     path = Path(source).expanduser()
     return path if (path / packed_io.INDEX_NAME).is_file() else None
 
@@ -95,7 +99,7 @@ def choose_loader(cfg: C.DataConfig) -> str:
                            f"'{cfg.source}' is not one")
     if cfg.loader != "auto" or packed is None:
         return "memory" if cfg.loader == "auto" else cfg.loader
-    ds = packed_io.open_packed(packed)
+    ds = packed_io.open_packed(packed, cfg.root)
     try:
         train = ds.splits.get("train")
         if train is None:
@@ -126,6 +130,8 @@ def open_source(cfg: C.Config, geometry: Geometry | None = None) -> Source:
     """Load (memory) or open (stream) ``cfg.data`` with ``limit`` and ``val_fraction`` applied,
     brought to `geometry` (default: the one ``cfg.data`` describes). Under torchrun, local
     rank 0 prepares (downloads, decodes, caches) before the node's other ranks."""
+    if is_url(cfg.data.source):  # the remote index into this node's cache, once per node
+        once_per_node(lambda: fetch_metadata(cfg.data.source, cfg.data.root))
     kind = choose_loader(cfg.data)
     limits = Limits.from_config(cfg.data)
     if kind == "memory":
@@ -133,7 +139,7 @@ def open_source(cfg: C.Config, geometry: Geometry | None = None) -> Source:
                                                 geometry=geometry))
         assert ds.geometry is not None
         return Source(ds.name, list(ds.classes), dict(ds.splits), kind, ds.geometry, limits)
-    pack = packed_io.open_packed(packed_path(cfg.data.source))  # type: ignore[arg-type]
+    pack = packed_io.open_packed(packed_path(cfg.data.source), cfg.data.root)  # type: ignore[arg-type]
     splits = dict(pack.splits)
     if "train" not in splits and geometry is None:
         raise ConvzooError(f"{cfg.data.source}: packed dataset has no train split")
