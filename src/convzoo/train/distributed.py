@@ -53,16 +53,20 @@ def wrap_ddp(model: nn.Module, train: C.TrainConfig, device: torch.device) -> nn
 
     * ``gradient_as_bucket_view``: the gradients live in the all-reduce buckets (no copy into
       them each step, one gradient-sized buffer less);
-    * ``static_graph`` (``train.ddp_static_graph``, auto: unless the model's graph is dynamic):
-      DDP learns the bucket order once and skips its per-step bookkeeping;
+    * ``static_graph`` (``train.ddp_static_graph``, auto: where valid, i.e. unless the model's
+      graph is dynamic or micro-batches skip the all-reduce, which DDP's static graph does not
+      support: torch 2.14 fails an internal assert in its reducer): DDP learns the bucket order
+      once and skips its per-step bookkeeping;
     * ``find_unused_parameters`` only for a dynamic graph (it walks the graph every step).
     """
     dynamic = graph_is_dynamic(model)
-    static = (not dynamic) if train.ddp_static_graph is None else train.ddp_static_graph
-    if static and dynamic:
-        raise ConvzooError(f"train.ddp_static_graph=true: {type(model).__name__} leaves "
-                           "parameters out of some steps (stochastic depth or an epoch-dependent "
-                           "frozen parameter); use auto or false")
+    valid = not dynamic and train.accum_steps == 1
+    static = valid if train.ddp_static_graph is None else train.ddp_static_graph
+    if static and not valid:
+        why = (f"{type(model).__name__} leaves parameters out of some steps (stochastic depth or "
+               "an epoch-dependent frozen parameter)" if dynamic else
+               f"train.accum_steps={train.accum_steps} skips the all-reduce of micro-batches")
+        raise ConvzooError(f"train.ddp_static_graph=true: {why}; use auto or false")
     return nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None,
         gradient_as_bucket_view=True, static_graph=static, find_unused_parameters=dynamic)
@@ -80,35 +84,57 @@ def no_sync(step_model: nn.Module, skip: bool) -> contextlib.AbstractContextMana
 # ----------------------------------------------------------------------------- SyncBatchNorm
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """``torch.nn.SyncBatchNorm`` (CUDA), plus the CPU path torch refuses ("expected input
-    tensor to be on GPU"): under gloo the batch statistics are all-reduced with
+class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """SyncBatchNorm for the CPU (gloo), which torch's refuses ("SyncBatchNorm expected input
+    tensor to be on GPU"; DDP also rejects ``nn.SyncBatchNorm`` on CPU modules): in training
+    under a process group of more than one rank, the batch statistics are all-reduced with
     ``torch.distributed.nn`` (differentiable: the backward all-reduces the gradients of the
     sums, as torch's CUDA kernel does). Two passes (the mean, then the centred squares), so the
-    variance does not suffer the cancellation of E[x^2] - E[x]^2."""
+    variance does not suffer the cancellation of E[x^2] - E[x]^2. Otherwise plain BatchNorm.
+    Same parameters and buffers as the BatchNorm it replaces."""
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.device.type != "cpu" or not self.training:
-            return super().forward(input)
         dist = torch.distributed
-        group = self.process_group or dist.group.WORLD
-        if not (dist.is_initialized() and dist.get_world_size(group) > 1):
-            return nn.modules.batchnorm._BatchNorm.forward(self, input)
-        return _cpu_sync_batch_norm(self, input, group)
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(input)
+        return _cpu_sync_batch_norm(self, input)
 
 
-def _cpu_sync_batch_norm(bn: SyncBatchNorm, x: torch.Tensor, group: Any) -> torch.Tensor:
-    from torch.distributed.nn.functional import all_reduce
+class _AllReduce(torch.autograd.Function):
+    """Sum over the ranks, differentiable: the gradient of a sum over ranks is the sum of the
+    ranks' gradients (torch.distributed.nn's version is deprecated)."""
 
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        torch.distributed.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        torch.distributed.all_reduce(grad)
+        return grad
+
+
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    return _AllReduce.apply(x)
+
+
+def _cpu_sync_batch_norm(bn: CpuSyncBatchNorm, x: torch.Tensor) -> torch.Tensor:
     bn._check_input_dim(x)
     dims = [0, *range(2, x.dim())]  # all but the channels
     shape = [1, -1] + [1] * (x.dim() - 2)
     local = torch.tensor([x.numel() // x.shape[1]], dtype=x.dtype)
-    totals = all_reduce(torch.cat([x.sum(dims), local]), group=group)  # (C + 1,)
+    totals = all_reduce(torch.cat([x.sum(dims), local]))  # (C + 1,): sums, then the count
     n = totals[-1]
     mean = totals[:-1] / n
     centred = x - mean.view(shape)
-    var = all_reduce((centred * centred).sum(dims), group=group) / n  # biased, as BN normalises
+    var = all_reduce((centred * centred).sum(dims)) / n  # biased, as BN normalises
     y = centred * torch.rsqrt(var + bn.eps).view(shape)
     if bn.affine:
         y = y * bn.weight.view(shape) + bn.bias.view(shape)
@@ -123,13 +149,25 @@ def _cpu_sync_batch_norm(bn: SyncBatchNorm, x: torch.Tensor, group: Any) -> torc
     return y
 
 
-def convert_sync_batchnorm(model: nn.Module) -> nn.Module:
-    """Every BatchNorm of ``model`` as :class:`SyncBatchNorm` (same parameters and buffers, so
-    checkpoints keep their keys and load into plain BatchNorm for eval and export)."""
-    model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    for m in model.modules():
-        if type(m) is nn.SyncBatchNorm:
-            m.__class__ = SyncBatchNorm
+def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm of ``model`` synchronised over the ranks: ``torch.nn.SyncBatchNorm`` on
+    GPUs, :class:`CpuSyncBatchNorm` on the CPU. Both keep the parameters and buffers (the same
+    objects), so the optimizer and EMA still fit and checkpoints load into plain BatchNorm."""
+    if device.type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    for name, child in model.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            sync = CpuSyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                    child.track_running_stats)
+            if child.affine:
+                sync.weight, sync.bias = child.weight, child.bias
+            if child.track_running_stats:
+                sync.running_mean, sync.running_var = child.running_mean, child.running_var
+                sync.num_batches_tracked = child.num_batches_tracked
+            sync.train(child.training)
+            setattr(model, name, sync)
+        else:
+            convert_sync_batchnorm(child, device)
     return model
 
 
@@ -144,6 +182,14 @@ def torchrun_round() -> tuple[str, int] | None:
     if not job or "TORCHELASTIC_RESTART_COUNT" not in os.environ:
         return None
     return job, int(os.environ["TORCHELASTIC_RESTART_COUNT"])
+
+
+def broadcast_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers (batch-norm running statistics) on every rank. DDP sends them at the
+    start of each forward, so after the last step every other rank holds its own update; the
+    ranks must evaluate one model, the one rank 0 checkpoints."""
+    for buffer in module.buffers():
+        torch.distributed.broadcast(buffer, src=0)
 
 
 def all_ranks(value: Any, world_size: int) -> list[Any]:

@@ -34,7 +34,7 @@ from convzoo.errors import ConvzooError
 from convzoo.evaluate import autocast, evaluate
 from convzoo.train import checkpoint as ckpt_io
 from convzoo.train import preempt, rundir
-from convzoo.train.distributed import all_ranks, check_global_batch, no_sync
+from convzoo.train.distributed import all_ranks, broadcast_buffers, check_global_batch, no_sync
 from convzoo.train.logging import Eta, MetricsWriter, Progress, format_seconds, log
 from convzoo.train.schedule import set_lr
 from convzoo.train.setup import (
@@ -133,6 +133,10 @@ def evaluate_run(run: Run) -> dict[str, Any]:
     """This epoch's eval figures: the trained weights, and the EMA weights when the run keeps
     an EMA (those are the weights best.pt and the summary go by)."""
     rt = run.rt
+    if rt.world_size > 1:  # one model on every rank: rank 0's, the one its checkpoint holds
+        broadcast_buffers(run.model)
+        if run.ema is not None:
+            broadcast_buffers(run.ema.module)
     kw = dict(device=rt.device, amp_dtype=rt.amp_dtype, channels_last=rt.channels_last,
               views=run.views)
     t0 = time.perf_counter()  # evaluate() ends with .item(): the device is synced

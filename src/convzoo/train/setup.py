@@ -210,7 +210,7 @@ def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | N
     step_model: nn.Module = model
     if rt.world_size > 1:  # gradients all-reduced across ranks; checkpoints hold `model`
         if cfg.train.sync_bn:  # same parameters and buffers: the optimizer and EMA still fit
-            model = convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model, rt.device)
         step_model = wrap_ddp(model, cfg.train, rt.device)
     eval_model: nn.Module = model  # each rank evaluates its shard; evaluate() gathers
     if cfg.train.compile:
