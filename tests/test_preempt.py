@@ -218,3 +218,34 @@ def test_a_mid_epoch_checkpoint_takes_no_new_stage(tmp_path: Path, capsys) -> No
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "inside epoch 1 (step 3)" in err[0]
     assert (tmp_path / "m" / "last.pt").read_bytes() == before
+
+
+# ----------------------------------------------------------------------------- --resume auto
+
+
+def test_resume_auto_starts_then_continues_the_same_run_directory(ref: Path, tmp_path: Path,
+                                                                 capsys) -> None:
+    """The fixed command of a scheduler: the first call starts train.out/NAME (no NAME-2 even
+    if the folder exists), a stopped run is continued by the same command, a finished one is
+    left as it is; a different run in that folder, or no --name, is one line."""
+    auto = ["train", *ARGS, "--out", str(tmp_path), "--name", "a", "--resume", "auto"]
+    (tmp_path / "a").mkdir()  # made by the user or a scheduler beforehand: taken as it is
+
+    def stopped() -> int:
+        signal_at_step(STEPS + 1, signal.SIGTERM)
+        return main(auto)
+
+    assert forked(stopped) == EXIT_PREEMPTED
+    assert forked(lambda: main(auto)) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    assert_same_run(tmp_path / "a", ref)
+    before = (tmp_path / "a" / "last.pt").read_bytes()
+    assert forked(lambda: main([*auto, "--set", "train.threads=2"])) == 0  # runtime key: fine
+    assert (tmp_path / "a" / "last.pt").read_bytes() == before
+    capsys.readouterr()
+    assert main([*auto, "--lr", "0.01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "optim.lr=0.05, this command has 0.01" in err[0]
+    assert main(["train", *ARGS, "--out", str(tmp_path), "--resume", "auto"]) == 2
+    assert "--resume auto needs --name" in capsys.readouterr().err
+    assert (tmp_path / "a" / "last.pt").read_bytes() == before

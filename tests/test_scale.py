@@ -290,3 +290,52 @@ def test_accumulation_in_one_process_is_one_batch_within_float_tolerance() -> No
     for accum in (2, 4):
         assert close(one_epoch("cnn", 128, accum_steps=accum), whole) < 1e-5
     assert close(one_epoch("cnn", 64), whole) > 1e-3  # a real difference is seen
+
+
+def test_lr_scaling_follows_the_global_batch_not_the_world_size() -> None:
+    from convzoo.train.schedule import peak_lr
+
+    for batch, base, rule in ((256, 256, "linear"), (1024, 256, "linear"), (64, 256, "sqrt"),
+                              (1024, 0, "linear")):
+        optim = C.OptimConfig(lr=0.1, lr_base_batch=base, lr_scaling=rule)
+        expected = 0.1 if not base else 0.1 * (batch / base if rule == "linear"
+                                               else (batch / base) ** 0.5)
+        assert peak_lr(optim, batch) == pytest.approx(expected, rel=1e-12)
+    cfg = C.from_dict({"optim": {"lr": 0.1, "lr_base_batch": 64}, "train": {"batch_size": 96}})
+    run = one_epoch_run(cfg)
+    assert run.schedule.peak == pytest.approx(0.15)
+    with pytest.raises(ConvzooError, match=r"train.accum_steps=3: train.batch_size=128"):
+        C.from_dict({"train": {"batch_size": 128, "accum_steps": 3}})
+
+
+def one_epoch_run(cfg: C.Config) -> Any:
+    from convzoo.data.pipeline import build_pipeline
+    from convzoo.train.setup import Runtime, build_run
+
+    cfg = C.replace(cfg, data=C.replace(cfg.data, image_size=8, limit=200))
+    rt = Runtime(torch.device("cpu"), None, False)
+    return build_run(cfg, rt, build_pipeline(cfg, rt.device))
+
+
+def test_ddp_options_static_graph_where_valid(tmp_path: Path) -> None:
+    """gradient_as_bucket_view always; static graph unless the model's graph is dynamic
+    (stochastic depth) or micro-batches skip the all-reduce; asking for it there is one line."""
+    from convzoo.models import create_model
+    from convzoo.train.distributed import wrap_ddp
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}",
+                                         rank=0, world_size=1)
+    try:
+        cpu = torch.device("cpu")
+        plain, skipping = create_model("resnet20"), create_model("resnet20", drop_path=0.2)
+        cases = [(plain, {}, True), (skipping, {}, False), (plain, {"accum_steps": 2}, False),
+                 (plain, {"ddp_static_graph": False}, False)]
+        for model, train, static in cases:
+            ddp = wrap_ddp(model, C.TrainConfig(**train), cpu)
+            assert ddp.gradient_as_bucket_view and ddp.static_graph == static
+            assert ddp.find_unused_parameters == (model is skipping)
+        for model, train in ((skipping, {}), (plain, {"accum_steps": 2})):
+            with pytest.raises(ConvzooError, match="train.ddp_static_graph=true: "):
+                wrap_ddp(model, C.TrainConfig(ddp_static_graph=True, **train), cpu)
+    finally:
+        torch.distributed.destroy_process_group()
