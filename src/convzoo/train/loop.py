@@ -571,10 +571,10 @@ def save_position(run: Run, run_dir: Path, epoch: int, step: int, steps: int,
         ckpt.update(preempt.position_fields(step, steps, ranks, seconds))
         try:
             rundir.save_step(run_dir, ckpt)
+            log.info(f"checkpoint in epoch {epoch} after step {step}/{steps} -> "
+                     f"{run_dir / 'last.pt'}")
         except ConvzooError as e:
             error = str(e)
-        log.info(f"checkpoint in epoch {epoch} after step {step}/{steps} -> {run_dir / 'last.pt'}"
-                 if error is None else error)
     agree(rt.world_size, error)
     if error is not None:
         raise ConvzooError(error)
