@@ -147,3 +147,11 @@ def test_mfu_quick(tmp_path):
         assert row["model"] == name and f"{row['mfu_percent']:.1f}" == m.group(2)
     md = gpu_steps.Mfu().markdown({"runs": [result]})
     assert md.count("| no | 8 | fp32 |") == 2
+
+
+def test_stop_agreement_quick(tmp_path):
+    out = run("stop_agreement.py", tmp_path, "--json", "s.json")
+    m = re.search(r"after_step (\d+) us median; step ([\d.]+) ms with, ([\d.]+) ms without", out)
+    assert m
+    figures = json.loads((tmp_path / "s.json").read_text())
+    assert figures["world"] == 2 and f"{figures['call_us']:.0f}" == m.group(1)

@@ -241,6 +241,7 @@ def test_run_names_are_one_folder(name):
     ({"schedule": {"warmup_epochs": 1}}, "schedule.warmup_epochs=1.0 does not apply"),
     ({"optim": {"nesterov": True, "momentum": 0}}, "optim.nesterov=true needs optim.momentum"),
     ({"schedule": {"min_lr": 0.5}}, "schedule.min_lr=0.5 is above optim.lr=0.1"),
+    ({"train": {"accum_steps": 3}}, r"train.accum_steps=3: train.batch_size=128 \(images per "),
     ({"data": {"image_size": 16}, "augment": {"crop": 20}}, "augment.crop=20 is larger"),
     ({"data": {"image_size": 16}, "augment": {"cutout": 17}}, "augment.cutout=17 is larger"),
     ({"augment": {"rrc_scale": [0.9, 0.1]}}, "augment.rrc_scale=.*increasing"),
@@ -434,6 +435,7 @@ CONTEXT = {
     "schedule.min_lr": {"optim.lr": "1e4"},
     "optim.momentum": {"optim.nesterov": "false"},
     "optim.nesterov": {"optim.momentum": "0.9"},
+    "train.accum_steps": {"train.batch_size": "4000"},  # the batch divides into micro-batches
 }
 
 

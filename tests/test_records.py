@@ -337,8 +337,8 @@ def test_stream_loader_epochs_and_seeds(packed_small: Path) -> None:
 
 
 def test_stream_loader_rank_sharding(packed_small: Path) -> None:
-    """21 images over 4 ranks. Evaluation (exact partition): contiguous blocks of 6, 5, 5, 5
-    of the order, every image once. Training (drop_last): global batches of 4 x 2; 2 steps
+    """21 images over 4 ranks. Evaluation (exact partition): the 11 one-process batches of 2
+    in contiguous blocks of 3, 3, 3, 2 batches (6, 6, 6, 3 images), every image once. Training (drop_last): global batches of 4 x 2; 2 steps
     per rank, 16 distinct images, the other 5 left out of this epoch."""
     split = open_packed(packed_small).splits["train"]
     seen = []
@@ -347,7 +347,7 @@ def test_stream_loader_rank_sharding(packed_small: Path) -> None:
                               workers=0)
         loader.set_epoch(2)
         shard = loader.plan.shard(2).tolist()
-        assert len(shard) == (6 if rank == 0 else 5) and len(loader) == (3 if rank == 0 else 3)
+        assert len(shard) == (3 if rank == 3 else 6) and len(loader) == (2 if rank == 3 else 3)
         assert _epoch(loader, 2)[1] == split.labels[shard].tolist()
         seen.append(shard)
     flat = [i for shard in seen for i in shard]

@@ -319,3 +319,22 @@ def test_two_resumes_of_one_run_one_trains_the_other_fails_at_once(tmp_path: Pat
     assert err[0].startswith(f"convzoo: error: {run} is in use by another convzoo run "
                              f"(pid {winner.pid} on {socket.gethostname()}, since ")
     assert epochs_logged(run) == list(range(1, 21))  # each epoch once, by one owner
+
+
+def test_a_lock_of_an_earlier_torchrun_round_is_taken_over_from_any_host(
+        tmp_path: Path, monkeypatch) -> None:
+    """torchrun --max-restarts stops every worker of a round before the next starts: a lock left
+    by round 0 of this job, even on another node, is stale; another job's never is."""
+    theirs = {"pid": 1, "host": "other-node", "started": "2026-01-01T00:00:00", "job": "j",
+              "round": 0}
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "j")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    (tmp_path / LOCK_FILE).write_text(json.dumps(theirs))
+    with RunLock.acquire(tmp_path) as lock:
+        assert (lock.holder.job, lock.holder.round) == ("j", 1)
+    (tmp_path / LOCK_FILE).write_text(json.dumps({**theirs, "job": "another"}))
+    with pytest.raises(ConvzooError, match="locked by pid 1 on other-node"):
+        RunLock.acquire(tmp_path, wait=0.1)
+    (tmp_path / LOCK_FILE).write_text(json.dumps({**theirs, "round": 1}))  # this round: alive
+    with pytest.raises(ConvzooError, match="locked by pid 1 on other-node"):
+        RunLock.acquire(tmp_path, wait=0.1)

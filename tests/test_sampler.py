@@ -61,10 +61,14 @@ def test_both_loaders_shard_identically_for_every_world_and_dataset_size(
             steps = n // (2 * world)
             assert all(len(s) == 2 * steps for s in per_rank), (n, world)
             assert len(set(seen)) == len(seen)
-        else:  # evaluation: exact partition, shard sizes differ by at most one
-            assert sorted(seen) == list(range(n)), (n, world)
-            sizes = [len(s) for s in per_rank]
-            assert max(sizes) - min(sizes) <= 1
+        else:  # evaluation: exact partition of whole one-process batches, ranks in order
+            assert seen == list(range(n)), (n, world)
+            one_process = _batches(ResidentLoader(split, 2, drop_last=False), 3)
+            ranks = [_batches(ResidentLoader(split, 2, drop_last=False, rank=r, world_size=world),
+                              3) for r in range(world)]
+            assert [b for r in ranks for b in r] == one_process, (n, world)
+            counts = [len(r) for r in ranks]
+            assert max(counts) - min(counts) <= 1  # uneven by one batch at most
 
 
 def test_a_global_batch_holds_the_same_images_whatever_the_world_size() -> None:

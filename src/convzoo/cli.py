@@ -58,12 +58,72 @@ def resume_config(args: argparse.Namespace) -> tuple[C.Config, dict[str, Any] | 
     if not (run_dir / "config.yaml").exists():
         raise ConvzooError(f"--resume {run_dir}: not a run directory (no config.yaml)")
     if args.recipe:
-        raise ConvzooError("--resume continues a run with its own config; drop --recipe")
+        raise ConvzooError("--resume continues a run with its own config; drop --recipe (or use "
+                           "--resume auto with --name)")
     if args.out is not None or args.name is not None:
         raise ConvzooError("--resume continues the run in its own directory; drop --out/--name")
     ckpt = ckpt_io.load_checkpoint(run_dir, "last") if (run_dir / "last.pt").exists() else None
-    cfg = stage_config(run_dir, explicit_overrides(args), ckpt["epoch"] if ckpt else 0)
+    cfg = stage_config(run_dir, explicit_overrides(args), ckpt["epoch"] if ckpt else 0,
+                       ckpt.get("step", 0) if ckpt else 0)
     return cfg, ckpt
+
+
+# What --resume auto ignores when it compares the command with the run it found: when the run
+# and its stages started (written by train), and where the run directory is (how it was found).
+AUTO_IGNORED = {"started", "train.out", "train.name"}
+
+
+def _comparable(cfg: C.Config, stages: int) -> dict[str, Any]:
+    """``cfg`` as dotted keys, without what --resume auto ignores, and its first ``stages``
+    stages without their start records."""
+    from convzoo.train.loop import RUNTIME_KEYS, dotted
+
+    data = C.to_dict(cfg)
+    data["stages"] = [{k: v for k, v in st.items() if k not in ("started", "from_epoch")}
+                      for st in data["stages"][:stages]]
+    flat = dotted(data)
+    return {k: v for k, v in flat.items() if k not in AUTO_IGNORED | RUNTIME_KEYS}
+
+
+def auto_run(args: argparse.Namespace) -> tuple[C.Config, Path, bool, dict[str, Any] | None]:
+    """``--resume auto``: the command's run directory (``train.out``/``train.name``) and
+    whether it already holds this run. Returns (config, run directory, continuing, last
+    checkpoint). A run directory holding a different run is an error naming the first key
+    that differs (a scheduler restarting a fixed command must never train something else into
+    it)."""
+    from convzoo.train import checkpoint as ckpt_io
+    from convzoo.train.loop import RUNTIME_KEYS
+    from convzoo.train.loop import resume_config as stage_config
+
+    cfg = build_train_config(args)
+    if not cfg.train.name:
+        raise ConvzooError("--resume auto needs --name NAME (train.name): the run directory "
+                           "train.out/NAME that a restarted job finds again")
+    run_dir = Path(cfg.train.out).expanduser() / cfg.train.name
+    if not (run_dir / "config.yaml").is_file():
+        return cfg, run_dir, False, None
+    saved = C.load_config(run_dir / "config.yaml")
+    mine, theirs = _comparable(cfg, len(cfg.stages)), _comparable(saved, len(cfg.stages))
+    for key in sorted(mine.keys() | theirs.keys()):
+        if mine.get(key) != theirs.get(key):
+            raise ConvzooError(f"--resume auto: {run_dir} holds a run with {key}="
+                               f"{theirs.get(key)!r}, this command has {mine.get(key)!r}; "
+                               f"give another --name, or continue that run with --resume "
+                               f"{run_dir} (overrides start a new stage)")
+    ckpt = ckpt_io.load_checkpoint(run_dir, "last") if (run_dir / "last.pt").exists() else None
+    runtime = {k: v for k, v in dotted_overrides(args).items() if k in RUNTIME_KEYS}
+    nested: dict[str, Any] = {}
+    for key, value in runtime.items():
+        nested = C.merge(nested, C.dotted_to_nested(key, value))
+    cfg = stage_config(run_dir, nested, ckpt["epoch"] if ckpt else 0,
+                       ckpt.get("step", 0) if ckpt else 0)
+    return cfg, run_dir, True, ckpt
+
+
+def dotted_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from convzoo.train.loop import dotted
+
+    return dotted(explicit_overrides(args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -72,19 +132,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     from convzoo.train.logging import log
     from convzoo.train.loop import check, describe, fit
 
-    ckpt = None
-    if args.resume:
+    ckpt, claim = None, None
+    if args.resume == "auto":  # continue the run in train.out/NAME if there is one, else start it
+        cfg, run_dir, continuing, ckpt = auto_run(args)
+        resume = run_dir if continuing else None
+        claim = None if continuing else run_dir
+    elif args.resume:
         cfg, ckpt = resume_config(args)
+        resume = Path(args.resume)
     else:
         cfg = build_train_config(args)
-    resume = Path(args.resume) if args.resume else None
+        resume = None
     if args.dry_run:  # build everything, train nothing, write nothing
         _, todo, run = check(cfg, resume, ckpt)
         print(yaml.safe_dump(C.to_dict(cfg), sort_keys=False), end="")
         log.info(f"dry run: {resume} has nothing left to train" if run is None
                  else describe(run, todo))
         return 0
-    print(fit(cfg, resume, ckpt=ckpt))
+    run_dir = fit(cfg, resume, ckpt=ckpt, claim=claim)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(run_dir)
     return 0
 
 
@@ -97,6 +164,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.run, data=args.data, split=args.split, tta=args.tta,
                                  which=args.checkpoint, device=args.device,
                                  batch_size=args.batch_size, weights=args.weights)
+    if int(os.environ.get("RANK", "0")) > 0:  # under torchrun: every rank has the figures
+        return 0
     if args.json:
         print(json.dumps(result))
     else:
@@ -349,7 +418,10 @@ def add_weights_arg(p: argparse.ArgumentParser) -> None:
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", help="shipped recipe name (see `convzoo recipes`) or YAML file")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run (overrides allowed)")
+    p.add_argument("--resume", metavar="RUN_DIR|auto",
+                   help="continue this run (overrides start a new stage); auto: continue "
+                        "train.out/NAME (--name) if it holds this run, else start it there (a "
+                        "fixed command for schedulers and torchrun --max-restarts)")
     add_config_args(p)
 
 
@@ -506,11 +578,31 @@ def main(argv: list[str] | None = None) -> int:
         print("convzoo: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
+        from convzoo.train.preempt import EXIT_PREEMPTED, Preempted
+
+        if isinstance(e, Preempted):  # a stop request, answered with a checkpoint
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"convzoo: {e}", file=sys.stderr)
+            return EXIT_PREEMPTED
         if os.environ.get("CONVZOO_DEBUG"):
             raise
+        if _lost_peer(e):
+            print(f"convzoo: error: another process of this torchrun job failed or was stopped "
+                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the run "
+                  "directory keeps its last checkpoint", file=sys.stderr)
+            return 1
         print(f"convzoo: internal error: {type(e).__name__}: {e} "
               "(set CONVZOO_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
+
+
+def _lost_peer(e: BaseException) -> bool:
+    """Whether ``e`` is a collective that failed because another rank went away."""
+    dist = sys.modules.get("torch.distributed")
+    error = getattr(dist, "DistError", None) if dist is not None else None
+    return (error is not None and isinstance(e, error)) or (
+        isinstance(e, RuntimeError) and any(s in str(e) for s in (
+            "Connection closed by peer", "Connection reset by peer", "Gloo connectFullMesh")))
 
 
 if __name__ == "__main__":

@@ -243,6 +243,11 @@ class OptimConfig:
     muon_lr: Annotated[float, In("[0, inf)")] = 0.0
     # muon: Nesterov momentum of the conv-filter updates (0 = momentum)
     muon_momentum: Annotated[float, In("[0, 1)")] = 0.0
+    # lr scaling with the global batch (docs/training.md): 0 = optim.lr is the lr; N = optim.lr
+    # is the lr of a global batch of N images, scaled to train.batch_size by lr_scaling
+    lr_base_batch: Annotated[int, In("[0, inf)")] = 0
+    # linear: lr * batch_size / lr_base_batch (Goyal et al.) | sqrt: lr * sqrt(that ratio)
+    lr_scaling: Literal["linear", "sqrt"] = "linear"
 
 
 @dataclass(frozen=True)
@@ -306,6 +311,20 @@ class TrainConfig:
     # torch CPU threads (0 = torch's default, one per core; on a busy machine 1 can be much
     # faster: README)
     threads: Annotated[int, In("[0, 4096]")] = 0
+    # also write last.pt every N optimizer steps inside an epoch (0 = at epoch ends only); a
+    # resume continues from that step bit-identically (docs/training.md, preemption)
+    checkpoint_every_steps: Annotated[int, In("[0, inf)")] = 0
+    # also write last.pt once this many minutes have passed since the last one (0 = off)
+    checkpoint_every_minutes: Annotated[float, In("[0, inf)")] = 0.0
+    # gradient accumulation: each optimizer step runs as this many forward/backward passes
+    # (micro-batches); train.batch_size stays the images per step, so lr and schedule keep
+    accum_steps: Annotated[int, In("[1, inf)")] = 1
+    # under torchrun: batch-norm statistics over the global batch (SyncBatchNorm) instead of
+    # each process's share (no effect in one process)
+    sync_bn: bool = False
+    # DDP static graph: auto (null: on unless the model skips parameters in some steps, as
+    # stochastic depth and epoch-dependent freezing do) | true | false
+    ddp_static_graph: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -580,6 +599,11 @@ def _check_joint(cfg: Config) -> None:
                            "(from schedule.warmup_start * lr)")
     if o.name == "sgd" and o.nesterov and o.momentum == 0:
         raise ConvzooError("optim.nesterov=true needs optim.momentum > 0")
+    t = cfg.train
+    if t.batch_size % t.accum_steps:
+        raise ConvzooError(f"train.accum_steps={t.accum_steps}: train.batch_size={t.batch_size} "
+                           "(images per optimizer step) must divide into that many equal "
+                           "micro-batches")
     if s.min_lr > o.lr:
         raise ConvzooError(f"schedule.min_lr={s.min_lr} is above optim.lr={o.lr}: "
                            "the floor must not exceed the peak")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,19 +28,23 @@ def evaluate(
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
+    world_size: int = 1,
 ) -> dict[str, float]:
     """Mean cross-entropy and top-1/top-5 accuracy (percent) of `model` over `batches`.
 
     With `views` (test-time augmentation) the softmax probabilities of all views are averaged;
     the loss is then the negative log of the averaged probability of the true class.
-    Sums stay on the device; the host reads them once at the end.
+    Per-batch sums stay on the device; the host reads them once at the end and adds them with
+    ``math.fsum`` (correctly rounded, so the result does not depend on the order of the batches).
+
+    ``world_size > 1`` (under torchrun): `batches` are this rank's share of the exact partition
+    (whole batches of the one-process batching, ``data.sampler``). Every rank gathers every
+    rank's per-batch sums and returns the figures over the whole split, equal bit for bit to
+    one process evaluating it alone.
     """
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-    top1 = torch.zeros((), device=device, dtype=torch.int64)
-    top5 = torch.zeros((), device=device, dtype=torch.int64)
-    count = 0
+    rows: list[torch.Tensor] = []  # per batch: (loss sum, top-1 hits, top-5 hits, images), float64
     for x, y in batches:
         inputs = views(x) if views is not None else [x]
         probs = None
@@ -55,24 +61,31 @@ def evaluate(
                 p = out.softmax(dim=1)
                 probs = p if probs is None else probs + p
         if logits is not None:
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+            loss = F.cross_entropy(logits, y, reduction="sum")
             scores = logits
         else:
             probs = probs / len(inputs)
-            loss_sum += F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum").double()
+            loss = F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum")
             scores = probs
         k = min(5, scores.shape[1])
         topk = scores.topk(k, dim=1).indices  # (B, k)
         hits = topk == y[:, None]
-        top1 += hits[:, 0].sum()
-        top5 += hits.any(dim=1).sum()
-        count += y.shape[0]
+        rows.append(torch.stack([loss.double(), hits[:, 0].sum().double(),
+                                 hits.any(dim=1).sum().double(),
+                                 torch.tensor(y.shape[0], dtype=torch.float64, device=device)]))
     model.train(was_training)
+    table = torch.stack(rows).cpu().tolist() if rows else []  # one host sync
+    if world_size > 1:  # every rank's batches, ranks in order = the one-process batch order
+        shares: list[Any] = [None] * world_size
+        torch.distributed.all_gather_object(shares, table)
+        table = [row for share in shares for row in share]
+    loss_sum, top1, top5, count = (math.fsum(column) for column in zip(*table)) if table \
+        else (0.0, 0.0, 0.0, 0.0)
     if count == 0:
         return {"loss": float("nan"), "top1": float("nan"), "top5": float("nan"), "count": 0}
     return {
-        "loss": loss_sum.item() / count,
-        "top1": 100.0 * top1.item() / count,
-        "top5": 100.0 * top5.item() / count,
-        "count": count,
+        "loss": loss_sum / count,
+        "top1": 100.0 * top1 / count,
+        "top5": 100.0 * top5 / count,
+        "count": int(count),
     }

@@ -58,7 +58,9 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, split: str
     own held-out split (test, else val, else its only split). `batch_size` defaults to the
     run's ``train.eval_batch_size``, so the figures match the run's own last evaluation to the
     last digit. `weights`: auto (the EMA when the run kept one, as its summary), ema or raw.
-    `data_root`: where downloads and caches go (default: the user's default root).
+    `data_root`: where downloads and caches go (default: the user's default root). Under
+    torchrun each process evaluates its share of whole batches and every process returns the
+    figures of the whole split, equal to one process's (``evaluate.evaluate``).
     """
     ckpt = ckpt_io.load_checkpoint(path, which)
     _, weights_used = ckpt_io.select_weights(ckpt, weights)
@@ -80,11 +82,11 @@ def evaluate_checkpoint(path: str | Path, *, data: str | None = None, split: str
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loader = make_loader(source, split, cfg, rt.device, preprocess, train=False,
-                         batch_size=batch_size)
+                         batch_size=batch_size, rank=rt.rank, world_size=rt.world_size)
     views = ((lambda x: tta_views(x, augment_cfg.tta, augment_cfg))
              if augment_cfg.tta != "none" else None)
     result = evaluate(model, loader, device=rt.device, amp_dtype=rt.amp_dtype,
-                      channels_last=rt.channels_last, views=views)
+                      channels_last=rt.channels_last, views=views, world_size=rt.world_size)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"model": ckpt["model_name"], "data": cfg.data.source, "split": split,
             "epoch": ckpt["epoch"], "params": params, "tta": augment_cfg.tta,

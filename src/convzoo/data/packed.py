@@ -105,12 +105,17 @@ class PackedSplit:
     """
 
     def __init__(self, root: Path, name: str, info: dict[str, Any], image_format: str,
-                 shape: tuple[int, int, int] | None, channels: int) -> None:
+                 shape: tuple[int, int, int] | None, channels: int,
+                 remote: Any = None, location: str | None = None) -> None:
         self.root, self.name = root, name
         self.image_format = image_format  # "jpeg" | "raw"
         self.shape = shape  # (C, H, W) for raw packs, else None
         self.channels = channels
         self.shard_paths = [root / s for s in info["shards"]]
+        # data.remote.RemoteShards for a pack behind an fsspec URL (its index is cached in
+        # `root`, its shards are read through the cache), else None: local shard files.
+        self.remote = remote
+        self.location = location or str(root)
         table_path = root / info["table"]
         try:
             table = np.load(table_path, allow_pickle=False)
@@ -125,7 +130,10 @@ class PackedSplit:
 
     @property
     def where(self) -> str:
-        return f"{self.root} ({self.name})"
+        return f"{self.location} ({self.name})"
+
+    def _shard_name(self, k: int) -> str:
+        return self.remote.name(k) if self.remote is not None else str(self.shard_paths[k])
 
     def _check_table(self) -> None:
         t = self.table
@@ -136,11 +144,12 @@ class PackedSplit:
             rows = t[t[:, 0] == k]
             need = int((rows[:, 1] + rows[:, 2]).max()) if len(rows) else 0
             try:
-                have = p.stat().st_size
+                have = self.remote.size(k) if self.remote is not None else p.stat().st_size
             except OSError:
                 raise ConvzooError(f"{p}: shard file missing") from None
             if have < need:
-                raise ConvzooError(f"{p}: shard is truncated ({have} bytes, index needs {need})")
+                raise ConvzooError(f"{self._shard_name(k)}: shard is truncated ({have} bytes, "
+                                   f"index needs {need})")
 
     def __len__(self) -> int:
         return int(self.table.shape[0])
@@ -168,13 +177,18 @@ class PackedSplit:
             self._fds = [os.open(p, os.O_RDONLY) for p in self.shard_paths]
         return self._fds[shard]
 
+    def _readinto(self, shard: int, view: memoryview, offset: int) -> int:
+        if self.remote is not None:
+            return self.remote.readinto(shard, view, offset)
+        return os.preadv(self._fd(shard), [view], offset)
+
     def read(self, i: int) -> bytes:
         """The payload of record ``i``."""
-        shard, offset, length, _ = self.table[i]
-        data = os.pread(self._fd(int(shard)), int(length), int(offset))
-        if len(data) != length:
-            raise ConvzooError(f"{self.shard_paths[int(shard)]}: short read at record {i}")
-        return data
+        shard, offset, length, _ = (int(v) for v in self.table[i])
+        data = bytearray(length)
+        if self._readinto(shard, memoryview(data), offset) != length:
+            raise ConvzooError(f"{self._shard_name(shard)}: short read at record {i}")
+        return bytes(data)
 
     def __getitem__(self, i: int) -> tuple[bytes, int]:
         if not -len(self) <= i < len(self):
@@ -189,11 +203,13 @@ class PackedSplit:
         rows = self.table[np.asarray(indices, dtype=np.int64)]
         lengths = rows[:, 2]
         out = np.empty(int(lengths.sum()), dtype=np.uint8)
+        if self.remote is not None:
+            self.remote.fetch(rows)  # every missing block of the batch in one request
         pos = 0
         for shard, offset, length, _ in rows.tolist():
             view = memoryview(out)[pos:pos + length]
-            if os.preadv(self._fd(shard), [view], offset) != length:
-                raise ConvzooError(f"{self.shard_paths[shard]}: short read at offset {offset}")
+            if self._readinto(shard, view, offset) != length:
+                raise ConvzooError(f"{self._shard_name(shard)}: short read at offset {offset}")
             pos += length
         return torch.from_numpy(out), torch.from_numpy(lengths.copy())
 
@@ -286,9 +302,15 @@ class PackedDataset:
             split.close()
 
 
-def open_packed(path: Path | str) -> PackedDataset:
-    """Open a packed dataset directory (reads the index and tables, not the images)."""
-    path = Path(path).expanduser()
+def open_packed(path: Path | str, root: str | Path = "~/.cache/convzoo") -> PackedDataset:
+    """Open a packed dataset directory (reads the index and tables, not the images), or a
+    pack behind an fsspec URL (``s3://...``: ``data.remote``, its index cached under ``root``,
+    ``data.root``)."""
+    from convzoo.data import remote as remote_io
+
+    opened = remote_io.fetch_metadata(str(path), root) if remote_io.is_url(path) else None
+    location = str(path)
+    path = opened.cache if opened is not None else Path(path).expanduser()
     if not path.is_dir():
         raise ConvzooError(f"{path}: not a packed dataset directory")
     info = read_index(path)
@@ -296,8 +318,10 @@ def open_packed(path: Path | str) -> PackedDataset:
         fmt = info["image_format"]
         shape = tuple(int(v) for v in info["shape"]) if info.get("shape") else None
         channels = int(info["channels"])
-        splits = {str(name): PackedSplit(path, str(name), s, fmt, shape, channels)  # type: ignore[arg-type]
-                  for name, s in info["splits"].items()}
+        splits = {str(name): PackedSplit(
+            path, str(name), s, fmt, shape, channels,  # type: ignore[arg-type]
+            opened.shards(list(s["shards"])) if opened is not None else None, location)
+            for name, s in info["splits"].items()}
         classes = [str(c) for c in info["classes"]]
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ConvzooError(f"{path / INDEX_NAME}: malformed index ({e!r})") from None
@@ -324,7 +348,8 @@ def _read_raw(split: PackedSplit) -> torch.Tensor:
         rows = np.nonzero(split.table[:, 0] == k)[0]
         if len(rows) == 0:
             continue
-        data = np.fromfile(path, dtype=np.uint8)
+        data = (split.remote.read_all(k) if split.remote is not None
+                else np.fromfile(path, dtype=np.uint8))
         offsets = split.table[rows, 1]
         if np.any(split.table[rows, 2] != record):
             raise ConvzooError(f"{path}: raw records are not {c}x{h}x{w} bytes")
@@ -338,7 +363,7 @@ def _read_raw(split: PackedSplit) -> torch.Tensor:
 
 def load_packed(path: Path | str, *, geometry: Geometry | None = None, image_size: int = 0,
                 channels: int = 0, resize: str = "crop", limits: Limits = DEFAULT_LIMITS,
-                workers: int | None = None) -> Dataset:
+                workers: int | None = None, root: str | Path = "~/.cache/convzoo") -> Dataset:
     """Decode a whole packed dataset into memory as a ``Dataset`` of uint8 (N, C, H, W).
 
     Raw packs are a reshape of the shard bytes; JPEG packs are decoded in parallel
@@ -346,7 +371,7 @@ def load_packed(path: Path | str, *, geometry: Geometry | None = None, image_siz
     brought to `geometry` (default: that of ``channels``/``image_size``/``resize``, where 0
     means the pack's channels and most common size, as for a folder).
     """
-    pack = open_packed(path)
+    pack = open_packed(path, root)
     try:
         geo = geometry
         if geo is None and (image_size or pack.image_format == "raw" or pack.sizes()):

@@ -31,6 +31,7 @@ from convzoo.data.images import Geometry, Limits
 from convzoo.data.loaders import ResidentLoader, StreamLoader
 from convzoo.data.prepare import once_per_node
 from convzoo.data.preprocess import Preprocessor, fit_preprocessor
+from convzoo.data.remote import fetch_metadata, is_url
 from convzoo.data.sources import carve_val, limit_splits, load_dataset, stratified_pick
 from convzoo.errors import ConvzooError
 
@@ -81,8 +82,11 @@ def heldout_split(available: list[str]) -> str:
     return sorted(available)[0]
 
 
-def packed_path(source: str) -> Path | None:
-    """The directory of a packed dataset named by `source`, or None if it is not one."""
+def packed_path(source: str) -> Path | str | None:
+    """The directory of a packed dataset named by `source`, or its fsspec URL (a URL source is
+    always a pack: ``data.remote``), or None if it is not one."""
+    if is_url(source):
+        return source
     path = Path(source).expanduser()
     return path if (path / packed_io.INDEX_NAME).is_file() else None
 
@@ -95,7 +99,7 @@ def choose_loader(cfg: C.DataConfig) -> str:
                            f"'{cfg.source}' is not one")
     if cfg.loader != "auto" or packed is None:
         return "memory" if cfg.loader == "auto" else cfg.loader
-    ds = packed_io.open_packed(packed)
+    ds = packed_io.open_packed(packed, cfg.root)
     try:
         train = ds.splits.get("train")
         if train is None:
@@ -126,6 +130,8 @@ def open_source(cfg: C.Config, geometry: Geometry | None = None) -> Source:
     """Load (memory) or open (stream) ``cfg.data`` with ``limit`` and ``val_fraction`` applied,
     brought to `geometry` (default: the one ``cfg.data`` describes). Under torchrun, local
     rank 0 prepares (downloads, decodes, caches) before the node's other ranks."""
+    if is_url(cfg.data.source):  # the remote index into this node's cache, once per node
+        once_per_node(lambda: fetch_metadata(cfg.data.source, cfg.data.root))
     kind = choose_loader(cfg.data)
     limits = Limits.from_config(cfg.data)
     if kind == "memory":
@@ -133,7 +139,7 @@ def open_source(cfg: C.Config, geometry: Geometry | None = None) -> Source:
                                                 geometry=geometry))
         assert ds.geometry is not None
         return Source(ds.name, list(ds.classes), dict(ds.splits), kind, ds.geometry, limits)
-    pack = packed_io.open_packed(packed_path(cfg.data.source))  # type: ignore[arg-type]
+    pack = packed_io.open_packed(packed_path(cfg.data.source), cfg.data.root)  # type: ignore[arg-type]
     splits = dict(pack.splits)
     if "train" not in splits and geometry is None:
         raise ConvzooError(f"{cfg.data.source}: packed dataset has no train split")
@@ -208,7 +214,9 @@ def build_pipeline(cfg: C.Config, device: torch.device, *, rank: int = 0, world_
 
     `preprocess_state` (from a checkpoint) is used instead of fitting, so a resumed run
     normalises exactly as before. The train batch is ``train.batch_size // world_size`` per
-    rank; every rank evaluates the whole evaluation split.
+    rank (``train.distributed.check_global_batch`` has checked it divides); each rank
+    evaluates its own block of whole eval batches (the exact partition), and
+    ``evaluate.evaluate`` gathers the figures.
     """
     source = open_source(cfg)
     split = resolve_eval_split(cfg.data.eval_split, list(source.splits), cfg.data.source)
@@ -219,7 +227,8 @@ def build_pipeline(cfg: C.Config, device: torch.device, *, rank: int = 0, world_
     preprocess = preprocess.to(device)
     train = make_loader(source, "train", cfg, device, preprocess, train=True, rank=rank,
                         world_size=world_size)
-    evaluation = make_loader(source, split, cfg, device, preprocess, train=False)
+    evaluation = make_loader(source, split, cfg, device, preprocess, train=False, rank=rank,
+                             world_size=world_size)
     return Pipeline(source.name, source.classes, source.geometry.shape, split, train,
                     evaluation, preprocess, len(source.splits["train"]),
                     len(source.splits[split]), source.kind, source.geometry)

@@ -12,10 +12,13 @@ on every rank and device (drawn on the CPU), or ``arange(n)`` without shuffling.
   rank makes the same number of steps, a global batch holds the same images whatever the world
   size (so 1 and N processes train on the same batches), and the last ``n mod global batch``
   images of the order are left out of this epoch (a different few each epoch).
-- exact (``drop_last=False``, evaluation): rank r takes one contiguous block of the order, of
-  ``n // W`` or ``n // W + 1`` images (the first ``n mod W`` ranks take one more), cut into
-  batches; the last batch of a block may be short. Every image is seen exactly once: no
-  padding, none dropped; shards may be uneven, and a rank may get none.
+- exact (``drop_last=False``, evaluation): the order is cut into batches of ``batch_size``
+  as one process cuts it (the last one may be short), and rank r takes one contiguous block
+  of those batches, ``nb // W`` or ``nb // W + 1`` of the ``nb`` batches (the first
+  ``nb mod W`` ranks take one more). Every image is seen exactly once: no padding, none
+  dropped; shards may be uneven (by at most one batch), and a rank may get none. Because each
+  batch is a batch of the one-process evaluation, per-batch sums gathered in rank order are
+  the one-process sums, bit for bit (``evaluate.evaluate``).
 
 With one rank both partitions are the order cut into batches (short last batch dropped or
 kept). Batch k of a rank is found directly (`EpochPlan.batch`), so an epoch can start at any
@@ -92,10 +95,13 @@ class EpochPlan:
         self._cached: tuple[int, torch.Tensor] | None = None
 
     def _block(self) -> tuple[int, int]:
-        """[start, end) of this rank's block of the order under the exact partition."""
-        base, extra = divmod(self.n, self.world_size)
-        start = self.rank * base + min(self.rank, extra)
-        return start, start + base + (self.rank < extra)
+        """[start, end) of this rank's block of the order under the exact partition: a run of
+        whole batches of the one-process batching."""
+        b = self.batch_size
+        base, extra = divmod(-(-self.n // b), self.world_size)
+        first = self.rank * base + min(self.rank, extra)
+        last = first + base + (self.rank < extra)
+        return min(first * b, self.n), min(last * b, self.n)
 
     @property
     def num_samples(self) -> int:

@@ -27,6 +27,7 @@ from convzoo.data.dataset import Dataset, Split
 from convzoo.data.digits import load_digits
 from convzoo.data.images import Geometry, Limits
 from convzoo.data.prepare import fetch_archive, node_lock, read_cache, write_cache
+from convzoo.data.remote import is_url
 from convzoo.errors import ConvzooError
 
 log = logging.getLogger("convzoo")
@@ -225,6 +226,10 @@ def load_dataset(cfg: DataConfig, seed: int = 0, geometry: Geometry | None = Non
         ds = load_digits(image_size=side, channels=cfg.channels or 3, seed=seed)
     elif source in NAMES:
         ds = _official(source, cfg)
+    elif is_url(source):  # a pack behind an fsspec URL (data.remote)
+        ds = packed.load_packed(source, geometry=geometry, image_size=cfg.image_size,
+                                resize=cfg.resize, limits=Limits.from_config(cfg),
+                                workers=cfg.workers, root=cfg.root)
     else:
         path = Path(source).expanduser()
         if not path.exists():

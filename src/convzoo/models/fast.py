@@ -108,6 +108,10 @@ def whitening_filters(images: Tensor, k: int = 2, eps: float = 5e-4) -> Tensor:
 class FastNet(nn.Module):
     """See the module docstring."""
 
+    # set_epoch stops training the whitening bias after a few epochs: the parameters of a step
+    # change, which DDP must be told of (train/distributed.py)
+    dynamic_graph = True
+
     def __init__(
         self,
         num_classes: int = 10,

@@ -19,7 +19,8 @@ import math
 import resource
 import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,8 @@ from convzoo.data.sampler import torch_seed
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import autocast, evaluate
 from convzoo.train import checkpoint as ckpt_io
-from convzoo.train import rundir
+from convzoo.train import preempt, rundir
+from convzoo.train.distributed import all_ranks, broadcast_buffers, check_global_batch, no_sync
 from convzoo.train.logging import Eta, MetricsWriter, Progress, format_seconds, log
 from convzoo.train.schedule import set_lr
 from convzoo.train.setup import (
@@ -56,32 +58,55 @@ def peak_memory_mb(device: torch.device) -> float:
 
 # ----------------------------------------------------------------------------- steps
 
+# after_step(step, loss_sum, correct, count): this rank's running sums after a step (1-based)
+AfterStep = Callable[[int, torch.Tensor, torch.Tensor, int], None]
+
 
 def train_one_epoch(run: Run, loader: Loader, lrs: list[float],
-                    progress: Progress | None = None, *, epoch: int | None = None
-                    ) -> dict[str, float]:
+                    progress: Progress | None = None, *, epoch: int | None = None,
+                    start: int = 0, sums: tuple[float, int, int] | None = None,
+                    after_step: AfterStep | None = None) -> dict[str, float]:
     """One pass over ``loader``, step ``i`` at base lr ``lrs[i]``. Loss and accuracy sums stay on
     the device (no per-step sync). Under fp16 the loss is scaled (``run.scaler``): steps whose
     gradients overflow are skipped and the scale lowered; in bf16/fp32 the scaler is a no-op.
+
+    With ``train.accum_steps = A`` each step's batch runs as A equal micro-batches whose
+    gradients add up (each loss divided by A, so the step's gradient is that of the whole
+    batch); under DDP only the last one all-reduces. ``start``/``sums``: the epoch continues
+    from its step ``start`` (the loader set to it) with this rank's running (loss sum, correct,
+    count) so far (a mid-epoch checkpoint). ``after_step(step, loss_sum, correct, count)`` runs
+    after each step (1-based; ``train/preempt.py``: checkpoints and stop requests).
 
     A non-finite loss raises ``rundir.Diverged`` (epoch, step, lr) at the next progress read or
     at the epoch end, before anything of the epoch is saved."""
     model, optimizer, scaler, rt = run.step_model, run.optimizer, run.scaler, run.rt
     grad_clip = run.cfg.optim.grad_clip
+    accum = run.cfg.train.accum_steps
     watch = rundir.DivergenceCheck(lrs, rt.device, epoch=epoch, early=rt.world_size == 1)
     model.train()
     loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
     correct = torch.zeros((), device=rt.device, dtype=torch.int64)
     count = 0
-    for step, (x, y) in enumerate(loader):
+    if sums is not None:
+        loss_sum += sums[0]
+        correct += sums[1]
+        count = sums[2]
+    for step, (images, labels) in enumerate(loader, start=start):
         set_lr(optimizer, lrs[step])
-        if rt.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(rt.device, rt.amp_dtype):
-            logits = model(x)
-            loss = run.loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        step_loss = torch.zeros((), device=rt.device)
+        for i, (x, y) in enumerate(zip(images.chunk(accum), labels.chunk(accum))):
+            if rt.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with no_sync(model, skip=i < accum - 1):
+                with autocast(rt.device, rt.amp_dtype):
+                    logits = model(x)
+                    loss = run.loss_fn(logits, y)
+                scaler.scale(loss / accum if accum > 1 else loss).backward()
+            step_loss += loss.detach().float()
+            loss_sum += loss.detach().double() * y.shape[0]
+            correct += (logits.detach().argmax(dim=1) == y).sum()
+            count += y.shape[0]
         if grad_clip > 0:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
             torch.nn.utils.clip_grad_norm_(run.model.parameters(), grad_clip)
@@ -89,13 +114,12 @@ def train_one_epoch(run: Run, loader: Loader, lrs: list[float],
         scaler.update()
         if run.ema is not None:
             run.ema.update(run.model)
-        watch.update(step + 1, loss)
-        loss_sum += loss.detach().double() * y.shape[0]
-        correct += (logits.detach().argmax(dim=1) == y).sum()
-        count += y.shape[0]
+        watch.update(step + 1, step_loss)
         if progress is not None:
-            progress.update(step + 1, y.shape[0],
+            progress.update(step + 1, labels.shape[0],
                             lambda s=loss_sum, n=count: watch.running(s.item() / n))
+        if after_step is not None:
+            after_step(step + 1, loss_sum, correct, count)
     totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(count), device=rt.device,
                                                                    dtype=torch.float64)])
     if rt.world_size > 1:  # figures over all ranks' images, not rank 0's share
@@ -109,9 +133,14 @@ def evaluate_run(run: Run) -> dict[str, Any]:
     """This epoch's eval figures: the trained weights, and the EMA weights when the run keeps
     an EMA (those are the weights best.pt and the summary go by)."""
     rt = run.rt
+    if rt.world_size > 1:  # one model on every rank: rank 0's, the one its checkpoint holds
+        broadcast_buffers(run.model)
+        if run.ema is not None:
+            broadcast_buffers(run.ema.module)
     kw = dict(device=rt.device, amp_dtype=rt.amp_dtype, channels_last=rt.channels_last,
               views=run.views)
     t0 = time.perf_counter()  # evaluate() ends with .item(): the device is synced
+    kw["world_size"] = rt.world_size  # each rank its shard; every rank gets the figures
     raw = evaluate(run.eval_model, run.data.eval, **kw)
     row = {"eval_loss": raw["loss"], "eval_top1": raw["top1"], "eval_top5": raw["top5"],
            "eval_split": run.data.eval_split}
@@ -215,7 +244,8 @@ def mark_started(cfg: C.Config, stage: Stage, epoch: int) -> C.Config:
 
 # What a resume may change without starting a new stage: how this process runs, not what it
 # trains.
-RUNTIME_KEYS = {"train.device", "train.threads", "train.log_every", "data.workers", "data.root"}
+RUNTIME_KEYS = {"train.device", "train.threads", "train.log_every", "data.workers", "data.root",
+                "train.checkpoint_every_steps", "train.checkpoint_every_minutes"}
 
 
 def dotted(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -232,13 +262,14 @@ def dotted(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any],
-                  done: int) -> C.Config:
+                  done: int, mid_epoch: int = 0) -> C.Config:
     """The run's ``config.yaml`` with a resume's ``overrides`` (nested, as the CLI gives them).
 
     Keys that only say how this process runs (``RUNTIME_KEYS``) apply directly. Any other
     override starts a new stage at the checkpoint's epoch ``done``, recorded in ``stages`` with
     those overrides and its end (``train.epochs``, default: the plan's end), so config.yaml
-    keeps the whole history. No overrides: the plan continues (an exact resume).
+    keeps the whole history. No overrides: the plan continues (an exact resume). A checkpoint
+    taken ``mid_epoch`` steps into epoch ``done + 1`` takes no stage overrides.
     """
     cfg = C.load_config(run_dir / "config.yaml")
     keys = C.declared_keys()  # the command line gives text: each value in its key's type
@@ -251,6 +282,10 @@ def resume_config(run_dir: Path, overrides: dict[str, Any],
     epochs = stage_keys.pop("train.epochs", None)
     if not stage_keys and epochs in (None, plan_end):
         return cfg
+    if mid_epoch:  # a new stage starts at an epoch's start, with its own batches and lr
+        raise ConvzooError(f"--resume {run_dir}: its last.pt was written inside epoch "
+                           f"{done + 1} (step {mid_epoch}); resume it without overrides to finish "
+                           "that epoch, then start a new stage from its end")
     if done == 0:  # nothing trained yet: no history to keep, start over with the overrides
         return C.apply_overrides(cfg, overrides)
     unstarted = [s.epochs for s in cfg.stages if not s.started]
@@ -283,6 +318,7 @@ def new_run_dir(cfg: C.Config) -> rundir.RunLock:
 def prepare_stage(stage: Stage, rt: Runtime, ckpt: dict[str, Any] | None) -> Run:
     """Data, model, optimizer ... of ``stage``, with ``ckpt`` loaded: everything a stage needs,
     checked before anything is written."""
+    check_global_batch(stage.cfg.train, rt.world_size)
     data = build_pipeline(stage.cfg, rt.device, rank=rt.rank, world_size=rt.world_size,
                           preprocess_state=ckpt["preprocess"] if ckpt is not None else None)
     if ckpt is not None:
@@ -291,6 +327,7 @@ def prepare_stage(stage: Stage, rt: Runtime, ckpt: dict[str, Any] | None) -> Run
     run.stage = stage.index
     if ckpt is not None:
         restore(run, ckpt)
+        run.position = preempt.position_from(ckpt, rt.rank, rt.world_size, len(data.train))
     return run
 
 
@@ -308,7 +345,7 @@ def check(cfg: C.Config, resume: Path | None = None,
 
 
 def fit(cfg: C.Config, resume: Path | None = None, *,
-        ckpt: dict[str, Any] | None = None) -> Path:
+        ckpt: dict[str, Any] | None = None, claim: Path | None = None) -> Path:
     """Train according to ``cfg`` (all stages) and return the run directory.
 
     With ``resume``, continue the run in that directory from ``last.pt`` (``ckpt``, if the
@@ -316,7 +353,8 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
     with nothing left to train is not trained again; end-of-run files it misses are rebuilt.
     Rank 0 owns the run directory (``rundir.RunLock``) for the whole call: a resumed run's lock
     is taken before anything is read, a new run's directory is created only once everything
-    has been validated, so bad input leaves no directory behind.
+    has been validated, so bad input leaves no directory behind. ``claim``: start the new run
+    in exactly this directory (``--resume auto``), not in a fresh ``NAME-2``.
     """
     rt = resolve_runtime(cfg.train)  # under torchrun this joins the process group
     with contextlib.ExitStack() as owner:
@@ -331,7 +369,8 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
                 rundir.complete(Path(resume), ckpt, str(rt.device))  # type: ignore[arg-type]
             return Path(resume)  # type: ignore[arg-type]
         if resume is None and rt.is_main:
-            lock = owner.enter_context(new_run_dir(cfg))
+            lock = owner.enter_context(rundir.claim(claim) if claim is not None
+                                       else new_run_dir(cfg))
         run_dir = lock.run_dir if lock is not None else None
         if rt.world_size > 1:  # every rank works in rank 0's run directory; only rank 0 writes
             shared = [str(run_dir) if rt.is_main else None]
@@ -347,17 +386,23 @@ def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], r
     """Train the stages ``todo`` in ``run_dir``, the first one already built (``run``)."""
     writer = MetricsWriter(run_dir, cfg.train.tensorboard, resume_epoch=run.state.epoch) \
         if rt.is_main else None
-    eta = Eta(sum((s.end - max(s.start, run.state.epoch)) for s in todo) * len(run.data.train),
+    done_steps = run.position.step if run.position is not None else 0
+    eta = Eta(sum((s.end - max(s.start, run.state.epoch)) for s in todo) * len(run.data.train)
+              - done_steps,
               sum(evals_between(s.cfg.train, max(s.start, run.state.epoch)) for s in todo))
     ckpt_out: dict[str, Any] = {}
     try:
-        for i, stage in enumerate(todo):
-            if i > 0:  # the next stage of a recipe, from the previous stage's last state
-                run = prepare_stage(stage, rt, ckpt_out)
-            cfg = mark_started(cfg, stage, run.state.epoch)
-            if rt.is_main:
-                rundir.write_config(run_dir, cfg)  # the whole plan and history so far
-            ckpt_out = run_stage(run, run_dir, writer, eta)
+        with preempt.StopSignals() as signals:  # SIGTERM/SIGUSR1: checkpoint at a step, exit 75
+            control = preempt.StepControl(signals, rt.world_size)
+            for i, stage in enumerate(todo):
+                if i > 0:  # the next stage of a recipe, from the previous stage's last state
+                    if control.stop:  # asked to stop at the previous stage's end
+                        raise preempt.Preempted(control.stop, run_dir, run.state.epoch, 0, 0)
+                    run = prepare_stage(stage, rt, ckpt_out)
+                cfg = mark_started(cfg, stage, run.state.epoch)
+                if rt.is_main:
+                    rundir.write_config(run_dir, cfg)  # the whole plan and history so far
+                ckpt_out = run_stage(run, run_dir, writer, eta, control)
     except ConvzooError:
         # Bad input found before anything was trained: leave no half-made run directory.
         if fresh and rt.is_main and not (run_dir / "last.pt").exists():
@@ -374,12 +419,21 @@ def evals_between(cfg: C.TrainConfig, start: int) -> int:
     return sum(1 for e in marks if e > start)
 
 
-def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None,
-              eta: Eta) -> dict[str, Any]:
-    """Train ``run`` from its state's epoch to its config's last one (or an early stop);
-    returns the last epoch's checkpoint dict."""
+def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
+              control: preempt.StepControl | None = None) -> dict[str, Any]:
+    """Train ``run`` from its state's epoch (and step, ``run.position``) to its config's last
+    one (or an early stop); returns the last epoch's checkpoint dict. ``control`` decides after
+    each step, the same on every rank, whether to write a mid-epoch checkpoint or to stop
+    (``train/preempt.py``): a stop writes a checkpoint at that step and raises
+    ``preempt.Preempted``."""
     cfg, rt, s = run.cfg, run.rt, run.state
-    if s.epoch:
+    if control is None:
+        control = preempt.StepControl(preempt.StopSignals(), rt.world_size)
+    control.configure(cfg.train.checkpoint_every_steps, cfg.train.checkpoint_every_minutes)
+    if run.position is not None:
+        log.info(f"continuing {run_dir} from the checkpoint in epoch {run.position.epoch} after "
+                 f"step {run.position.step}/{len(run.data.train)}")
+    elif s.epoch:
         log.info(f"continuing {run_dir} from the epoch-{s.epoch} checkpoint")
     if cfg.train.compile:  # compile now, outside the timed epochs, and report it separately
         s.compile_seconds = compile_warmup(run)
@@ -392,21 +446,31 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None,
         torch.cuda.reset_peak_memory_stats(rt.device)
     ckpt: dict[str, Any] = {}
     for epoch in range(s.epoch + 1, cfg.train.epochs + 1):
-        # Everything random in this epoch depends only on (seed, epoch): exact resume.
-        torch.manual_seed(torch_seed(cfg.train.seed, epoch, rt.rank))
-        run.data.train.set_epoch(epoch)
+        # Everything random in this epoch depends only on (seed, epoch): exact resume. Inside
+        # an epoch, a checkpoint kept each rank's RNG state and running sums.
+        pos, run.position = run.position, None
+        seed = torch_seed(cfg.train.seed, epoch, rt.rank)
+        start, sums, before = 0, None, 0.0
+        if pos is not None:
+            pos.apply_rng(seed)
+            start, sums, before = pos.step, (pos.loss_sum, pos.correct, pos.count), pos.seconds
+        else:
+            torch.manual_seed(seed)
+        run.data.train.set_epoch(epoch, start=start)
         if hasattr(run.model, "set_epoch"):  # model-side schedule (fast family: whitening bias)
             run.model.set_epoch(epoch)
         lrs = run.schedule.epoch_lrs(epoch)
         progress = Progress(len(run.data.train), epoch, cfg.train.epochs, cfg.train.log_every,
                             rt.is_main, eta=eta)
         t0 = time.perf_counter()
-        stats = train_one_epoch(run, run.data.train, lrs, progress, epoch=epoch)
+        hook = MidEpoch(run, run_dir, control, epoch, len(lrs), progress, t0, before)
+        stats = train_one_epoch(run, run.data.train, lrs, progress, epoch=epoch, start=start,
+                                sums=sums, after_step=hook)
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
-        seconds = time.perf_counter() - t0
+        seconds = before + time.perf_counter() - t0
         progress.close()
-        eta.done(steps=len(lrs), seconds=seconds)
+        eta.done(steps=len(lrs) - start, seconds=seconds - before)
         s.epoch, s.train_seconds, s.train_images = epoch, s.train_seconds + seconds, \
             s.train_images + stats["count"]
         # lr: the mean over the epoch's steps (what it trained at); its first and last step too
@@ -425,18 +489,95 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None,
             s.best_top1 = selected_top1(run, row)
         log.info(epoch_line(run, row, eta))
         rundir.check_losses(row)  # finite weights whose eval outputs overflow: stop here too
+        asked = hook.at_end | control.epoch_end()  # the same on every rank
         ckpt = checkpoint_state(run, row)
+        end = s.stopped or epoch == cfg.train.epochs
+        save = end or epoch % cfg.train.save_every == 0 or asked.save or bool(asked.stop)
         if rt.is_main:  # metrics row, weights, best.pt, summary (stage end), then last.pt
-            end = s.stopped or epoch == cfg.train.epochs
             figures = rundir.summary(ckpt, run.params, peak_memory_mb(rt.device),
                                      str(rt.device), rt.precision) if end else None
             rundir.save_epoch(run_dir, ckpt, writer, best=improved, summary=figures,
-                              checkpoint=end or epoch % cfg.train.save_every == 0)
+                              checkpoint=save)
+        if save:
+            control.saved()
+        if asked.stop and not end:
+            agree(rt.world_size)  # nobody exits before rank 0 has committed last.pt
+            raise preempt.Preempted(asked.stop, run_dir, epoch, len(lrs), len(lrs))
         if s.stopped:
             log.info(f"early stopping at epoch {epoch}: no improvement for "
                      f"{cfg.train.early_stop_patience} epochs")
             break
     return ckpt
+
+
+@dataclass
+class MidEpoch:
+    """``train_one_epoch``'s after-step hook for one epoch: asks ``control`` after each step and
+    writes a mid-epoch checkpoint (``save_position``) or stops there, as it decides. A
+    request at the epoch's last step is left to the epoch end (``at_end``), which writes
+    last.pt anyway."""
+
+    run: Run
+    run_dir: Path
+    control: preempt.StepControl
+    epoch: int
+    steps: int
+    progress: Progress
+    t0: float  # perf_counter when this process started the epoch
+    before: float  # training seconds of the epoch before that (a mid-epoch resume)
+    at_end: preempt.Decision = field(default_factory=preempt.Decision)
+
+    def __call__(self, step: int, loss_sum: torch.Tensor, correct: torch.Tensor,
+                 count: int) -> None:
+        decision = self.control.after_step((self.epoch - 1) * self.steps + step)
+        if not (decision.save or decision.stop):
+            return
+        if step == self.steps:
+            self.at_end = self.at_end | decision
+            return
+        save_position(self.run, self.run_dir, self.epoch, step, self.steps,
+                      (loss_sum, correct, count), self.before + time.perf_counter() - self.t0)
+        self.control.saved()
+        if decision.stop:
+            self.progress.close()
+            raise preempt.Preempted(decision.stop, self.run_dir, self.epoch, step, self.steps)
+
+
+def agree(world_size: int, error: str | None = None) -> None:
+    """Wait until every rank gets here; rank 0's ``error`` (a failed write) is raised on all."""
+    if world_size == 1:
+        return
+    box = [error]
+    torch.distributed.broadcast_object_list(box, src=0)
+    if box[0] is not None:
+        raise ConvzooError(box[0])
+
+
+def save_position(run: Run, run_dir: Path, epoch: int, step: int, steps: int,
+                  sums: tuple[torch.Tensor, torch.Tensor, int], seconds: float) -> None:
+    """A checkpoint after ``step`` of ``steps`` in ``epoch`` (every rank calls it at the same
+    step): every rank's RNG state and running sums gathered, last.pt written by rank 0 alone
+    (``rundir.save_step``), and no rank goes on before it is committed."""
+    rt = run.rt
+    ranks = all_ranks(preempt.rank_state(*sums), rt.world_size)
+    if not preempt.finite(ranks):  # the same answer on every rank: all stop together
+        raise rundir.Diverged(f"training diverged in epoch {epoch} before step {step}: the "
+                              "loss is not finite; nothing of that epoch was saved; lower "
+                              "optim.lr or set optim.grad_clip")
+    error = None
+    if rt.is_main:
+        ckpt = checkpoint_state(run, {})
+        ckpt["epoch"] = epoch - 1  # epochs done; the position is `step` steps into the next
+        ckpt.update(preempt.position_fields(step, steps, ranks, seconds))
+        try:
+            rundir.save_step(run_dir, ckpt)
+            log.info(f"checkpoint in epoch {epoch} after step {step}/{steps} -> "
+                     f"{run_dir / 'last.pt'}")
+        except ConvzooError as e:
+            error = str(e)
+    agree(rt.world_size, error)
+    if error is not None:
+        raise ConvzooError(error)
 
 
 def epoch_line(run: Run, row: dict[str, Any], eta: Eta) -> str:

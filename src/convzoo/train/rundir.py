@@ -23,6 +23,12 @@ What a reader can rely on after a kill at any point (SIGKILL, OOM, power loss):
   than ``last.pt`` belongs to an epoch that ``--resume`` trains again; since that replay is
   exact (same seed per epoch), it rewrites those files with the same content, and drops
   metrics rows after ``last.pt``'s epoch.
+* A checkpoint inside an epoch (``train.checkpoint_every_steps``/``_minutes``, or a stop
+  request: ``train/preempt.py``) advances ``last.pt`` alone (:func:`save_step`), to a position
+  ``(epoch, step)``: ``epoch`` epochs done and ``step`` steps of the next. The files of
+  finished epochs (metrics rows, model.safetensors, best.pt, summary) are then of epochs up to
+  ``epoch``, so the rule above still holds, and the resume replays the rest of the epoch
+  exactly (the epoch's metrics row comes out as if it had never stopped).
 * No file ever holds non-finite weights: a diverged epoch raises :class:`Diverged` before its
   first write, so the last good epoch's files stay untouched.
 * At most one process trains in a directory (:class:`RunLock`); ``--resume`` of a finished run
@@ -203,6 +209,16 @@ def save_epoch(
         write_summary(run_dir, summary)
     if checkpoint:
         save_checkpoint(ckpt, run_dir / "last.pt")
+
+
+def save_step(run_dir: Path, ckpt: dict[str, Any]) -> None:
+    """A mid-epoch checkpoint (``ckpt['step']`` steps into epoch ``ckpt['epoch'] + 1``):
+    last.pt alone, the commit point as at an epoch end (module docstring). The caller has
+    checked that the epoch's losses so far are finite."""
+    if not weights_finite(ckpt["model"].values()):
+        raise Diverged(f"training diverged in epoch {ckpt['epoch'] + 1}: the weights after step "
+                       f"{ckpt['step']} are not finite; nothing of that epoch was saved")
+    save_checkpoint(ckpt, run_dir / "last.pt")
 
 
 def summary(ckpt: dict[str, Any], params: int, peak_memory_mb: float, device: str,
@@ -430,22 +446,36 @@ class Holder:
     host: str
     started: str  # local ISO time the lock was taken
     boot_start: int | None = None  # /proc/<pid>/stat start time: tells a reused pid apart
+    job: str | None = None  # torchrun job id (TORCHELASTIC_RUN_ID), when run under torchrun
+    round: int | None = None  # its restart round (TORCHELASTIC_RESTART_COUNT)
 
     @staticmethod
     def this_process() -> Holder:
+        from convzoo.train.distributed import torchrun_round
+
         stat = _proc_stat(os.getpid())
+        job, round_ = torchrun_round() or (None, None)
         return Holder(os.getpid(), socket.gethostname(),
                       datetime.now().isoformat(timespec="seconds"),
-                      stat[1] if stat else None)
+                      stat[1] if stat else None, job, round_)
 
     @staticmethod
     def parse(data: bytes) -> Holder | None:
         try:
             d = json.loads(data)
             return Holder(int(d["pid"]), str(d["host"]), str(d["started"]),
-                          None if d.get("boot_start") is None else int(d["boot_start"]))
+                          None if d.get("boot_start") is None else int(d["boot_start"]),
+                          None if d.get("job") is None else str(d["job"]),
+                          None if d.get("round") is None else int(d["round"]))
         except (ValueError, KeyError, TypeError):
             return None
+
+    def earlier_round_of(self, me: Holder) -> bool:
+        """Whether this holder was a worker of an earlier round of ``me``'s torchrun job:
+        torchrun's agents stop every worker of a round before the next one starts, so such a
+        holder is gone wherever it ran (another node's lock is safe to take over)."""
+        return (self.job is not None and self.job == me.job and self.round is not None
+                and me.round is not None and self.round < me.round)
 
     def describe(self) -> str:
         return f"pid {self.pid} on {self.host}, since {self.started}"
@@ -493,16 +523,19 @@ class RunLock:
       the error says how to remove it.
 
     Children forked while the lock is held (DataLoader workers) close their copy at once, so a
-    killed trainer's lingering workers never keep its lock. SIGTERM is turned into SystemExit
-    while the lock is held, so ``finally`` blocks release it, as they do on errors and Ctrl-C.
+    killed trainer's lingering workers never keep its lock. SIGTERM and SIGUSR1 are turned into
+    SystemExit while the lock is held, so ``finally`` blocks release it, as they do on errors
+    and Ctrl-C; while the loop trains, ``train/preempt.py`` takes the two signals over (finish
+    the step, checkpoint, exit 75) and gives them back after.
     """
 
     def __init__(self, run_dir: Path, fd: int, holder: Holder) -> None:
         self.run_dir, self.path, self.fd, self.holder = run_dir, run_dir / LOCK_FILE, fd, holder
-        self._sigterm: tuple[Any] | None = None  # (the handler to restore,) while ours is set
+        self._handlers: dict[int, Any] = {}  # the handlers to restore, while ours are set
         if threading.current_thread() is threading.main_thread():
-            old = signal.signal(signal.SIGTERM, _sigterm)
-            self._sigterm = (signal.SIG_DFL if old is None else old,)
+            for sig in (signal.SIGTERM, signal.SIGUSR1):
+                old = signal.signal(sig, _sigterm)
+                self._handlers[sig] = signal.SIG_DFL if old is None else old
         _HELD.add(self)
 
     @classmethod
@@ -540,9 +573,9 @@ class RunLock:
             os.close(self.fd)  # drops the flock
             self.fd = None
             _HELD.discard(self)
-            if self._sigterm is not None:
-                signal.signal(signal.SIGTERM, self._sigterm[0])
-                self._sigterm = None
+            for sig, old in self._handlers.items():
+                signal.signal(sig, old)
+            self._handlers.clear()
 
     def __enter__(self) -> RunLock:
         return self
@@ -568,7 +601,8 @@ if hasattr(os, "register_at_fork"):
 
 
 def _sigterm(signum: int, frame: Any) -> None:
-    log.warning("convzoo: terminated (SIGTERM); the run directory keeps its last checkpoint")
+    log.warning(f"convzoo: terminated ({signal.Signals(signum).name}); the run directory keeps "
+                "its last checkpoint")
     raise SystemExit(128 + signum)
 
 
@@ -651,6 +685,9 @@ def _take_over(path: Path, me: Holder, *, patient: bool) -> int | None:
                 return None
             # empty and nobody holds it after `wait`: its creator died right after creating it
             log.warning(f"taking over {path}: an empty lock left by a killed process")
+        elif holder.earlier_round_of(me):
+            log.warning(f"taking over the lock of {holder.describe()}: a worker of round "
+                        f"{holder.round} of this torchrun job, which torchrun has stopped: {path}")
         elif holder.host != me.host:
             raise ConvzooError(
                 f"{path.parent} is locked by {holder.describe()}; convzoo on {me.host} cannot "
@@ -672,6 +709,18 @@ def _take_over(path: Path, me: Holder, *, patient: bool) -> int | None:
 def _held(path: Path, holder: Holder | None) -> str:
     who = holder.describe() if holder is not None else "another process"
     return f"{path.parent} is in use by another convzoo run ({who}; lock {path})"
+
+
+def claim(run_dir: Path) -> RunLock:
+    """Own exactly ``run_dir`` (``--resume auto``: a scheduler's fixed command), creating it
+    when missing: never ``NAME-2``. An existing directory keeps its files; whether it holds a
+    run to continue is for the caller to read, now that it owns it."""
+    run_dir = Path(run_dir).expanduser()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConvzooError(f"cannot create run directory {run_dir}: {e.strerror}") from None
+    return RunLock.acquire(run_dir)
 
 
 def create(parent: Path, name: str) -> RunLock:

@@ -25,7 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from convzoo.config import ScheduleConfig
+from convzoo.config import OptimConfig, ScheduleConfig
 from convzoo.errors import ConvzooError
 
 SCHEDULES = ("constant", "multistep", "cosine", "onecycle", "plateau")
@@ -98,6 +98,17 @@ def lr_at(e: float, cfg: ScheduleConfig, peak: float, epochs: int, anchor: Ancho
     else:
         lr = peak
     return lr * warm
+
+
+def peak_lr(optim: OptimConfig, batch_size: int) -> float:
+    """The peak lr a run trains at: ``optim.lr``, or with ``optim.lr_base_batch = N`` that lr
+    scaled from a global batch of N images to ``batch_size`` (``train.batch_size``, the global
+    batch): linearly (Goyal et al., "0.1 per 256") or by the square root (Adam-style, Krizhevsky).
+    The global batch does not change with the number of processes, so neither does the lr."""
+    if not optim.lr_base_batch:
+        return optim.lr
+    ratio = batch_size / optim.lr_base_batch
+    return optim.lr * (ratio if optim.lr_scaling == "linear" else math.sqrt(ratio))
 
 
 def set_lr(optimizer: Any, lr: float) -> None:
@@ -261,7 +272,8 @@ def stage_lrs(stages: list[Any], steps_per_epoch: int = 1) -> dict[int, float]:
     state: dict[str, Any] | None = None
     done = 0
     for cfg in stages:
-        s = Schedule(cfg.schedule, cfg.optim.lr, cfg.train.epochs, steps_per_epoch)
+        s = Schedule(cfg.schedule, peak_lr(cfg.optim, cfg.train.batch_size), cfg.train.epochs,
+                     steps_per_epoch)
         if state is not None:
             s.resume(state, done)
         out.update({e: s.lr_at(e) for e in range(done, cfg.train.epochs)})

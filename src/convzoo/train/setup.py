@@ -22,9 +22,10 @@ from convzoo.errors import ConvzooError
 from convzoo.models import create_model
 from convzoo.models.info import count_params
 from convzoo.train import checkpoint as ckpt_io
+from convzoo.train.distributed import convert_sync_batchnorm, wrap_ddp
 from convzoo.train.ema import ModelEMA
 from convzoo.train.optim import build_optimizer, load_optimizer_state
-from convzoo.train.schedule import EarlyStopping, Schedule
+from convzoo.train.schedule import EarlyStopping, Schedule, peak_lr
 
 # ----------------------------------------------------------------------------- runtime
 
@@ -149,6 +150,7 @@ class Run:
     views: Any = None  # test-time augmentation: images -> list of views, or None
     state: RunState = field(default_factory=RunState)
     stage: int = 0  # index of the stage in the run's plan (0 = the first)
+    position: Any = None  # preempt.Position inside an epoch to continue from (None: its start)
 
     @property
     def weights(self) -> str:
@@ -198,7 +200,8 @@ def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | N
         state.init_seconds = data_dependent_init(model, data.train, rt.device)
     optimizer = build_optimizer(model, cfg.optim, rt.device.type,
                                 total_steps=cfg.train.epochs * spe)
-    schedule = Schedule(cfg.schedule, cfg.optim.lr, cfg.train.epochs, spe)
+    schedule = Schedule(cfg.schedule, peak_lr(cfg.optim, cfg.train.batch_size), cfg.train.epochs,
+                        spe)
     # Loss scaling for fp16 only (small gradients underflow there); disabled it is a no-op.
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
     ema = ModelEMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
@@ -206,9 +209,10 @@ def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | N
                if cfg.train.early_stop_patience > 0 else None)
     step_model: nn.Module = model
     if rt.world_size > 1:  # gradients all-reduced across ranks; checkpoints hold `model`
-        step_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    eval_model: nn.Module = model  # every rank evaluates the whole split with the same weights
+        if cfg.train.sync_bn:  # same parameters and buffers: the optimizer and EMA still fit
+            model = convert_sync_batchnorm(model, rt.device)
+        step_model = wrap_ddp(model, cfg.train, rt.device)
+    eval_model: nn.Module = model  # each rank evaluates its shard; evaluate() gathers
     if cfg.train.compile:
         step_model, eval_model = torch.compile(step_model), torch.compile(model)
     views = ((lambda x: tta_views(x, cfg.augment.tta, cfg.augment))
