@@ -11,8 +11,9 @@
 Sources ``load_init`` reads:
 
 * a convzoo run directory (its ``last.pt``/``best.pt``, or for ``last`` its
-  ``model.safetensors`` when the checkpoints are gone) or checkpoint file, read with ``weights_only=True`` through
-  ``convzoo.train.checkpoint.load_checkpoint``; ``weights="ema"`` takes the run's EMA weights;
+  ``model.safetensors`` when the checkpoints are gone) or checkpoint file, read with
+  ``weights_only=True`` through ``convzoo.train.checkpoint.load_checkpoint``; ``weights``
+  auto (default) takes the run's EMA weights when it kept an EMA, ``ema``/``raw`` insist;
 * a ``.safetensors`` file (convzoo's, timm's / Hugging Face's ``model.safetensors``);
 * a torchvision or timm state-dict file (``.pth``/``.pt``/``.bin``), plain or wrapped in
   ``{"state_dict" | "model" | "model_state_dict" | "module": ...}``; prefixes that wrappers
@@ -55,6 +56,7 @@ KEY_PREFIXES = ("module.", "_orig_mod.", "model.")
 SAFETENSORS_FORMAT = "convzoo-weights"  # metadata "format" of convzoo's model.safetensors
 
 HeadPolicy = Literal["auto", "new", "keep"]
+WEIGHT_CHOICES = ("auto", "ema", "raw")  # checkpoint.WEIGHTS: which weights of a run
 
 
 @dataclass
@@ -117,16 +119,24 @@ def _tensor_dict(obj: Any, where: str) -> dict[str, Tensor]:
 
 
 def _from_checkpoint(ckpt: dict[str, Any], where: str, weights: str) -> _Source:
-    if weights == "ema":
-        ema = ckpt.get("ema")
-        if not ema:
-            raise ConvzooError(f"{where}: the run kept no EMA weights (optim.ema_decay was 0); "
-                               "use weights=model")
-        state = ema["module"]
-    else:
-        state = ckpt["model"]
+    from convzoo.train.checkpoint import select_weights
+
+    try:
+        state, used = select_weights(ckpt, weights)
+    except ConvzooError as e:
+        raise ConvzooError(f"{where}: {e}") from None
     return _Source(dict(state), f"{where} ({ckpt.get('model_name')}, epoch {ckpt.get('epoch')}"
-                                f"{', EMA' if weights == 'ema' else ''})", list(ckpt["classes"]))
+                                f"{', EMA' if used == 'ema' else ''})", list(ckpt["classes"]))
+
+
+def _check_file_weights(path: Path, meta: Mapping[str, str], weights: str) -> None:
+    """A weights file holds one set of weights: `weights` (auto|ema|raw) must be that one."""
+    held = meta.get("weights")  # convzoo files say which ("ema" or "raw"); others hold raw ones
+    if weights == "auto" or weights == (held or "raw"):
+        return
+    what = {"ema": "the EMA weights", "raw": "the trained (raw) weights"}.get(held or "raw")
+    raise ConvzooError(f"{path}: a weights file holds one set of weights ({what}); "
+                       f"weights={weights} needs the run's last.pt/best.pt (or use auto)")
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -156,10 +166,8 @@ def _read_file(path: Path, which: str, weights: str) -> _Source:
     from convzoo.train import checkpoint as ckpt_io
 
     if path.suffix == ".safetensors":
-        if weights == "ema":
-            raise ConvzooError(f"{path}: a weights file holds one set of weights; "
-                               "weights=ema needs a run directory or checkpoint")
         state, meta = _read_safetensors(path)
+        _check_file_weights(path, meta, weights)
         return _Source(state, str(path), _classes_from_meta(meta, str(path)))
     try:  # mmap: a peek at a large checkpoint costs no reading
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -176,8 +184,7 @@ def _read_file(path: Path, which: str, weights: str) -> _Source:
                                f"({type(e).__name__})") from None
     if isinstance(obj, Mapping) and obj.get("format") == ckpt_io.FORMAT:
         return _from_checkpoint(ckpt_io.load_checkpoint(path), str(path), weights)
-    if weights == "ema":
-        raise ConvzooError(f"{path}: weights=ema needs a convzoo run directory or checkpoint")
+    _check_file_weights(path, {}, weights)
     return _Source(_tensor_dict(obj, str(path)), str(path))
 
 
@@ -187,8 +194,8 @@ def _read_run_dir(path: Path, which: str, weights: str) -> _Source:
     if (path / f"{which}.pt").exists():
         ckpt = ckpt_io.load_checkpoint(path, which)
         return _from_checkpoint(ckpt, str(path / f"{which}.pt"), weights)
-    # model.safetensors holds the last epoch's model weights: no stand-in for best.pt or EMA
-    if (path / "model.safetensors").exists() and which == "last" and weights == "model":
+    # model.safetensors holds the last checkpoint's judged weights: no stand-in for best.pt
+    if (path / "model.safetensors").exists() and which == "last":
         return _read_file(path / "model.safetensors", which, weights)
     what = f"{which}.pt" + (" or model.safetensors" if which == "last" else "")
     raise ConvzooError(f"{path}: not a run directory with {what}")
@@ -245,11 +252,11 @@ def _read_timm(spec: str) -> _Source:
                    list(label_names) if label_names else None)
 
 
-def read_source(source: str | Path, *, which: str = "last", weights: str = "model",
+def read_source(source: str | Path, *, which: str = "last", weights: str = "auto",
                 arch: str | None = None) -> _Source:
     """The state dict (and class names, where stored) that `source` names."""
-    if weights not in ("model", "ema"):
-        raise ConvzooError(f"weights={weights!r}: choose model or ema")
+    if weights not in WEIGHT_CHOICES:
+        raise ConvzooError(f"weights={weights!r}: choose {', '.join(WEIGHT_CHOICES)}")
     text = str(source)
     if text.startswith(TORCHVISION_PREFIX):
         return _read_torchvision(text, arch)
@@ -305,7 +312,7 @@ def load_init(
     classes: Sequence[str] | None = None,
     arch: str | None = None,
     which: str = "last",
-    weights: str = "model",
+    weights: str = "auto",
     head: HeadPolicy = "auto",
     strict: bool = False,
 ) -> InitReport:
@@ -315,7 +322,8 @@ def load_init(
         it has another. classes: the target class names; a source that stores different ones
         gets a new head even when the shapes agree (classes 0-4 -> classes 5-9).
     arch: the model's registry name (needed by ``torchvision:DEFAULT``; used in messages).
-    which / weights: the checkpoint of a run directory (last|best) and its weights (model|ema).
+    which / weights: the checkpoint of a run directory (last|best) and its weights: auto (the
+        EMA when the run kept one, as its figures), ema or raw (``checkpoint.select_weights``).
     head: auto (re-initialise when needed, see above), new (always), keep (never: a head of
         another shape is an error).
     """

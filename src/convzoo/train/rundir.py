@@ -4,6 +4,7 @@ Everything ``train`` writes into ``runs/<name>/`` goes through this module:
 
     .lock               the owner: pid, host, start time (held from start to exit)
     config.yaml         the resolved config (rewritten with a new stage's overrides)
+    init.json           what model.init loaded (a run started from trained weights)
     metrics.jsonl       one JSON line per epoch, appended and fsync'd, never truncated in place
     model.safetensors   weights of the newest checkpoint epoch
     best.pt             the checkpoint of the best evaluated epoch
@@ -67,6 +68,7 @@ log = logging.getLogger("convzoo")
 
 LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
+INIT_FILE = "init.json"
 
 
 # ----------------------------------------------------------------------------- writing
@@ -95,6 +97,11 @@ def write_text(path: Path, text: str) -> None:
 def write_config(run_dir: Path, cfg: C.Config) -> None:
     """config.yaml: the resolved config that actually runs."""
     write_text(run_dir / "config.yaml", yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
+
+
+def write_init_report(run_dir: Path, report: dict[str, Any]) -> None:
+    """init.json: what ``model.init`` loaded into a new run (``weights.InitReport``)."""
+    write_text(run_dir / INIT_FILE, json.dumps(report, indent=1) + "\n")
 
 
 def save_weights(ckpt: dict[str, Any], path: Path) -> None:
