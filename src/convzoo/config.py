@@ -127,6 +127,11 @@ class Match:
 
 
 DEVICE = r"auto|cpu|mps|cuda(:\d+)?"  # train.device, eval/predict --device
+# Shortcuts for the most used keys: the CLI's flags (--model, --batch-size ...) and the
+# keywords of convzoo.train (model=, batch_size= ...).
+SHORTCUTS = [("model", "model.name"), ("data", "data.source"), ("epochs", "train.epochs"),
+             ("batch_size", "train.batch_size"), ("lr", "optim.lr"), ("out", "train.out"),
+             ("name", "train.name"), ("device", "train.device"), ("seed", "train.seed")]
 FOLDER_NAME = r"(?!\.\.?$)[^/\\\0]*"  # train.name: one path component, never . or ..
 
 # ----------------------------------------------------------------------------- the tree

@@ -105,21 +105,13 @@ def write_init_report(run_dir: Path, report: dict[str, Any]) -> None:
 
 
 def save_weights(ckpt: dict[str, Any], path: Path) -> None:
-    """model.safetensors: the run's weights (EMA when it keeps one), what rebuilds the model,
-    and their epoch."""
+    """model.safetensors: the run's weights (EMA when it keeps one) with what rebuilds the
+    model and feeds it images (``weights.weights_metadata``)."""
+    from convzoo.models.weights import weights_metadata
+
     state, weights = ckpt_io.select_weights(ckpt, "auto")
-    meta = {
-        "model": ckpt["model_name"],
-        "num_classes": str(ckpt["num_classes"]),
-        "in_chans": str(ckpt["in_chans"]),
-        "classes": json.dumps(ckpt["classes"]),
-        "model_kwargs": json.dumps(ckpt["model_kwargs"]),
-        "weights": weights,
-        "epoch": str(ckpt["epoch"]),
-        "format": "convzoo-weights",
-    }
-    with _writing(path):
-        ckpt_io.save_safetensors(state, path, meta)
+    with _writing(path):  # the format export writes too: eval/predict/export read it alone
+        ckpt_io.save_safetensors(state, path, weights_metadata(ckpt, weights))
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
