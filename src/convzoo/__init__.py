@@ -9,8 +9,10 @@
 
 from typing import Any
 
+from convzoo import train as train  # the training package, callable: convzoo.api.train
+
 __version__ = "0.1.0"
-API = ("load", "train", "Classifier")  # convzoo.api, resolved by __getattr__ below
+API = ("load", "Classifier")  # convzoo.api, resolved by __getattr__ below
 
 
 def __getattr__(name: str) -> Any:

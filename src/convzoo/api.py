@@ -123,11 +123,10 @@ class Classifier:
         """(file name or None, a function giving uint8 (C, H, W)) for every image in `inputs`.
 
         Files are decoded only when their batch comes, so a folder of any size fits."""
-        if isinstance(inputs, str | Path | Image.Image | np.ndarray) or (
-                isinstance(inputs, torch.Tensor) and inputs.ndim <= 3):
+        if isinstance(inputs, torch.Tensor | np.ndarray) and inputs.ndim == 4:
+            inputs = list(inputs)  # a batch: (N, C, H, W) tensor, (N, H, W, C) array
+        elif not isinstance(inputs, list | tuple):
             inputs = [inputs]
-        elif isinstance(inputs, torch.Tensor):  # (N, C, H, W): N images
-            inputs = list(inputs)
         limits = Limits.from_config(C.DataConfig())  # the user's bounds, not the checkpoint's
         items: list[tuple[str | None, Callable[[], torch.Tensor]]] = []
         for i, x in enumerate(inputs):
@@ -167,7 +166,8 @@ class Classifier:
 
         inputs: a file, folder (its images, recursively, sorted) or glob pattern; a PIL image;
             a uint8 torch tensor (C, H, W) or batch (N, C, H, W) (torchvision's layout); a uint8
-            NumPy array (H, W) or (H, W, C) (PIL's / OpenCV's layout, RGB); or a list of these.
+            NumPy array (H, W), (H, W, C) or batch (N, H, W, C) (PIL's layout, RGB); or a list
+            of these.
             Every image is brought to the run's geometry (channels, size, crop or squash).
         batch_size: images per forward (default: the run's ``train.eval_batch_size``).
         tta: test-time augmentation (default: the run's ``augment.tta``).
@@ -330,7 +330,7 @@ def _pixels(x: torch.Tensor | np.ndarray, i: int) -> torch.Tensor:
     if x.dtype not in (torch.uint8, np.uint8):
         raise ConvzooError(f"image {i}: pixels must be uint8 (0-255), got {x.dtype} (decoded "
                            "images: torchvision.io.decode_image or np.asarray(PIL image))")
-    t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    t = torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x  # a writable copy
     if t.ndim == 2:
         t = t[None]
     elif isinstance(x, np.ndarray) and t.ndim == 3:
