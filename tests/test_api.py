@@ -368,6 +368,27 @@ def test_report_on_a_100_class_run(tmp_path, capsys):
     assert width > 2000 and height > 2000  # grows with the classes: 100 names legible
 
 
+def test_report_of_streamed_data_decodes_its_mistakes(run_dir, digit_files, tmp_path,
+                                                      monkeypatch, capsys):
+    """A pack too large for memory is streamed: the mistakes grid decodes just its images."""
+    import shutil
+
+    from convzoo.data import pipeline
+
+    tree = tmp_path / "tree"
+    shutil.copytree(digit_files / "test", tree / "train")
+    shutil.copytree(digit_files / "test", tree / "test")
+    assert main(["pack", str(tree), str(tmp_path / "pack"), "--workers", "1"]) == 0
+    monkeypatch.setattr(pipeline, "MEMORY_BUDGET_BYTES", 0)
+    capsys.readouterr()
+    assert main(["eval", str(run_dir), "--data", str(tmp_path / "pack"), "--report",
+                 str(tmp_path / "rep"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert main(["eval", str(run_dir), "--data", str(digit_files), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == result["top1"]
+    _check_report(tmp_path / "rep", 10, result["count"], result["top1"])
+
+
 def test_report_errors_write_nothing(run_dir, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main(["eval", str(run_dir), "--report", str(tmp_path / "file" / "rep")]) == 2
