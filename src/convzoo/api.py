@@ -21,6 +21,7 @@ precision ``convzoo eval`` uses.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,14 +276,22 @@ class Classifier:
         return out
 
     def _report_dir(self, report: str | Path | bool | None, data: Any) -> Path | None:
+        """The report folder `report` names, checked (not created) before any work."""
         if report is None or report is False:
             return None
         if report is not True and str(report):
-            return Path(report)
-        run_dir = _run_dir(self.source)
-        if run_dir is not None:
-            return run_dir / "report"
-        return self.source.with_name(f"{self.source.stem}-report")
+            out = Path(report)
+        elif (run_dir := _run_dir(self.source)) is not None:
+            out = run_dir / "report"
+        else:
+            out = self.source.with_name(f"{self.source.stem}-report")
+        existing = out
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            what = "not a folder" if not existing.is_dir() else "not writable"
+            raise ConvzooError(f"cannot create report directory {out}: {existing} is {what}")
+        return out
 
     def _write_report(self, out: Path, outputs: list[tuple[torch.Tensor, torch.Tensor]],
                       source: Any, split: str, topk: int) -> dict[str, Any]:
