@@ -194,3 +194,62 @@ def test_param_groups_unchanged_without_the_option():
     assert [g["name"] for g in groups] == ["all"]
     groups = param_groups(model, C.OptimConfig(no_decay_norm_bias=True))
     assert [g["name"] for g in groups] == ["decay", "no_decay"]
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+def cifar_jpeg() -> Path | None:
+    """The CIFAR-10 JPEG tarball (CONVZOO_CIFAR10_JPEG, else ../shared/datasets), or None."""
+    import os
+
+    env = os.environ.get("CONVZOO_CIFAR10_JPEG")
+    path = Path(env) if env else (Path(__file__).resolve().parents[2] /
+                                  "shared/datasets/cifar10-jpeg.tar.gz")
+    return path if path.is_file() else None
+
+
+def cifar_classes(archive: Path, root: Path, classes: list[str], train: int, test: int) -> Path:
+    """An image folder of the first `train` / `test` images of each of `classes`."""
+    import tarfile
+
+    counts: dict[tuple[str, str], int] = {}
+    with tarfile.open(archive) as tar:
+        for member in tar:
+            parts = member.name.split("/")  # cifar10-jpeg/<split>/<class>/<file>
+            if not member.isfile() or len(parts) != 4 or parts[2] not in classes:
+                continue
+            key = (parts[1], parts[2])
+            if counts.get(key, 0) >= (train if parts[1] == "train" else test):
+                continue
+            counts[key] = counts.get(key, 0) + 1
+            folder = root / parts[1] / parts[2]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / parts[3]).write_bytes(tar.extractfile(member).read())
+    return root
+
+
+@pytest.mark.cifar
+@pytest.mark.skipif(cifar_jpeg() is None, reason="needs ../shared/datasets/cifar10-jpeg.tar.gz")
+def test_transfer_beats_scratch_on_cifar_subsets(tmp_path):
+    """RESULTS.md's transfer figure in small (about 80 s of CPU time): ResNet-20 trained on
+    CIFAR-10 classes 0-4 (400 images each, 3 epochs), then 1 epoch on classes 5-9 (400 each)
+    from those weights with a new head beats 1 epoch from scratch, for two seeds."""
+    archive = cifar_jpeg()
+    first = cifar_classes(archive, tmp_path / "c04", ["airplane", "automobile", "bird", "cat",
+                                                       "deer"], 400, 100)
+    second = cifar_classes(archive, tmp_path / "c59", ["dog", "frog", "horse", "ship",
+                                                        "truck"], 400, 100)
+    common = ["--model", "resnet20", "--batch-size", "64", "--out", str(tmp_path / "runs"),
+              "--set", f"data.root={tmp_path / 'cache'}"]
+    for seed in ("0", "1"):
+        train(*common, "--data", str(first), "--epochs", "3", "--seed", seed, "--name",
+              f"src{seed}")
+        top1 = {}
+        for arm, extra in (("scratch", []),
+                           ("ft", ["--set", f"model.init={tmp_path / 'runs' / f'src{seed}'}"])):
+            train(*common, "--data", str(second), "--epochs", "1", "--seed", seed, "--name",
+                  f"{arm}{seed}", *extra)
+            summary = json.loads((tmp_path / "runs" / f"{arm}{seed}" / "summary.json").read_text())
+            top1[arm] = summary["top1"]
+        assert top1["ft"] > top1["scratch"] + 3, (seed, top1)

@@ -270,7 +270,7 @@ class Classifier:
         out = {"model": self.model_name, "data": cfg.data.source, "split": split,
                "epoch": self.epoch, "params": params, "tta": augment_cfg.tta,
                "weights": self.weights, **result}
-        if report_dir is not None:
+        if report_dir is not None and rt.is_main:  # under torchrun: one writer
             assert outputs is not None
             out.update(self._write_report(report_dir, outputs, source, split, topk))
         return out
