@@ -1,6 +1,26 @@
-"""convzoo: train, evaluate, reproduce and benchmark convolutional image classifiers."""
+"""convzoo: train, evaluate, reproduce and benchmark convolutional image classifiers.
+
+    import convzoo
+    clf = convzoo.load("runs/quickstart")        # -> convzoo.Classifier: predict, evaluate
+    run_dir = convzoo.train("quickstart", epochs=2)
+
+(``convzoo.api``; imported on first use, so ``import convzoo`` and the CLI stay light.)
+"""
+
+from typing import Any
+
+from convzoo import train as train  # the training package, callable: convzoo.api.train
 
 __version__ = "0.1.0"
+API = ("load", "Classifier")  # convzoo.api, resolved by __getattr__ below
+
+
+def __getattr__(name: str) -> Any:
+    if name in API:
+        from convzoo import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'convzoo' has no attribute {name!r}")
 
 
 def create_model(name: str, num_classes: int = 10, **kwargs):  # noqa: ANN201

@@ -25,9 +25,7 @@ from convzoo.errors import ConvzooError
 # ----------------------------------------------------------------------------- train
 
 
-SHORTCUTS = [("model", "model.name"), ("data", "data.source"), ("epochs", "train.epochs"),
-             ("batch_size", "train.batch_size"), ("lr", "optim.lr"), ("out", "train.out"),
-             ("name", "train.name"), ("device", "train.device"), ("seed", "train.seed")]
+SHORTCUTS = C.SHORTCUTS
 
 
 def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -43,29 +41,22 @@ def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_train_config(args: argparse.Namespace) -> C.Config:
-    """Defaults <- recipe <- CLI shortcuts <- --set overrides, validated."""
-    data = C.load_recipe(args.recipe) if args.recipe else {}
-    return C.from_dict(C.merge(data, explicit_overrides(args)))
+    """Defaults <- recipe <- CLI shortcuts <- --set overrides, validated (``api.train_config``,
+    the Python API's path too)."""
+    from convzoo.api import train_config
+
+    return train_config(args.recipe, explicit_overrides(args))
 
 
 def resume_config(args: argparse.Namespace) -> tuple[C.Config, dict[str, Any] | None]:
-    """The run's config.yaml with this command's overrides as a new stage (``loop.resume_config``),
-    and the run's last checkpoint (None when it was stopped before its first one)."""
-    from convzoo.train import checkpoint as ckpt_io
-    from convzoo.train.loop import resume_config as stage_config
+    """The run's config.yaml with this command's overrides as a new stage and the run's last
+    checkpoint (``api.resume_run_config``, the Python API's path too)."""
+    from convzoo.api import resume_run_config
 
-    run_dir = Path(args.resume)
-    if not (run_dir / "config.yaml").exists():
-        raise ConvzooError(f"--resume {run_dir}: not a run directory (no config.yaml)")
     if args.recipe:
         raise ConvzooError("--resume continues a run with its own config; drop --recipe (or use "
                            "--resume auto with --name)")
-    if args.out is not None or args.name is not None:
-        raise ConvzooError("--resume continues the run in its own directory; drop --out/--name")
-    ckpt = ckpt_io.load_checkpoint(run_dir, "last") if (run_dir / "last.pt").exists() else None
-    cfg = stage_config(run_dir, explicit_overrides(args), ckpt["epoch"] if ckpt else 0,
-                       ckpt.get("step", 0) if ckpt else 0)
-    return cfg, ckpt
+    return resume_run_config(Path(args.resume), explicit_overrides(args))
 
 
 # What --resume auto ignores when it compares the command with the run it found: when the run
@@ -127,6 +118,8 @@ def dotted_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """The config as ``convzoo.train`` builds it (``api.train_config`` / ``resume_run_config``;
+    ``--resume auto`` on top), then ``fit`` — the one path of both."""
     import yaml
 
     from convzoo.train.logging import log
@@ -163,24 +156,62 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_checkpoint(args.run, data=args.data, split=args.split, tta=args.tta,
                                  which=args.checkpoint, device=args.device,
-                                 batch_size=args.batch_size, weights=args.weights)
+                                 batch_size=args.batch_size, weights=args.weights,
+                                 report=args.report, topk=args.topk)
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun: every rank has the figures
         return 0
     if args.json:
         print(json.dumps(result))
     else:
         print(f"{result['model']} ({result['weights']} weights) on {result['data']} "
-              f"[{result['split']}, {result['count']} images]: top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  "
-              f"loss {result['loss']:.4f}")
+              f"[{result['split']}, {result['count']} images]: top1 {result['top1']:.2f}%  "
+              f"top5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
+        if "report" in result:
+            print(f"report (ECE {100 * result['ece']:.2f}%): {result['report']}")
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from convzoo.inference import predict_files
+PREDICTION_FORMATS = (".csv", ".json")
 
-    rows = predict_files(args.run, [Path(p) for p in args.images], topk=args.topk,
-                         which=args.checkpoint, device=args.device, weights=args.weights)
-    if args.json:
+
+def write_predictions(rows: list[dict[str, Any]], out: Path) -> None:
+    """``predict --out``: CSV (file, then class and probability per rank) or JSON (the rows),
+    by suffix; written atomically, so a failed write leaves an existing file as it was."""
+    import csv
+    import io
+
+    from convzoo.train.rundir import write_text
+
+    if out.suffix.lower() == ".json":
+        text = json.dumps(rows, indent=1) + "\n"
+    else:
+        k = max((len(r["top"]) for r in rows), default=0)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["file", *[f"{c}_{j}" for j in range(1, k + 1) for c in ("pred", "prob")]])
+        for row in rows:
+            name = row["file"] if row["file"] is not None else row["index"]
+            writer.writerow([name, *[v for p in row["top"] for v in (p["class"],
+                                                                     f"{p['prob']:.6f}")]])
+        text = buffer.getvalue()
+    write_text(out, text)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from convzoo.api import load
+
+    out = Path(args.out) if args.out else None
+    if out is not None:  # checked before any work
+        if out.suffix.lower() not in PREDICTION_FORMATS:
+            raise ConvzooError(f"--out {out}: choose a .csv or .json file")
+        if not out.parent.is_dir():
+            raise ConvzooError(f"--out {out}: no such directory {out.parent}")
+    clf = load(args.run, which=args.checkpoint, weights=args.weights, device=args.device)
+    rows = clf.predict(args.images, topk=args.topk, batch_size=args.batch_size, tta=args.tta)
+    if out is not None:
+        write_predictions(rows, out)
+        print(f"{len(rows)} predictions ({clf.weights} weights) -> {out}", file=sys.stderr)
+    elif args.json:
         print(json.dumps(rows))
     else:
         for row in rows:
@@ -280,7 +311,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
     from convzoo.data.pack import pack
 
     report = pack(Path(args.src), Path(args.dest), fmt=args.format, resize=args.resize,
-                  quality=args.quality, workers=args.workers, skip_bad=args.skip_bad)
+                  quality=args.quality, workers=args.workers, skip_bad=args.skip_bad,
+                  overwrite=args.overwrite)
     for path, reason in report.skipped[:20]:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     if len(report.skipped) > 20:
@@ -467,17 +499,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=number_in("[1, inf)"), dest="batch_size",
                    help="eval batch size (default: the run's train.eval_batch_size)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--report", nargs="?", const=True, metavar="DIR",
+                   help="also write the evaluation report (confusion matrix, per-class table, "
+                        "calibration, confident mistakes, predictions.csv) into DIR "
+                        "(default: RUN_DIR/report); to the run's TensorBoard too")
+    p.add_argument("--topk", type=number_in("[1, inf)"), default=5,
+                   help="classes per row of the report's predictions.csv (default 5)")
     add_weights_arg(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="classify image files with a trained model")
     p.add_argument("run", metavar="RUN_DIR|CKPT")
-    p.add_argument("images", nargs="+", metavar="IMAGE|DIR")
+    p.add_argument("images", nargs="+", metavar="IMAGE|DIR|GLOB",
+                   help="image files, folders (their images, recursively) or quoted glob "
+                        "patterns ('photos/*.jpg')")
     p.add_argument("--topk", type=number_in("[1, inf)"), default=5,
                    help="classes shown per image (default 5; at most the run's classes)")
     p.add_argument("--checkpoint", default="last", choices=["last", "best"])
     p.add_argument("--device", default="auto", type=device_arg, help="auto | cpu | cuda[:N] | mps")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--batch-size", type=number_in("[1, inf)"), dest="batch_size",
+                   help="images per forward (default: the run's train.eval_batch_size)")
+    p.add_argument("--tta", choices=C.choices("augment.tta"),
+                   help="test-time augmentation (default: the run's augment.tta)")
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON")
+    p.add_argument("--out", metavar="FILE",
+                   help="write the predictions to FILE: .csv (file, pred_1, prob_1, ...) or "
+                        ".json")
     add_weights_arg(p)
     p.set_defaults(func=cmd_predict)
 
@@ -515,6 +562,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoding processes (0 = number of cores)")
     p.add_argument("--skip-bad", action="store_true", dest="skip_bad",
                    help="skip unreadable images (counted) instead of failing")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DEST if it exists (the old pack stays until the new one is "
+                        "complete)")
     p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("plot", help="curves for one run, or overlay several")

@@ -127,6 +127,11 @@ class Match:
 
 
 DEVICE = r"auto|cpu|mps|cuda(:\d+)?"  # train.device, eval/predict --device
+# Shortcuts for the most used keys: the CLI's flags (--model, --batch-size ...) and the
+# keywords of convzoo.train (model=, batch_size= ...).
+SHORTCUTS = [("model", "model.name"), ("data", "data.source"), ("epochs", "train.epochs"),
+             ("batch_size", "train.batch_size"), ("lr", "optim.lr"), ("out", "train.out"),
+             ("name", "train.name"), ("device", "train.device"), ("seed", "train.seed")]
 FOLDER_NAME = r"(?!\.\.?$)[^/\\\0]*"  # train.name: one path component, never . or ..
 
 # ----------------------------------------------------------------------------- the tree
@@ -209,6 +214,18 @@ class AugmentConfig:
 class ModelConfig:
     name: str = "resnet20"  # registry name (convzoo models)
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra keyword args for the constructor
+    # start from trained weights: a run directory, a .pt/.pth/.safetensors file,
+    # torchvision:<Weights>.<TAG> or timm:<name>.<tag> ("" = the model's own random init;
+    # docs/models.md). Only a new run loads it; a resume continues from its checkpoint.
+    init: str = ""
+    # the classifier head of model.init: auto (loaded if its shape and class names fit, else
+    # re-initialised) | new (always re-initialised) | keep (must fit)
+    init_head: Literal["auto", "new", "keep"] = "auto"
+    # which weights of a run in model.init: auto (the EMA when the run kept one) | ema | raw
+    init_weights: Literal["auto", "ema", "raw"] = "auto"
+    # train only part of the model: none | backbone (only the classifier head: a linear probe)
+    # | all_but_last_stage (the last stage and the head); frozen batch norms keep their stats
+    freeze: Literal["none", "backbone", "all_but_last_stage"] = "none"
 
 
 @dataclass(frozen=True)
@@ -248,6 +265,9 @@ class OptimConfig:
     lr_base_batch: Annotated[int, In("[0, inf)")] = 0
     # linear: lr * batch_size / lr_base_batch (Goyal et al.) | sqrt: lr * sqrt(that ratio)
     lr_scaling: Literal["linear", "sqrt"] = "linear"
+    # lr multiplier for the backbone (every parameter but the classifier head), e.g. 0.1 to
+    # fine-tune trained weights gently while a new head learns at optim.lr
+    backbone_lr_scale: Annotated[float, In("(0, inf)")] = 1.0
 
 
 @dataclass(frozen=True)

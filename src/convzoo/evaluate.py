@@ -29,8 +29,13 @@ def evaluate(
     channels_last: bool = False,
     views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
     world_size: int = 1,
+    outputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
     """Mean cross-entropy and top-1/top-5 accuracy (percent) of `model` over `batches`.
+
+    `outputs`: when a list, each batch's softmax probabilities (float32 (B, K), CPU; the
+    average over the views with TTA) and labels ((B,) int64, CPU) are appended to it, for
+    per-sample reports (``eval --report``); this costs a device sync per batch.
 
     With `views` (test-time augmentation) the softmax probabilities of all views are averaged;
     the loss is then the negative log of the averaged probability of the true class.
@@ -67,6 +72,9 @@ def evaluate(
             probs = probs / len(inputs)
             loss = F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum")
             scores = probs
+        if outputs is not None:
+            p = probs if logits is None else logits.softmax(dim=1)
+            outputs.append((p.float().cpu(), y.cpu()))
         k = min(5, scores.shape[1])
         topk = scores.topk(k, dim=1).indices  # (B, k)
         hits = topk == y[:, None]

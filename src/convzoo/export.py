@@ -9,9 +9,12 @@ The batch axis is dynamic. Class names, the input geometry (channels, height, wi
 resize rule a caller must apply first) and the preprocessing kind are stored in the ONNX
 model's ``metadata_props``.
 
-safetensors: the model's ``state_dict`` (loadable with ``model.load_state_dict``) plus the
-metadata needed to rebuild it, as the run's own ``model.safetensors``, and the checkpoint's
-preprocessing (kind; small statistics as JSON), input size and epoch.
+safetensors: the model's ``state_dict`` (loadable with ``model.load_state_dict``) with the
+metadata of the run's own ``model.safetensors`` (one format: ``weights.weights_metadata``):
+what rebuilds the model, its classes, geometry, preprocessing, eval view and config, so
+``convzoo eval``/``predict``/``export`` and ``convzoo.load`` read it alone.
+
+The input may be a run directory, a ``.pt`` checkpoint or such a ``.safetensors`` file.
 
 TorchScript is not offered: ``torch.jit.trace`` is deprecated in current PyTorch (2.10+).
 """
@@ -35,7 +38,8 @@ from convzoo import config as C
 from convzoo.data.augment import build_eval_transform
 from convzoo.data.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
-from convzoo.inference import checkpoint_geometry
+from convzoo.inference import checkpoint_geometry, read_checkpoint
+from convzoo.models.weights import weights_metadata
 from convzoo.train import checkpoint as ckpt_io
 from convzoo.train.setup import load_model_for_eval
 
@@ -43,9 +47,6 @@ log = logging.getLogger("convzoo")
 
 FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors"}
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
-# Preprocessing statistics up to this many values go into safetensors metadata as JSON
-# (channel mean/std, a CIFAR mean image); a ZCA matrix (D x D) does not.
-MAX_META_VALUES = 4096
 
 
 class InferenceModel(nn.Module):
@@ -68,7 +69,7 @@ class InferenceModel(nn.Module):
 def load_inference_model(path: str | Path, which: str = "last",
                          weights: str = "auto") -> tuple[InferenceModel, dict]:
     """The checkpoint's InferenceModel on the CPU in eval mode, and the checkpoint dict."""
-    ckpt = ckpt_io.load_checkpoint(path, which)
+    ckpt = read_checkpoint(path, which, weights)  # a run, a .pt or a model.safetensors
     cfg = C.from_dict(ckpt["config"])
     model, preprocess = load_model_for_eval(ckpt, torch.device("cpu"), weights)
     return InferenceModel(model, preprocess, cfg.augment).eval(), ckpt
@@ -101,13 +102,16 @@ def export(path: str | Path, fmt: str, *, out: str | Path | None = None, which: 
     wrapper, ckpt = load_inference_model(path, which, weights)
     state, weights = ckpt_io.select_weights(ckpt, weights)
     target = Path(out) if out else default_output(path, which, fmt)
+    if Path(path).is_file() and target.resolve() == Path(path).resolve():
+        raise ConvzooError(f"{path}: the export would overwrite its own input; name another "
+                           "file with --out")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConvzooError(f"cannot create {target.parent}: {e.strerror}") from None
     if fmt == "safetensors":
         result = ExportResult(target, fmt)
-        save_safetensors(ckpt, state, weights, wrapper.preprocess, target)
+        save_safetensors(ckpt, state, weights, target)
         if check:
             result.checks.append(check_safetensors(target, wrapper.model))
         return result
@@ -121,36 +125,12 @@ def export(path: str | Path, fmt: str, *, out: str | Path | None = None, which: 
 # ----------------------------------------------------------------------------- safetensors
 
 
-def weights_metadata(ckpt: dict[str, Any], weights: str,
-                     preprocess: Preprocessor) -> dict[str, str]:
-    """safetensors metadata: the keys of the run's model.safetensors plus preprocessing facts."""
-    state = preprocess.state()
-    small = {k: v.tolist() for k, v in state.items() if k != "kind"}
-    if sum(torch.as_tensor(v).numel() for v in small.values()) > MAX_META_VALUES:
-        small = {}  # too big for metadata (e.g. a ZCA matrix): the checkpoint keeps it
-    return {
-        "format": "convzoo-weights",
-        "model": ckpt["model_name"],
-        "num_classes": str(ckpt["num_classes"]),
-        "in_chans": str(ckpt["in_chans"]),
-        "classes": json.dumps(ckpt["classes"]),
-        "model_kwargs": json.dumps(ckpt["model_kwargs"]),
-        "image_shape": json.dumps(list(ckpt["image_shape"])),
-        "geometry": json.dumps(checkpoint_geometry(ckpt).state()),
-        "epoch": str(ckpt["epoch"]),
-        "weights": weights,  # "ema" or "raw" (select_weights)
-        "preprocess": json.dumps({"kind": state["kind"], **small}),
-        "eval_view": json.dumps({"crop": ckpt["config"]["augment"].get("crop", 0),
-                                 "random_resized_crop":
-                                     ckpt["config"]["augment"].get("random_resized_crop", 0)}),
-    }
-
-
 def save_safetensors(ckpt: dict[str, Any], state: dict[str, Tensor], weights: str,
-                     preprocess: Preprocessor, path: Path) -> None:
-    """``state`` (the checkpoint's ``weights``) with ``weights_metadata``, written atomically."""
+                     path: Path) -> None:
+    """``state`` (the checkpoint's ``weights``) with the metadata of the run's own
+    model.safetensors (``weights.weights_metadata``: one format), written atomically."""
     try:
-        ckpt_io.save_safetensors(state, path, weights_metadata(ckpt, weights, preprocess))
+        ckpt_io.save_safetensors(state, path, weights_metadata(ckpt, weights))
     except OSError as e:
         raise ConvzooError(f"cannot write {path}: {e.strerror}") from None
 

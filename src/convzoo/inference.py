@@ -19,13 +19,9 @@ from typing import Any
 import torch
 
 from convzoo import config as C
-from convzoo.data.augment import build_eval_transform, tta_views
-from convzoo.data.images import DEFAULT_LIMITS, Geometry, Limits, collect_files, decode_file
-from convzoo.data.pipeline import heldout_split, make_loader, open_source, remap_classes
+from convzoo.data.images import DEFAULT_LIMITS, Geometry, Limits, decode_file
 from convzoo.errors import ConvzooError
-from convzoo.evaluate import evaluate
 from convzoo.train import checkpoint as ckpt_io
-from convzoo.train.setup import load_model_for_eval, resolve_runtime
 
 
 def checkpoint_geometry(ckpt: dict[str, Any]) -> Geometry:
@@ -48,49 +44,69 @@ def _trusted_data(cfg: C.DataConfig, data_root: str | None) -> C.DataConfig:
                      max_member_mb=mine.max_member_mb)
 
 
+def read_checkpoint(path: str | Path, which: str = "last", weights: str = "auto"
+                    ) -> dict[str, Any]:
+    """What eval, predict, export and ``convzoo.load`` read a model from, as a checkpoint dict.
+
+    `path`: a run directory (its ``<which>.pt``; for ``last``, its ``model.safetensors`` when
+    last.pt is gone), a ``.pt`` checkpoint, or a convzoo ``.safetensors`` file (a run's
+    model.safetensors or an export). A weights file becomes a checkpoint with the keys
+    ``load_model_for_eval``, ``checkpoint_geometry`` and ``select_weights`` use (``model``, and
+    ``ema`` when the file holds the EMA weights); it holds one set of weights, so `weights`
+    must be ``auto`` or that set.
+    """
+    p = Path(path)
+    if p.is_dir() and not (p / f"{which}.pt").exists() and which == "last" \
+            and (p / "model.safetensors").is_file():
+        p = p / "model.safetensors"
+    if p.suffix != ".safetensors":
+        return ckpt_io.load_checkpoint(p, which)
+    from convzoo.models.weights import check_file_weights, load_weights_file
+
+    model, meta = load_weights_file(p)
+    check_file_weights(p, meta, weights)
+    if meta["preprocess"] is None:
+        raise ConvzooError(f"{p}: its preprocessing statistics are not in the file (too large "
+                           "for metadata, e.g. ZCA, or written by an older convzoo); use the "
+                           "run's last.pt or best.pt")
+    geometry = meta["geometry"]
+    if geometry is None and meta["image_shape"] is None:
+        raise ConvzooError(f"{p}: no input geometry in its metadata (written by an older "
+                           "convzoo); use the run's last.pt or best.pt")
+    config = meta["config"]
+    if config is None:  # an older export: the eval view from its metadata, no data recorded
+        view = meta["eval_view"] or {}
+        config = C.to_dict(C.Config(
+            model=C.ModelConfig(meta["model"], meta["model_kwargs"]),
+            augment=C.AugmentConfig(crop=int(view.get("crop", 0)), random_resized_crop=int(
+                view.get("random_resized_crop", 0)))))
+    state = model.state_dict()
+    return {"format": ckpt_io.FORMAT, "weights_file": str(p), "config": config,
+            "config_recorded": meta["config"] is not None,
+            "model_name": meta["model"], "model_kwargs": meta["model_kwargs"],
+            "num_classes": meta["num_classes"], "in_chans": meta["in_chans"],
+            "classes": meta["classes"] or [str(i) for i in range(meta["num_classes"])],
+            "image_shape": meta["image_shape"], "geometry": geometry,
+            "eval_split": meta["eval_split"] or "test", "preprocess": meta["preprocess"],
+            "epoch": meta["epoch"] or 0, "model": state,
+            "ema": {"module": state} if meta["weights"] == "ema" else None}
+
+
 def evaluate_checkpoint(path: str | Path, *, data: str | None = None, split: str | None = None,
                         tta: str | None = None, which: str = "last", device: str = "auto",
                         batch_size: int | None = None, weights: str = "auto",
-                        data_root: str | None = None) -> dict[str, Any]:
-    """Top-1/top-5/loss of a saved model on a split of its data (or of `data`).
+                        data_root: str | None = None, report: str | Path | None = None,
+                        topk: int = 5) -> dict[str, Any]:
+    """Top-1/top-5/loss of a saved model on a split of its data (or of `data`): the CLI's
+    ``convzoo eval``, through the Python API's ``convzoo.load(...).evaluate(...)``
+    (``convzoo.api.Classifier.evaluate`` documents the arguments). Under torchrun each process
+    evaluates its share of whole batches and every process returns the figures of the whole
+    split, equal to one process's (``evaluate.evaluate``)."""
+    from convzoo.api import load
 
-    `split` defaults to the split the run evaluated on, or, for new `data`, to that data's
-    own held-out split (test, else val, else its only split). `batch_size` defaults to the
-    run's ``train.eval_batch_size``, so the figures match the run's own last evaluation to the
-    last digit. `weights`: auto (the EMA when the run kept one, as its summary), ema or raw.
-    `data_root`: where downloads and caches go (default: the user's default root). Under
-    torchrun each process evaluates its share of whole batches and every process returns the
-    figures of the whole split, equal to one process's (``evaluate.evaluate``).
-    """
-    ckpt = ckpt_io.load_checkpoint(path, which)
-    _, weights_used = ckpt_io.select_weights(ckpt, weights)
-    cfg = C.from_dict(ckpt["config"])
-    rt = resolve_runtime(C.replace(cfg.train, device=device))
-    geometry = checkpoint_geometry(ckpt)
-    data_cfg = _trusted_data(cfg.data, data_root)
-    if data is not None:  # other data: no carving, no limit — evaluate what is there
-        data_cfg = C.replace(data_cfg, source=data, val_fraction=0.0, limit=0, loader="auto")
-    augment_cfg = cfg.augment if tta is None else C.replace(cfg.augment, tta=tta)
-    cfg = C.replace(cfg, data=data_cfg, augment=augment_cfg)
-    source = remap_classes(open_source(cfg, geometry=geometry), list(ckpt["classes"]))
-    if split is None:
-        split = ckpt["eval_split"] if data is None else heldout_split(list(source.splits))
-    if split not in source.splits:
-        raise ConvzooError(f"--split {split}: data source {cfg.data.source} has splits "
-                           f"{', '.join(sorted(source.splits))}")
-    model, preprocess = load_model_for_eval(ckpt, rt.device, weights)
-    if rt.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    loader = make_loader(source, split, cfg, rt.device, preprocess, train=False,
-                         batch_size=batch_size, rank=rt.rank, world_size=rt.world_size)
-    views = ((lambda x: tta_views(x, augment_cfg.tta, augment_cfg))
-             if augment_cfg.tta != "none" else None)
-    result = evaluate(model, loader, device=rt.device, amp_dtype=rt.amp_dtype,
-                      channels_last=rt.channels_last, views=views, world_size=rt.world_size)
-    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"model": ckpt["model_name"], "data": cfg.data.source, "split": split,
-            "epoch": ckpt["epoch"], "params": params, "tta": augment_cfg.tta,
-            "weights": weights_used, **result}
+    clf = load(path, which=which, weights=weights, device=device)
+    return clf.evaluate(data, split=split, tta=tta, batch_size=batch_size, data_root=data_root,
+                        report=report, topk=topk)
 
 
 def read_image(path: Path, geometry: Geometry, limits: Limits = DEFAULT_LIMITS) -> torch.Tensor:
@@ -98,28 +114,11 @@ def read_image(path: Path, geometry: Geometry, limits: Limits = DEFAULT_LIMITS) 
     return geometry.apply(decode_file(path, limits))
 
 
-@torch.no_grad()
 def predict_files(path: str | Path, images: list[Path], *, topk: int = 5, which: str = "last",
                   device: str = "auto", weights: str = "auto") -> list[dict[str, Any]]:
     """Top-k classes and probabilities for each image file (folders: their images, sorted;
-    `weights`: auto, ema or raw)."""
-    ckpt = ckpt_io.load_checkpoint(path, which)
-    cfg = C.from_dict(ckpt["config"])
-    rt = resolve_runtime(C.replace(cfg.train, device=device))
-    model, preprocess = load_model_for_eval(ckpt, rt.device, weights)
-    transform = build_eval_transform(cfg.augment)
-    geometry = checkpoint_geometry(ckpt)
-    limits = Limits.from_config(C.DataConfig())  # the user's bounds, not the checkpoint's
-    files = collect_files(images)
-    classes = ckpt["classes"]
-    k = min(topk, len(classes))
-    rows = []
-    for start in range(0, len(files), 256):
-        chunk = files[start : start + 256]
-        x = torch.stack([read_image(f, geometry, limits) for f in chunk]).to(rt.device)
-        probs = model(transform(preprocess(x))).float().softmax(dim=1)
-        top = probs.topk(k, dim=1)
-        for f, values, indices in zip(chunk, top.values.tolist(), top.indices.tolist()):
-            rows.append({"file": str(f), "top": [{"class": classes[i], "prob": v}
-                                                 for v, i in zip(values, indices)]})
-    return rows
+    glob patterns: their matches; `weights`: auto, ema or raw): ``convzoo predict``, through
+    ``convzoo.load(...).predict(...)``."""
+    from convzoo.api import load
+
+    return load(path, which=which, weights=weights, device=device).predict(images, topk=topk)

@@ -17,6 +17,7 @@ class Split:
 
     images: torch.Tensor  # (N, C, H, W) uint8
     labels: torch.Tensor  # (N,) int64
+    names: list[str] | None = None  # (N,) file of each image, where the source has files
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
@@ -24,13 +25,16 @@ class Split:
                              f"{self.images.dtype}")
         if self.labels.shape != (self.images.shape[0],):
             raise ValueError("labels must be (N,) and match the number of images")
+        if self.names is not None and len(self.names) != len(self.labels):
+            raise ValueError("names must match the number of images")
         self.labels = self.labels.long()
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
     def subset(self, index: torch.Tensor) -> Split:
-        return Split(self.images[index], self.labels[index])
+        names = None if self.names is None else [self.names[i] for i in index.tolist()]
+        return Split(self.images[index], self.labels[index], names)
 
 
 @dataclass

@@ -25,6 +25,7 @@ streaming loader), `convzoo eval` and `convzoo predict`.
 
 from __future__ import annotations
 
+import glob
 import io
 import logging
 import multiprocessing
@@ -282,21 +283,26 @@ def pil_open(source: str | Path | bytes, limits: Limits) -> Image.Image:
     return im
 
 
+def from_pil(im: Image.Image) -> torch.Tensor:
+    """A loaded Pillow image -> uint8 (C, H, W) by `decode`'s rules: gray modes stay one
+    channel (16-bit scaled by x / 257), everything else (palette, RGBA, CMYK ...) becomes RGB."""
+    if im.mode in _SIXTEEN_BIT_PIL_MODES:
+        arr = np.asarray(im, dtype=np.int32).clip(0, 65535)
+        return _to_uint8(torch.from_numpy(arr.astype(np.float32)))[None]
+    arr = np.asarray(im.convert("L" if im.mode in GRAY_PIL_MODES else "RGB"))
+    t = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+    return t.contiguous()
+
+
 def _decode_pil(data: bytes, limits: Limits) -> torch.Tensor:
     try:
         with pil_open(data, limits) as im:
             im.load()
-            if im.mode in _SIXTEEN_BIT_PIL_MODES:
-                arr = np.asarray(im, dtype=np.int32).clip(0, 65535)
-                return _to_uint8(torch.from_numpy(arr.astype(np.float32)))[None]
-            gray = im.mode in GRAY_PIL_MODES
-            arr = np.asarray(im.convert("L" if gray else "RGB"))
+            return from_pil(im)
     except UnidentifiedImageError:
         raise DecodeError("not a recognised image format") from None
     except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt data
         raise DecodeError(str(e) or type(e).__name__) from None
-    t = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
-    return t.contiguous()
 
 
 def decode_jpegs(data: torch.Tensor, lengths: torch.Tensor, limits: Limits = DEFAULT_LIMITS, *,
@@ -553,11 +559,23 @@ def index_tree(tree: Tree, where: Callable[[str], str]) -> tuple[list[str], dict
     return classes, splits
 
 
-def collect_files(paths: Sequence[Path]) -> list[Path]:
-    """Image files named directly or found (recursively, sorted) in folders."""
+GLOB_CHARS = frozenset("*?[")
+
+
+def collect_files(paths: Sequence[Path | str]) -> list[Path]:
+    """Image files named directly, found (recursively, sorted) in folders, or matched (sorted)
+    by glob patterns (``'photos/*.jpg'``, ``'data/**/*.png'``; a path that exists is never
+    taken as a pattern)."""
     files: list[Path] = []
-    for p in paths:
-        if p.is_dir():
+    for p in map(Path, paths):
+        if not p.exists() and GLOB_CHARS & set(str(p)):
+            found = sorted(Path(f) for f in glob.glob(str(p.expanduser()), recursive=True)
+                           if os.path.isfile(f) and is_image(f))
+            if not found:
+                raise ConvzooError(f"{p}: no image files match this pattern (suffixes: "
+                                   f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+            files.extend(found)
+        elif p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and is_image(f.name)
                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
             if not found:
@@ -638,7 +656,8 @@ def decode_splits(name: str, files: dict[str, SplitFiles], inputs: dict[str, lis
                   resize: str = "crop") -> tuple[dict[str, Split], list[str], Geometry]:
     """Decode every split (`inputs`: paths or bytes per split) into uint8 Splits of one geometry
     (the given one, or `target_geometry` of what was decoded). `show(key)` names a file in
-    messages. Returns (splits, skipped files, geometry)."""
+    messages and is each image's entry in ``Split.names``. Returns (splits, skipped files,
+    geometry)."""
     names = list(files)
     decoded = decode_many([inputs[n] for n in names], limits, workers)
     failures = {n: chunk_failures(files[n].keys, d) for n, d in zip(names, decoded)}
@@ -655,8 +674,10 @@ def decode_splits(name: str, files: dict[str, SplitFiles], inputs: dict[str, lis
     splits: dict[str, Split] = {}
     for split, chunks in zip(names, decoded):
         bad = {k for k, _ in failures[split]}
-        labels = [lab for k, lab in zip(files[split].keys, files[split].labels) if k not in bad]
-        if not labels:
+        kept = [(k, lab) for k, lab in zip(files[split].keys, files[split].labels) if k not in bad]
+        if not kept:
             raise ConvzooError(f"{name}: no readable images in split '{split}'")
-        splits[split] = Split(assemble(chunks, geometry), torch.tensor(labels, dtype=torch.int64))
+        splits[split] = Split(assemble(chunks, geometry),
+                              torch.tensor([lab for _, lab in kept], dtype=torch.int64),
+                              [show(k) for k, _ in kept])
     return splits, skipped, geometry

@@ -403,7 +403,8 @@ def pack(src: Path, dest: Path, *, fmt: str = "auto", resize: int = 0, quality: 
     if not src.exists():
         raise ConvzooError(f"{src}: no such file or directory")
     if dest.exists() and not overwrite and (dest.is_file() or any(dest.iterdir())):
-        raise ConvzooError(f"{dest}: already exists (remove it or pass overwrite)")
+        raise ConvzooError(f"{dest}: already exists (remove it, or pass --overwrite to replace "
+                           "it once the new pack is complete)")
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -167,7 +167,7 @@ def remap_classes(source: Source, classes: list[str]) -> Source:
     splits = {}
     for name, split in source.splits.items():
         if source.kind == "memory":
-            splits[name] = type(split)(split.images, mapping[split.labels])
+            splits[name] = type(split)(split.images, mapping[split.labels], split.names)
         else:
             splits[name] = split.relabel(mapping)
     return replace(source, classes=list(classes), splits=splits)

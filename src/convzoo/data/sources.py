@@ -40,7 +40,7 @@ _OFFICIAL = {  # name -> (folder inside the archive, archive file name, url, md5
                  download.CIFAR100_MD5),
 }
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-CACHE_VERSION = 2  # bump when the decoded layout or the decoding rules change
+CACHE_VERSION = 3  # bump when the decoded layout or the decoding rules change (3: file names)
 
 
 def _valid_sources() -> str:
@@ -128,7 +128,8 @@ def _cache_path(cache_dir: Path, source: Path, lines: list[str], options: str) -
 
 
 def _from_cache(payload: dict[str, Any], skip_bad: bool, path: Path) -> Dataset:
-    splits = {k: Split(v["images"], v["labels"]) for k, v in payload["splits"].items()}
+    splits = {k: Split(v["images"], v["labels"], v.get("names"))
+              for k, v in payload["splits"].items()}
     skipped = list(payload["skipped"])
     if skipped and not skip_bad:
         raise ConvzooError(f"cannot decode image {skipped[0]} (set data.skip_bad=true to skip "
@@ -182,8 +183,8 @@ def load_tree(path: Path, cfg: DataConfig, geometry: Geometry | None = None) -> 
         ds = Dataset(name, classes, splits, geo, skipped)
         write_cache(cache, {"name": ds.name, "classes": ds.classes, "skipped": skipped,
                             "geometry": geo.state(),
-                            "splits": {k: {"images": s.images, "labels": s.labels}
-                                       for k, s in splits.items()}})
+                            "splits": {k: {"images": s.images, "labels": s.labels,
+                                           "names": s.names} for k, s in splits.items()}})
     return ds
 
 
@@ -250,6 +251,6 @@ def load_dataset(cfg: DataConfig, seed: int = 0, geometry: Geometry | None = Non
     for name, split in ds.splits.items():
         converted = geo.apply(split.images)
         if converted is not split.images:
-            ds.splits[name] = Split(converted.contiguous(), split.labels)
+            ds.splits[name] = Split(converted.contiguous(), split.labels, split.names)
     ds.geometry = geo
     return ds

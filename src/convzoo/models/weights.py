@@ -11,8 +11,9 @@
 Sources ``load_init`` reads:
 
 * a convzoo run directory (its ``last.pt``/``best.pt``, or for ``last`` its
-  ``model.safetensors`` when the checkpoints are gone) or checkpoint file, read with ``weights_only=True`` through
-  ``convzoo.train.checkpoint.load_checkpoint``; ``weights="ema"`` takes the run's EMA weights;
+  ``model.safetensors`` when the checkpoints are gone) or checkpoint file, read with
+  ``weights_only=True`` through ``convzoo.train.checkpoint.load_checkpoint``; ``weights``
+  auto (default) takes the run's EMA weights when it kept an EMA, ``ema``/``raw`` insist;
 * a ``.safetensors`` file (convzoo's, timm's / Hugging Face's ``model.safetensors``);
 * a torchvision or timm state-dict file (``.pth``/``.pt``/``.bin``), plain or wrapped in
   ``{"state_dict" | "model" | "model_state_dict" | "module": ...}``; prefixes that wrappers
@@ -55,6 +56,7 @@ KEY_PREFIXES = ("module.", "_orig_mod.", "model.")
 SAFETENSORS_FORMAT = "convzoo-weights"  # metadata "format" of convzoo's model.safetensors
 
 HeadPolicy = Literal["auto", "new", "keep"]
+WEIGHT_CHOICES = ("auto", "ema", "raw")  # checkpoint.WEIGHTS: which weights of a run
 
 
 @dataclass
@@ -117,16 +119,24 @@ def _tensor_dict(obj: Any, where: str) -> dict[str, Tensor]:
 
 
 def _from_checkpoint(ckpt: dict[str, Any], where: str, weights: str) -> _Source:
-    if weights == "ema":
-        ema = ckpt.get("ema")
-        if not ema:
-            raise ConvzooError(f"{where}: the run kept no EMA weights (optim.ema_decay was 0); "
-                               "use weights=model")
-        state = ema["module"]
-    else:
-        state = ckpt["model"]
+    from convzoo.train.checkpoint import select_weights
+
+    try:
+        state, used = select_weights(ckpt, weights)
+    except ConvzooError as e:
+        raise ConvzooError(f"{where}: {e}") from None
     return _Source(dict(state), f"{where} ({ckpt.get('model_name')}, epoch {ckpt.get('epoch')}"
-                                f"{', EMA' if weights == 'ema' else ''})", list(ckpt["classes"]))
+                                f"{', EMA' if used == 'ema' else ''})", list(ckpt["classes"]))
+
+
+def check_file_weights(path: Path, meta: Mapping[str, str], weights: str) -> None:
+    """A weights file holds one set of weights: `weights` (auto|ema|raw) must be that one."""
+    held = meta.get("weights")  # convzoo files say which ("ema" or "raw"); others hold raw ones
+    if weights == "auto" or weights == (held or "raw"):
+        return
+    what = {"ema": "the EMA weights", "raw": "the trained (raw) weights"}.get(held or "raw")
+    raise ConvzooError(f"{path}: a weights file holds one set of weights ({what}); "
+                       f"weights={weights} needs the run's last.pt/best.pt (or use auto)")
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -156,10 +166,8 @@ def _read_file(path: Path, which: str, weights: str) -> _Source:
     from convzoo.train import checkpoint as ckpt_io
 
     if path.suffix == ".safetensors":
-        if weights == "ema":
-            raise ConvzooError(f"{path}: a weights file holds one set of weights; "
-                               "weights=ema needs a run directory or checkpoint")
         state, meta = _read_safetensors(path)
+        check_file_weights(path, meta, weights)
         return _Source(state, str(path), _classes_from_meta(meta, str(path)))
     try:  # mmap: a peek at a large checkpoint costs no reading
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -176,8 +184,7 @@ def _read_file(path: Path, which: str, weights: str) -> _Source:
                                f"({type(e).__name__})") from None
     if isinstance(obj, Mapping) and obj.get("format") == ckpt_io.FORMAT:
         return _from_checkpoint(ckpt_io.load_checkpoint(path), str(path), weights)
-    if weights == "ema":
-        raise ConvzooError(f"{path}: weights=ema needs a convzoo run directory or checkpoint")
+    check_file_weights(path, {}, weights)
     return _Source(_tensor_dict(obj, str(path)), str(path))
 
 
@@ -187,8 +194,8 @@ def _read_run_dir(path: Path, which: str, weights: str) -> _Source:
     if (path / f"{which}.pt").exists():
         ckpt = ckpt_io.load_checkpoint(path, which)
         return _from_checkpoint(ckpt, str(path / f"{which}.pt"), weights)
-    # model.safetensors holds the last epoch's model weights: no stand-in for best.pt or EMA
-    if (path / "model.safetensors").exists() and which == "last" and weights == "model":
+    # model.safetensors holds the last checkpoint's judged weights: no stand-in for best.pt
+    if (path / "model.safetensors").exists() and which == "last":
         return _read_file(path / "model.safetensors", which, weights)
     what = f"{which}.pt" + (" or model.safetensors" if which == "last" else "")
     raise ConvzooError(f"{path}: not a run directory with {what}")
@@ -245,11 +252,11 @@ def _read_timm(spec: str) -> _Source:
                    list(label_names) if label_names else None)
 
 
-def read_source(source: str | Path, *, which: str = "last", weights: str = "model",
+def read_source(source: str | Path, *, which: str = "last", weights: str = "auto",
                 arch: str | None = None) -> _Source:
     """The state dict (and class names, where stored) that `source` names."""
-    if weights not in ("model", "ema"):
-        raise ConvzooError(f"weights={weights!r}: choose model or ema")
+    if weights not in WEIGHT_CHOICES:
+        raise ConvzooError(f"weights={weights!r}: choose {', '.join(WEIGHT_CHOICES)}")
     text = str(source)
     if text.startswith(TORCHVISION_PREFIX):
         return _read_torchvision(text, arch)
@@ -305,7 +312,7 @@ def load_init(
     classes: Sequence[str] | None = None,
     arch: str | None = None,
     which: str = "last",
-    weights: str = "model",
+    weights: str = "auto",
     head: HeadPolicy = "auto",
     strict: bool = False,
 ) -> InitReport:
@@ -315,7 +322,8 @@ def load_init(
         it has another. classes: the target class names; a source that stores different ones
         gets a new head even when the shapes agree (classes 0-4 -> classes 5-9).
     arch: the model's registry name (needed by ``torchvision:DEFAULT``; used in messages).
-    which / weights: the checkpoint of a run directory (last|best) and its weights (model|ema).
+    which / weights: the checkpoint of a run directory (last|best) and its weights: auto (the
+        EMA when the run kept one, as its figures), ema or raw (``checkpoint.select_weights``).
     head: auto (re-initialise when needed, see above), new (always), keep (never: a head of
         another shape is an error).
     """
@@ -385,15 +393,59 @@ def load_init(
 # ----------------------------------------------------------------------------- weights files
 
 
+# Preprocessing statistics up to this many values go into the metadata as JSON: channel
+# mean/std, a mean image up to 3x224x224 (150,528); a ZCA matrix (D x D, 9.4 M values at
+# 3x32x32) does not, and a file of such a run names the checkpoint to use instead.
+MAX_META_VALUES = 262_144
+
+
+def weights_metadata(ckpt: dict[str, Any], weights: str) -> dict[str, str]:
+    """The one metadata format of convzoo's ``.safetensors`` files (a run's model.safetensors
+    and ``convzoo export --format safetensors``), all values text, read by
+    :func:`load_weights_file`: what rebuilds the model (``model``, ``num_classes``,
+    ``in_chans``, ``model_kwargs``), ``classes``, which ``weights`` (ema|raw) of which
+    ``epoch``, and what feeds it images as training did: ``geometry`` (channels, size, resize
+    rule; ``image_shape`` too), ``preprocess`` (kind and statistics), ``eval_view`` (the centre
+    crop of the eval view), ``eval_split`` and the resolved ``config`` (JSON)."""
+    from convzoo.inference import checkpoint_geometry
+
+    geometry = checkpoint_geometry(ckpt)
+    pre = dict(ckpt["preprocess"])
+    stats = {k: v.tolist() for k, v in pre.items() if k != "kind"}
+    if sum(torch.as_tensor(v).numel() for v in pre.values() if isinstance(v, Tensor)) \
+            > MAX_META_VALUES:
+        stats = {"omitted": sorted(stats)}  # too big: the checkpoint keeps them
+    augment = ckpt["config"].get("augment", {})
+    return {
+        "format": SAFETENSORS_FORMAT,
+        "model": ckpt["model_name"],
+        "num_classes": str(ckpt["num_classes"]),
+        "in_chans": str(ckpt["in_chans"]),
+        "classes": json.dumps(list(ckpt["classes"])),
+        "model_kwargs": json.dumps(dict(ckpt["model_kwargs"])),
+        "weights": weights,  # "ema" or "raw" (checkpoint.select_weights)
+        "epoch": str(ckpt["epoch"]),
+        "image_shape": json.dumps(list(geometry.shape)),
+        "geometry": json.dumps(geometry.state()),
+        "preprocess": json.dumps({"kind": pre["kind"], **stats}),
+        "eval_view": json.dumps({"crop": augment.get("crop", 0),
+                                 "random_resized_crop": augment.get("random_resized_crop", 0)}),
+        "eval_split": str(ckpt.get("eval_split", "")),
+        "config": json.dumps(ckpt["config"]),
+    }
+
+
 def load_weights_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The model a convzoo ``.safetensors`` file describes, weights loaded, CPU, eval mode.
 
     The file is a run's ``model.safetensors`` or ``convzoo export --format safetensors``
-    output; its metadata names the registry model, class count, input channels and keywords.
-    ``meta``: ``model``, ``num_classes``, ``in_chans``, ``model_kwargs``, ``classes`` and, when
-    the file has them (export writes them), ``image_shape``, ``epoch``, ``eval_view`` and
-    ``preprocess`` (``{"kind": str, <stat>: float32 tensor}``, ``Preprocessor.from_state``'s
-    input; None when the statistics were too large for metadata, e.g. ZCA).
+    output (metadata: :func:`weights_metadata`). ``meta``: ``model``, ``num_classes``,
+    ``in_chans``, ``model_kwargs``, ``classes`` and, where the file has them (files written
+    before the format carried them lack some), ``weights``, ``epoch``, ``image_shape``,
+    ``geometry`` (a ``Geometry`` state), ``eval_view``, ``eval_split``, ``config`` (the resolved
+    config as a dict) and ``preprocess`` (``{"kind": str, <stat>: float32 tensor}``,
+    ``Preprocessor.from_state``'s input; None when the statistics were too large for metadata,
+    e.g. ZCA, or the file predates them).
     """
     path = Path(path)
     if not path.is_file():
@@ -409,9 +461,11 @@ def load_weights_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         meta["in_chans"] = int(raw["in_chans"])
         meta["model_kwargs"] = json.loads(raw.get("model_kwargs", "{}"))
         meta["classes"] = _classes_from_meta(raw, str(path))
-        for key in ("image_shape", "eval_view"):
+        for key in ("image_shape", "eval_view", "geometry", "config"):
             meta[key] = json.loads(raw[key]) if key in raw else None
         meta["epoch"] = int(raw["epoch"]) if "epoch" in raw else None
+        meta["weights"] = raw.get("weights")
+        meta["eval_split"] = raw.get("eval_split") or None
         meta["preprocess"] = _preprocess_state(raw.get("preprocess"))
     except (KeyError, ValueError, TypeError) as e:
         raise ConvzooError(f"{path}: bad convzoo metadata ({type(e).__name__}: {e})") from None
@@ -432,10 +486,13 @@ def load_weights_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 
 def _preprocess_state(text: str | None) -> dict[str, Any] | None:
-    """export's JSON preprocessing (kind + small statistics) as tensors; None if incomplete."""
+    """The metadata's JSON preprocessing (kind + statistics) as tensors; None if they were
+    omitted (too large) or incomplete."""
     if text is None:
         return None
     raw = json.loads(text)
+    if "omitted" in raw:
+        return None
     state: dict[str, Any] = {"kind": raw.pop("kind")}
     state.update({k: torch.tensor(v, dtype=torch.float32) for k, v in raw.items()})
     return state if len(state) > 1 or state["kind"] == "none" else None

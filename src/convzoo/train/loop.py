@@ -402,6 +402,8 @@ def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], r
                 cfg = mark_started(cfg, stage, run.state.epoch)
                 if rt.is_main:
                     rundir.write_config(run_dir, cfg)  # the whole plan and history so far
+                    if run.init_report is not None:  # what model.init loaded, key by key
+                        rundir.write_init_report(run_dir, run.init_report.to_dict())
                 ckpt_out = run_stage(run, run_dir, writer, eta, control)
     except ConvzooError:
         # Bad input found before anything was trained: leave no half-made run directory.

@@ -9,7 +9,7 @@ Every param group carries ``name`` (its role: ``all``, ``decay``, ``norm_bias``/
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import torch
@@ -89,45 +89,66 @@ def group_settings(name: str, cfg: OptimConfig) -> dict[str, Any]:
     norm weights and biases): lr x ``bias_lr_scale``, decay x ``bias_wd_scale``; ``no_decay``:
     the same group with decay 0 (``no_decay_norm_bias``). ``muon`` (4-D conv filters under
     Muon): lr ``muon_lr`` (0 = lr), no decay, Nesterov momentum ``muon_momentum``.
+    A ``backbone:`` prefix (``backbone:decay``; ``optim.backbone_lr_scale != 1``) multiplies
+    the lr by ``backbone_lr_scale``; ``head:`` groups keep the rule's lr.
     """
-    if name == "muon":
-        return {"lr_scale": (cfg.muon_lr or cfg.lr) / cfg.lr, "weight_decay": 0.0,
+    part, _, role = name.rpartition(":")
+    scale = float(cfg.backbone_lr_scale) if part == "backbone" else 1.0
+    if role == "muon":
+        return {"lr_scale": scale * (cfg.muon_lr or cfg.lr) / cfg.lr, "weight_decay": 0.0,
                 "momentum": cfg.muon_momentum or cfg.momentum, "nesterov": True}
-    if name in ("norm_bias", "no_decay"):
-        wd = 0.0 if name == "no_decay" else cfg.weight_decay * cfg.bias_wd_scale
-        return {"lr_scale": float(cfg.bias_lr_scale), "weight_decay": wd}
-    return {"lr_scale": 1.0, "weight_decay": cfg.weight_decay}
+    if role in ("norm_bias", "no_decay"):
+        wd = 0.0 if role == "no_decay" else cfg.weight_decay * cfg.bias_wd_scale
+        return {"lr_scale": scale * float(cfg.bias_lr_scale), "weight_decay": wd}
+    return {"lr_scale": scale, "weight_decay": cfg.weight_decay}
 
 
-def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, cfg: OptimConfig,
+                 trainable: Collection[str] | None = None) -> list[dict[str, Any]]:
     """``model``'s trainable params in groups for every optimizer (and for resume, which
     rebuilds a checkpoint's layout with it): ``muon`` (4-D filters, ``optim.name=muon`` only),
     ``decay`` (other >= 2-D weights), ``norm_bias``/``no_decay`` (1-D), each with
     :func:`group_settings`. With no option that treats 1-D params apart, and not Muon, one
-    ``all`` group."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ConvzooError("the model has no trainable parameters")
+    ``all`` group. With ``backbone_lr_scale != 1`` each of these is split into ``head:<role>``
+    and ``backbone:<role>`` (the head: ``heads.head_and_backbone_params``).
+
+    ``trainable``: the names of the parameters to group (default: those with
+    ``requires_grad``); resume passes the layout a checkpoint was saved with when a stage
+    freezes or unfreezes part of the model (``model.freeze``)."""
+    named = [(n, p) for n, p in model.named_parameters()
+             if (p.requires_grad if trainable is None else n in trainable)]
+    if not named:
+        raise ConvzooError("the model has no trainable parameters (model.freeze froze them all?)")
     muon = cfg.name == "muon"
     split = muon or cfg.no_decay_norm_bias or cfg.bias_lr_scale != 1 or cfg.bias_wd_scale != 1
     vector = "no_decay" if cfg.no_decay_norm_bias else "norm_bias"
+    parts = ("",)
+    head: set[str] = set()
+    if cfg.backbone_lr_scale != 1:
+        from convzoo.models.heads import head_and_backbone_params
 
-    def role(p: nn.Parameter) -> str:
+        parts = ("head:", "backbone:")
+        head = set(head_and_backbone_params(model)[0])
+
+    def role(name: str, p: nn.Parameter) -> str:
+        part = ("head:" if name in head else "backbone:") if len(parts) > 1 else ""
         if muon and p.ndim == 4:
-            return "muon"
+            return part + "muon"
         if not split:
-            return "all"
-        return vector if p.ndim <= 1 else "decay"
+            return part + "all"
+        return part + (vector if p.ndim <= 1 else "decay")
 
     groups = []
-    for name in ("muon", "all", "decay", vector):
-        members = [p for p in params if role(p) == name]
-        if members:
-            groups.append({"params": members, "name": name, **group_settings(name, cfg)})
-            groups[-1]["lr"] = cfg.lr * groups[-1]["lr_scale"]  # until the schedule sets it
-            if muon:
-                groups[-1]["use_muon"] = name == "muon"
-    if muon and groups[0]["name"] != "muon":
+    roles = {n: role(n, p) for n, p in named}
+    for part in parts:
+        for name in (part + r for r in ("muon", "all", "decay", vector)):
+            members = [p for n, p in named if roles[n] == name]
+            if members:
+                groups.append({"params": members, "name": name, **group_settings(name, cfg)})
+                groups[-1]["lr"] = cfg.lr * groups[-1]["lr_scale"]  # until the schedule sets it
+                if muon:
+                    groups[-1]["use_muon"] = name.endswith("muon")
+    if muon and not any(g["use_muon"] for g in groups):
         raise ConvzooError("optim.name=muon needs a model with conv layers (4-D weights)")
     return groups
 
@@ -172,21 +193,26 @@ def _family(name: str) -> str:
 
 
 def load_optimizer_state(optimizer: Any, saved: dict[str, Any], model: nn.Module,
-                         saved_cfg: OptimConfig, cfg: OptimConfig) -> None:
+                         saved_cfg: OptimConfig, cfg: OptimConfig,
+                         saved_trainable: Collection[str] | None = None) -> None:
     """Load a checkpoint's optimizer state into ``optimizer``, built for a (new) stage's ``cfg``.
 
     The per-parameter state (momentum buffers, Adam moments, lookahead's slow weights) is
     matched to parameters through the checkpoint's own layout, rebuilt with the same rule
     (:func:`param_groups` under ``saved_cfg``); the group hyperparameters stay those of
     ``cfg``. So a stage may change any of them, the grouping options included; only the kind
-    of optimizer cannot change (its state would not fit).
+    of optimizer cannot change (its state would not fit). ``saved_trainable``: the names of the
+    parameters the checkpoint's optimizer held, when they differ from those trainable now (a
+    stage that freezes or unfreezes part of the model); parameters it did not hold start with
+    fresh state.
     """
     if _family(saved_cfg.name) != _family(cfg.name):
         raise ConvzooError(f"optim.name={cfg.name}: the checkpoint was trained with "
                            f"{saved_cfg.name}, whose state does not carry over; a resumed stage "
                            "keeps its optimizer")
     inner_saved = saved["optimizer"] if "lookahead" in saved else saved
-    saved_order = [p for g in param_groups(model, saved_cfg) for p in g["params"]]
+    saved_order = [p for g in param_groups(model, saved_cfg, saved_trainable)
+                   for p in g["params"]]
     saved_count = sum(len(g["params"]) for g in inner_saved["param_groups"])
     if saved_count != len(saved_order):
         raise ConvzooError(f"the checkpoint's optimizer holds {saved_count} parameters, this "
@@ -212,7 +238,7 @@ def load_optimizer_state(optimizer: Any, saved: dict[str, Any], model: nn.Module
         slow = dict(zip((id(p) for p in saved_order), saved["slow"], strict=True))
         optimizer.fast_steps = int(saved["lookahead"]["fast_steps"])
         for s, p in zip(optimizer.slow, optimizer._params, strict=True):
-            s.copy_(slow[id(p)])
+            s.copy_(slow[id(p)] if id(p) in slow else p.detach())  # unfrozen now: from here
 
 
 # ----------------------------------------------------------------------------- lookahead

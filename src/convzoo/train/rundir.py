@@ -4,6 +4,7 @@ Everything ``train`` writes into ``runs/<name>/`` goes through this module:
 
     .lock               the owner: pid, host, start time (held from start to exit)
     config.yaml         the resolved config (rewritten with a new stage's overrides)
+    init.json           what model.init loaded (a run started from trained weights)
     metrics.jsonl       one JSON line per epoch, appended and fsync'd, never truncated in place
     model.safetensors   weights of the newest checkpoint epoch
     best.pt             the checkpoint of the best evaluated epoch
@@ -73,6 +74,7 @@ log = logging.getLogger("convzoo")
 
 LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
+INIT_FILE = "init.json"
 
 
 # ----------------------------------------------------------------------------- writing
@@ -103,22 +105,19 @@ def write_config(run_dir: Path, cfg: C.Config) -> None:
     write_text(run_dir / "config.yaml", yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
 
 
+def write_init_report(run_dir: Path, report: dict[str, Any]) -> None:
+    """init.json: what ``model.init`` loaded into a new run (``weights.InitReport``)."""
+    write_text(run_dir / INIT_FILE, json.dumps(report, indent=1) + "\n")
+
+
 def save_weights(ckpt: dict[str, Any], path: Path) -> None:
-    """model.safetensors: the run's weights (EMA when it keeps one), what rebuilds the model,
-    and their epoch."""
+    """model.safetensors: the run's weights (EMA when it keeps one) with what rebuilds the
+    model and feeds it images (``weights.weights_metadata``)."""
+    from convzoo.models.weights import weights_metadata
+
     state, weights = ckpt_io.select_weights(ckpt, "auto")
-    meta = {
-        "model": ckpt["model_name"],
-        "num_classes": str(ckpt["num_classes"]),
-        "in_chans": str(ckpt["in_chans"]),
-        "classes": json.dumps(ckpt["classes"]),
-        "model_kwargs": json.dumps(ckpt["model_kwargs"]),
-        "weights": weights,
-        "epoch": str(ckpt["epoch"]),
-        "format": "convzoo-weights",
-    }
-    with _writing(path):
-        ckpt_io.save_safetensors(state, path, meta)
+    with _writing(path):  # the format export writes too: eval/predict/export read it alone
+        ckpt_io.save_safetensors(state, path, weights_metadata(ckpt, weights))
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:

@@ -6,10 +6,12 @@ into a freshly built run, validated first) and ``checkpoint_state`` (the run bac
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,12 +22,16 @@ from convzoo.data.augment import tta_views
 from convzoo.data.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.models import create_model
+from convzoo.models.freeze import freeze, frozen_parameter_names
 from convzoo.models.info import count_params
+from convzoo.models.weights import InitReport, load_init
 from convzoo.train import checkpoint as ckpt_io
 from convzoo.train.distributed import convert_sync_batchnorm, wrap_ddp
 from convzoo.train.ema import ModelEMA
 from convzoo.train.optim import build_optimizer, load_optimizer_state
 from convzoo.train.schedule import EarlyStopping, Schedule, peak_lr
+
+log = logging.getLogger("convzoo")
 
 # ----------------------------------------------------------------------------- runtime
 
@@ -151,6 +157,8 @@ class Run:
     state: RunState = field(default_factory=RunState)
     stage: int = 0  # index of the stage in the run's plan (0 = the first)
     position: Any = None  # preempt.Position inside an epoch to continue from (None: its start)
+    init_report: InitReport | None = None  # what model.init loaded (a fresh run with one)
+    frozen: list[str] = field(default_factory=list)  # parameter names model.freeze froze
 
     @property
     def weights(self) -> str:
@@ -176,13 +184,30 @@ def data_dependent_init(model: nn.Module, loader: Any, device: torch.device) -> 
     return time.perf_counter() - t0
 
 
+def init_model(model: nn.Module, cfg: C.ModelConfig, classes: list[str]) -> InitReport | None:
+    """Load ``model.init`` into a freshly built ``model`` (``load_init``: the head replaced
+    when the classes differ) and log what was loaded; None when the run has no ``model.init``."""
+    if not cfg.init:
+        return None
+    source = cfg.init
+    if not source.startswith(("torchvision:", "timm:")):  # a path: the report says which one
+        source = str(Path(source).expanduser().resolve())
+    report = load_init(model, source, classes=classes, arch=cfg.name, head=cfg.init_head,
+                       weights=cfg.init_weights)
+    log.info(report.summary())
+    return report
+
+
 def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | None = None,
               init_from_data: bool = True) -> Run:
     """Model, optimizer, schedule, scaler, EMA, early stopping and loss for ``cfg`` on ``data``.
 
     ``steps_per_epoch`` defaults to ``len(data.train)``; the schedule and lookahead count in it.
-    ``init_from_data`` runs the model's data-dependent init (skip it when a checkpoint will be
-    loaded next).
+    ``init_from_data``: a fresh start (False when a checkpoint will be loaded next): the model
+    starts from ``model.init`` when set (``load_init``; ``run.init_report`` says what was
+    loaded), else runs its data-dependent init. ``model.freeze`` is applied before the
+    optimizer is built (it then holds only the trainable parameters), fresh or not, and
+    ``optim.backbone_lr_scale`` gives the backbone its own lr (``optim.param_groups``).
     """
     spe = steps_per_epoch or len(data.train)
     if spe < 1:
@@ -191,13 +216,19 @@ def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | N
                            f"(now {cfg.train.batch_size})")
     torch.manual_seed(cfg.train.seed)
     model = create_model(cfg.model.name, num_classes=len(data.classes),
-                         in_chans=data.image_shape[0], **cfg.model.kwargs).to(rt.device)
+                         in_chans=data.image_shape[0], **cfg.model.kwargs)
+    init_report = init_model(model, cfg.model, list(data.classes)) if init_from_data else None
+    model = model.to(rt.device)
     if rt.channels_last:
         model = model.to(memory_format=torch.channels_last)
     params = count_params(model)
     state = RunState()
-    if init_from_data:
+    if init_from_data and init_report is None:  # trained weights need no data-dependent init
         state.init_seconds = data_dependent_init(model, data.train, rt.device)
+    frozen = freeze(model, cfg.model.freeze)  # before the optimizer: it holds trainable ones
+    if frozen:
+        log.info(f"model.freeze={cfg.model.freeze}: {len(frozen)} parameter tensors frozen, "
+                 f"{count_params(model):,} of {params:,} parameters train")
     optimizer = build_optimizer(model, cfg.optim, rt.device.type,
                                 total_steps=cfg.train.epochs * spe)
     schedule = Schedule(cfg.schedule, peak_lr(cfg.optim, cfg.train.batch_size), cfg.train.epochs,
@@ -219,7 +250,7 @@ def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | N
              if cfg.augment.tta != "none" else None)
     return Run(cfg, rt, data, model, step_model, eval_model, optimizer, schedule, scaler, ema,
                stopper, nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing), params,
-               views, state)
+               views, state, init_report=init_report, frozen=frozen)
 
 
 def check_checkpoint_fits(cfg: C.Config, data: Any, ckpt: dict[str, Any]) -> None:
@@ -256,7 +287,7 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
                            f"{str(e).strip().splitlines()[-1].strip()}") from None
     saved_optim = C.from_dict({"optim": ckpt["config"]["optim"]}).optim
     load_optimizer_state(run.optimizer, ckpt["optimizer"], run.model, saved_optim,
-                         run.cfg.optim)
+                         run.cfg.optim, saved_trainable(run, ckpt))
     run.schedule.resume(ckpt["schedule"], ckpt["epoch"])
     if ckpt.get("scaler"):
         run.scaler.load_state_dict(ckpt["scaler"])
@@ -273,6 +304,17 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     run.state = RunState(ckpt["epoch"], ckpt["best_top1"], ckpt["train_seconds"],
                          ckpt["train_images"], ckpt.get("init_seconds", 0.0),
                          ckpt.get("compile_seconds", 0.0))
+
+
+def saved_trainable(run: Run, ckpt: dict[str, Any]) -> set[str] | None:
+    """Names of the parameters the checkpoint's optimizer held, when this stage freezes
+    another part of the model than the checkpoint's did (a linear probe, then fine-tuning
+    all); None when the stages freeze the same part."""
+    saved = ckpt["config"]["model"].get("freeze", "none")  # older checkpoints: none
+    if saved == run.cfg.model.freeze:
+        return None
+    now = {n for n, p in run.model.named_parameters() if p.requires_grad} | set(run.frozen)
+    return now - set(frozen_parameter_names(run.model, saved))
 
 
 def checkpoint_state(run: Run, row: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,436 @@
+"""The Python API, for notebooks and scripts: load a trained model, or train one.
+
+    import convzoo
+    clf = convzoo.load("runs/quickstart")           # run dir, last.pt / best.pt, model.safetensors
+    rows = clf.predict(["cat.jpg", "photos/"], topk=3)   # files, folders, globs, PIL, uint8
+    probs = clf.probabilities(pil_images)          # (N, classes) float32
+    clf.evaluate()                                  # the run's own eval split: top1, top5, loss
+    clf.evaluate("path/to/folder", report=True)     # other data, with the evaluation report
+    run_dir = convzoo.train("quickstart", epochs=2, lr=0.05)
+
+The command line is a thin layer over these functions, so both give the same numbers:
+``convzoo eval`` is ``load(...).evaluate(...)``, ``convzoo predict`` is ``load(...).predict(...)``,
+and ``convzoo train`` builds its config with :func:`train_config` / :func:`resume_run_config`
+and calls ``train.loop.fit`` exactly as :func:`train` does.
+
+A :class:`Classifier` feeds images to the model as training did: the one decoder of
+``convzoo.data.images``, the run's ``Geometry`` (channels, size, crop or squash), its fitted
+preprocessing, its eval view (centre crop) and its test-time augmentation, on the device and
+precision ``convzoo eval`` uses.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from convzoo import config as C
+from convzoo.data.augment import build_eval_transform, tta_views
+from convzoo.data.images import Geometry, Limits, collect_files, decode_file, from_pil
+from convzoo.data.preprocess import Preprocessor
+from convzoo.errors import ConvzooError
+from convzoo.evaluate import autocast, evaluate
+from convzoo.inference import _trusted_data, checkpoint_geometry, read_checkpoint
+from convzoo.train import checkpoint as ckpt_io
+from convzoo.train.setup import Runtime, load_model_for_eval, resolve_runtime
+
+# What `predict` and `probabilities` take: one of these, or a sequence of them.
+ImageInput = str | Path | Image.Image | torch.Tensor | np.ndarray
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load(run_or_ckpt: str | Path, *, which: str = "last", weights: str = "auto",
+         device: str = "auto") -> Classifier:
+    """A trained model, ready to predict and evaluate.
+
+    run_or_ckpt: a run directory (its ``<which>.pt``; ``model.safetensors`` when last.pt is
+        gone), a ``last.pt`` / ``best.pt`` file, or a convzoo ``.safetensors`` file (a run's
+        model.safetensors or ``convzoo export --format safetensors``).
+    which: ``last`` or ``best`` checkpoint of a run directory.
+    weights: ``auto`` (the EMA of the weights when the run kept one, as its figures), ``ema``
+        or ``raw`` (the trained weights); a .safetensors file holds one of them.
+    device: ``auto`` (CUDA when available) | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``.
+    """
+    if which not in ("last", "best"):
+        raise ConvzooError(f"which={which!r}: choose last or best")
+    ckpt = read_checkpoint(run_or_ckpt, which, weights)
+    return Classifier.from_checkpoint(ckpt, weights=weights, device=device,
+                                      source=Path(run_or_ckpt))
+
+
+def _run_dir(source: Path) -> Path | None:
+    """The run directory `source` (a run directory or a file inside one) belongs to."""
+    folder = source if source.is_dir() else source.parent
+    return folder if (folder / "config.yaml").is_file() else None
+
+
+@dataclass
+class Classifier:
+    """A trained model with everything that feeds it images as training did (:func:`load`)."""
+
+    model: nn.Module  # eval mode, on runtime.device
+    preprocess: Preprocessor  # the statistics fitted on the run's training split
+    geometry: Geometry  # channels, size and resize rule every image is brought to
+    classes: list[str]  # class names, in the order of the model's outputs
+    config: C.Config  # the run's resolved config (data: its eval split; augment: eval view, TTA)
+    weights: str  # which weights were loaded: "ema" or "raw"
+    runtime: Runtime  # device, autocast dtype, channels_last (as `convzoo eval` runs)
+    source: Path  # what was loaded
+    epoch: int  # epochs the weights were trained for
+    eval_split: str  # the split the run evaluated on
+    data_recorded: bool = True  # False for an older export that does not name its data
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict[str, Any], *, weights: str = "auto",
+                        device: str = "auto", source: str | Path = "") -> Classifier:
+        """A Classifier from a checkpoint dict (``inference.read_checkpoint``)."""
+        cfg = C.from_dict(ckpt["config"])
+        rt = resolve_runtime(C.replace(cfg.train, device=device))
+        _, used = ckpt_io.select_weights(ckpt, weights)
+        model, preprocess = load_model_for_eval(ckpt, rt.device, weights)
+        if rt.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        return cls(model, preprocess, checkpoint_geometry(ckpt), list(ckpt["classes"]), cfg,
+                   used, rt, Path(source), int(ckpt["epoch"]), str(ckpt["eval_split"]),
+                   ckpt.get("config_recorded", True))
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def model_name(self) -> str:
+        return self.config.model.name
+
+    def __repr__(self) -> str:
+        g = self.geometry
+        return (f"Classifier({self.model_name}, {len(self.classes)} classes, input "
+                f"{g.channels}x{g.height}x{g.width} ({g.resize}), {self.weights} weights of "
+                f"epoch {self.epoch}, from {self.source}, on {self.device})")
+
+    # ------------------------------------------------------------------------- images
+
+    def _items(self, inputs: ImageInput | Sequence[ImageInput]
+               ) -> list[tuple[str | None, Callable[[], torch.Tensor]]]:
+        """(file name or None, a function giving uint8 (C, H, W)) for every image in `inputs`.
+
+        Files are decoded only when their batch comes, so a folder of any size fits."""
+        if isinstance(inputs, torch.Tensor | np.ndarray) and inputs.ndim == 4:
+            inputs = list(inputs)  # a batch: (N, C, H, W) tensor, (N, H, W, C) array
+        elif not isinstance(inputs, list | tuple):
+            inputs = [inputs]
+        limits = Limits.from_config(C.DataConfig())  # the user's bounds, not the checkpoint's
+        items: list[tuple[str | None, Callable[[], torch.Tensor]]] = []
+        for i, x in enumerate(inputs):
+            if isinstance(x, str | Path):
+                items += [(str(f), lambda f=f: decode_file(f, limits)) for f in collect_files([x])]
+            elif isinstance(x, Image.Image):
+                items.append((None, lambda x=x: from_pil(x)))
+            elif isinstance(x, torch.Tensor | np.ndarray):
+                items.append((None, lambda x=x, i=i: _pixels(x, i)))
+            else:
+                raise ConvzooError(f"image {i}: {type(x).__name__} is not an image (give file "
+                                   "paths, folders, glob patterns, PIL images or uint8 arrays)")
+        if not items:
+            raise ConvzooError("no images given")
+        return items
+
+    def _probs(self, x: torch.Tensor, views: Any) -> torch.Tensor:
+        """Softmax probabilities (B, K) float32 of uint8 (B, C, H, W) images of the geometry:
+        preprocessing, eval view, TTA views averaged (as ``evaluate``)."""
+        rt = self.runtime
+        x = build_eval_transform(self.config.augment)(self.preprocess(x.to(rt.device)))
+        probs = None
+        inputs = views(x) if views is not None else [x]
+        for view in inputs:
+            if rt.channels_last:
+                view = view.contiguous(memory_format=torch.channels_last)
+            with autocast(rt.device, rt.amp_dtype):
+                p = self.model(view).float().softmax(dim=1)
+            probs = p if probs is None else probs + p
+        assert probs is not None
+        return (probs / len(inputs)).cpu()
+
+    @torch.no_grad()
+    def probabilities(self, inputs: ImageInput | Sequence[ImageInput], *,
+                      batch_size: int | None = None, tta: str | None = None) -> torch.Tensor:
+        """Class probabilities (N, classes), float32 on the CPU, one row per image of `inputs`.
+
+        inputs: a file, folder (its images, recursively, sorted) or glob pattern; a PIL image;
+            a uint8 torch tensor (C, H, W) or batch (N, C, H, W) (torchvision's layout); a uint8
+            NumPy array (H, W), (H, W, C) or batch (N, H, W, C) (PIL's layout, RGB); or a list
+            of these.
+            Every image is brought to the run's geometry (channels, size, crop or squash).
+        batch_size: images per forward (default: the run's ``train.eval_batch_size``).
+        tta: test-time augmentation (default: the run's ``augment.tta``).
+        """
+        return self._predict(inputs, batch_size, tta)[1]
+
+    def _predict(self, inputs: ImageInput | Sequence[ImageInput], batch_size: int | None,
+                 tta: str | None) -> tuple[list[str | None], torch.Tensor]:
+        items = self._items(inputs)
+        batch = batch_size or self.config.train.eval_batch_size
+        if batch < 1:
+            raise ConvzooError(f"batch_size={batch}: must be at least 1")
+        augment = self.config.augment if tta is None else C.replace(self.config.augment, tta=tta)
+        views = ((lambda x: tta_views(x, augment.tta, augment)) if augment.tta != "none"
+                 else None)
+        was_training = self.model.training
+        self.model.eval()
+        chunks = []
+        try:
+            for start in range(0, len(items), batch):
+                part = items[start:start + batch]
+                x = torch.stack([self.geometry.apply(read()) for _, read in part])
+                chunks.append(self._probs(x, views))
+        finally:
+            self.model.train(was_training)
+        return [name for name, _ in items], torch.cat(chunks)
+
+    @torch.no_grad()
+    def predict(self, inputs: ImageInput | Sequence[ImageInput], *, topk: int = 5,
+                batch_size: int | None = None, tta: str | None = None) -> list[dict[str, Any]]:
+        """The `topk` most probable classes of each image (inputs as :meth:`probabilities`).
+
+        Returns one dict per image, in input order: ``{"index": i, "file": path or None,
+        "top": [{"class": name, "index": class index, "prob": probability}, ...]}``.
+        """
+        if topk < 1:
+            raise ConvzooError(f"topk={topk}: must be at least 1")
+        names, probs = self._predict(inputs, batch_size, tta)
+        top = probs.topk(min(topk, len(self.classes)), dim=1)
+        return [{"index": i, "file": name,
+                 "top": [{"class": self.classes[c], "index": c, "prob": p}
+                         for p, c in zip(values, indices)]}
+                for i, (name, values, indices) in enumerate(
+                    zip(names, top.values.tolist(), top.indices.tolist()))]
+
+    # ------------------------------------------------------------------------- evaluation
+
+    @torch.no_grad()
+    def evaluate(self, data: str | Path | None = None, *, split: str | None = None,
+                 tta: str | None = None, batch_size: int | None = None,
+                 data_root: str | None = None, report: str | Path | bool | None = None,
+                 topk: int = 5) -> dict[str, Any]:
+        """Top-1 / top-5 (%) and mean cross-entropy on a labelled split.
+
+        data: None (the run's own data and eval split: the figures of its last evaluation, to
+            the last digit), or any ``--data`` source: a data name, an image folder (with
+            splits, test-only or a split-less ``<class>/*``), an archive or a pack, holding
+            all or some of the run's classes (matched by name).
+        split: the split to evaluate (default: the run's eval split, or for other data its
+            test split, else val, else its only split). tta: test-time augmentation (default:
+            the run's). batch_size: default the run's ``train.eval_batch_size``.
+        data_root: where downloads and decode caches go (default: the user's default root;
+            never the checkpoint's).
+        report: write the evaluation report (``convzoo.eval_report.write_report``: confusion
+            matrix, per-class table, calibration, confident mistakes, predictions.csv) into
+            this folder; True: ``<run dir>/report``. Its figures also go to the run's
+            TensorBoard when the run keeps one. The result then has ``report`` (the folder)
+            and ``ece``. topk: classes per row of predictions.csv.
+        """
+        from convzoo.data.pipeline import heldout_split, make_loader, open_source, remap_classes
+
+        if data is None and not self.data_recorded:
+            raise ConvzooError(f"{self.source} does not record the data it was trained on (an "
+                               "older export); name the data to evaluate on (--data)")
+        cfg = self.config
+        data_cfg = _trusted_data(cfg.data, data_root)
+        if data is not None:  # other data: no carving, no limit — evaluate what is there
+            data_cfg = C.replace(data_cfg, source=str(data), val_fraction=0.0, limit=0,
+                                 loader="auto")
+        augment_cfg = cfg.augment if tta is None else C.replace(cfg.augment, tta=tta)
+        cfg = C.replace(cfg, data=data_cfg, augment=augment_cfg)
+        report_dir = self._report_dir(report, data)  # checked before any work
+        source = remap_classes(open_source(cfg, geometry=self.geometry), self.classes)
+        if split is None:
+            split = self.eval_split if data is None else heldout_split(list(source.splits))
+        if split not in source.splits:
+            raise ConvzooError(f"--split {split}: data source {cfg.data.source} has splits "
+                               f"{', '.join(sorted(source.splits))}")
+        rt = self.runtime
+        loader = make_loader(source, split, cfg, rt.device, self.preprocess, train=False,
+                             batch_size=batch_size, rank=rt.rank, world_size=rt.world_size)
+        views = ((lambda x: tta_views(x, augment_cfg.tta, augment_cfg))
+                 if augment_cfg.tta != "none" else None)
+        outputs: list[tuple[torch.Tensor, torch.Tensor]] | None = (
+            [] if report_dir is not None else None)
+        result = evaluate(self.model, loader, device=rt.device, amp_dtype=rt.amp_dtype,
+                          channels_last=rt.channels_last, views=views, outputs=outputs,
+                          world_size=rt.world_size)
+        if outputs is not None and rt.world_size > 1:  # the report covers every rank's share
+            shares: list[Any] = [None] * rt.world_size
+            torch.distributed.all_gather_object(shares, outputs)
+            outputs = [batch for share in shares for batch in share]
+        params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        out = {"model": self.model_name, "data": cfg.data.source, "split": split,
+               "epoch": self.epoch, "params": params, "tta": augment_cfg.tta,
+               "weights": self.weights, **result}
+        if report_dir is not None and rt.is_main:  # under torchrun: one writer
+            assert outputs is not None
+            out.update(self._write_report(report_dir, outputs, source, split, topk))
+        return out
+
+    def _report_dir(self, report: str | Path | bool | None, data: Any) -> Path | None:
+        """The report folder `report` names, checked (not created) before any work."""
+        if report is None or report is False:
+            return None
+        if report is not True and str(report):
+            out = Path(report)
+        elif (run_dir := _run_dir(self.source)) is not None:
+            out = run_dir / "report"
+        else:
+            out = self.source.with_name(f"{self.source.stem}-report")
+        existing = out
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            what = "not a folder" if not existing.is_dir() else "not writable"
+            raise ConvzooError(f"cannot create report directory {out}: {existing} is {what}")
+        return out
+
+    def _write_report(self, out: Path, outputs: list[tuple[torch.Tensor, torch.Tensor]],
+                      source: Any, split: str, topk: int) -> dict[str, Any]:
+        """``write_report`` of the collected probabilities, with the split's uint8 images (the
+        grid of mistakes) and file names where the data has them; to TensorBoard too when
+        the run keeps one."""
+        from convzoo.eval_report import expected_calibration_error, write_report
+
+        probs = torch.cat([p for p, _ in outputs])
+        labels = torch.cat([y for _, y in outputs])
+        data = source.splits[split]
+        if source.kind == "memory":
+            images: Any = data.images
+            names = data.names
+        else:
+            images, names = _DecodedSplit(data, source.geometry, source.limits), None
+        run_dir = _run_dir(self.source)
+        tensorboard = None
+        if run_dir is not None and self.config.train.tensorboard \
+                and (run_dir / "tensorboard").is_dir():
+            tensorboard = run_dir / "tensorboard"
+        write_report(out, probs, labels, self.classes, images=images, names=names, topk=topk,
+                     tensorboard=tensorboard, step=self.epoch, tag=f"report/{split}")
+        ece = expected_calibration_error(probs.double().numpy(), labels.numpy())
+        return {"report": str(out), "ece": ece}
+
+
+class _DecodedSplit:
+    """A packed split as ``images[i]`` -> uint8 (H, W, C), decoded on demand (the report reads
+    only the images of its mistakes grid)."""
+
+    def __init__(self, split: Any, geometry: Geometry, limits: Limits) -> None:
+        self.split, self.geometry, self.limits = split, geometry, limits
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.split.decode([i], self.geometry, limits=self.limits)[0]
+
+
+def _pixels(x: torch.Tensor | np.ndarray, i: int) -> torch.Tensor:
+    """One in-memory image as uint8 (C, H, W): torch tensors are (C, H, W) or (H, W), NumPy
+    arrays (H, W, C) or (H, W); 2 or 4 channels lose their alpha."""
+    if x.dtype not in (torch.uint8, np.uint8):
+        raise ConvzooError(f"image {i}: pixels must be uint8 (0-255), got {x.dtype} (decoded "
+                           "images: torchvision.io.decode_image or np.asarray(PIL image))")
+    t = torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x  # a writable copy
+    if t.ndim == 2:
+        t = t[None]
+    elif isinstance(x, np.ndarray) and t.ndim == 3:
+        t = t.permute(2, 0, 1)
+    if t.ndim != 3 or t.shape[0] not in (1, 2, 3, 4) or min(t.shape[1:]) < 1:
+        layout = "(H, W, C)" if isinstance(x, np.ndarray) else "(C, H, W)"
+        raise ConvzooError(f"image {i}: shape {tuple(x.shape)} is not an image {layout} with "
+                           "1 to 4 channels")
+    return t[:1] if t.shape[0] == 2 else t[:3] if t.shape[0] == 4 else t
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def overrides_from_keywords(keywords: dict[str, Any]) -> dict[str, Any]:
+    """``train``'s keywords as nested overrides: the CLI's shortcuts (``epochs=2``,
+    ``lr=0.05``, ``data="digits"``, ``model="resnet20"`` ...), dotted keys
+    (``**{"optim.weight_decay": 0}``) and sections (``optim={"lr": 0.05, "momentum": 0}``)."""
+    shortcuts = dict(C.SHORTCUTS)
+    sections = set(C.hints(C.Config))
+    out: dict[str, Any] = {}
+    for key, value in keywords.items():
+        if key in sections and isinstance(value, dict):
+            nested = {key: value}
+        elif key in shortcuts:
+            nested = C.dotted_to_nested(shortcuts[key], value)
+        elif "." in key or key in sections:
+            nested = C.dotted_to_nested(key, value)
+        else:
+            raise ConvzooError(f"convzoo.train: unknown keyword {key!r} (shortcuts: "
+                               f"{', '.join(shortcuts)}; or a section such as optim={{...}}, "
+                               "or a dotted key such as **{'optim.lr': 0.01})")
+        out = C.merge(out, nested)
+    return out
+
+
+def train_config(config_or_recipe: str | Path | C.Config | dict[str, Any] | None,
+                 overrides: dict[str, Any]) -> C.Config:
+    """Defaults <- a recipe (shipped name or YAML file), a config dict or a Config <- nested
+    `overrides`, validated (``config.from_dict``)."""
+    if isinstance(config_or_recipe, C.Config):
+        base: dict[str, Any] = C.to_dict(config_or_recipe)
+    elif isinstance(config_or_recipe, dict):
+        base = config_or_recipe
+    elif config_or_recipe:
+        base = C.load_recipe(str(config_or_recipe))
+    else:
+        base = {}
+    return C.from_dict(C.merge(base, overrides))
+
+
+def resume_run_config(run_dir: Path, overrides: dict[str, Any]
+                      ) -> tuple[C.Config, dict[str, Any] | None]:
+    """The config a resume of `run_dir` trains with (``loop.resume_config``: overrides start a
+    new stage; a checkpoint taken inside an epoch takes none) and the run's last checkpoint
+    (None when it stopped before its first)."""
+    from convzoo.train.loop import resume_config
+
+    if not (run_dir / "config.yaml").exists():
+        raise ConvzooError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+    if {"out", "name"} & set(overrides.get("train", {})):
+        raise ConvzooError("--resume continues the run in its own directory; drop --out/--name "
+                           "(train.out, train.name)")
+    ckpt = ckpt_io.load_checkpoint(run_dir, "last") if (run_dir / "last.pt").exists() else None
+    return resume_config(run_dir, overrides, ckpt["epoch"] if ckpt else 0,
+                         ckpt.get("step", 0) if ckpt else 0), ckpt
+
+
+def train(config_or_recipe: str | Path | C.Config | dict[str, Any] | None = None, *,
+          resume: str | Path | None = None, **overrides: Any) -> Path:
+    """Train, as ``convzoo train`` does, and return the run directory.
+
+    config_or_recipe: a shipped recipe name (``"quickstart"``), a YAML file, a config dict or
+        a ``Config`` (default: the defaults).
+    overrides: the CLI's shortcuts (``model``, ``data``, ``epochs``, ``batch_size``, ``lr``,
+        ``out``, ``name``, ``device``, ``seed``), sections (``optim={"momentum": 0.8}``) and
+        dotted keys (``**{"model.init": "runs/a"}``), checked like ``--set``.
+    resume: continue this run directory instead (overrides then start a new stage).
+    """
+    from convzoo.train.loop import fit
+
+    nested = overrides_from_keywords(overrides)
+    if resume is not None:
+        if config_or_recipe is not None:
+            raise ConvzooError("--resume continues a run with its own config; drop the recipe")
+        cfg, ckpt = resume_run_config(Path(resume), nested)
+        return fit(cfg, Path(resume), ckpt=ckpt)
+    return fit(train_config(config_or_recipe, nested))
+
