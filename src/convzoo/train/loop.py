@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from convzoo import config as C
+from convzoo.data.augment import mixes
 from convzoo.data.pipeline import Loader, build_pipeline
 from convzoo.data.sampler import torch_seed
 from convzoo.errors import ConvzooError
@@ -72,6 +73,7 @@ def train_one_epoch(run: Run, loader: Loader, lrs: list[float],
     model.train()
     loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
     correct = torch.zeros((), device=rt.device, dtype=torch.int64)
+    mixed = torch.zeros((), device=rt.device, dtype=torch.int64)  # images with mixed targets
     count = 0
     for step, (x, y) in enumerate(loader):
         set_lr(optimizer, lrs[step])
@@ -91,18 +93,22 @@ def train_one_epoch(run: Run, loader: Loader, lrs: list[float],
             run.ema.update(run.model)
         watch.update(step + 1, loss)
         loss_sum += loss.detach().double() * y.shape[0]
-        correct += (logits.detach().argmax(dim=1) == y).sum()
+        # mixup/cutmix: y is (B, K) class probabilities; top-1 counts each image's dominant label
+        correct += (logits.detach().argmax(dim=1) == (y if y.ndim == 1 else y.argmax(1))).sum()
+        mixed += (y.amax(1) < 1).sum() if y.ndim > 1 else 0
         count += y.shape[0]
         if progress is not None:
             progress.update(step + 1, y.shape[0],
                             lambda s=loss_sum, n=count: watch.running(s.item() / n))
     totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(count), device=rt.device,
-                                                                   dtype=torch.float64)])
+                                                                   dtype=torch.float64),
+                          mixed.double()])
     if rt.world_size > 1:  # figures over all ranks' images, not rank 0's share
         torch.distributed.all_reduce(totals)
-    loss_total, correct_total, n = totals.tolist()
+    loss_total, correct_total, n, mixed_total = totals.tolist()
     watch.finish(loss_total / n, run.model.parameters())
-    return {"loss": loss_total / n, "top1": 100.0 * correct_total / n, "count": int(n)}
+    return {"loss": loss_total / n, "top1": 100.0 * correct_total / n, "count": int(n),
+            "mixed": mixed_total / n}
 
 
 def evaluate_run(run: Run) -> dict[str, Any]:
@@ -413,6 +419,8 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None,
         row: dict[str, Any] = {"epoch": epoch, "lr": sum(lrs) / len(lrs), "lr_start": lrs[0],
                                "lr_end": lrs[-1], "train_loss": stats["loss"],
                                "train_top1": stats["top1"]}
+        if mixes(cfg.augment):  # train_top1 is then against the dominant label of mixed images
+            row["train_mixed"] = stats["mixed"]
         if epoch == cfg.train.epochs or epoch % cfg.train.eval_every == 0:
             row.update(evaluate_run(run))
             eta.done(evals=1, eval_seconds=row["eval_seconds"])
@@ -447,6 +455,8 @@ def epoch_line(run: Run, row: dict[str, Any], eta: Eta) -> str:
         lr += f" ({row['lr_start']:.3g}->{row['lr_end']:.3g})"
     text = (f"epoch {row['epoch']}/{run.cfg.train.epochs} {lr} train loss "
             f"{row['train_loss']:.4f} top1 {row['train_top1']:.2f}%")
+    if "train_mixed" in row:
+        text += f" (dominant label, {100 * row['train_mixed']:.0f}% mixed)"
     if "eval_top1" in row:
         text += (f" | {row['eval_split']} loss {row['eval_loss']:.4f} top1 "
                  f"{row['eval_top1']:.2f}% top5 {row['eval_top5']:.2f}%")
