@@ -334,10 +334,13 @@ class Augment:
     mixed targets (needed only with mixup/cutmix).
     """
 
-    def __init__(self, cfg: AugmentConfig, seed: int = 0, num_classes: int = 0) -> None:
+    def __init__(self, cfg: AugmentConfig, seed: int = 0, num_classes: int = 0,
+                 channels: int | None = None) -> None:
         self.cfg = cfg
         self.seed = seed
         self.policy = build_policy(cfg)
+        if channels is not None:
+            self._check_fill(channels)
         jitter = cfg.color_jitter
         self.jitter = policies.ColorJitter(*jitter) if any(jitter) else None
         self.erasing = (policies.RandomErasing(cfg.erase_prob, cfg.erase_area, cfg.erase_aspect,
@@ -374,10 +377,7 @@ class Augment:
         c = self.cfg
         if not (self.pixel_ops or rrc):
             return x
-        fill = c.policy_fill
-        if self.policy is not None and fill is not None and len(fill) not in (1, x.shape[1]):
-            raise ConvzooError(f"augment.policy_fill={fill} has {len(fill)} values; the images "
-                               f"have {x.shape[1]} channel(s): give 1 or {x.shape[1]}")
+        self._check_fill(x.shape[1])
         # NCHW float: the ops loop over channels, slow on channels-last data (C = 3 innermost)
         x = x.contiguous().float()
         if rrc:
@@ -388,6 +388,12 @@ class Augment:
         if self.jitter is not None:
             x = self.jitter(x, generator)
         return x
+
+    def _check_fill(self, channels: int) -> None:
+        fill = self.cfg.policy_fill
+        if self.policy is not None and fill is not None and len(fill) not in (1, channels):
+            raise ConvzooError(f"augment.policy_fill={fill} has {len(fill)} values but the images "
+                               f"have {channels} channel(s): give 1 or {channels}")
 
     def windows(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator,
                 epoch: int = 0, index: Tensor | None = None, rrc: bool = True) -> Windows | None:
@@ -466,10 +472,12 @@ class Augment:
         return f"Augment({self.cfg})"
 
 
-def build_train_augment(cfg: AugmentConfig, seed: int = 0, num_classes: int = 0) -> Augment:
+def build_train_augment(cfg: AugmentConfig, seed: int = 0, num_classes: int = 0,
+                        channels: int | None = None) -> Augment:
     """The train-time augmentation of `cfg` (validated); `seed` (the run's seed) only sets the
-    alternate-flip assignment; `num_classes` sizes mixup/cutmix targets."""
-    return Augment(cfg, seed=seed, num_classes=num_classes)
+    alternate-flip assignment; `num_classes` sizes mixup/cutmix targets; `channels` (of the
+    images, when known) checks ``policy_fill`` up front."""
+    return Augment(cfg, seed=seed, num_classes=num_classes, channels=channels)
 
 
 def resize_center_crop(x: Tensor, size: int, fraction: float = EVAL_CROP_FRACTION) -> Tensor:

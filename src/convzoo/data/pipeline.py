@@ -177,7 +177,8 @@ def make_loader(source: Source, split: str, cfg: C.Config, device: torch.device,
                                   rank=rank, world_size=world_size)
     if train:
         common.update(augment=build_train_augment(cfg.augment, seed=cfg.train.seed,
-                                                   num_classes=len(source.classes)),
+                                                   num_classes=len(source.classes),
+                                                   channels=source.geometry.shape[0]),
                       shuffle=True, drop_last=True)
         batch = batch_size or cfg.train.batch_size // world_size
     else:
