@@ -40,10 +40,10 @@ def affine_grid_rrc(x, size, generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
     ok = (w >= 1) & (w <= W) & (h >= 1) & (h <= H)
     first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)
     w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
-    fw, fh = float(W), float(H)
-    if W / H < ratio[0]:
+    fw, fh, in_ratio = float(W), float(H), W / H
+    if in_ratio < ratio[0]:
         fh = float(round(W / ratio[0]))
-    elif W / H > ratio[1]:
+    elif in_ratio > ratio[1]:
         fw = float(round(H * ratio[1]))
     any_ok = ok.any(dim=1)
     w = torch.where(any_ok, w, torch.full_like(w, fw))
