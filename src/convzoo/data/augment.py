@@ -6,8 +6,11 @@ so a run is reproducible under a seed. Numbers are drawn on the generator's devi
 the batch's device: a CUDA generator for a CUDA batch costs no host sync, and a CPU generator
 gives the same draws whatever device the batch is on.
 
-Train order (`Augment`): random_resized_crop -> crop -> pad -> translate -> affine -> flip ->
-cutout. Eval: `build_eval_transform` (deterministic centre crops / resize) and `tta_views`.
+Train (`Augment`, three steps the stage runs around preprocessing): the policy and colour jitter
+on the 0-255 pixels (`convzoo.data.policies`), then random_resized_crop -> crop -> pad ->
+translate -> affine -> flip -> cutout on the preprocessed batch, then random erasing and
+mixup/cutmix (`convzoo.data.mixing`) with the labels; docs/augmentation.md. Eval:
+`build_eval_transform` (deterministic centre crops / resize) and `tta_views`.
 
 The integer-geometry ops (crop, zero pad-and-crop, translate, flip, cutout) compose into one
 per-image `Windows` plan (`convzoo.data.cpu_stage`): on a CPU, large images are then built image
