@@ -14,10 +14,10 @@ random parameters for every image:
   column then says so).
 
 Rows: every policy op with a per-image magnitude, ColorJitter, RandomErasing, the
-random-resized crop (from 1.15x the size; convzoo's old grid_sample RRC, the separable one, and
-the separable one with antialiasing against v2's default antialiased RRC), the three policies,
-mixup/cutmix, and two full pipelines (policy -> normalise -> flip -> mixup/cutmix; at 224 px
-RRC first). Timing: ``--repeats`` rounds after one warm-up, the sides alternating within each
+random-resized crop (from 1.15x the size; the separable one, and with antialiasing, against v2's
+default antialiased RRC), the three policies, mixup/cutmix, and two full pipelines (policy ->
+normalise -> flip -> mixup/cutmix; at 224 px RRC first), convzoo's being the training stage
+(`convzoo.data.stage.Stage`) from the uint8 batch. Timing: ``--repeats`` rounds after one warm-up, the sides alternating within each
 round (so a load change hits both); the median and the [min, max] spread are printed. On a
 shared machine, ``--clock cpu --threads 1`` reports CPU time instead, which other jobs inflate
 far less than elapsed time.
@@ -44,8 +44,11 @@ from pathlib import Path
 import torch
 from torchvision.transforms import v2
 
+from convzoo.config import AugmentConfig
 from convzoo.data import augment, policies, resample
 from convzoo.data.mixing import MixUpCutMix
+from convzoo.data.preprocess import Preprocessor
+from convzoo.data.stage import Stage
 
 MEAN = torch.tensor([125.307, 122.95, 113.865]).view(1, 3, 1, 1)  # CIFAR-10, 0-255 scale
 STD = torch.tensor([62.9932, 62.0887, 66.7048]).view(1, 3, 1, 1)
@@ -156,8 +159,6 @@ def build_cases(size: int, batch: int, device: torch.device, seed: int = 0) -> l
     erase, tv_erase = P.RandomErasing(p=0.5, mode="pixel"), v2.RandomErasing(p=0.5, value="random")
     add("RandomErasing", lambda: erase(normed, g), _per_image(tv_erase, normed_images))
     tv_rrc = v2.RandomResizedCrop(size, antialias=True)
-    add("RRC old (grid_sample)", lambda: augment.random_resized_crop(big, size, g),
-        _per_image(tv_rrc, big_images))
     add("RRC", lambda: resample.random_resized_crop(big, size, g), _per_image(tv_rrc, big_images))
     add("RRC antialias", lambda: resample.random_resized_crop(big, size, g, antialias=True),
         _per_image(tv_rrc, big_images))
@@ -175,22 +176,29 @@ def build_cases(size: int, batch: int, device: torch.device, seed: int = 0) -> l
         lambda: tv_mix(normed, labels))
 
     # Full pipelines: [RRC ->] policy -> normalise -> flip -> mixup/cutmix, giving the batch and
-    # its soft targets. v2: the per-image part in one Compose per image, then the batch mix.
-    mean, std = MEAN.to(device), STD.to(device)
-    for pname, policy, tv_policy in (("TrivialAugment", ta, tv_ta), ("RandAugment", ra, tv_ra)):
+    # its soft targets. convzoo: the training stage itself (`Stage`, as both loaders run it: on a
+    # CPU the policy on the whole batch, then crop/flip and normalisation in one pass per
+    # image), from the uint8 batch. v2: the per-image part in one Compose per image, then the
+    # batch mix.
+    pre = Preprocessor("channel", {"mean": MEAN.flatten(), "std": STD.flatten()}).to(device)
+    index = torch.arange(batch, device=device)
+    for pname, tv_policy in (("TrivialAugment", tv_ta), ("RandAugment", tv_ra)):
         rrc = size >= 64
         tv_steps = ([tv_rrc] if rrc else []) + [tv_policy, v2.ToDtype(torch.float32, scale=True),
                                                 v2.Normalize((MEAN / 255).flatten().tolist(),
                                                              (STD / 255).flatten().tolist()),
                                                 v2.RandomHorizontalFlip()]
         tv_pipe = v2.Compose(tv_steps)
-        source, source_images = (big, big_images) if rrc else (x, images)
+        source, source_images = (big_u8, big_images) if rrc else (u8, images)
+        cfg = AugmentConfig(random_resized_crop=size if rrc else 0, pad=0, flip=True,
+                            policy=pname.lower(), mixup_alpha=0.8, cutmix_alpha=1.0,
+                            mix_mode="elem")
+        stage = Stage(pre, augment.build_train_augment(cfg, num_classes=10))
+        on_device = source.to(device)
+        batches = iter(range(10**9))  # a fresh batch number (fresh draws) per call
 
-        def convzoo_pipe(policy=policy, source=source, rrc=rrc):
-            y = resample.random_resized_crop(source, size, g) if rrc else source
-            y = (policy(y, g) - mean) / std
-            y = augment.random_flip(y, g)
-            return mix(y, labels, g).targets(10)
+        def convzoo_pipe(stage=stage, source=on_device, batches=batches):
+            return stage(source, labels, index, 0, next(batches))
 
         def tv_pipeline(tv_pipe=tv_pipe, source_images=source_images):
             return tv_mix(torch.stack([tv_pipe(i) for i in source_images]), labels)

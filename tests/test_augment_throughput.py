@@ -11,7 +11,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "augment_throughpu
 
 ROWS = ["Brightness", "Contrast", "Saturation", "Hue", "Sharpness", "Posterize", "Solarize",
         "AutoContrast", "Equalize", "Rotate", "ShearX", "TranslateX", "ColorJitter",
-        "RandomErasing", "RRC old (grid_sample)", "RRC", "RRC antialias", "RandAugment(2, 9)",
+        "RandomErasing", "RRC", "RRC antialias", "RandAugment(2, 9)",
         "TrivialAugment", "AutoAugment imagenet", "MixUp/CutMix (per image)"]
 
 

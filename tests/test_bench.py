@@ -7,6 +7,7 @@ import csv
 import json
 
 import pytest
+import torch
 
 from convzoo import config as C
 from convzoo.bench import data_facts
@@ -116,3 +117,19 @@ def test_not_a_run_directory(tmp_path, capsys):
     assert main(["bench", "--runs", str(tmp_path), "--model", "resnet20"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "not a run directory" in err and str(tmp_path) in err
+
+
+def test_bench_batches_go_through_the_training_stage_policy_and_mixing_included():
+    """`convzoo bench --recipe` times what training runs: a recipe's policy and mixing are in
+    its synthetic batches (soft targets), drawn per batch."""
+    from convzoo.bench import DataFacts, synthetic_data
+    from convzoo.train.setup import resolve_runtime
+
+    cfg = C.apply_overrides(C.from_dict(C.load_recipe("resnet56-cifar10-modern")),
+                            {"train": {"batch_size": 16, "device": "cpu"}})
+    data = synthetic_data(cfg, DataFacts("cifar10", 10, (3, 32, 32), 50_000),
+                          resolve_runtime(cfg.train))
+    data.train.steps = 2
+    (x1, y1), (x2, y2) = list(data.train)
+    assert x1.shape == (16, 3, 32, 32) and y1.shape == (16, 10)
+    assert torch.allclose(y1.sum(1), torch.ones(16)) and not torch.equal(x1, x2)

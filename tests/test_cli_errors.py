@@ -57,6 +57,26 @@ def test_bad_arguments(args, needles, tmp_path):
                           else convzoo(*args), *needles)
 
 
+@pytest.mark.parametrize("kind", ["memory", "stream"])
+def test_a_policy_fill_for_other_channels_is_one_line_and_leaves_no_run(tmp_path, kind):
+    """policy_fill has 3 values, the images are made grey (1 channel): found before anything
+    is written, by either loader (a streamed run would meet it in a worker process)."""
+    data = "digits"
+    if kind == "stream":
+        from convzoo.data.pack import pack
+        pack(image_folder(tmp_path / "src"), tmp_path / "packed", workers=1, progress=False)
+        data = str(tmp_path / "packed")
+    out = tmp_path / "runs"
+    result = convzoo("train", "--data", data, "--set", "data.image_size=8", "--epochs", "1",
+                     "--batch-size", "2", "--set", "data.channels=1",
+                     "--set", f"data.loader={kind}",
+                     "--set", "augment.policy=trivialaugment",
+                     "--set", "augment.policy_fill=[124,116,104]", "--out", str(out),
+                     "--device", "cpu")
+    assert_one_line_error(result, "augment.policy_fill=[124.0, 116.0, 104.0]", "1 channel")
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_folder_with_no_images(tmp_path):
     root = image_folder(tmp_path / "data", empty=True)
     assert_one_line_error(convzoo("train", "--data", str(root), "--out", str(tmp_path)), str(root))

@@ -246,6 +246,21 @@ def test_run_names_are_one_folder(name):
     ({"data": {"image_size": 16}, "augment": {"cutout": 17}}, "augment.cutout=17 is larger"),
     ({"augment": {"rrc_scale": [0.9, 0.1]}}, "augment.rrc_scale=.*increasing"),
     ({"augment": {"scale": [1.1, 0.9]}}, "augment.scale=.*increasing"),
+    ({"augment": {"policy": "randaugment", "policy_bins": 11, "randaugment_magnitude": 11}},
+     r"augment.randaugment_magnitude=11 must be below augment.policy_bins=11 \(bins 0 to 10\)"),
+    ({"augment": {"color_jitter": [0.4, 0.4, 0.4, 0.6]}}, r"augment.color_jitter=.*\[0, 0.5\]"),
+    ({"augment": {"color_jitter": [0.4, 0.4, 0.4]}}, r"augment.color_jitter=.*list of 4 values"),
+    ({"augment": {"color_jitter": [-0.1, 0, 0, 0]}}, r"augment.color_jitter=.*\[0, inf\)"),
+    ({"augment": {"erase_area": [0.3, 0.1]}}, "augment.erase_area=.*increasing"),
+    ({"augment": {"erase_area": [0, 0.1]}}, r"augment.erase_area=.*\(0, 1\]"),
+    ({"augment": {"erase_count": [0, 1]}}, r"augment.erase_count=.*\[1, 100\]"),
+    ({"augment": {"erase_prob": 1.5}}, r"augment.erase_prob=1.5 is outside .*\[0, 1\]"),
+    ({"augment": {"mixup_alpha": -1}}, r"augment.mixup_alpha=-1.0 is outside"),
+    ({"augment": {"mix_prob": 2}}, r"augment.mix_prob=2.0 is outside"),
+    ({"augment": {"rrc_ratio": [2, 1]}}, "augment.rrc_ratio=.*increasing"),
+    ({"augment": {"policy": "randaugmnet"}}, r"augment.policy: 'randaugmnet' is not one of"),
+    ({"augment": {"policy_fill": [1, 2, 3, 4]}}, r"augment.policy_fill=.*1 to 3 values"),
+    ({"augment": {"policy_fill": [256]}}, r"augment.policy_fill=.*\[0, 255\]"),
     ({"schedule": {"milestones": [90, 90]}}, "schedule.milestones=.*strictly increasing"),
     ({"stages": [{"epochs": 3}]}, r"stages\[0\].epochs=3 must exceed the epoch it starts from \(3\)"),
     ({"stages": [{"epochs": 5}, {"epochs": 5}]}, r"stages\[1\].epochs=5 must exceed"),
@@ -268,6 +283,9 @@ def test_the_rules_allow_what_they_should():
     C.from_dict({"optim": {"name": "adam", "nesterov": True, "momentum": 0}})
     C.from_dict({"data": {"image_size": 32}, "augment": {"crop": 32, "cutout": 32}})
     C.from_dict({"augment": {"rrc_scale": [0.5, 0.5]}})
+    C.from_dict({"augment": {"randaugment_magnitude": 30, "policy_bins": 11}})  # no randaugment
+    C.from_dict({"augment": {"policy": "randaugment", "policy_bins": 11,
+                             "randaugment_magnitude": 10, "color_jitter": [0, 0, 0, 0.5]}})
 
 
 def test_stages_are_checked_up_front_and_typed():
@@ -370,18 +388,27 @@ def test_every_key_has_a_comment():
 def test_every_choice_key_is_a_literal():
     names = {"data.loader", "data.eval_split", "preprocess.kind", "augment.pad_mode",
              "augment.flip_mode", "augment.tta", "optim.name", "schedule.name", "schedule.anneal",
-             "schedule.monitor", "train.precision", "data.channels"}
+             "schedule.monitor", "train.precision", "data.channels", "augment.policy",
+             "augment.policy_interpolation", "augment.erase_mode", "augment.mix_mode"}
     assert all(typing.get_origin(_scalar(KEYS[k])) is Literal for k in names)
 
 
 def test_choices_match_what_the_code_implements():
-    from convzoo.data import augment, preprocess
+    from convzoo.data import augment, mixing, policies, preprocess
     from convzoo.train import optim, schedule
 
     assert set(C.choices("preprocess.kind")) == set(preprocess.KINDS)
     assert set(C.choices("augment.tta")) == set(augment.TTA_MODES)
     assert set(C.choices("augment.pad_mode")) == set(augment.PAD_MODES)
     assert set(C.choices("augment.flip_mode")) == set(augment.FLIP_MODES)
+    assert set(C.choices("augment.policy")) == {"none", "randaugment", "trivialaugment"} | {
+        f"autoaugment-{p}" for p in policies.AUTOAUGMENT_POLICIES}
+    assert set(C.choices("augment.policy_interpolation")) == set(policies.INTERPOLATIONS)
+    assert set(C.choices("augment.erase_mode")) == set(policies.ERASE_MODES)
+    assert set(C.choices("augment.mix_mode")) == set(mixing.MIX_MODES)
+    for policy in C.choices("augment.policy"):  # every choice builds
+        built = augment.build_policy(C.AugmentConfig(policy=policy))
+        assert (built is None) == (policy == "none"), policy
     assert set(C.choices("optim.name")) == set(optim.OPTIMIZERS)
     assert set(C.choices("schedule.name")) == set(schedule.SCHEDULES)
 
@@ -437,6 +464,10 @@ CONTEXT = {
     "optim.nesterov": {"optim.momentum": "0.9"},
     "train.accum_steps": {"train.batch_size": "4000"},  # the batch divides into micro-batches
 }
+# Lists whose elements have different ranges (a rule between them): their valid texts.
+LIST_VALUES = {
+    "augment.color_jitter": [("[4e-1, 0.4, 0, 5e-1]", [0.4, 0.4, 0.0, 0.5])],  # hue <= 0.5
+}
 
 
 def valid_texts(key: str, tp: Any) -> list[tuple[str, Any]]:
@@ -464,6 +495,8 @@ def valid_texts(key: str, tp: Any) -> list[tuple[str, Any]]:
         out += [("[]", []), ("[{epochs: 5, set: {optim.lr: 1e-2}}, {epochs: 7}]",
                              [{"epochs": 5, "set": {"optim.lr": 0.01}, "from_epoch": 0, "started": ""},
                               {"epochs": 7, "set": {}, "from_epoch": 0, "started": ""}])]
+    elif key in LIST_VALUES:
+        out += LIST_VALUES[key]
     elif origin is list:
         n = length.lo if length else 3
         lo, *rest = _valid_numbers(in_rule, False)

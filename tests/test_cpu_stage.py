@@ -241,3 +241,130 @@ def test_shared_buffer_reuse_is_really_active(large_folder: Path, tmp_path: Path
     # batches prefetched while every slot is held get fresh memory
     assert slots.made <= slots.count and slots.reused >= total // 2, (slots.reused, total)
     assert in_slots >= slots.reused, (in_slots, slots.reused, total)
+
+
+# ----------------------------------------------------------------------------- policies, mixing
+
+# Stage configs with every step of docs/augmentation.md: policy / jitter on the 0-255 pixels,
+# integer geometry or resampling after preprocessing, erasing, mixing with the labels.
+MODERN_CFGS = [
+    acfg(pad=4, flip=True, policy="trivialaugment", mixup_alpha=0.8, cutmix_alpha=1.0),
+    acfg(crop=64, flip=True, cutout=8, policy="randaugment", color_jitter=[0.4, 0.4, 0.4, 0.1],
+         erase_prob=0.5, erase_mode="pixel", cutmix_alpha=1.0, mix_mode="elem"),
+    acfg(random_resized_crop=64, flip=True, policy="autoaugment-imagenet", erase_prob=0.5,
+         erase_count=[1, 3], mixup_alpha=0.4, mix_prob=0.7),  # rrc moves before the policy
+    acfg(rotate=10.0, policy="trivialaugment", policy_fill=[124, 116, 104], erase_prob=1.0,
+         erase_mode="rand", mixup_alpha=1.0, mix_mode="elem"),
+]
+MODERN_IDS = ["trivial-mix", "randaug-jitter-erase-cutmix-elem", "rrc-autoaug-erase-mixup",
+              "rotate-trivial-fill-erase-mixup-elem"]
+
+
+def _stage(cfg, images, kind="channel", seed=3):
+    from convzoo.data.stage import Stage
+    pre = fit_preprocessor(PreprocessConfig(kind=kind), images)
+    return Stage(pre, build_train_augment(cfg, seed=seed, num_classes=5), seed=seed)
+
+
+@pytest.mark.parametrize("cfg", MODERN_CFGS, ids=MODERN_IDS)
+def test_policy_erasing_and_mixing_per_image_path_equals_the_batched_ops(cfg, monkeypatch):
+    """With a policy before preprocessing and erasing/mixing after it, the CPU stage (per-image
+    windows where the geometry allows) gives exactly the batched stage's images and targets,
+    which are those of the steps composed by hand in the documented order, from one generator."""
+    images = torch.randint(0, 256, (7, 3, 70, 75), dtype=torch.uint8, generator=gen(1))
+    labels = torch.tensor([0, 1, 2, 3, 4, 0, 1])
+    index = torch.arange(20, 27)
+    stage = _stage(cfg, images)
+    fast = stage(images, labels, index, 2, 5)
+    with monkeypatch.context() as m:
+        m.setattr(A, "per_image", lambda shape, device: False)
+        m.setattr(stage_module, "per_image", lambda shape, device: False)
+        batched = stage(images, labels, index, 2, 5)
+    aug, g = stage.augment, stage.generator("cpu", 2, 5)
+    moved = bool(cfg.random_resized_crop)
+    assert stage.rrc_first is moved
+    x = aug.pixels(images, g, rrc=moved)  # 1. 0-255 pixels
+    x = aug(stage.preprocess(x), g, 2, index, rrc=not moved)  # 2. after preprocessing
+    composed = aug.finish(x, labels, g)  # 3. erasing, mixing
+    for got in (fast, batched):
+        assert torch.equal(got[0], composed[0]) and torch.equal(got[1], composed[1])
+    x, targets = fast
+    assert x.dtype == torch.float32 and targets.shape == (7, 5)
+    assert torch.allclose(targets.sum(1), torch.ones(7))
+    assert not torch.equal(stage(images, labels, index, 2, 6)[0], x)  # another batch, other draws
+
+
+def test_the_policy_sees_raw_pixels_and_erasing_the_normalised_batch(monkeypatch):
+    """Step order: the policy gets float 0-255 pixels (the moved rrc's crop for a pixelwise
+    preprocessing, the stored size for a mean image), erasing the normalised, augmented batch."""
+    images = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8, generator=gen(2))
+    seen = {}
+
+    def policy(x, generator):
+        seen["policy"] = (x.dtype, tuple(x.shape), float(x.max()))
+        return x
+
+    def erasing(x, generator):
+        seen["erasing"] = (tuple(x.shape), float(x.mean()))
+        return x
+
+    cfg = acfg(random_resized_crop=24, flip=True, policy="trivialaugment", erase_prob=1.0)
+    for kind, moved in (("channel", True), ("none", True), ("mean_image", False)):
+        stage = _stage(cfg, images, kind)
+        monkeypatch.setattr(stage.augment, "policy", policy)
+        monkeypatch.setattr(stage.augment, "erasing", erasing)
+        x, y = stage(images, torch.zeros(6, dtype=torch.int64), torch.arange(6), 0, 0)
+        assert stage.rrc_first is moved and x.shape == (6, 3, 24, 24) and y.dtype == torch.int64
+        assert seen["policy"][:2] == (torch.float32, (6, 3, 24 if moved else 40, 24 if moved else 40))
+        assert seen["policy"][2] > 200  # 0-255 scale
+        assert seen["erasing"][0] == (6, 3, 24, 24) and abs(seen["erasing"][1]) < 1.0
+    # without a policy the crop stays after preprocessing (the numbers of earlier runs)
+    assert not _stage(acfg(random_resized_crop=24), images).rrc_first
+
+
+def test_moving_the_rrc_before_a_pixelwise_preprocessing_changes_only_rounding():
+    """Bilinear resampling commutes with (x - mean) * scale: the crop of the raw pixels,
+    normalised, is the crop of the normalised pixels (why step 1 may take it)."""
+    images = torch.randint(0, 256, (8, 3, 50, 60), dtype=torch.uint8, generator=gen(3))
+    pre = fit_preprocessor(PreprocessConfig(kind="channel"), images)
+    for antialias in (False, True):
+        aug = build_train_augment(acfg(random_resized_crop=32, rrc_antialias=antialias))
+        before = pre(aug.pixels(images, gen(4), rrc=True))
+        after = aug(pre(images), gen(4))
+        torch.testing.assert_close(before, after, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("cfg", [acfg(crop=64, pad=4, flip=True), *MODERN_CFGS[:3]],
+                         ids=["geometry-only", *MODERN_IDS[:3]])
+def test_resident_and_stream_loaders_give_the_same_policy_and_mixed_batches(
+        cfg, large_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory vs stream (workers, shared buffers) with a policy, erasing and mixing: the same
+    images and the same soft targets, batch for batch, and the per-image CPU path equal to the
+    batched one."""
+    dest = tmp_path / "jpeg"
+    pack(large_folder, dest, fmt="jpeg", workers=1, progress=False)
+    memory = load_packed(dest).splits["train"]
+    pre = fit_preprocessor(PreprocessConfig(kind="channel"), memory.images)
+    aug = build_train_augment(cfg, seed=1, num_classes=2)
+
+    def epochs(kind, workers=0):
+        common = dict(shuffle=True, drop_last=True, seed=2, preprocess=pre, augment=aug)
+        loader = (ResidentLoader(memory, 5, **common) if kind == "memory" else
+                  StreamLoader(open_packed(dest).splits["train"], 5, workers=workers, **common))
+        out = []
+        for e in range(2):
+            loader.set_epoch(e)
+            out.append([(x.clone(), y.clone()) for x, y in loader])
+        return out
+
+    fast, stream = epochs("memory"), epochs("stream", workers=2)
+    with monkeypatch.context() as m:
+        m.setattr(A, "per_image", lambda shape, device: False)
+        m.setattr(stage_module, "per_image", lambda shape, device: False)
+        batched = epochs("memory")
+    mixes = A.mixes(cfg)
+    for e in range(2):
+        for (x, y), (xs, ys), (xb, yb) in zip(fast[e], stream[e], batched[e], strict=True):
+            assert torch.equal(x, xs) and torch.equal(x, xb)
+            assert torch.equal(y, ys) and torch.equal(y, yb)
+            assert y.shape == ((5, 2) if mixes else (5,))

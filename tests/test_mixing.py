@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from convzoo.data.mixing import Mixed, MixUpCutMix, cutmix_boxes
@@ -172,3 +173,14 @@ def test_cuda_batch_matches_cpu():
     cuda = mixer(x.cuda(), y.cuda(), gen(5))
     torch.testing.assert_close(cuda.images.cpu(), cpu.images)
     torch.testing.assert_close(cuda.targets(10).cpu(), cpu.targets(10))
+
+
+def test_targets_are_exact_shares_and_one_hot_for_a_partner_of_the_same_class():
+    """lam and 1 - lam where the labels differ; exactly one-hot where they agree, whatever lam
+    (what the loop's count of mixed targets, `max < 1`, relies on)."""
+    lam = torch.linspace(0, 1, 101)
+    labels = torch.zeros(101, dtype=torch.int64)
+    same = Mixed(torch.zeros(101, 1, 1, 1), labels, labels.clone(), lam).targets(3)
+    assert torch.equal(same, F.one_hot(labels, 3).float())
+    other = Mixed(torch.zeros(101, 1, 1, 1), labels, labels + 1, lam).targets(3)
+    assert torch.equal(other[:, 0], lam) and torch.equal(other[:, 1], 1 - lam)

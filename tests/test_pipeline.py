@@ -55,11 +55,21 @@ def test_stream_and_memory_train_to_similar_accuracy(digits_pack: Path, tmp_path
     assert result["top1"] == pytest.approx(stream["top1"], abs=1e-9)
 
 
-def test_stream_resume_is_exact(digits_pack: Path, tmp_path: Path) -> None:
+# issue 15's steps: a policy on the pixels, jitter, erasing, mixup/cutmix with soft targets
+MODERN = ["--set", "augment.policy=trivialaugment", "--set", "augment.color_jitter=[.4,.4,.4,.1]",
+          "--set", "augment.erase_prob=0.5", "--set", "augment.mixup_alpha=0.8", "--set",
+          "augment.cutmix_alpha=1.0", "--set", "augment.mix_mode=elem"]
+
+
+@pytest.mark.parametrize("loader, extra", [("stream", []), ("stream", MODERN),
+                                           ("memory", MODERN)], ids=["stream", "stream-modern",
+                                                                     "memory-modern"])
+def test_stream_resume_is_exact(digits_pack: Path, tmp_path: Path, loader: str,
+                                extra: list[str]) -> None:
     # constant lr: 1 epoch + a resumed 2nd epoch is the same schedule as 2 epochs straight
-    common = ["--data", str(digits_pack), "--set", "data.loader=stream", "--set",
+    common = ["--data", str(digits_pack), "--set", f"data.loader={loader}", "--set",
               "data.limit=128", "--set", "augment.translate=1", "--seed", "5",
-              "--set", "schedule.name=constant"]
+              "--set", "schedule.name=constant", *extra]
     train(tmp_path, "straight", *common, "--epochs", "2")
     train(tmp_path, "split", *common, "--epochs", "1")
     assert main(["train", "--resume", str(tmp_path / "split"), "--epochs", "2"]) == 0
@@ -67,6 +77,8 @@ def test_stream_resume_is_exact(digits_pack: Path, tmp_path: Path) -> None:
     b = load_file(tmp_path / "split" / "model.safetensors")
     for key in a:
         assert torch.equal(a[key], b[key]), key
+    rows = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").open()]
+    assert [("train_mixed" in r) for r in rows] == [bool(extra)] * 2  # mixing really was on
 
 
 def test_stream_val_fraction_and_limit(digits_pack: Path) -> None:

@@ -109,7 +109,7 @@ def test_recipe_validates_and_builds_its_model(name):
     if name in SEED_FACTS or name.endswith("-fast"):
         assert cfg.train.name == ""  # each run names its own directory
     assert cfg.optim.name in OPTIMIZERS and cfg.schedule.name in SCHEDULES
-    build_train_augment(cfg.augment, seed=0), build_eval_transform(cfg.augment)
+    build_train_augment(cfg.augment, seed=0, num_classes=10), build_eval_transform(cfg.augment)
     if name.endswith("-fast"):  # convzoo's own recipes say so
         assert cfg.source == "convzoo" and cfg.description.startswith("convzoo")
         assert cfg.optim.nesterov and cfg.optim.no_decay_norm_bias

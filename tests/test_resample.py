@@ -1,9 +1,13 @@
-"""Separable random-resized crop: the old grid_sample RRC's numbers, torchvision's resized_crop."""
+"""Separable random-resized crop: the former grid_sample RRC's numbers, torchvision's
+resized_crop, and `augment.random_resized_crop` (the training op) built on it."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import v2
 
@@ -21,6 +25,49 @@ def images(b: int, h: int, w: int, dtype=torch.float32, seed: int = 0) -> torch.
     return x.cumsum(-1).div(w**0.5).to(dtype)
 
 
+def affine_grid_rrc(x, size, generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), attempts=10):
+    """The reference: convzoo's RRC before the separable resampler (one affine_grid +
+    grid_sample), kept here so the new one is checked against the numbers it replaced."""
+    B, _, H, W = x.shape
+
+    def rand(n):
+        return torch.rand(n, generator=generator)
+
+    area = (scale[0] + rand(B * attempts) * (scale[1] - scale[0])) * (H * W)
+    r = torch.exp(math.log(ratio[0]) + rand(B * attempts) * math.log(ratio[1] / ratio[0]))
+    w = torch.round(torch.sqrt(area * r)).view(B, attempts)
+    h = torch.round(torch.sqrt(area / r)).view(B, attempts)
+    ok = (w >= 1) & (w <= W) & (h >= 1) & (h <= H)
+    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)
+    w, h = w.gather(1, first).squeeze(1), h.gather(1, first).squeeze(1)
+    fw, fh, in_ratio = float(W), float(H), W / H
+    if in_ratio < ratio[0]:
+        fh = float(round(W / ratio[0]))
+    elif in_ratio > ratio[1]:
+        fw = float(round(H * ratio[1]))
+    any_ok = ok.any(dim=1)
+    w = torch.where(any_ok, w, torch.full_like(w, fw))
+    h = torch.where(any_ok, h, torch.full_like(h, fh))
+    top = torch.where(any_ok, torch.floor(rand(B) * (H - h + 1)), torch.floor((H - h) / 2))
+    left = torch.where(any_ok, torch.floor(rand(B) * (W - w + 1)), torch.floor((W - w) / 2))
+    theta = torch.zeros(B, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = w / W, h / H
+    theta[:, 0, 2], theta[:, 1, 2] = (2 * left + w) / W - 1, (2 * top + h) / H - 1
+    grid = F.affine_grid(theta.to(x.dtype), [B, x.shape[1], size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def test_the_training_rrc_is_the_separable_one_with_the_same_draws():
+    x = images(12, 48, 40)
+    for kw in ({}, {"scale": [0.3, 0.9], "ratio": [0.5, 2.0]}, {"antialias": True}):
+        assert torch.equal(augment.random_resized_crop(x, 24, gen(3), **kw),
+                           random_resized_crop(x, 24, gen(3), **kw)), kw
+    g1, g2 = gen(4), gen(4)
+    augment.random_resized_crop(x, 24, g1)
+    affine_grid_rrc(x, 24, g2)
+    assert torch.equal(g1.get_state(), g2.get_state())  # drew exactly as many numbers
+
+
 @pytest.mark.parametrize(("h", "w", "size"), [(32, 32, 32), (32, 32, 24), (256, 256, 224),
                                               (64, 128, 48), (16, 16, 40)])
 def test_same_boxes_and_values_as_the_grid_sample_rrc_in_float64(h, w, size):
@@ -28,7 +75,7 @@ def test_same_boxes_and_values_as_the_grid_sample_rrc_in_float64(h, w, size):
     # both implementations compute the same sampling positions and must agree to rounding.
     x = images(24, h, w, torch.float64)
     for scale in ([0.08, 1.0], [0.5, 0.5], [1.0, 1.0]):
-        old = augment.random_resized_crop(x, size, gen(3), scale=scale)
+        old = affine_grid_rrc(x, size, gen(3), scale=scale)
         new = random_resized_crop(x, size, gen(3), scale=scale)
         assert new.shape == old.shape == (24, 3, size, size)
         torch.testing.assert_close(new, old, atol=1e-10, rtol=0)
@@ -41,7 +88,7 @@ def test_float32_difference_is_the_old_grids_coordinate_rounding(h, w, size):
     # unnormalise), off by up to ~size * 2^-23 px; the new one rounds float64 positions once.
     # The values may differ by that much times the steepest step between neighbouring pixels.
     x = images(32, h, w)
-    old = augment.random_resized_crop(x, size, gen(1))
+    old = affine_grid_rrc(x, size, gen(1))
     new = random_resized_crop(x, size, gen(1))
     steep = max(x.diff(dim=-1).abs().max().item(), x.diff(dim=-2).abs().max().item())
     bound = 4 * max(h, w) * 2.0**-23 * steep + 1e-6

@@ -43,6 +43,7 @@ from convzoo import config as C
 from convzoo import report
 from convzoo.data.augment import EVAL_CROP_FRACTION, build_train_augment
 from convzoo.data.preprocess import fit_preprocessor
+from convzoo.data.stage import Stage
 from convzoo.errors import ConvzooError
 from convzoo.models import get_entry
 from convzoo.models.info import default_num_classes
@@ -229,7 +230,7 @@ class SyntheticLoader:
     """``steps`` training batches drawn from one resident pool of random uint8 images.
 
     Each batch is a random permutation of the pool, preprocessed and augmented on the device
-    exactly as ``DeviceLoader`` does for a real split; like one it has ``preprocess``, ``head``
+    by the loaders' one stage (`Stage.apply`); like a loader it has ``preprocess``, ``head``
     and ``set_epoch`` (``data_dependent_init`` uses the first two).
     """
 
@@ -237,6 +238,7 @@ class SyntheticLoader:
                  augment: Any, seed: int = 0) -> None:
         self.images, self.labels = images, labels  # (B, C, H, W) uint8, (B,) int64 on the device
         self.steps, self.preprocess, self.augment, self.seed = steps, preprocess, augment, seed
+        self.stage = Stage(preprocess, augment, seed=seed)
 
     def __len__(self) -> int:
         return self.steps
@@ -253,8 +255,9 @@ class SyntheticLoader:
         n = self.images.shape[0]
         for _ in range(self.steps):
             index = torch.randperm(n, generator=generator, device=self.images.device)
-            x = self.augment(self.preprocess(self.images[index]), generator, 1, index)
-            yield x, self.labels[index]
+            # the stage's batched steps, as training runs them: policy, preprocess, augment,
+            # erasing, mixing (targets soft when the recipe mixes)
+            yield self.stage.apply(self.images[index], self.labels[index], index, generator, 1)
 
 
 def device_name(device: torch.device) -> str:
@@ -290,7 +293,8 @@ def synthetic_data(cfg: C.Config, facts: DataFacts, rt: Any) -> SyntheticData:
     images = torch.randint(0, 256, (batch, *facts.image_shape), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, facts.num_classes, (batch,), generator=gen)
     preprocess = fit_preprocessor(cfg.preprocess, images).to(rt.device)
-    augment = build_train_augment(cfg.augment, seed=cfg.train.seed)
+    augment = build_train_augment(cfg.augment, seed=cfg.train.seed,
+                                  num_classes=facts.num_classes, channels=facts.image_shape[0])
     loader = SyntheticLoader(images.to(rt.device), labels.to(rt.device), 1, preprocess, augment)
     return SyntheticData([str(i) for i in range(facts.num_classes)], facts.image_shape, loader,
                          preprocess)

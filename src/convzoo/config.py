@@ -184,13 +184,20 @@ class PreprocessConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Batched train-time augmentation, applied on the device in the fixed order listed here."""
+    """Batched train-time augmentation, per image random, on the device. Order of the steps
+    (docs/augmentation.md): policy and colour jitter on the 0-255 pixels, preprocessing, then
+    rrc, crop, pad, translate, affine, flip, cutout, random erasing, and mixup/cutmix last."""
 
     # ImageNet-style random resized crop to this size (0 = off)
     random_resized_crop: Annotated[int, In("[0, 8192]")] = 0
     # RRC area range [lo, hi], fractions of the image
     rrc_scale: Annotated[list[float], Len(2), In("(0, 1]"), Ordered()] = field(
         default_factory=lambda: [0.08, 1.0])
+    # RRC aspect-ratio (width / height) range [lo, hi], log-uniform
+    rrc_ratio: Annotated[list[float], Len(2), In("(0, inf)"), Ordered()] = field(
+        default_factory=lambda: [0.75, 1.3333333333333333])
+    # RRC with torchvision's antialiasing (the transforms.v2 default) instead of plain bilinear
+    rrc_antialias: bool = False
     # random crop to this size at train, centre crop at eval (seed A: 28; 0 = off)
     crop: Annotated[int, In("[0, 8192]")] = 0
     # pad-and-random-crop back to the input size by this many pixels (seed B: 4)
@@ -208,6 +215,46 @@ class AugmentConfig:
     cutout: Annotated[int, In("[0, 8192]")] = 0  # zero a random square of this side (0 = off)
     # eval-time views averaged: none | flip | flip_translate | multicrop
     tta: Literal["none", "flip", "flip_translate", "multicrop"] = "none"
+    # per-image policy on the 0-255 pixels, before preprocessing (docs/augmentation.md):
+    # none | randaugment | trivialaugment | autoaugment-imagenet | -cifar10 | -svhn
+    policy: Literal["none", "randaugment", "trivialaugment", "autoaugment-imagenet",
+                    "autoaugment-cifar10", "autoaugment-svhn"] = "none"
+    randaugment_ops: Annotated[int, In("[0, 16]")] = 2  # RandAugment N: ops per image
+    # RandAugment M: magnitude bin in [0, policy_bins - 1] (torchvision's M)
+    randaugment_magnitude: Annotated[int, In("[0, 1000]")] = 9
+    # magnitude bins of randaugment/trivialaugment (torchvision: 31; timm's "m9" strengths: 11)
+    policy_bins: Annotated[int, In("[2, 1000]")] = 31
+    # resampling of the policy's rotate/shear/translate: nearest | bilinear
+    policy_interpolation: Literal["nearest", "bilinear"] = "nearest"
+    # fill of the policy's geometric ops, 0-255 per channel (null = 0; timm: [124, 116, 104])
+    policy_fill: Annotated[list[float] | None, Len(1, 3), In("[0, 255]")] = None
+    # colour jitter per image: brightness, contrast, saturation, hue (torchvision; 0 = off;
+    # hue <= 0.5)
+    color_jitter: Annotated[list[float], Len(4), In("[0, inf)")] = field(
+        default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    # random erasing probability per image, on the normalised batch (timm re_prob; 0 = off)
+    erase_prob: Annotated[float, In("[0, 1]")] = 0.0
+    # erased area range [lo, hi], fractions of the image (split over the boxes of an image)
+    erase_area: Annotated[list[float], Len(2), In("(0, 1]"), Ordered()] = field(
+        default_factory=lambda: [0.02, 0.3333333333333333])
+    # erased box height / width range [lo, hi], log-uniform
+    erase_aspect: Annotated[list[float], Len(2), In("(0, inf)"), Ordered()] = field(
+        default_factory=lambda: [0.3, 3.3333333333333335])
+    # erasing fill: const (0 = the mean) | rand (a normal per channel) | pixel (per pixel)
+    erase_mode: Literal["const", "rand", "pixel"] = "const"
+    # boxes per erased image [lo, hi], uniform
+    erase_count: Annotated[list[int], Len(2), In("[1, 100]"), Ordered()] = field(
+        default_factory=lambda: [1, 1])
+    # mixup: Beta(alpha, alpha) of the mixing weight (0 = off; timm recipes 0.8)
+    mixup_alpha: Annotated[float, In("[0, inf)")] = 0.0
+    # cutmix: Beta(alpha, alpha) of the kept area (0 = off; timm recipes 1.0)
+    cutmix_alpha: Annotated[float, In("[0, inf)")] = 0.0
+    # probability that a batch (or an image, mix_mode=elem) is mixed
+    mix_prob: Annotated[float, In("[0, 1]")] = 1.0
+    # with mixup and cutmix both on: probability of cutmix rather than mixup
+    mix_switch_prob: Annotated[float, In("[0, 1]")] = 0.5
+    # batch (one draw per batch) | elem (every image its own kind, weight and box)
+    mix_mode: Literal["batch", "elem"] = "batch"
 
 
 @dataclass(frozen=True)
@@ -627,6 +674,13 @@ def _check_joint(cfg: Config) -> None:
     if s.min_lr > o.lr:
         raise ConvzooError(f"schedule.min_lr={s.min_lr} is above optim.lr={o.lr}: "
                            "the floor must not exceed the peak")
+    if a.policy == "randaugment" and a.randaugment_magnitude >= a.policy_bins:
+        raise ConvzooError(f"augment.randaugment_magnitude={a.randaugment_magnitude} must be "
+                           f"below augment.policy_bins={a.policy_bins} (bins 0 to "
+                           f"{a.policy_bins - 1})")
+    if a.color_jitter[3] > 0.5:
+        raise ConvzooError(f"augment.color_jitter={_show(a.color_jitter)}: the hue shift (4th "
+                           "value) must be in [0, 0.5] turns")
     size = cfg.data.image_size
     for key in ("crop", "cutout"):
         if size and getattr(a, key) > size:

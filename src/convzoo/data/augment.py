@@ -6,8 +6,11 @@ so a run is reproducible under a seed. Numbers are drawn on the generator's devi
 the batch's device: a CUDA generator for a CUDA batch costs no host sync, and a CPU generator
 gives the same draws whatever device the batch is on.
 
-Train order (`Augment`): random_resized_crop -> crop -> pad -> translate -> affine -> flip ->
-cutout. Eval: `build_eval_transform` (deterministic centre crops / resize) and `tta_views`.
+Train (`Augment`, three steps the stage runs around preprocessing): the policy and colour jitter
+on the 0-255 pixels (`convzoo.data.policies`), then random_resized_crop -> crop -> pad ->
+translate -> affine -> flip -> cutout on the preprocessed batch, then random erasing and
+mixup/cutmix (`convzoo.data.mixing`) with the labels; docs/augmentation.md. Eval:
+`build_eval_transform` (deterministic centre crops / resize) and `tta_views`.
 
 The integer-geometry ops (crop, zero pad-and-crop, translate, flip, cutout) compose into one
 per-image `Windows` plan (`convzoo.data.cpu_stage`): on a CPU, large images are then built image
@@ -18,7 +21,9 @@ the way. Both paths draw the same numbers in the same order and give exactly the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +31,9 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from convzoo.config import AugmentConfig
+from convzoo.data import policies, resample
 from convzoo.data.cpu_stage import Windows, apply_windows, per_image
+from convzoo.data.mixing import MixUpCutMix
 from convzoo.errors import ConvzooError
 
 PAD_MODES = ("zeros", "reflect")
@@ -196,45 +203,16 @@ def random_resized_crop(
     size: int,
     generator: torch.Generator,
     scale: tuple[float, float] | list[float] = (0.08, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    ratio: tuple[float, float] | list[float] = (3 / 4, 4 / 3),
     attempts: int = 10,
+    antialias: bool = False,
 ) -> Tensor:
     """ImageNet-style random-resized crop to (size, size): area fraction uniform in `scale`,
     aspect ratio log-uniform in `ratio`, first of `attempts` draws that fits (else the centre
-    crop of the clamped ratio, as torchvision), resized bilinearly by one grid_sample."""
-    B, _, H, W = x.shape
-    dev = x.device
-    area = (scale[0] + _rand(B * attempts, generator, dev) * (scale[1] - scale[0])) * (H * W)
-    log_r = math.log(ratio[0]) + _rand(B * attempts, generator, dev) * math.log(ratio[1] / ratio[0])
-    r = torch.exp(log_r)
-    w = torch.round(torch.sqrt(area * r)).view(B, attempts)
-    h = torch.round(torch.sqrt(area / r)).view(B, attempts)
-    ok = (w >= 1) & (w <= W) & (h >= 1) & (h <= H)  # (B, attempts)
-    first = ok.to(torch.uint8).argmax(dim=1, keepdim=True)  # index of the first fitting draw
-    w = w.gather(1, first).squeeze(1)
-    h = h.gather(1, first).squeeze(1)
-    # Fallback: the whole image, its aspect ratio clamped into `ratio`.
-    in_ratio = W / H
-    fw, fh = float(W), float(H)
-    if in_ratio < ratio[0]:
-        fh = float(round(W / ratio[0]))
-    elif in_ratio > ratio[1]:
-        fw = float(round(H * ratio[1]))
-    any_ok = ok.any(dim=1)
-    w = torch.where(any_ok, w, torch.full_like(w, fw))
-    h = torch.where(any_ok, h, torch.full_like(h, fh))
-    top = torch.floor(_rand(B, generator, dev) * (H - h + 1))
-    left = torch.floor(_rand(B, generator, dev) * (W - w + 1))
-    top = torch.where(any_ok, top, torch.floor((H - h) / 2))
-    left = torch.where(any_ok, left, torch.floor((W - w) / 2))
-    # Box -> theta: the output spans exactly the box (edges at top, top + h), centre-aligned.
-    theta = torch.zeros(B, 2, 3, device=dev)
-    theta[:, 0, 0] = w / W
-    theta[:, 1, 1] = h / H
-    theta[:, 0, 2] = (2 * left + w) / W - 1
-    theta[:, 1, 2] = (2 * top + h) / H - 1
-    grid = F.affine_grid(theta.to(x.dtype), [B, x.shape[1], size, size], align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    crop of the clamped ratio, as torchvision), resized bilinearly (torchvision's antialiased
+    resize with `antialias`). The separable resampler of `convzoo.data.resample`: the draws and
+    values of the former ``affine_grid`` version (tested), several times faster."""
+    return resample.random_resized_crop(x, size, generator, scale, ratio, attempts, antialias)
 
 
 # ----------------------------------------------------------------------------- flips and cutout
@@ -316,25 +294,116 @@ def cutout(x: Tensor, size: int, generator: torch.Generator) -> Tensor:
 # ----------------------------------------------------------------------------- pipelines
 
 
-class Augment:
-    """The train-time pipeline of an `AugmentConfig`, in the fixed order of its fields.
+Policy = Callable[[Tensor, torch.Generator], Tensor]
 
-    `seed` fixes which images start flipped under flip_mode=alternate (pass the run's seed); it
-    is deliberately not taken from the generator, which loaders may reseed every epoch.
+
+def mixes(cfg: AugmentConfig) -> bool:
+    """Whether `cfg` mixes images (mixup or cutmix): the targets are then class probabilities."""
+    return cfg.mixup_alpha > 0 or cfg.cutmix_alpha > 0
+
+
+def build_policy(cfg: AugmentConfig) -> Policy | None:
+    """The per-image policy of ``augment.policy`` (None for ``none``): 0-255 pixels in and out."""
+    geo: dict[str, Any] = dict(interpolation=cfg.policy_interpolation, fill=cfg.policy_fill)
+    if cfg.policy == "randaugment":
+        return policies.RandAugment(cfg.randaugment_ops, cfg.randaugment_magnitude,
+                                    cfg.policy_bins, **geo)
+    if cfg.policy == "trivialaugment":
+        return policies.TrivialAugmentWide(cfg.policy_bins, **geo)
+    if cfg.policy.startswith("autoaugment-"):
+        return policies.AutoAugment(cfg.policy.removeprefix("autoaugment-"), **geo)
+    return None
+
+
+class Augment:
+    """The train-time augmentation of an `AugmentConfig`, as the steps the stage
+    (`convzoo.data.stage`) runs around preprocessing, in this order (docs/augmentation.md):
+
+    1. `pixels`: on the 0-255 pixels, before preprocessing: the random-resized crop when it
+       moves here (``rrc=True``: the stage moves it when a policy or jitter is on and the
+       preprocessing is pixelwise, so the policy works on the crop, as in torchvision/timm),
+       then the policy (``augment.policy``), then colour jitter. Returns float32 0-255, or the
+       input itself when none of these is on.
+    2. ``__call__``: on the preprocessed batch: rrc (unless it moved), crop, pad, translate,
+       affine, flip, cutout, in the order of the config's fields (fill 0 = the mean).
+    3. `finish`: random erasing, then mixup/cutmix with the labels: (images, targets), the
+       targets the int64 labels, or (B, num_classes) float32 class probabilities when the run
+       mixes (`convzoo.data.mixing`).
+
+    Every step draws from the one passed generator, in this order, so a batch is a function of
+    the generator's seed (exact resume; both loaders give the same batch). `seed` fixes which
+    images start flipped under flip_mode=alternate (pass the run's seed); it is deliberately not
+    taken from the generator, which loaders may reseed every epoch. `num_classes` sizes the
+    mixed targets (needed only with mixup/cutmix).
     """
 
-    def __init__(self, cfg: AugmentConfig, seed: int = 0) -> None:
+    def __init__(self, cfg: AugmentConfig, seed: int = 0, num_classes: int = 0,
+                 channels: int | None = None) -> None:
         self.cfg = cfg
         self.seed = seed
-        # only integer geometry (no resampling, no reflection): the pipeline is one `Windows` plan
-        resamples = cfg.random_resized_crop or cfg.rotate or cfg.shear or cfg.scale is not None
-        self.integer_only = not resamples and (cfg.pad_mode == "zeros" or not cfg.pad)
+        self.policy = build_policy(cfg)
+        if channels is not None:
+            self._check_fill(channels)
+        jitter = cfg.color_jitter
+        self.jitter = policies.ColorJitter(*jitter) if any(jitter) else None
+        self.erasing = (policies.RandomErasing(cfg.erase_prob, cfg.erase_area, cfg.erase_aspect,
+                                               cfg.erase_mode, cfg.erase_count)
+                        if cfg.erase_prob > 0 else None)
+        self.mixing = None
+        if mixes(cfg):
+            if num_classes < 1:
+                raise ValueError("mixup/cutmix need num_classes (the targets' width)")
+            self.mixing = MixUpCutMix(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob,
+                                      cfg.mix_switch_prob, cfg.mix_mode)
+        self.num_classes = num_classes
+        # only integer geometry (no resampling, no reflection): step 2 is one `Windows` plan
+        # (with rrc in step 2, and with rrc moved to step 1)
+        resamples = cfg.rotate or cfg.shear or cfg.scale is not None
+        integer = not resamples and (cfg.pad_mode == "zeros" or not cfg.pad)
+        self._integer = {True: integer and not cfg.random_resized_crop, False: integer}
+        self.integer_only = self._integer[True]
+
+    @property
+    def pixel_ops(self) -> bool:
+        """Whether step 1 has a policy or colour jitter."""
+        return self.policy is not None or self.jitter is not None
+
+    def rrc_first(self, pixelwise: bool) -> bool:
+        """Whether the random-resized crop moves to step 1: with a policy or jitter on, for a
+        pixelwise preprocessing (bilinear resampling commutes with it; a mean image or ZCA is
+        fitted at the stored size and needs the stored size)."""
+        return bool(self.cfg.random_resized_crop) and self.pixel_ops and pixelwise
+
+    def pixels(self, x: Tensor, generator: torch.Generator, rrc: bool = False) -> Tensor:
+        """Step 1: (B, C, H, W) uint8 or float on the 0-255 scale -> float32 on that scale (the
+        input itself when there is nothing to do)."""
+        c = self.cfg
+        if not (self.pixel_ops or rrc):
+            return x
+        self._check_fill(x.shape[1])
+        # NCHW float: the ops loop over channels, slow on channels-last data (C = 3 innermost)
+        x = x.contiguous().float()
+        if rrc:
+            x = random_resized_crop(x, c.random_resized_crop, generator, scale=c.rrc_scale,
+                                    ratio=c.rrc_ratio, antialias=c.rrc_antialias)
+        if self.policy is not None:
+            x = self.policy(x, generator)
+        if self.jitter is not None:
+            x = self.jitter(x, generator)
+        return x
+
+    def _check_fill(self, channels: int) -> None:
+        fill = self.cfg.policy_fill
+        if self.policy is not None and fill is not None and len(fill) not in (1, channels):
+            raise ConvzooError(f"augment.policy_fill={fill} has {len(fill)} values but the images "
+                               f"have {channels} channel(s): give 1 or {channels}")
 
     def windows(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator,
-                epoch: int = 0, index: Tensor | None = None) -> Windows | None:
-        """This pipeline's draws for a (B, C, H, W) batch as a `Windows` plan (the same numbers
-        `__call__` draws, in the same order), or None if it resamples (rrc, affine, reflect)."""
-        if not self.integer_only:
+                epoch: int = 0, index: Tensor | None = None, rrc: bool = True) -> Windows | None:
+        """Step 2's draws for a (B, C, H, W) batch as a `Windows` plan (the same numbers
+        `__call__` draws, in the same order), or None if it resamples (rrc, affine, reflect).
+        ``rrc=False``: the random-resized crop ran in step 1."""
+        if not self._integer[rrc]:
             return None
         c = self.cfg
         B, _, H, W = shape
@@ -364,13 +433,16 @@ class Augment:
         generator: torch.Generator,
         epoch: int = 0,
         index: Tensor | None = None,
+        rrc: bool = True,
     ) -> Tensor:
-        """(B, C, H, W) float -> augmented float batch (H, W change only with rrc/crop)."""
+        """Step 2: (B, C, H, W) float -> augmented float batch (H, W change only with
+        rrc/crop). ``rrc=False``: the random-resized crop ran in step 1."""
         c = self.cfg
-        if self.integer_only and per_image(x.shape, x.device):
-            return apply_windows(x, self.windows(x.shape, generator, epoch, index))
-        if c.random_resized_crop:
-            x = random_resized_crop(x, c.random_resized_crop, generator, scale=c.rrc_scale)
+        if self._integer[rrc] and per_image(x.shape, x.device):
+            return apply_windows(x, self.windows(x.shape, generator, epoch, index, rrc))
+        if c.random_resized_crop and rrc:
+            x = random_resized_crop(x, c.random_resized_crop, generator, scale=c.rrc_scale,
+                                    ratio=c.rrc_ratio, antialias=c.rrc_antialias)
         if c.crop:
             x = random_crop(x, c.crop, generator)
         if c.pad:
@@ -388,14 +460,27 @@ class Augment:
             x = cutout(x, c.cutout, generator)
         return x
 
+    def finish(self, x: Tensor, labels: Tensor, generator: torch.Generator
+               ) -> tuple[Tensor, Tensor]:
+        """Step 3, on the whole batch: random erasing, then mixup/cutmix. Returns (images,
+        targets): int64 (B,) labels, or float32 (B, num_classes) probabilities when mixing."""
+        if self.erasing is not None:
+            x = self.erasing(x, generator)
+        if self.mixing is None:
+            return x, labels
+        mixed = self.mixing(x, labels, generator)
+        return mixed.images, mixed.targets(self.num_classes)
+
     def __repr__(self) -> str:
         return f"Augment({self.cfg})"
 
 
-def build_train_augment(cfg: AugmentConfig, seed: int = 0) -> Augment:
+def build_train_augment(cfg: AugmentConfig, seed: int = 0, num_classes: int = 0,
+                        channels: int | None = None) -> Augment:
     """The train-time augmentation of `cfg` (validated); `seed` (the run's seed) only sets the
-    alternate-flip assignment."""
-    return Augment(cfg, seed=seed)
+    alternate-flip assignment; `num_classes` sizes mixup/cutmix targets; `channels` (of the
+    images, when known) checks ``policy_fill`` up front."""
+    return Augment(cfg, seed=seed, num_classes=num_classes, channels=channels)
 
 
 def resize_center_crop(x: Tensor, size: int, fraction: float = EVAL_CROP_FRACTION) -> Tensor:

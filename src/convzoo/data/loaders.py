@@ -9,9 +9,10 @@
 Both take their batches from one `EpochPlan` (`convzoo.data.sampler`: order, rank shards,
 remainders) and apply one `Stage` (`convzoo.data.stage`: preprocess, then augment or the eval
 view, with one generator per batch), so for the same images they yield the same batches.
-Both yield ``(images float (B, C, H, W), labels int64 (B,))`` on the device and have
-``set_epoch(e, start=0)`` (``start``: the first batch to make), ``len()``, ``head(n)`` and
-``.preprocess``.
+Both yield ``(images float (B, C, H, W), targets)`` on the device: int64 (B,) labels, or
+(B, num_classes) float class probabilities when the augmentation mixes images (mixup/cutmix),
+and have ``set_epoch(e, start=0)`` (``start``: the first batch to make), ``len()``,
+``head(n)`` and ``.preprocess``.
 
 Where the stage runs: on the training device, except for the streaming loader on a CPU, where
 the workers run it (the "device" is the same cores, and the workers share the work) into
@@ -107,7 +108,7 @@ class ResidentLoader(_Loader):
         epoch = self.epoch
         for k, index in self.plan.batches(epoch, self.start):
             index = index.to(self.device, non_blocking=True)
-            yield self.stage(self.images[index], index, epoch, k), self.labels[index]
+            yield self.stage(self.images[index], self.labels[index], index, epoch, k)
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -140,7 +141,8 @@ class _BatchReader(torch.utils.data.Dataset):
     """``reader[(epoch, batch number, indices, slot)]`` -> one batch; runs in a DataLoader
     worker.
 
-    Returns (images, labels, index). images is, by mode: "encoded" the compressed bytes (one
+    Returns (images, labels, index), or (images, targets, index) once the stage has run (targets:
+    the labels, or soft targets when the augmentation mixes). images is, by mode: "encoded" the compressed bytes (one
     uint8 buffer + lengths) for decoding on the GPU; "decoded" uint8 (B, H, W, C) decoded on
     the CPU; "transformed" float (B, C, H, W) after the CPU stage as well. Decoded and
     transformed batches are written into the slot's buffer when it is large enough.
@@ -193,8 +195,9 @@ class _BatchReader(torch.utils.data.Dataset):
             x = stack_images(images, where=self.split.where, out=out)
         else:
             assert self.stage is not None
-            x = self.stage.run_cpu(images, (len(indices), c, h, w), index, epoch, batch,
-                                   lambda shape, dtype: self._output(slot, shape, dtype))
+            x, labels = self.stage.run_cpu(images, (len(indices), c, h, w), labels, index, epoch,
+                                           batch, lambda shape, dtype: self._output(slot, shape,
+                                                                                    dtype))
         return x, labels, index
 
 
@@ -264,8 +267,9 @@ class StreamLoader(_Loader):
         return x.permute(0, 3, 1, 2).to(self.device)
 
     def _on_device(self, item: tuple[torch.Tensor, ...], epoch: int,
-                   batch: int) -> torch.Tensor:
-        """uint8 worker output (decoded or still encoded) -> the stage's output on the device."""
+                   batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """uint8 worker output (decoded or still encoded) -> the stage's output on the device:
+        (images, targets)."""
         dev = self.device
         if self.mode == "encoded":
             data, lengths, _, index = item
@@ -279,15 +283,15 @@ class StreamLoader(_Loader):
         # (B, H, W, C) -> (B, C, H, W): a view with channels-last strides, no copy.
         x = x.permute(0, 3, 1, 2)
         index = index.to(dev, non_blocking=True)
-        return self.stage.apply(x, index, self.stage.generator(dev, epoch, batch), epoch)
+        labels = item[-2].to(dev, non_blocking=True)
+        return self.stage.apply(x, labels, index, self.stage.generator(dev, epoch, batch), epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.epoch
         for batch, item in enumerate(self.loader, start=self.start):
             if self.slots is not None:
                 self.slots.received(batch, item[0])
-            labels = item[-2].to(self.device, non_blocking=True)
-            if self.mode == "transformed":  # the stage already ran on the CPU
-                yield item[0], labels
+            if self.mode == "transformed":  # the stage already ran on the CPU: (x, targets)
+                yield item[0], item[1]
             else:
-                yield self._on_device(item, epoch, batch), labels
+                yield self._on_device(item, epoch, batch)

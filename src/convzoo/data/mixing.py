@@ -58,7 +58,9 @@ class Mixed:
 
     def targets(self, num_classes: int) -> Tensor:
         """(B, num_classes) float32 class probabilities: lam * onehot(labels) + (1 - lam) *
-        onehot(partner). Pass them to `nn.CrossEntropyLoss(label_smoothing=...)`."""
+        onehot(partner). Pass them to `nn.CrossEntropyLoss(label_smoothing=...)`. An image
+        mixed with one of its own class gets exactly its one-hot (lam + (1 - lam) rounds to 1
+        in float32), so a target below 1 everywhere means two labels (tested)."""
         lam = self.lam.view(-1, 1)
         own = F.one_hot(self.labels, num_classes).float()
         other = F.one_hot(self.partner, num_classes).float()

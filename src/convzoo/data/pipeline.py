@@ -11,7 +11,8 @@
 
 Either way the images are brought to one `Geometry` (``data.channels``, ``image_size``,
 ``resize``; for eval, the run's own), which the checkpoint records; the trainer gets
-``(images float (B, C, H, W) normalised, labels int64 (B,))`` on the device, and the
+``(images float (B, C, H, W) normalised, targets)`` on the device (int64 labels, or soft
+targets under mixup/cutmix), and the
 preprocessing is fitted on the training split (a seeded, stratified sample of
 ``preprocess.fit_images`` images when streaming).
 """
@@ -181,7 +182,9 @@ def make_loader(source: Source, split: str, cfg: C.Config, device: torch.device,
     common: dict[str, Any] = dict(device=device, preprocess=preprocess, seed=cfg.train.seed,
                                   rank=rank, world_size=world_size)
     if train:
-        common.update(augment=build_train_augment(cfg.augment, seed=cfg.train.seed),
+        common.update(augment=build_train_augment(cfg.augment, seed=cfg.train.seed,
+                                                   num_classes=len(source.classes),
+                                                   channels=source.geometry.shape[0]),
                       shuffle=True, drop_last=True)
         batch = batch_size or cfg.train.batch_size // world_size
     else:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from convzoo import config as C
+from convzoo.data.augment import mixes
 from convzoo.data.pipeline import Loader, build_pipeline
 from convzoo.data.sampler import torch_seed
 from convzoo.errors import ConvzooError
@@ -58,13 +59,14 @@ def peak_memory_mb(device: torch.device) -> float:
 
 # ----------------------------------------------------------------------------- steps
 
-# after_step(step, loss_sum, correct, count): this rank's running sums after a step (1-based)
-AfterStep = Callable[[int, torch.Tensor, torch.Tensor, int], None]
+# after_step(step, loss_sum, correct, mixed, count): this rank's running sums after a step
+# (1-based; mixed: images whose targets were mixed)
+AfterStep = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, int], None]
 
 
 def train_one_epoch(run: Run, loader: Loader, lrs: list[float],
                     progress: Progress | None = None, *, epoch: int | None = None,
-                    start: int = 0, sums: tuple[float, int, int] | None = None,
+                    start: int = 0, sums: tuple[float, int, int, int] | None = None,
                     after_step: AfterStep | None = None) -> dict[str, float]:
     """One pass over ``loader``, step ``i`` at base lr ``lrs[i]``. Loss and accuracy sums stay on
     the device (no per-step sync). Under fp16 the loss is scaled (``run.scaler``): steps whose
@@ -74,7 +76,7 @@ def train_one_epoch(run: Run, loader: Loader, lrs: list[float],
     gradients add up (each loss divided by A, so the step's gradient is that of the whole
     batch); under DDP only the last one all-reduces. ``start``/``sums``: the epoch continues
     from its step ``start`` (the loader set to it) with this rank's running (loss sum, correct,
-    count) so far (a mid-epoch checkpoint). ``after_step(step, loss_sum, correct, count)`` runs
+    mixed, count) so far (a mid-epoch checkpoint). ``after_step(step, *those sums)`` runs
     after each step (1-based; ``train/preempt.py``: checkpoints and stop requests).
 
     A non-finite loss raises ``rundir.Diverged`` (epoch, step, lr) at the next progress read or
@@ -86,11 +88,13 @@ def train_one_epoch(run: Run, loader: Loader, lrs: list[float],
     model.train()
     loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
     correct = torch.zeros((), device=rt.device, dtype=torch.int64)
+    mixed = torch.zeros((), device=rt.device, dtype=torch.int64)  # images with mixed targets
     count = 0
     if sums is not None:
         loss_sum += sums[0]
         correct += sums[1]
-        count = sums[2]
+        mixed += sums[2]
+        count = sums[3]
     for step, (images, labels) in enumerate(loader, start=start):
         set_lr(optimizer, lrs[step])
         optimizer.zero_grad(set_to_none=True)
@@ -105,7 +109,10 @@ def train_one_epoch(run: Run, loader: Loader, lrs: list[float],
                 scaler.scale(loss / accum if accum > 1 else loss).backward()
             step_loss += loss.detach().float()
             loss_sum += loss.detach().double() * y.shape[0]
-            correct += (logits.detach().argmax(dim=1) == y).sum()
+            # mixup/cutmix: y is (B, K) class probabilities; top-1 counts the dominant label
+            correct += (logits.detach().argmax(dim=1) == (y if y.ndim == 1 else y.argmax(1))).sum()
+            if y.ndim > 1:
+                mixed += (y.amax(1) < 1).sum()
             count += y.shape[0]
         if grad_clip > 0:
             scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
@@ -119,14 +126,16 @@ def train_one_epoch(run: Run, loader: Loader, lrs: list[float],
             progress.update(step + 1, labels.shape[0],
                             lambda s=loss_sum, n=count: watch.running(s.item() / n))
         if after_step is not None:
-            after_step(step + 1, loss_sum, correct, count)
+            after_step(step + 1, loss_sum, correct, mixed, count)
     totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(count), device=rt.device,
-                                                                   dtype=torch.float64)])
+                                                                   dtype=torch.float64),
+                          mixed.double()])
     if rt.world_size > 1:  # figures over all ranks' images, not rank 0's share
         torch.distributed.all_reduce(totals)
-    loss_total, correct_total, n = totals.tolist()
+    loss_total, correct_total, n, mixed_total = totals.tolist()
     watch.finish(loss_total / n, run.model.parameters())
-    return {"loss": loss_total / n, "top1": 100.0 * correct_total / n, "count": int(n)}
+    return {"loss": loss_total / n, "top1": 100.0 * correct_total / n, "count": int(n),
+            "mixed": mixed_total / n}
 
 
 def evaluate_run(run: Run) -> dict[str, Any]:
@@ -455,7 +464,8 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
         start, sums, before = 0, None, 0.0
         if pos is not None:
             pos.apply_rng(seed)
-            start, sums, before = pos.step, (pos.loss_sum, pos.correct, pos.count), pos.seconds
+            start, before = pos.step, pos.seconds
+            sums = (pos.loss_sum, pos.correct, pos.mixed, pos.count)
         else:
             torch.manual_seed(seed)
         run.data.train.set_epoch(epoch, start=start)
@@ -479,6 +489,8 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
         row: dict[str, Any] = {"epoch": epoch, "lr": sum(lrs) / len(lrs), "lr_start": lrs[0],
                                "lr_end": lrs[-1], "train_loss": stats["loss"],
                                "train_top1": stats["top1"]}
+        if mixes(cfg.augment):  # train_top1 is then against the dominant label of mixed images
+            row["train_mixed"] = stats["mixed"]
         if epoch == cfg.train.epochs or epoch % cfg.train.eval_every == 0:
             row.update(evaluate_run(run))
             eta.done(evals=1, eval_seconds=row["eval_seconds"])
@@ -530,7 +542,7 @@ class MidEpoch:
     at_end: preempt.Decision = field(default_factory=preempt.Decision)
 
     def __call__(self, step: int, loss_sum: torch.Tensor, correct: torch.Tensor,
-                 count: int) -> None:
+                 mixed: torch.Tensor, count: int) -> None:
         decision = self.control.after_step((self.epoch - 1) * self.steps + step)
         if not (decision.save or decision.stop):
             return
@@ -538,7 +550,8 @@ class MidEpoch:
             self.at_end = self.at_end | decision
             return
         save_position(self.run, self.run_dir, self.epoch, step, self.steps,
-                      (loss_sum, correct, count), self.before + time.perf_counter() - self.t0)
+                      (loss_sum, correct, mixed, count),
+                      self.before + time.perf_counter() - self.t0)
         self.control.saved()
         if decision.stop:
             self.progress.close()
@@ -556,7 +569,8 @@ def agree(world_size: int, error: str | None = None) -> None:
 
 
 def save_position(run: Run, run_dir: Path, epoch: int, step: int, steps: int,
-                  sums: tuple[torch.Tensor, torch.Tensor, int], seconds: float) -> None:
+                  sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int],
+                  seconds: float) -> None:
     """A checkpoint after ``step`` of ``steps`` in ``epoch`` (every rank calls it at the same
     step): every rank's RNG state and running sums gathered, last.pt written by rank 0 alone
     (``rundir.save_step``), and no rank goes on before it is committed."""
@@ -590,6 +604,8 @@ def epoch_line(run: Run, row: dict[str, Any], eta: Eta) -> str:
         lr += f" ({row['lr_start']:.3g}->{row['lr_end']:.3g})"
     text = (f"epoch {row['epoch']}/{run.cfg.train.epochs} {lr} train loss "
             f"{row['train_loss']:.4f} top1 {row['train_top1']:.2f}%")
+    if "train_mixed" in row:
+        text += f" (dominant label, {100 * row['train_mixed']:.0f}% mixed)"
     if "eval_top1" in row:
         text += (f" | {row['eval_split']} loss {row['eval_loss']:.4f} top1 "
                  f"{row['eval_top1']:.2f}% top5 {row['eval_top5']:.2f}%")

@@ -184,6 +184,7 @@ class Position:
     step: int  # its steps done
     loss_sum: float  # this rank's running sums of the epoch so far
     correct: int
+    mixed: int  # images whose targets mixup/cutmix mixed
     count: int
     rng: dict[str, Any] | None  # this rank's global RNG state (None: reseed, see below)
     seconds: float  # training seconds of the epoch so far
@@ -195,10 +196,11 @@ class Position:
             torch.manual_seed(reseed)
 
 
-def rank_state(loss_sum: torch.Tensor, correct: torch.Tensor, count: int) -> dict[str, Any]:
+def rank_state(loss_sum: torch.Tensor, correct: torch.Tensor, mixed: torch.Tensor,
+               count: int) -> dict[str, Any]:
     """What one rank contributes to a mid-epoch checkpoint (one host sync)."""
     return {"loss_sum": float(loss_sum.item()), "correct": int(correct.item()),
-            "count": int(count), "rng": ckpt_io.rng_state()}
+            "mixed": int(mixed.item()), "count": int(count), "rng": ckpt_io.rng_state()}
 
 
 def position_fields(step: int, steps: int, ranks: list[dict[str, Any]],
@@ -235,11 +237,12 @@ def position_from(ckpt: dict[str, Any] | None, rank: int, world_size: int,
     epoch, seconds = int(ckpt["epoch"]) + 1, float(ckpt.get("epoch_seconds", 0.0))
     if len(ranks) == world_size:
         r = ranks[rank]
-        return Position(epoch, step, r["loss_sum"], r["correct"], r["count"], r["rng"], seconds)
+        return Position(epoch, step, r["loss_sum"], r["correct"], r["mixed"], r["count"],
+                        r["rng"], seconds)
     log.warning(f"continuing epoch {epoch} from step {step} with {world_size} processes (the "
                 f"checkpoint had {len(ranks)}): the same batches, other random draws")
     if rank == 0:
         return Position(epoch, step, math.fsum(r["loss_sum"] for r in ranks),
-                        sum(r["correct"] for r in ranks), sum(r["count"] for r in ranks),
-                        None, seconds)
-    return Position(epoch, step, 0.0, 0, 0, None, seconds)
+                        sum(r["correct"] for r in ranks), sum(r["mixed"] for r in ranks),
+                        sum(r["count"] for r in ranks), None, seconds)
+    return Position(epoch, step, 0.0, 0, 0, 0, None, seconds)
