@@ -3,8 +3,9 @@
 
 The runs are forked from this process (no interpreter start per run), as test_crash does. The
 model has stochastic depth (torch's global RNG inside the epoch), the data translation
-(augmentation streams), the optimizer lookahead and an EMA: everything a mid-epoch position
-must carry.
+(augmentation streams: translation, TrivialAugment, mixup/cutmix), the optimizer lookahead and
+an EMA: everything a mid-epoch position must carry (the share of mixed images is one of the
+epoch's running sums).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ ARGS = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=1
         "--batch-size", "32", "--epochs", str(EPOCHS), "--seed", "1", "--device", "cpu",
         "--lr", "0.05", "--set", "train.tensorboard=false", "--set", "train.threads=1",
         "--set", "optim.ema_decay=0.9", "--set", "model.kwargs={drop_path: 0.3}",
-        "--set", "augment.translate=1", "--set", "optim.lookahead_steps=4"]
+        "--set", "augment.translate=1", "--set", "optim.lookahead_steps=4",
+        "--set", "augment.policy=trivialaugment", "--set", "augment.mixup_alpha=0.8",
+        "--set", "augment.cutmix_alpha=1.0"]
 TIMING = {"seconds", "images_per_second", "peak_memory_mb", "eval_seconds"}
 
 
