@@ -15,3 +15,16 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                  "data.limit=200", "--batch-size", "32", "--epochs", "1", "--out", str(out),
                  "--name", "r", "--set", "train.tensorboard=false"]) == 0
     return out / "r"
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test's small CPU workloads single-threaded: with 2 threads on a 2-core machine that
+    is also running other jobs, OpenMP oversubscription makes them up to 50x slower. Modules
+    use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

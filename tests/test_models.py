@@ -56,14 +56,7 @@ def _free_shared_models():
     _eval_model.cache_clear()
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Run these small CPU workloads single-threaded: with 2 threads on a 2-core machine that
-    is also running other jobs, OpenMP oversubscription makes them up to 50x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _params(model: nn.Module) -> int:

@@ -28,13 +28,7 @@ from convzoo.models.freeze import frozen_parameter_names
 from convzoo.models.heads import head_state_keys, stage_parameter_names
 from convzoo.train import checkpoint as ckpt_io
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _equal_except(model: nn.Module, state: dict[str, torch.Tensor], skip: set[str]) -> None:
