@@ -18,10 +18,8 @@ positions [i, i + 1) * box / S):
   measured 2-3x faster on the 2-core CPU than two passes of row gathers (tried while writing
   this; 224 px from 256, batch 32).
 - ``antialias=True``: torchvision's antialiased bilinear resize of the cropped box
-  (`resized_crop(..., antialias=True)`, the `transforms.v2` default, PIL's resampling): a
-  triangle filter stretched by the downscale factor over the box's pixels, renormalised at the
-  box's edges. Its taps, `Taps` = (index, weight) of shape (B, S, K), K = ceil(2 * downscale)
-  + 1, are applied as two sparse (CSR) matrix products, rows then columns.
+  (`resized_crop(..., antialias=True)`, the `transforms.v2` default, PIL's resampling), with
+  torch's own kernel per image (`F.interpolate(..., antialias=True)` on each box).
 
 `rrc_boxes` draws boxes exactly as `augment.random_resized_crop` does (same generator calls, same
 order), so that function can become ``resize_boxes(x, *rrc_boxes(...), size)`` with the same
@@ -31,67 +29,10 @@ numbers (`random_resized_crop` here).
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-
-@dataclass(frozen=True)
-class Taps:
-    """Where each output row (or column) of each image reads from: (B, S, K) source indices into
-    the full image axis and (B, S, K) weights summing to 1 over K."""
-
-    index: Tensor  # int64
-    weight: Tensor  # float, the dtype of the images
-
-
-def antialias_taps(start: Tensor, length: Tensor, size: int, out: int, dtype: torch.dtype) -> Taps:
-    """torchvision's antialiased bilinear taps (PyTorch `_upsample_bilinear2d_aa`, PIL's
-    resampling) for resizing each (B,) box [start, start + length) of an axis of `size` pixels to
-    `out` pixels: output i is centred at box position c = (i + 0.5) * scale, scale = length / out;
-    its weights are the triangle filter max(0, 1 - |(j + 0.5 - c) / s|), s = max(scale, 1), over
-    the box's pixels j, divided by their sum.
-
-    The pixels with a nonzero weight lie in K = ceil(2 s_max) + 1 consecutive ones from
-    floor(c - s + 0.5); the window of K taps is moved inside the image where it sticks out, so
-    every output's taps are K distinct ascending pixels (a valid sparse row) with weight 0 on
-    those outside the filter or the box."""
-    dev = start.device
-    start = start.double().view(-1, 1)  # (B, 1)
-    length = length.double().view(-1, 1)
-    scale = length / out
-    support = scale.clamp(min=1.0)
-    c = (torch.arange(out, device=dev, dtype=torch.float64) + 0.5) * scale  # (B, S) box coords
-    k = min(int(math.ceil(2 * float(support.max()))) + 1, size)
-    first = (start + torch.floor(c - support + 0.5)).clamp(0, size - k)  # image coords
-    pixel = first.unsqueeze(-1) + torch.arange(k, device=dev, dtype=torch.float64)  # (B, S, K)
-    j = pixel - start.unsqueeze(-1)  # box coords
-    w = (1 - ((j + 0.5 - c.unsqueeze(-1)) / support.unsqueeze(-1)).abs()).clamp(min=0)
-    w = torch.where((j >= 0) & (j < length.unsqueeze(-1)), w, torch.zeros_like(w))
-    w = w / w.sum(-1, keepdim=True)
-    return Taps(pixel.long(), w.to(dtype))
-
-
-def _resample_rows(x: Tensor, taps: Taps) -> Tensor:
-    """(B, C, H, W) -> (B, C, S, W): output row i of image b = sum_k weight[b, i, k] * row
-    index[b, i, k]: the taps of all images and channels as one block-diagonal sparse (CSR)
-    (B*C*S, B*C*H) matrix times the (B*C*H, W) rows. One sparse-dense product, measured ~7x
-    faster on a CPU than K gathers of whole rows with K multiply-adds."""
-    B, C, H, W = x.shape
-    S, K = taps.index.shape[1:]
-    dev = x.device
-    base = (torch.arange(B * C, device=dev) * H).view(B, C, 1, 1)
-    columns = (base + taps.index.to(dev).view(B, 1, S, K)).reshape(-1)
-    rows = torch.arange(0, B * C * S * K + 1, K, device=dev)
-    values = taps.weight.to(dev).view(B, 1, S, K).expand(B, C, S, K).reshape(-1)
-    with warnings.catch_warnings():  # CSR is "beta" in torch; the product used here is stable
-        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
-        matrix = torch.sparse_csr_tensor(rows, columns, values, size=(B * C * S, B * C * H),
-                                         check_invariants=False)
-    return (matrix @ x.reshape(B * C * H, W)).view(B, C, S, W)
 
 
 def _bilinear_grid(top: Tensor, left: Tensor, height: Tensor, width: Tensor, H: int, W: int,
@@ -132,12 +73,17 @@ def resize_boxes(
     if not antialias:
         grid = _bilinear_grid(top, left, height, width, H, W, out_h, out_w, x.dtype)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    rows = antialias_taps(top, height, H, out_h, x.dtype)
-    cols = antialias_taps(left, width, W, out_w, x.dtype)
-    y = _resample_rows(x, rows)  # (B, C, h, W)
-    # Columns: the same row pass on the transposed batch (two copies of output-sized tensors;
-    # picking columns in place reads with stride W, which measured slower).
-    return _resample_rows(y.transpose(2, 3), cols).transpose(2, 3).contiguous()
+    # torch's own antialiased kernel (what torchvision's resized_crop runs), one call per image
+    # since the boxes differ in size: measured 2.3x faster on the 2-core CPU than batched sparse
+    # (CSR) taps applied per axis (224 px from 258, batch 32: 26 ms vs 61 ms median of 7, CPU
+    # clock, 1 thread), and the same numbers as torchvision by construction.
+    t, l_, h, w = (v.long().tolist() for v in (top, left, height, width))  # one host sync
+    out = x.new_empty(B, C, out_h, out_w)
+    for b in range(B):
+        box = x[b:b + 1, :, t[b]:t[b] + h[b], l_[b]:l_[b] + w[b]]
+        out[b] = F.interpolate(box, size=(out_h, out_w), mode="bilinear", align_corners=False,
+                               antialias=True)[0]
+    return out
 
 
 def _rand(n: int, generator: torch.Generator, device: torch.device) -> Tensor:
