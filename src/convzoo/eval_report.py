@@ -178,19 +178,21 @@ def plot_reliability(bins: list[dict], ece: float) -> Figure:
     full = [b for b in bins if b["count"]]
     top.bar([(b["lo"] + b["hi"]) / 2 for b in full], [b["accuracy"] for b in full], width=width,
             edgecolor="black", color="tab:blue", label="accuracy")
-    for b in full:  # the gap between confidence and accuracy, bin by bin
+    for b in full:  # the gap between confidence and accuracy, bin by bin; hatched, unfilled, so
+        # an accuracy bar stays blue to its top also where the gap lies inside it (underconfident)
         lo, hi = sorted((b["accuracy"], b["confidence"]))
-        top.bar((b["lo"] + b["hi"]) / 2, hi - lo, bottom=lo, width=width, color="tab:red",
-                alpha=0.3, edgecolor="tab:red", hatch="//")
+        top.bar((b["lo"] + b["hi"]) / 2, hi - lo, bottom=lo, width=width, facecolor="none",
+                edgecolor="tab:red", hatch="//", linewidth=0.8)
     top.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    gap = Patch(facecolor="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//",
+    gap = Patch(facecolor="none", edgecolor="tab:red", hatch="//",
                 label="gap to the bin's mean confidence")
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
     top.set_title(f"reliability diagram: ECE {100 * ece:.2f}% ({len(bins)} bins)")
     handles, _ = top.get_legend_handles_labels()
-    top.legend(handles=[*handles, gap], loc="upper left")
+    # outside the axes: bars start at 0 and may reach 1 anywhere, so any place inside can hide one
+    fig.legend(handles=[*handles, gap], loc="outside lower center", ncols=3, fontsize="small")
     total = sum(b["count"] for b in bins)
     bottom.bar(centres, [b["count"] / total for b in bins], width=width, color="0.5",
                edgecolor="black")
