@@ -26,7 +26,7 @@ from convzoo.models.freeze import freeze, frozen_parameter_names
 from convzoo.models.info import count_params
 from convzoo.models.weights import InitReport, load_init
 from convzoo.train import checkpoint as ckpt_io
-from convzoo.train.distributed import convert_sync_batchnorm, wrap_ddp
+from convzoo.train.distributed import convert_sync_batchnorm, join_process_group, wrap_ddp
 from convzoo.train.ema import ModelEMA
 from convzoo.train.optim import build_optimizer, load_optimizer_state
 from convzoo.train.schedule import EarlyStopping, Schedule, peak_lr
@@ -98,7 +98,7 @@ def resolve_runtime(cfg: C.TrainConfig) -> Runtime:
             device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         if not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            join_process_group("nccl" if device.type == "cuda" else "gloo")
     return Runtime(device, resolve_precision(cfg.precision, device), channels_last, rank,
                    world_size)
 
