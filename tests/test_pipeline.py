@@ -55,6 +55,22 @@ def test_stream_and_memory_train_to_similar_accuracy(digits_pack: Path, tmp_path
     assert result["top1"] == pytest.approx(stream["top1"], abs=1e-9)
 
 
+def test_streaming_workers_stop_when_train_and_eval_return(digits_pack: Path, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]
+                                                          ) -> None:
+    """No DataLoader worker outlives `train` or `eval`: left to the garbage collector, each
+    persistent worker took 5 s to stop, whenever a later collection came (a test suite, a
+    notebook or a script that trains twice)."""
+    import multiprocessing
+
+    common = ["--data", str(digits_pack), "--set", "data.loader=stream", "--set",
+              "data.limit=64", "--epochs", "1"]
+    train(tmp_path, "w", *common)
+    assert multiprocessing.active_children() == []
+    assert main(["eval", str(tmp_path / "w"), "--json", "--device", "cpu"]) == 0
+    assert multiprocessing.active_children() == []
+
+
 # issue 15's steps: a policy on the pixels, jitter, erasing, mixup/cutmix with soft targets
 MODERN = ["--set", "augment.policy=trivialaugment", "--set", "augment.color_jitter=[.4,.4,.4,.1]",
           "--set", "augment.erase_prob=0.5", "--set", "augment.mixup_alpha=0.8", "--set",

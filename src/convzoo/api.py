@@ -264,9 +264,12 @@ class Classifier:
                  if augment_cfg.tta != "none" else None)
         outputs: list[tuple[torch.Tensor, torch.Tensor]] | None = (
             [] if report_dir is not None else None)
-        result = evaluate(self.model, loader, device=rt.device, amp_dtype=rt.amp_dtype,
-                          channels_last=rt.channels_last, views=views, outputs=outputs,
-                          world_size=rt.world_size)
+        try:
+            result = evaluate(self.model, loader, device=rt.device, amp_dtype=rt.amp_dtype,
+                              channels_last=rt.channels_last, views=views, outputs=outputs,
+                              world_size=rt.world_size)
+        finally:
+            loader.close()
         if outputs is not None and rt.world_size > 1:  # the report covers every rank's share
             shares: list[Any] = [None] * rt.world_size
             torch.distributed.all_gather_object(shares, outputs)

@@ -100,6 +100,9 @@ class ResidentLoader(_Loader):
         self.images = split.images.to(self.device)  # (N, C, H, W) uint8, resident
         self.labels = split.labels.to(self.device)  # (N,) int64
 
+    def close(self) -> None:
+        """Nothing to stop (no worker processes); here so that every loader can be closed."""
+
     def head(self, n: int) -> torch.Tensor:
         """The first `n` images of the split (0 = all), uint8 (n, C, H, W) on the device."""
         return self.images[:n] if n else self.images
@@ -259,6 +262,14 @@ class StreamLoader(_Loader):
         # batch per call, and no collate copy happens.
         self.loader = DataLoader(reader, sampler=_Keys(self), batch_size=None,
                                  num_workers=self.workers, pin_memory=cuda, **extra)
+
+    def close(self) -> None:
+        """Stop the worker processes now. Left to the garbage collector, the shutdown of
+        persistent workers took 5 s per worker (their join timed out); explicit, 20 ms."""
+        iterator = self.loader._iterator  # where torch keeps the persistent workers
+        if iterator is not None:
+            iterator._shutdown_workers()
+            self.loader._iterator = None
 
     def head(self, n: int) -> torch.Tensor:
         """The first `n` records of the split (0 = all), uint8 (n, C, H, W) on the device."""

@@ -62,6 +62,11 @@ class Pipeline:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def close(self) -> None:
+        """Stop both loaders' worker processes (a stage's data is done with)."""
+        self.train.close()
+        self.eval.close()
+
 
 def resolve_eval_split(requested: str, available: list[str], source: str) -> str:
     """``auto`` -> val if there is one, else test; otherwise the split must exist."""

@@ -407,6 +407,7 @@ def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], r
                 if i > 0:  # the next stage of a recipe, from the previous stage's last state
                     if control.stop:  # asked to stop at the previous stage's end
                         raise preempt.Preempted(control.stop, run_dir, run.state.epoch, 0, 0)
+                    run.data.close()
                     run = prepare_stage(stage, rt, ckpt_out)
                 cfg = mark_started(cfg, stage, run.state.epoch)
                 if rt.is_main:
@@ -420,6 +421,7 @@ def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], r
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
+        run.data.close()  # the streaming workers stop now, not whenever they are collected
         if writer is not None:
             writer.close()
 
