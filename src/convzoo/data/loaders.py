@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import weakref
 from collections.abc import Callable, Iterator
 
 import torch
@@ -124,7 +125,16 @@ class _Keys(Sampler[Key]):
     """The DataLoader's sampler: this rank's batches, each with an output slot."""
 
     def __init__(self, loader: StreamLoader) -> None:
-        self.loader = loader
+        # A weak reference: a strong one closes a cycle (loader -> DataLoader -> sampler ->
+        # loader), and a StreamLoader in a cycle is freed by the cyclic collector, whose
+        # teardown order left each persistent worker 5 s to time out on exit.
+        self._loader = weakref.ref(loader)
+
+    @property
+    def loader(self) -> StreamLoader:
+        loader = self._loader()
+        assert loader is not None, "the StreamLoader of this sampler was freed"
+        return loader
 
     def __len__(self) -> int:
         return len(self.loader) - self.loader.start
