@@ -17,10 +17,11 @@ Rows: every policy op with a per-image magnitude, ColorJitter, RandomErasing, th
 random-resized crop (from 1.15x the size; the separable one, and with antialiasing, against v2's
 default antialiased RRC), the three policies, mixup/cutmix, and two full pipelines (policy ->
 normalise -> flip -> mixup/cutmix; at 224 px RRC first), convzoo's being the training stage
-(`convzoo.data.stage.Stage`) from the uint8 batch. Timing: ``--repeats`` rounds after one warm-up, the sides alternating within each
-round (so a load change hits both); the median and the [min, max] spread are printed. On a
-shared machine, ``--clock cpu --threads 1`` reports CPU time instead, which other jobs inflate
-far less than elapsed time.
+(`convzoo.data.stage.Stage`) from the uint8 batch. Timing: ``--repeats`` rounds after one
+warm-up, the sides alternating within each round (so a load change hits both); the median and
+the [min, max] spread are printed (``--json FILE``: every time of every row). On a shared
+machine, ``--clock cpu --threads 1`` reports CPU time instead, which other jobs inflate far less
+than elapsed time.
 
 Example::
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
@@ -233,7 +235,7 @@ def _fmt(ts: list[float] | None) -> str:
     return f"{statistics.median(ts):8.2f} [{min(ts):.2f}-{max(ts):.2f}]"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="32,224", help="comma list of image sides")
     p.add_argument("--batch", default="128,32", help="batch size per side in --sizes")
@@ -245,19 +247,37 @@ def main(argv: list[str] | None = None) -> int:
                    help="wall: elapsed time; cpu: this process's CPU time summed over its threads "
                         "(robust to other jobs on a shared machine; use with --threads 1 to read "
                         "it as single-core time)")
+    p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     p.add_argument("--quick", action="store_true", help="tiny sizes, 1 round: checks it runs")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The checked arguments (the GPU suite's dry run calls this; no CUDA needed for it)."""
+    p = build_parser()
     args = p.parse_args(argv)
     if args.quick:
         args.sizes, args.batch, args.repeats = "16,64", "4,2", 1
-    sizes = [int(s) for s in args.sizes.split(",")]
-    batches = [int(b) for b in args.batch.split(",")]
-    if len(batches) != len(sizes):
+    try:
+        args.size_list = [int(s) for s in args.sizes.split(",")]
+        args.batch_list = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        p.error(f"--sizes {args.sizes} / --batch {args.batch}: comma lists of integers")
+    if len(args.batch_list) != len(args.size_list):
         p.error(f"--batch needs one batch size per --sizes entry, got {args.batch}")
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        p.error(f"--device {args.device}: cpu or cuda")
+    if args.device.startswith("cuda") and args.clock == "cpu":
+        p.error("--clock cpu measures host CPU time: use the wall clock with --device cuda")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    sizes, batches = args.size_list, args.batch_list
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda: no CUDA device here")
-    if device.type == "cuda" and args.clock == "cpu":
-        p.error("--clock cpu measures host CPU time: use the wall clock with --device cuda")
+        sys.exit("augment_throughput: --device cuda: no CUDA device here")
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     torch.set_num_threads(args.threads)
     try:
@@ -274,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{load[0]:.2f}; {kornia_note}; {args.clock}-clock ms per batch, median [min-max] "
           f"of {args.repeats}")
     only = [s.strip() for s in args.only.split(",") if s.strip()]
+    rows: list[dict] = []
     for size, batch in zip(sizes, batches):
         print(f"\n| op ({size} px, batch {batch}) | convzoo batched | v2 per image | kornia | "
               "v2 / convzoo |")
@@ -286,8 +307,16 @@ def main(argv: list[str] | None = None) -> int:
             kornia_cell = _fmt(times.get("kornia")) if "kornia" in case.sides else "n/a"
             print(f"| {case.name} | {_fmt(times['convzoo'])} | {_fmt(times['v2'])} | "
                   f"{kornia_cell} | {ratio:6.2f}x |", flush=True)
+            rows.append({"size": size, "batch": batch, "op": case.name,
+                         **{f"{side}_ms": times[side] for side in ("convzoo", "v2", "kornia")
+                            if times.get(side)}, "ratio": ratio})
     end = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"\nload average at end {end:.2f}")
+    if args.json is not None:
+        args.json.write_text(json.dumps({
+            "device": str(device), "gpu": torch.cuda.get_device_name(device)
+            if device.type == "cuda" else None, "threads": torch.get_num_threads(),
+            "clock": args.clock, "repeats": args.repeats, "kornia": kornia_note, "rows": rows}))
     return 0
 
 

@@ -410,6 +410,35 @@ class Loader(Step):
                          "convzoo raw pack img/s", "x"], rows))
 
 
+class Augment(Step):
+    name = "augment"
+    title = "batched augmentation on the GPU vs transforms.v2 per image on the CPU"
+    goes_to = "BENCHMARKS.md, augmentation throughput (issue 15)"
+    cap, need = 90.0, 30.0
+
+    def commands(self, ctx: Context) -> list[Command]:
+        out = str(ctx.out("augment.json"))
+        if ctx.quick:
+            return [script("augment_throughput.py", "--quick", "--json", out)]
+        # v2 runs per image on the host, as a DataLoader worker would: 8 of the 16 cores
+        return [script("augment_throughput.py", "--device", "cuda", "--threads", "8",
+                       "--repeats", "5", "--json", out)]
+
+    def collect(self, ctx: Context) -> dict[str, Any] | None:
+        return read_json(ctx.out("augment.json"))
+
+    def markdown(self, r: dict[str, Any]) -> str:
+        rows = [[f"{row['size']} px, batch {row['batch']}", row["op"],
+                 fmt(statistics.median(row["convzoo_ms"]), ".2f"),
+                 fmt(statistics.median(row["v2_ms"]), ".2f"), fmt(row["ratio"], ".1f", "x")]
+                for row in r["rows"]]
+        where = f"{r['device']} ({r['gpu']})" if r.get("gpu") else r["device"]
+        return (f"convzoo on {where}, v2 per image on the CPU with {r['threads']} threads; ms "
+                f"per batch, median of {r['repeats']} ({r['clock']} clock)\n\n"
+                + table(["images", "op", "convzoo ms", "v2 per image ms", "v2 / convzoo"], rows,
+                        "llrrr"))
+
+
 class Accuracy(Step):
     """A full-length training run of a shipped recipe on the CIFAR-10 JPEG copy; stopped at
     its cap, it still reports s/epoch and peak memory of the epochs it finished."""
@@ -516,5 +545,5 @@ class AccuracyNeon(Accuracy):
                 "runs until the cap for s/epoch and peak memory; top-1 will not be final")
 
 
-STEPS: list[Step] = [GpuTests(), Airbench(), ResNet56(), Mfu(), Loader(), AccuracyFast(),
-                     AccuracyNeon()]
+STEPS: list[Step] = [GpuTests(), Airbench(), ResNet56(), Mfu(), Loader(), Augment(),
+                     AccuracyFast(), AccuracyNeon()]

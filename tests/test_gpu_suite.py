@@ -77,9 +77,9 @@ def test_dry_run_checks_every_step_and_prints_the_plan(assets: Path) -> None:
         assert f"{step.name}: {step.title} ({cap}" in out
     assert "--airbench-runs 3" in out and "--seeds 3" in out and "-m gpu" in out
     assert "resnet20-cifar10-fast" in out and "resnet20-cifar10-neon" in out
-    # each command was checked (8: mfu has two), and nothing failed
+    # each command was checked (9: mfu has two), and nothing failed
     checks = out.split("checks (")[1]
-    assert checks.count("\n  ok   ") == 8 and "FAIL" not in checks
+    assert checks.count("\n  ok   ") == 9 and "FAIL" not in checks
     files = out.split("files in OUT_DIR: ")[1].split("\n")[0]
     assert int(files.split()[0]) <= 8
     assert "gpu_results.json" in files and "gpu_results.md" in files
@@ -127,6 +127,8 @@ def test_cifar_tarball_check_names_what_is_wrong(tmp_path: Path) -> None:
     (gpu_steps.script("mfu.py", "--models", "resnet56,nosuchnet"), "nosuchnet"),
     (gpu_steps.script("mfu.py", "--batch", "0"), "--batch"),
     (gpu_steps.script("loader_throughput.py", "--data", "imagenet"), "imagenet"),
+    (gpu_steps.script("augment_throughput.py", "--sizes", "32,x"), "--sizes"),
+    (gpu_steps.script("augment_throughput.py", "--device", "tpu"), "--device tpu"),
     (gpu_steps.script("resnet56_vs_baseline.py", "--epochs", "1"), "--epochs must be >= 2"),
     (gpu_steps.script("airbench_compare.py", "--recipe", "nosuchrecipe"), "nosuchrecipe"),
     (gpu_steps.script("airbench_compare.py", "--set", "optim.bogus=1"), "optim.bogus"),
@@ -430,10 +432,10 @@ def test_gpu_test_report_names_modules_skipped_at_collection(tmp_path: Path) -> 
 
 def test_quick_forms_run_and_results_are_assembled(assets: Path, tmp_path: Path) -> None:
     """The CPU quick forms of the steps that test_benchmarks.py does not run (the gpu-marked
-    tests, the loader, both full-length accuracy runs in a tiny form), through the suite,
-    into gpu_results.json / gpu_results.md."""
+    tests, the loader, the augmentation table, both full-length accuracy runs in a tiny form),
+    through the suite, into gpu_results.json / gpu_results.md."""
     out = tmp_path / "out"
-    only = "gpu-tests,loader,accuracy-fast,accuracy-neon"
+    only = "gpu-tests,loader,augment,accuracy-fast,accuracy-neon"
     proc = suite_sh(str(out), "--quick", "--only", only, "--assets", str(assets),
                     "--workdir", str(tmp_path / "work"), OMP_NUM_THREADS="1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
@@ -457,6 +459,12 @@ def test_quick_forms_run_and_results_are_assembled(assets: Path, tmp_path: Path)
     assert [r["data"] for r in rows] == ["cifar32"]
     assert all(r[k] > 0 for r in rows for k in ("torchvision", "convzoo_jpeg", "convzoo_raw"))
 
+    augment = steps["augment"]["result"]
+    assert augment["device"] == "cpu" and {r["size"] for r in augment["rows"]} == {16, 64}
+    assert "TrivialAugment" in {r["op"] for r in augment["rows"]}
+    assert all(len(r["convzoo_ms"]) == len(r["v2_ms"]) == 1 and r["ratio"] > 0
+               for r in augment["rows"])
+
     for name, recipe in (("accuracy-fast", "resnet20-cifar10-fast"),
                          ("accuracy-neon", "resnet20-cifar10-neon")):
         r = steps[name]["result"]
@@ -472,5 +480,6 @@ def test_quick_forms_run_and_results_are_assembled(assets: Path, tmp_path: Path)
     assert f"| `resnet20-cifar10-fast` | 2/2 | {fast['top1']:.2f}% |" in md
     assert f"| cifar32 | 32 | {rows[0]['torchvision']:,.0f} |" in md
     assert "not measured: not selected" in md
+    assert "| 16 px, batch 4 | TrivialAugment |" in md
     log = (out / "gpu_suite.log").read_text()
     assert "===== loader:" in log and "done: resnet20" in log
