@@ -156,20 +156,3 @@ def test_stop_agreement_quick(tmp_path):
     figures = json.loads((tmp_path / "s.json").read_text())
     assert figures["world"] == 2 and f"{figures['call_us']:.0f}" == m.group(1)
 
-
-CIFAR_JPEG = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-jpeg.tar.gz"
-
-
-@pytest.mark.cifar
-@pytest.mark.skipif(not CIFAR_JPEG.is_file(), reason="needs ../shared/datasets/cifar10-jpeg.tar.gz")
-def test_transfer_quick(tmp_path):
-    """The transfer benchmark's plumbing (RESULTS.md's fine-tune vs scratch table): the class
-    subsets, the source run, both arms from one seed, one row each, JSON figures in range."""
-    out = run("transfer.py", tmp_path, "--threads", "1", "--json", "--out", str(tmp_path / "r"))
-    result = json.loads(out.strip().splitlines()[-1])
-    rows = [(r["task"], r["arm"]) for r in result["rows"]]
-    assert rows == [("CIFAR 0-4 (source)", "scratch"), ("CIFAR 5-9", "scratch"),
-                    ("CIFAR 5-9", "fine-tune")]
-    assert all(0 <= r["top1"] <= 100 for r in result["rows"])
-    init = json.loads((tmp_path / "r" / "cifar-fine-tune0" / "init.json").read_text())
-    assert "/r/src0/" in init["source"]  # the fine-tune arm started from the source run

@@ -209,47 +209,25 @@ def cifar_jpeg() -> Path | None:
     return path if path.is_file() else None
 
 
-def cifar_classes(archive: Path, root: Path, classes: list[str], train: int, test: int) -> Path:
-    """An image folder of the first `train` / `test` images of each of `classes`."""
-    import tarfile
-
-    counts: dict[tuple[str, str], int] = {}
-    with tarfile.open(archive) as tar:
-        for member in tar:
-            parts = member.name.split("/")  # cifar10-jpeg/<split>/<class>/<file>
-            if not member.isfile() or len(parts) != 4 or parts[2] not in classes:
-                continue
-            key = (parts[1], parts[2])
-            if counts.get(key, 0) >= (train if parts[1] == "train" else test):
-                continue
-            counts[key] = counts.get(key, 0) + 1
-            folder = root / parts[1] / parts[2]
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / parts[3]).write_bytes(tar.extractfile(member).read())
-    return root
-
-
 @pytest.mark.cifar
 @pytest.mark.skipif(cifar_jpeg() is None, reason="needs ../shared/datasets/cifar10-jpeg.tar.gz")
-def test_transfer_beats_scratch_on_cifar_subsets(tmp_path):
-    """RESULTS.md's transfer figure in small (about 80 s of CPU time): ResNet-20 trained on
-    CIFAR-10 classes 0-4 (400 images each, 3 epochs), then 1 epoch on classes 5-9 (400 each)
-    from those weights with a new head beats 1 epoch from scratch, for two seeds."""
-    archive = cifar_jpeg()
-    first = cifar_classes(archive, tmp_path / "c04", ["airplane", "automobile", "bird", "cat",
-                                                       "deer"], 400, 100)
-    second = cifar_classes(archive, tmp_path / "c59", ["dog", "frog", "horse", "ship",
-                                                        "truck"], 400, 100)
-    common = ["--model", "resnet20", "--batch-size", "64", "--out", str(tmp_path / "runs"),
-              "--set", f"data.root={tmp_path / 'cache'}"]
-    for seed in ("0", "1"):
-        train(*common, "--data", str(first), "--epochs", "3", "--seed", seed, "--name",
-              f"src{seed}")
-        top1 = {}
-        for arm, extra in (("scratch", []),
-                           ("ft", ["--set", f"model.init={tmp_path / 'runs' / f'src{seed}'}"])):
-            train(*common, "--data", str(second), "--epochs", "1", "--seed", seed, "--name",
-                  f"{arm}{seed}", *extra)
-            summary = json.loads((tmp_path / "runs" / f"{arm}{seed}" / "summary.json").read_text())
-            top1[arm] = summary["top1"]
-        assert top1["ft"] > top1["scratch"] + 3, (seed, top1)
+def test_transfer_beats_scratch_on_cifar_subsets(tmp_path, capsys):
+    """RESULTS.md's transfer table in small, through its own script (benchmarks/transfer.py):
+    ResNet-20 trained on CIFAR-10 classes 0-4 (400 images each, 3 epochs), then 1 epoch on
+    classes 5-9 (400 each) from those weights with a new head beats 1 epoch from scratch, for
+    two seeds."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import transfer
+
+    assert transfer.main(["--archive", str(cifar_jpeg()), "--train-per-class", "400",
+                          "--test-per-class", "100", "--source-epochs", "3", "--seeds", "0",
+                          "1", "--threads", "1", "--out", str(tmp_path), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    top1 = {(r["task"], r["arm"], r["seed"]): r["top1"] for r in result["rows"]}
+    for seed in (0, 1):
+        ft, scratch = top1[("CIFAR 5-9", "fine-tune", seed)], top1[("CIFAR 5-9", "scratch", seed)]
+        assert ft > scratch + 3, (seed, ft, scratch)
+    init = json.loads((tmp_path / "cifar-fine-tune0" / "init.json").read_text())
+    assert "src0" in init["source"] and len(init["reinitialised"]) == 2  # the new head
