@@ -1,15 +1,24 @@
 """Bad input ends with one clear line on stderr and exit status 2, never a traceback."""
 
+import contextlib
+import io
 import subprocess
 import sys
 
 import pytest
 from PIL import Image
 
+from convzoo.cli import main
 
-def convzoo(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "convzoo", *args], capture_output=True,
-                          text=True, timeout=120, cwd=cwd)
+
+def convzoo(*args: str) -> subprocess.CompletedProcess:
+    """``convzoo ARGS`` in this process (``cli.main``, what ``python -m convzoo`` runs): its exit
+    status and output. In-process because a fresh interpreter costs about 5 s here (importing
+    torch) per case; test_the_real_entry_point_says_one_line covers the process itself."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
@@ -34,6 +43,15 @@ def image_folder(root, *, corrupt: bool = False, empty: bool = False):
     if corrupt:
         (root / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     return root
+
+
+def test_the_real_entry_point_says_one_line(tmp_path):
+    """`python -m convzoo` itself: the same one line and exit 2 as ``cli.main``."""
+    result = subprocess.run([sys.executable, "-m", "convzoo", "train", "--model", "resnet21",
+                             "--data", "digits", "--out", str(tmp_path)], capture_output=True,
+                            text=True, timeout=120)
+    assert_one_line_error(result, "resnet21")
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(
