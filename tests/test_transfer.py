@@ -214,8 +214,8 @@ def cifar_jpeg() -> Path | None:
 def test_transfer_beats_scratch_on_cifar_subsets(tmp_path, capsys):
     """RESULTS.md's transfer table in small, through its own script (benchmarks/transfer.py):
     ResNet-20 trained on CIFAR-10 classes 0-4 (400 images each, 3 epochs), then 1 epoch on
-    classes 5-9 (400 each) from those weights with a new head beats 1 epoch from scratch, for
-    two seeds."""
+    classes 5-9 (400 each) from those weights with a new head beats 1 epoch from scratch (one
+    seed here; RESULTS.md has two at a larger size)."""
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -223,11 +223,10 @@ def test_transfer_beats_scratch_on_cifar_subsets(tmp_path, capsys):
 
     assert transfer.main(["--archive", str(cifar_jpeg()), "--train-per-class", "400",
                           "--test-per-class", "100", "--source-epochs", "3", "--seeds", "0",
-                          "1", "--threads", "1", "--out", str(tmp_path), "--json"]) == 0
+                          "--threads", "1", "--out", str(tmp_path), "--json"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     top1 = {(r["task"], r["arm"], r["seed"]): r["top1"] for r in result["rows"]}
-    for seed in (0, 1):
-        ft, scratch = top1[("CIFAR 5-9", "fine-tune", seed)], top1[("CIFAR 5-9", "scratch", seed)]
-        assert ft > scratch + 3, (seed, ft, scratch)
+    ft, scratch = top1[("CIFAR 5-9", "fine-tune", 0)], top1[("CIFAR 5-9", "scratch", 0)]
+    assert ft > scratch + 3, (ft, scratch)
     init = json.loads((tmp_path / "cifar-fine-tune0" / "init.json").read_text())
     assert "src0" in init["source"] and len(init["reinitialised"]) == 2  # the new head
