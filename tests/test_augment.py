@@ -15,10 +15,10 @@ from convzoo.data.augment import (
     random_affine,
     random_crop,
     random_flip,
-    random_resized_crop,
     random_translate,
     tta_views,
 )
+from convzoo.data.resample import random_resized_crop
 from convzoo.errors import ConvzooError
 
 # Every augmentation off, spelled out so the tests do not depend on the config's defaults.

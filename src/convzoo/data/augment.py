@@ -198,23 +198,6 @@ def random_affine(
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def random_resized_crop(
-    x: Tensor,
-    size: int,
-    generator: torch.Generator,
-    scale: tuple[float, float] | list[float] = (0.08, 1.0),
-    ratio: tuple[float, float] | list[float] = (3 / 4, 4 / 3),
-    attempts: int = 10,
-    antialias: bool = False,
-) -> Tensor:
-    """ImageNet-style random-resized crop to (size, size): area fraction uniform in `scale`,
-    aspect ratio log-uniform in `ratio`, first of `attempts` draws that fits (else the centre
-    crop of the clamped ratio, as torchvision), resized bilinearly (torchvision's antialiased
-    resize with `antialias`). The separable resampler of `convzoo.data.resample`: the draws and
-    values of the former ``affine_grid`` version (tested), several times faster."""
-    return resample.random_resized_crop(x, size, generator, scale, ratio, attempts, antialias)
-
-
 # ----------------------------------------------------------------------------- flips and cutout
 
 
@@ -384,7 +367,7 @@ class Augment:
         # NCHW float: the ops loop over channels, slow on channels-last data (C = 3 innermost)
         x = x.contiguous().float()
         if rrc:
-            x = random_resized_crop(x, c.random_resized_crop, generator, scale=c.rrc_scale,
+            x = resample.random_resized_crop(x, c.random_resized_crop, generator, scale=c.rrc_scale,
                                     ratio=c.rrc_ratio, antialias=c.rrc_antialias)
         if self.policy is not None:
             x = self.policy(x, generator)
@@ -441,7 +424,7 @@ class Augment:
         if self._integer[rrc] and per_image(x.shape, x.device):
             return apply_windows(x, self.windows(x.shape, generator, epoch, index, rrc))
         if c.random_resized_crop and rrc:
-            x = random_resized_crop(x, c.random_resized_crop, generator, scale=c.rrc_scale,
+            x = resample.random_resized_crop(x, c.random_resized_crop, generator, scale=c.rrc_scale,
                                     ratio=c.rrc_ratio, antialias=c.rrc_antialias)
         if c.crop:
             x = random_crop(x, c.crop, generator)
