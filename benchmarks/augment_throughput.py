@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 from torchvision.transforms import v2
 
+from convzoo.bench import cpu_model
 from convzoo.config import AugmentConfig
 from convzoo.data import augment, policies, resample
 from convzoo.data.mixing import MixUpCutMix
@@ -54,16 +55,6 @@ from convzoo.data.stage import Stage
 
 MEAN = torch.tensor([125.307, 122.95, 113.865]).view(1, 3, 1, 1)  # CIFAR-10, 0-255 scale
 STD = torch.tensor([62.9932, 62.0887, 66.7048]).view(1, 3, 1, 1)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _sync(device: torch.device) -> None:
@@ -287,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         kornia_note = "kornia: not installed here; its column is skipped"
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     print(f"augment throughput: {datetime.datetime.now().isoformat(timespec='seconds')}, "
-          f"{_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, python "
+          f"{cpu_model()}, {os.cpu_count()} cores, torch {torch.__version__}, python "
           f"{platform.python_version()}, {torch.get_num_threads()} threads, device {device}"
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
     print(f"command: {' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}; load average at start "

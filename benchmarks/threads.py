@@ -27,6 +27,8 @@ import time
 from datetime import date
 from pathlib import Path
 
+from convzoo.bench import cpu_model
+
 
 def train_once(recipe: str, threads: int, out: Path, name: str, extra: list[str]) -> dict:
     """One ``convzoo train`` in a fresh process; wall seconds, load before, top-1."""
@@ -44,17 +46,6 @@ def train_once(recipe: str, threads: int, out: Path, name: str, extra: list[str]
     return {"threads": threads, "wall": wall, "load": load, "top1": summary.get("top1")}
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--recipe", default="quickstart")
@@ -70,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats = 1
         extra += ["--set", "data.limit=200", "--set", "data.image_size=8", "--epochs", "1"]
 
-    print(f"# {date.today()}, {cpu_name()}, {os.cpu_count()} cores; "
+    print(f"# {date.today()}, {cpu_model()}, {os.cpu_count()} cores; "
           f"python {platform.python_version()}")
     print(f"# command: python benchmarks/threads.py {' '.join(argv or sys.argv[1:])}")
     rows = []
