@@ -1,0 +1,144 @@
+"""Run the full-length ledger runs one after another, each continued with ``--resume auto``.
+
+Every entry of :data:`PLAN` is one ``convzoo train`` command that trains a shipped recipe to its
+last epoch. The command is fixed (``--resume auto``), so running this script again after the
+machine stopped continues each unfinished run from its last checkpoint and skips finished ones:
+
+    nohup python benchmarks/ledger_runs.py --out ~/ledger --data-root ~/data > ~/ledger/log 2>&1 &
+    python benchmarks/ledger_runs.py --list                 # the plan
+    python benchmarks/ledger_runs.py --only fast94-s0       # one entry
+
+Each invocation appends one line to ``OUT/NAME.invocations.jsonl`` beside the run directory
+(start and end time, wall seconds, exit code, convzoo's commit, the CPU, the command), so the
+wall time of a run that took several sessions is the sum of its lines. ``benchmarks/ledger.py
+collect`` copies a finished run with that record into ``results/``.
+
+Data: ``DATA_ROOT/cifar10-jpeg`` (the JPEG image-folder copy of CIFAR-10) and
+``DATA_ROOT/imagenette`` (Imagenette's train part), unpacked from ``../shared/datasets``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+# name -> (recipe, data folder under DATA_ROOT, seed, extra --set overrides). The CPU runs use
+# one thread (the machine is shared with the test suite) and no torch.compile (CPU compile time
+# would dominate a 10-epoch run); neither changes what is computed.
+CPU = ["train.threads=1", "train.compile=false", "train.checkpoint_every_minutes=5"]
+PLAN: dict[str, tuple[str, str, int, list[str]]] = {
+    "fast94-s0": ("cifar10-fast94", "cifar10-jpeg", 0, CPU),
+    "fast94-s1": ("cifar10-fast94", "cifar10-jpeg", 1, CPU),
+    "fast94-s2": ("cifar10-fast94", "cifar10-jpeg", 2, CPU),
+    "r20fast-s0": ("resnet20-cifar10-fast", "cifar10-jpeg", 0, CPU),
+    "r20fast-s1": ("resnet20-cifar10-fast", "cifar10-jpeg", 1, CPU),
+    "gnet5-s0": ("googlenet_bn-imagenette-5ep", "imagenette", 0, CPU),
+    "gnet20-s0": ("googlenet_bn-imagenette-20ep", "imagenette", 0, CPU),
+    "r20neon-s0": ("resnet20-cifar10-neon", "cifar10-jpeg", 0, CPU),
+}
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"],
+                               capture_output=True, text=True).stdout.strip()
+        return out + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def command(name: str, out: Path, data_root: Path) -> list[str]:
+    recipe, data, seed, sets = PLAN[name]
+    cmd = [sys.executable, "-m", "convzoo", "train", "--recipe", recipe,
+           "--data", str(data_root / data), "--seed", str(seed), "--out", str(out),
+           "--name", name, "--resume", "auto"]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd
+
+
+def finished(run_dir: Path) -> bool:
+    """A run is finished when its summary says it reached the config's last epoch."""
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        return False
+    import yaml
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    epochs = (cfg.get("stages") or [{}])[-1].get("train", {}).get("epochs") \
+        or cfg["train"]["epochs"]
+    return json.loads(summary.read_text()).get("epochs", 0) >= epochs
+
+
+def machine() -> str:
+    """The CPU model, its widest vector extension and the core count: the CPUs this project
+    runs on differ by about 2.4x on the same step between AVX2 and AVX-512 parts."""
+    from convzoo.bench import cpu_model
+
+    flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{cpu_model()}, {isa}, {os.cpu_count()} cores"
+
+
+def run_one(name: str, out: Path, data_root: Path) -> int:
+    cmd = command(name, out, data_root)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
+    start = time.time()
+    print(f"[{dt.datetime.now():%F %T}] {name}: {' '.join(cmd)}", flush=True)
+    rc = subprocess.run(cmd, env=env).returncode
+    wall = time.time() - start
+    record = {"start": dt.datetime.fromtimestamp(start, dt.timezone.utc).isoformat(),
+              "wall_seconds": round(wall, 1), "exit_code": rc, "commit": git_commit(),
+              "machine": machine(), "command": " ".join(cmd[1:])}
+    with open(out / f"{name}.invocations.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(f"[{dt.datetime.now():%F %T}] {name}: exit {rc} after {wall:.0f} s", flush=True)
+    return rc
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path.home() / "ledger")
+    p.add_argument("--data-root", type=Path, default=Path.home() / "data")
+    p.add_argument("--only", nargs="*", help="entries to run (default: the whole plan, in order)")
+    p.add_argument("--list", action="store_true", help="print the plan and each entry's state")
+    args = p.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    names = args.only or list(PLAN)
+    for name in names:
+        if name not in PLAN:
+            p.error(f"unknown entry {name!r} (known: {', '.join(PLAN)})")
+    if args.list:
+        for name in names:
+            state = "finished" if finished(args.out / name) else (
+                "started" if (args.out / name).exists() else "not started")
+            print(f"{name:12} {state:12} {' '.join(command(name, args.out, args.data_root)[3:])}")
+        return 0
+    failed = 0
+    for name in names:
+        if finished(args.out / name):
+            continue
+        failed += run_one(name, args.out, args.data_root) != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
