@@ -35,14 +35,15 @@ sys.path.insert(0, str(ROOT / "src"))
 # one thread (the machine is shared with the test suite) and no torch.compile (CPU compile time
 # would dominate a 10-epoch run); neither changes what is computed.
 CPU = ["train.threads=1", "train.compile=false", "train.checkpoint_every_minutes=5"]
+# In this order: one run of each kind first, then the further seeds, then the 180-epoch run.
 PLAN: dict[str, tuple[str, str, int, list[str]]] = {
     "fast94-s0": ("cifar10-fast94", "cifar10-jpeg", 0, CPU),
-    "fast94-s1": ("cifar10-fast94", "cifar10-jpeg", 1, CPU),
-    "fast94-s2": ("cifar10-fast94", "cifar10-jpeg", 2, CPU),
     "r20fast-s0": ("resnet20-cifar10-fast", "cifar10-jpeg", 0, CPU),
-    "r20fast-s1": ("resnet20-cifar10-fast", "cifar10-jpeg", 1, CPU),
     "gnet5-s0": ("googlenet_bn-imagenette-5ep", "imagenette", 0, CPU),
     "gnet20-s0": ("googlenet_bn-imagenette-20ep", "imagenette", 0, CPU),
+    "fast94-s1": ("cifar10-fast94", "cifar10-jpeg", 1, CPU),
+    "fast94-s2": ("cifar10-fast94", "cifar10-jpeg", 2, CPU),
+    "r20fast-s1": ("resnet20-cifar10-fast", "cifar10-jpeg", 1, CPU),
     "r20neon-s0": ("resnet20-cifar10-neon", "cifar10-jpeg", 0, CPU),
 }
 
