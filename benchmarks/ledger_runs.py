@@ -35,15 +35,21 @@ sys.path.insert(0, str(ROOT / "src"))
 # one thread (the machine is shared with the test suite) and no torch.compile (CPU compile time
 # would dominate a 10-epoch run); neither changes what is computed.
 CPU = ["train.threads=1", "train.compile=false", "train.checkpoint_every_minutes=5"]
-# In this order: one run of each kind first, then the further seeds, then the 180-epoch run.
+# Imagenette's train/ part only is here: a stratified 10% of it is the validation split.
+NETTE = CPU + ["data.val_fraction=0.1"]
+# In this order: one run of each kind first (the Imagenette lr chosen on its validation split
+# by the three 5-epoch runs), then the further seeds, then the 180-epoch run.
 PLAN: dict[str, tuple[str, str, int, list[str]]] = {
     "fast94-s0": ("cifar10-fast94", "cifar10-jpeg", 0, CPU),
+    "gnet5-s0": ("googlenet_bn-imagenette-5ep", "imagenette", 0, NETTE),
+    "gnet5-lr0.1-s0": ("googlenet_bn-imagenette-5ep", "imagenette", 0, NETTE + ["optim.lr=0.1"]),
+    "gnet5-lr0.6-s0": ("googlenet_bn-imagenette-5ep", "imagenette", 0, NETTE + ["optim.lr=0.6"]),
+    "gnet20-s0": ("googlenet_bn-imagenette-20ep", "imagenette", 0, NETTE),
     "r20fast-s0": ("resnet20-cifar10-fast", "cifar10-jpeg", 0, CPU),
-    "gnet5-s0": ("googlenet_bn-imagenette-5ep", "imagenette", 0, CPU),
-    "gnet20-s0": ("googlenet_bn-imagenette-20ep", "imagenette", 0, CPU),
     "fast94-s1": ("cifar10-fast94", "cifar10-jpeg", 1, CPU),
     "fast94-s2": ("cifar10-fast94", "cifar10-jpeg", 2, CPU),
     "r20fast-s1": ("resnet20-cifar10-fast", "cifar10-jpeg", 1, CPU),
+    "gnet5-s1": ("googlenet_bn-imagenette-5ep", "imagenette", 1, NETTE),
     "r20neon-s0": ("resnet20-cifar10-neon", "cifar10-jpeg", 0, CPU),
 }
 
