@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import math
 import resource
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -386,13 +385,14 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
             torch.distributed.broadcast_object_list(shared, src=0)
             run_dir = Path(shared[0])  # type: ignore[arg-type]
         assert run_dir is not None
-        train_stages(cfg, run_dir, rt, todo, run, fresh=resume is None)
+        train_stages(cfg, run_dir, rt, todo, run, fresh=resume is None, lock=lock)
         return run_dir
 
 
 def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], run: Run, *,
-                 fresh: bool) -> None:
-    """Train the stages ``todo`` in ``run_dir``, the first one already built (``run``)."""
+                 fresh: bool, lock: rundir.RunLock | None = None) -> None:
+    """Train the stages ``todo`` in ``run_dir``, the first one already built (``run``).
+    ``lock``: rank 0's ownership of the directory (a fresh run that fails is discarded)."""
     writer = MetricsWriter(run_dir, cfg.train.tensorboard, resume_epoch=run.state.epoch) \
         if rt.is_main else None
     done_steps = run.position.step if run.position is not None else 0
@@ -415,10 +415,15 @@ def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], r
                     if run.init_report is not None:  # what model.init loaded, key by key
                         rundir.write_init_report(run_dir, run.init_report.to_dict())
                 ckpt_out = run_stage(run, run_dir, writer, eta, control)
-    except ConvzooError:
-        # Bad input found before anything was trained: leave no half-made run directory.
-        if fresh and rt.is_main and not (run_dir / "last.pt").exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
+    except BaseException:
+        # A fresh run that failed before its first checkpoint (bad input found late, divergence
+        # in epoch 1, a full disk, an internal error): remove what it wrote, and nothing else.
+        if fresh and lock is not None and not (run_dir / "last.pt").exists():
+            run.data.close()
+            if writer is not None:
+                writer.close()
+            removed = rundir.discard(lock)
+            log.debug(f"{run_dir}: removed {', '.join(removed) or 'nothing'} of the failed run")
         raise
     finally:
         run.data.close()  # the streaming workers stop now, not whenever they are collected
