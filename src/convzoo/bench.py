@@ -45,9 +45,9 @@ from convzoo.data.augment import EVAL_CROP_FRACTION, build_train_augment
 from convzoo.data.preprocess import fit_preprocessor
 from convzoo.data.stage import Stage
 from convzoo.errors import ConvzooError
+from convzoo.log import format_seconds
 from convzoo.models import get_entry
 from convzoo.models.info import default_num_classes
-from convzoo.train.logging import format_seconds
 from convzoo.train.loop import train_one_epoch
 from convzoo.train.setup import build_run, configure_backends, resolve_runtime
 

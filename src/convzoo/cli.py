@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ``--resume auto`` on top), then ``fit`` — the one path of both."""
     import yaml
 
-    from convzoo.train.logging import log
+    from convzoo.log import log
     from convzoo.train.loop import check, describe, fit
 
     ckpt, claim = None, None
@@ -712,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from convzoo.train.logging import setup_logging
+    from convzoo.log import setup_logging
 
     try:
         args = build_parser().parse_args(argv)

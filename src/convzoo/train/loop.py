@@ -32,10 +32,11 @@ from convzoo.data.pipeline import Loader, build_pipeline
 from convzoo.data.sampler import torch_seed
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import autocast, evaluate
+from convzoo.log import format_seconds, log
 from convzoo.train import checkpoint as ckpt_io
 from convzoo.train import preempt, rundir
 from convzoo.train.distributed import all_ranks, broadcast_buffers, check_global_batch, no_sync
-from convzoo.train.logging import Eta, MetricsWriter, Progress, format_seconds, log
+from convzoo.train.logging import Eta, MetricsWriter, Progress
 from convzoo.train.schedule import set_lr
 from convzoo.train.setup import (
     Run,
