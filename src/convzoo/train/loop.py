@@ -257,19 +257,6 @@ RUNTIME_KEYS = {"train.device", "train.threads", "train.log_every", "data.worker
                 "train.checkpoint_every_steps", "train.checkpoint_every_minutes"}
 
 
-def dotted(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{'optim': {'lr': 0.01}}`` -> ``{'optim.lr': 0.01}`` (``model.kwargs`` stays one value,
-    as ``config.merge`` replaces it whole)."""
-    out: dict[str, Any] = {}
-    for key, value in overrides.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and name not in ("model.kwargs",):
-            out.update(dotted(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
 def resume_config(run_dir: Path, overrides: dict[str, Any],
                   done: int, mid_epoch: int = 0) -> C.Config:
     """The run's ``config.yaml`` with a resume's ``overrides`` (nested, as the CLI gives them).
@@ -282,7 +269,7 @@ def resume_config(run_dir: Path, overrides: dict[str, Any],
     """
     cfg = C.load_config(run_dir / "config.yaml")
     keys = C.declared_keys()  # the command line gives text: each value in its key's type
-    flat = {k: C.check_value(k, v) if k in keys else v for k, v in dotted(overrides).items()}
+    flat = {k: C.check_value(k, v) if k in keys else v for k, v in C.dotted(overrides).items()}
     runtime = {k: v for k, v in flat.items() if k in RUNTIME_KEYS}
     stage_keys = {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
     for key, value in runtime.items():
