@@ -468,7 +468,7 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
             run.model.set_epoch(epoch)
         lrs = run.schedule.epoch_lrs(epoch)
         progress = Progress(len(run.data.train), epoch, cfg.train.epochs, cfg.train.log_every,
-                            rt.is_main, eta=eta)
+                            rt.is_main, eta=eta, first_step=start)
         t0 = time.perf_counter()
         hook = MidEpoch(run, run_dir, control, epoch, len(lrs), progress, t0, before)
         stats = train_one_epoch(run, run.data.train, lrs, progress, epoch=epoch, start=start,
