@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import os
 import platform
 import re
@@ -21,6 +20,7 @@ from typing import Any
 from convzoo import __version__
 from convzoo import config as C
 from convzoo.errors import ConvzooError
+from convzoo.jsonio import dumps_json
 
 # ----------------------------------------------------------------------------- train
 
@@ -161,7 +161,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun: every rank has the figures
         return 0
     if args.json:
-        print(json.dumps(result))
+        print(dumps_json(result))
     else:
         print(f"{result['model']} ({result['weights']} weights) on {result['data']} "
               f"[{result['split']}, {result['count']} images]: top1 {result['top1']:.2f}%  "
@@ -183,7 +183,7 @@ def write_predictions(rows: list[dict[str, Any]], out: Path) -> None:
     from convzoo.train.rundir import write_text
 
     if out.suffix.lower() == ".json":
-        text = json.dumps(rows, indent=1) + "\n"
+        text = dumps_json(rows, indent=1) + "\n"
     else:
         k = max((len(r["top"]) for r in rows), default=0)
         buffer = io.StringIO()
@@ -212,7 +212,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_predictions(rows, out)
         print(f"{len(rows)} predictions ({clf.weights} weights) -> {out}", file=sys.stderr)
     elif args.json:
-        print(json.dumps(rows))
+        print(dumps_json(rows))
     else:
         for row in rows:
             preds = ", ".join(f"{p['class']} {100 * p['prob']:.1f}%" for p in row["top"])
@@ -241,12 +241,12 @@ def cmd_models(args: argparse.Namespace) -> int:
                                    f"{'' if args.all else ' --all'}`)")
             names += [n for n in matched if n not in names]
         rows = [model_info(name) for name in names]
-        print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+        print(dumps_json(rows, indent=2) if args.json else format_table(rows))
         return 0
     rows = [model_info(name) for name in list_models()]
     timm_names = list_models("timm:*") if args.all else []
     if args.json:
-        print(json.dumps(rows + [{"name": n, "source": "timm"} for n in timm_names], indent=2))
+        print(dumps_json(rows + [{"name": n, "source": "timm"} for n in timm_names], indent=2))
         return 0
     print(format_table(rows))
     if timm_names:
@@ -265,7 +265,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
                      else cfg.train.epochs, "reported": cfg.reported,
                      "description": cfg.description})
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows, indent=2))
         return 0
     cols = ["name", "source", "model", "data", "epochs", "reported"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
@@ -354,7 +354,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        train_images=args.train_images)
     bench.write_outputs(rows, args.out_md, args.out_csv)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows, indent=2))
     else:
         print(bench.markdown(rows), end="")
     return 0

@@ -31,7 +31,6 @@ directly (no pyplot), like ``convzoo.report``.
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,6 +43,7 @@ from matplotlib.patches import Patch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from convzoo.errors import ConvzooError
+from convzoo.jsonio import dumps_json
 
 ECE_BINS = 15
 MISTAKES = 25  # cells of the confident-mistakes grid (5 x 5)
@@ -371,7 +371,7 @@ def write_report(
     summary = {"count": n, "classes": k, "top1": float((preds == y).mean() * 100),
                f"top{kk}": topk_acc * 100, "ece": ece, "ece_bins": ECE_BINS,
                "macro_f1": table[-2]["f1"], "files": {key: p_.name for key, p_ in files.items()}}
-    (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "report.json").write_text(dumps_json(summary, indent=2) + "\n")
     files["report_json"] = out / "report.json"
 
     if writer is not None:
