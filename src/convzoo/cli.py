@@ -468,13 +468,51 @@ def train_epilog() -> str:
             "flags < --set.\nThe sections and their keys:\n" + sections_help())
 
 
-def version_line() -> str:
+def installed(package: str) -> str:
+    """The installed version of `package` from its metadata (without importing it: a broken
+    torchvision still has a version), or "not installed"."""
     try:
-        torch = importlib.metadata.version("torch")
+        return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
-        torch = "not installed"
-    return (f"convzoo {__version__} (torch {torch}, python {platform.python_version()}) "
+        return "not installed"
+
+
+def version_line() -> str:
+    return (f"convzoo {__version__} (torch {installed('torch')}, torchvision "
+            f"{installed('torchvision')}, python {platform.python_version()}) "
             f"from {Path(__file__).resolve().parent}")
+
+
+# How a torchvision built for another torch fails: its compiled operators do not register
+# ("operator torchvision::nms does not exist" on import), or its extension does not load.
+_TORCHVISION_MISMATCH = re.compile(
+    r"torchvision::\w+|Couldn't load custom C\+\+ ops|torchvision.{0,80}undefined symbol"
+    r"|undefined symbol.{0,200}torchvision", re.S)
+
+
+def environment_fault(e: BaseException) -> str | None:
+    """One line for an exception that is a broken installation, not a convzoo bug (None if it
+    is not one): a torchvision built for another torch names both versions and the command
+    that installs a matching pair (torchvision 0.N+15 goes with torch 2.N, from the same
+    index: the local version ``+cu121``/``+cpu`` names it)."""
+    if not isinstance(e, RuntimeError | ImportError | OSError) \
+            or _TORCHVISION_MISMATCH.search(str(e)) is None:
+        return None
+    loaded = sys.modules.get("torch")  # its __version__ keeps the build (+cpu, +cu121)
+    torch = getattr(loaded, "__version__", None) or installed("torch")
+    vision = installed("torchvision")
+    release, _, local = str(torch).partition("+")
+    parts = release.split(".")
+    pair = f"pip install torch=={release}"
+    if len(parts) >= 2 and parts[0] == "2" and parts[1].isdigit():
+        pair += f" torchvision==0.{int(parts[1]) + 15}.*"
+    else:
+        pair += " torchvision (the release made for it)"
+    if local:
+        pair += f" --index-url https://download.pytorch.org/whl/{local}"
+    return (f"torch {torch} and torchvision {vision} do not match (torchvision's operators do "
+            f"not load: {str(e).strip().splitlines()[0][:100]}); install a matching pair, e.g. "
+            f"{pair}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -636,6 +674,10 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_PREEMPTED
         if os.environ.get("CONVZOO_DEBUG"):
             raise
+        fault = environment_fault(e)
+        if fault is not None:
+            print(f"convzoo: error: {fault}", file=sys.stderr)
+            return 2
         if _lost_peer(e):
             print(f"convzoo: error: another process of this torchrun job failed or was stopped "
                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the run "
