@@ -284,6 +284,55 @@ def _show(value: Any) -> str:
 MAX_EPOCHS = 10**6  # far above any schedule, far below what breaks an int in a tensor
 
 
+def _check_states(ckpt: dict[str, Any], path: Path) -> None:
+    """The shapes of the state dicts ``setup.restore`` hands to the optimizer, schedule,
+    early stopping, EMA and the RNG: containers and scalars of the types they read (the
+    tensors inside are torch's to check against the model)."""
+    number = (int, float)
+    rng = ckpt["rng"]
+    generator = rng.get("torch")
+    ok = (isinstance(generator, torch.Tensor) and generator.dtype == torch.uint8
+          and tuple(generator.shape) == tuple(torch.get_rng_state().shape))
+    if not ok or not isinstance(rng.get("cuda", []), list):
+        raise ConvzooError(f"{path}: stored rng is not a state of this torch's generator")
+    schedule = ckpt["schedule"]
+    _field(path, "schedule peak", schedule.get("peak"), number, "(0, inf)")
+    anchor = schedule.get("anchor")
+    if anchor is not None:
+        _field(path, "schedule anchor", anchor, list)
+        if len(anchor) != 2:
+            raise ConvzooError(f"{path}: stored schedule anchor={_show(anchor)} is not "
+                               "[epoch, lr]")
+        _field(path, "schedule anchor epoch", anchor[0], int, f"[0, {MAX_EPOCHS}]")
+        _field(path, "schedule anchor lr", anchor[1], number, "[0, inf)")
+    plateau = schedule.get("plateau")
+    _field(path, "schedule plateau", plateau, (dict, type(None)))
+    for key, state in (("schedule plateau", plateau), ("early_stop", ckpt["early_stop"])):
+        if state is None:
+            continue
+        _field(path, f"{key} best", state.get("best"), number)  # +-inf before any epoch
+        _field(path, f"{key} bad_epochs", state.get("bad_epochs"), int, "[0, inf)")
+        if key == "schedule plateau":
+            _field(path, f"{key} scale", state.get("scale"), number, "(0, inf)")
+            _field(path, f"{key} cooldown_left", state.get("cooldown_left"), int, "[0, inf)")
+    ema = ckpt["ema"]
+    if ema is not None:
+        _field(path, "ema module", ema.get("module"), dict)
+        _field(path, "ema updates", ema.get("updates"), int, "[0, inf)")
+        _field(path, "ema decay", ema.get("decay"), number, "[0, 1]")
+    optimizer = ckpt["optimizer"]
+    inner = optimizer.get("optimizer") if "lookahead" in optimizer else optimizer
+    _field(path, "optimizer state", inner.get("state") if isinstance(inner, dict) else inner,
+           dict)
+    groups = inner.get("param_groups")
+    _field(path, "optimizer param_groups", groups, list)
+    for g in groups:
+        if not (isinstance(g, dict) and isinstance(g.get("params"), list)
+                and all(isinstance(i, int) for i in g["params"])):
+            raise ConvzooError(f"{path}: stored optimizer param_groups hold "
+                               f"{_show(g)}, not groups of parameter indices")
+
+
 def check_training_fields(ckpt: dict[str, Any], path: Path) -> None:
     """The types and ranges of the fields ``--resume`` continues from (``setup.restore``,
     ``preempt.position_from``): counters, times, the containers of the optimizer, schedule,
@@ -303,10 +352,7 @@ def check_training_fields(ckpt: dict[str, Any], path: Path) -> None:
         _field(path, key, ckpt[key], kind, interval)
     if ckpt["weights"] not in ("ema", "raw"):
         raise ConvzooError(f"{path}: stored weights={_show(ckpt['weights'])} is not ema or raw")
-    if not isinstance(ckpt["rng"].get("torch"), torch.Tensor):
-        raise ConvzooError(f"{path}: stored rng has no torch generator state")
-    if ckpt["ema"] is not None and not isinstance(ckpt["ema"].get("module"), dict):
-        raise ConvzooError(f"{path}: stored ema has no module weights")
+    _check_states(ckpt, path)
     if "step" in ckpt:  # a mid-epoch position (preempt.position_fields)
         _field(path, "steps_per_epoch", ckpt.get("steps_per_epoch"), int, "[1, inf)")
         _field(path, "step", ckpt["step"], int, f"[0, {ckpt['steps_per_epoch'] - 1}]")
