@@ -267,7 +267,7 @@ def _field(path: Path, key: str, value: Any, kind: type | tuple[type, ...],
     kinds = kind if isinstance(kind, tuple) else (kind,)
     ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if ok and interval is not None:
-        ok = C.In(interval).contains(value) or (key == "best_top1" and value == -math.inf)
+        ok = C.In(interval).contains(value)
     if not ok:
         names = {int: "an integer", float: "a number", str: "text", bool: "true or false",
                  dict: "a mapping", list: "a list", type(None): "empty"}
@@ -340,7 +340,7 @@ def check_training_fields(ckpt: dict[str, Any], path: Path) -> None:
     number = (int, float)
     for key, kind, interval in (
             ("epoch", int, f"[0, {MAX_EPOCHS}]"), ("stage", int, "[0, 10000]"),
-            ("stopped", bool, None), ("best_top1", number, "[0, 100]"),
+            ("stopped", bool, None), ("best_top1", number, None),
             ("train_seconds", number, "[0, inf)"), ("train_images", int, "[0, inf)"),
             ("init_seconds", number, "[0, inf)"), ("compile_seconds", number, "[0, inf)"),
             ("weights", str, None), ("optimizer", dict, None), ("schedule", dict, None),
@@ -350,6 +350,8 @@ def check_training_fields(ckpt: dict[str, Any], path: Path) -> None:
         if key not in ckpt:
             raise ConvzooError(f"{path}: no stored {key}; not a complete convzoo checkpoint")
         _field(path, key, ckpt[key], kind, interval)
+    if ckpt["best_top1"] != -math.inf:  # -inf: no evaluation yet
+        _field(path, "best_top1", ckpt["best_top1"], number, "[0, 100]")
     if ckpt["weights"] not in ("ema", "raw"):
         raise ConvzooError(f"{path}: stored weights={_show(ckpt['weights'])} is not ema or raw")
     _check_states(ckpt, path)
