@@ -303,7 +303,7 @@ def _check_states(ckpt: dict[str, Any], path: Path) -> None:
         if len(anchor) != 2:
             raise ConvzooError(f"{path}: stored schedule anchor={_show(anchor)} is not "
                                "[epoch, lr]")
-        _field(path, "schedule anchor epoch", anchor[0], int, f"[0, {MAX_EPOCHS}]")
+        _field(path, "schedule anchor epoch", anchor[0], number, f"[0, {MAX_EPOCHS}]")
         _field(path, "schedule anchor lr", anchor[1], number, "[0, inf)")
     plateau = schedule.get("plateau")
     _field(path, "schedule plateau", plateau, (dict, type(None)))
