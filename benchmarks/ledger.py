@@ -40,6 +40,7 @@ RUNTIME = ("train.threads", "train.compile", "train.checkpoint_every_minutes",
 DATA_NAMES = {  # what the data folders of the ledger runs are (../shared/datasets/README.md)
     "cifar10-jpeg": "CIFAR-10, JPEG q75 copy",
     "imagenette": "Imagenette train/ (224 px copy)",
+    "digits": "scikit-learn digits",
 }
 COPIED = ("config.yaml", "summary.json", "metrics.jsonl", "init.json")
 COPIED_AIRBENCH = ("result.json", "airbench_stdout.txt")
@@ -131,7 +132,9 @@ def read_results(results: Path = RESULTS) -> list[dict[str, Any]]:
             cfg = yaml.safe_load((folder / "config.yaml").read_text())
             sets = _overrides(rec["command"])
             rec.update(
-                recipe=cfg.get("name") or "-", data=_data_of(rec["command"]),
+                recipe=cfg.get("name") or "-",
+                data=_data_of(rec["command"]) or DATA_NAMES.get(str(cfg["data"]["source"]),
+                                                                 str(cfg["data"]["source"])),
                 split=summary["split"], epochs=summary["epochs"], top1=summary["top1"],
                 top5=summary.get("top5"), timed_seconds=summary.get("timed_seconds"),
                 train_seconds=summary["train_seconds"], reported=cfg.get("reported") or "",
@@ -147,7 +150,7 @@ def _data_of(command: str) -> str:
     for flag, value in zip(words, words[1:]):
         if flag == "--data":
             return DATA_NAMES.get(Path(value).name, Path(value).name)
-    return "-"
+    return ""
 
 
 # ----------------------------------------------------------------------------- tables

@@ -59,6 +59,12 @@ AIRBENCH = Entry("airbench94.py", kind="airbench")
 # two sides share the machine's state; the Imagenette lr chosen on its validation split by the
 # three 5-epoch runs), then the further seeds, then the 180-epoch run.
 PLAN: dict[str, Entry] = {
+    # README's quickstart figure: three seeds on one thread, one on two (what varies with the
+    # thread count is the order of float sums, so the figure is given as a range)
+    "quickstart-s0": Entry("quickstart", "", 0, CPU),
+    "quickstart-s1": Entry("quickstart", "", 1, CPU),
+    "quickstart-s2": Entry("quickstart", "", 2, CPU),
+    "quickstart-2threads-s0": Entry("quickstart", "", 0, (*CPU, "train.threads=2")),
     "fast94-s0": Entry("cifar10-fast94", seed=0, sets=CPU),
     "airbench94-r0": AIRBENCH,
     "gnet5-s0": Entry("googlenet_bn-imagenette-5ep", "imagenette", 0, NETTE),
@@ -96,9 +102,9 @@ def command(name: str, out: Path, data_root: Path, airbench: Path) -> list[str]:
                 "cpu", "--threads", "1", "--airbench", str(airbench), "--script", e.recipe,
                 "--airbench-runs", "1", "--only", "airbench", "--data", str(data_root / e.data),
                 "--workdir", str(out / name), "--json", str(out / name / "result.json")]
-    cmd = [sys.executable, "-m", "convzoo", "train", "--recipe", e.recipe,
-           "--data", str(data_root / e.data), "--seed", str(e.seed), "--out", str(out),
-           "--name", name, "--resume", "auto"]
+    data = ["--data", str(data_root / e.data)] if e.data else []  # "": the recipe's own
+    cmd = [sys.executable, "-m", "convzoo", "train", "--recipe", e.recipe, *data,
+           "--seed", str(e.seed), "--out", str(out), "--name", name, "--resume", "auto"]
     for s in e.sets:
         cmd += ["--set", s]
     return cmd
