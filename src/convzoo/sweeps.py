@@ -434,7 +434,7 @@ def fail_dead_trials(study: Any) -> list[int]:
 
 # ----------------------------------------------------------------------------- trials
 
-COUNTED = ("COMPLETE", "PRUNED", "RUNNING", "WAITING")
+COUNTED = ("COMPLETE", "PRUNED", "RUNNING")  # not WAITING: an enqueued trial not yet started
 
 
 def counted(study: Any, below: int | None = None) -> int:
