@@ -23,7 +23,6 @@ import convzoo
 from convzoo.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-optuna = pytest.importorskip("optuna")
 
 # About 1 s per epoch: all 1,797 digits at 8x8 (a fifth held out as val), Adam reaches ~65% val
 # top-1 after one epoch at lr 3e-3 and ~13% at lr 1e-4.
@@ -33,7 +32,14 @@ BASE = {"data.source": "digits", "data.image_size": 8, "train.batch_size": 32,
         "train.device": "cpu", "schedule.min_lr": 5e-5}
 
 
+@pytest.fixture
+def optuna() -> Any:
+    return pytest.importorskip("optuna")
+
+
 def study_of(folder: Path) -> Any:
+    import optuna
+
     return optuna.load_study(study_name=folder.name, storage=f"sqlite:///{folder / 'study.db'}")
 
 
@@ -42,7 +48,7 @@ def states(folder: Path) -> list[str]:
 
 
 def test_a_lagging_trial_is_pruned_a_failed_one_never_counts_and_the_best_evaluates_to_its_value(
-        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture, optuna: Any) -> None:
     result = convzoo.sweep(
         set={**BASE, "train.epochs": 3}, params={"optim.lr": "choice:0.003,0.00001,0.0001"},
         # lr 1e-5 is below schedule.min_lr: its config is refused (a ConvzooError), so the
@@ -97,12 +103,19 @@ def test_a_lagging_trial_is_pruned_a_failed_one_never_counts_and_the_best_evalua
     (["no/such/sweep.yaml"], "sweep file not found"),
     (["--resume", "no/such/folder"], "not a sweep folder"),
 ])
-def test_a_bad_sweep_is_one_line_before_anything_is_written(args, message, tmp_path, capsys):
+def test_a_bad_sweep_is_one_line_before_anything_is_written(args, message, tmp_path, capsys,
+                                                           optuna):
     assert main(["sweep", *args, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("convzoo: error: ")
     assert re.search(message, err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_without_optuna_the_sweep_says_how_to_install_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # as if not installed
+    assert main(["sweep", "--param", "optim.lr=loguniform:1e-3:1", "--out", str(tmp_path)]) == 2
+    assert "pip install 'convzoo[sweep]'" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- processes
@@ -131,7 +144,8 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_share_one_sqlite_study_and_run_no_trial_twice(tmp_path: Path) -> None:
+def test_two_processes_share_one_sqlite_study_and_run_no_trial_twice(tmp_path: Path,
+                                                                   optuna: Any) -> None:
     path = sweep_file(tmp_path, study="two", trials=6)
     procs = [start(str(path)), start(str(path))]  # started together on one new SQLite file
     outs = [p.communicate(timeout=600) for p in procs]
@@ -157,7 +171,7 @@ def test_two_processes_share_one_sqlite_study_and_run_no_trial_twice(tmp_path: P
 
 @pytest.mark.slow
 def test_interrupted_and_killed_trials_are_failed_and_resume_finishes_the_sweep(
-        tmp_path: Path) -> None:
+        tmp_path: Path, optuna: Any) -> None:
     path = sweep_file(tmp_path, study="stop", trials=2, set={**BASE, "train.epochs": 4})
     folder = tmp_path / "stop"
     first = start(str(path))

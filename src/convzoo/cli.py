@@ -188,8 +188,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     try:
         result = sweep(args.file, resume=args.resume, **sweep_keys(args))
     except Interrupted as e:
-        print(f"convzoo: sweep {e}; the trial is recorded as failed; continue with "
-              "--resume SWEEP_FOLDER", file=sys.stderr)
+        print(f"convzoo: sweep {e}; its trial is recorded as failed; continue the sweep with "
+              f"convzoo sweep --resume {e.folder}", file=sys.stderr)
         return e.code
     best = result.best
     if args.json:

@@ -451,11 +451,12 @@ class Surplus(Exception):
 
 
 class Interrupted(Exception):
-    """The process was asked to stop (a signal) while a trial was being set up."""
+    """The process was asked to stop (a signal) during a trial: the trial is FAIL, the process
+    ends with ``code`` (75 after a checkpoint, like ``convzoo train``)."""
 
-    def __init__(self, code: int) -> None:
+    def __init__(self, code: int, folder: Path | None = None) -> None:
         super().__init__(f"stopped (exit {code})")
-        self.code = code
+        self.code, self.folder = code, folder
 
 
 class Reporter:
@@ -746,7 +747,14 @@ def sweep(spec: str | Path | dict[str, Any] | SweepConfig | None = None, *,
         mappings): ``convzoo.sweep(recipe="quickstart", params={"optim.lr":
         "loguniform:1e-3:1"}, trials=12, val_fraction=0.1)``.
     """
+    from convzoo.train.trackers import check_installed, installed
+
+    if not installed("optuna"):
+        raise ConvzooError("convzoo sweep needs optuna, which is not installed: pip install "
+                           "'convzoo[sweep]'")
     import optuna
+
+    from convzoo.train.preempt import EXIT_PREEMPTED, Preempted
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConvzooError("convzoo sweep runs each trial in one process: start one sweep "
@@ -758,8 +766,6 @@ def sweep(spec: str | Path | dict[str, Any] | SweepConfig | None = None, *,
     folder = sweep_folder(cfg)
     probe = trial_config(cfg, base, {}, folder, 0)  # the base as a trial sees it
     check_validation_split(probe)
-    from convzoo.train.trackers import check_installed
-
     check_installed(probe.train.loggers)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -782,6 +788,8 @@ def sweep(spec: str | Path | dict[str, Any] | SweepConfig | None = None, *,
                 study.optimize(record_error(Objective(cfg, space, base, folder)),
                                timeout=cfg.timeout or None, catch=(ConvzooError, Surplus),
                                callbacks=[budget])
+        except (Preempted, Interrupted) as e:  # the trial is FAIL (Optuna recorded it)
+            raise Interrupted(getattr(e, "code", EXIT_PREEMPTED), folder) from None
         finally:
             rows = write_outputs(study, cfg, space, folder)
         if budget.failures >= FAILURES_IN_A_ROW:

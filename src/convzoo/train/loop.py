@@ -450,6 +450,9 @@ def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], r
     except ConvzooError:
         # Bad input found before anything was trained: leave no half-made run directory.
         if fresh and rt.is_main and not (run_dir / "last.pt").exists():
+            if writer is not None:  # its loggers write into the directory: close them first
+                writer.close(status)
+                writer = None
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:

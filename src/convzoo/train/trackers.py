@@ -132,7 +132,8 @@ class Tracker:
 class TensorBoardTracker(Tracker):
     name = "tensorboard"
 
-    def __init__(self, run_dir: Path, params: dict[str, Any], resume_step: int | None) -> None:
+    def __init__(self, run_dir: Path, params: dict[str, Any] | None,
+                 resume_step: int | None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         folder = run_dir / "tensorboard"
@@ -221,9 +222,13 @@ def _step_of(line: str) -> int | None:
         return None
 
 
-def mlflow_location(cfg: C.Config) -> tuple[str, str | None]:
-    """(tracking URI, artifact location for a new experiment or None for the store's own)."""
-    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+def mlflow_location(cfg: C.Config, saved: dict[str, Any] | None = None
+                    ) -> tuple[str, str | None]:
+    """(tracking URI, artifact location for a new experiment or None for the store's own):
+    ``mlflow.tracking_uri``, else MLFLOW_TRACKING_URI, else the store a continuing run was
+    logged to (tracking.json), else the SQLite store in train.out."""
+    uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "") or (
+        saved or {}).get("tracking_uri", "")
     if uri:
         return uri, None
     out = Path(cfg.train.out).expanduser().resolve()
@@ -263,7 +268,7 @@ class MlflowTracker(Tracker):
         from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        uri, artifacts = mlflow_location(cfg)
+        uri, artifacts = mlflow_location(cfg, saved)
         self.client = MlflowClient(uri)
         self.run_id: str | None = None
         with _store_lock(uri):
@@ -477,7 +482,7 @@ def open_for_report(cfg: C.Config, run_dir: Path) -> Trackers:
             continue
         try:
             if name == "tensorboard" and (run_dir / "tensorboard").is_dir():
-                made.append(TensorBoardTracker(run_dir, None, None))  # type: ignore[arg-type]
+                made.append(TensorBoardTracker(run_dir, None, None))
             elif name == "mlflow" and saved.get("mlflow"):
                 tracker = MlflowTracker(cfg, run_dir, None, saved["mlflow"], create=False)
                 if tracker.run_id is not None:
