@@ -100,6 +100,8 @@ def test_a_lagging_trial_is_pruned_a_failed_one_never_counts_and_the_best_evalua
     (["--recipe", "quickstart"], "the sweep searches nothing"),
     (["--recipe", "quickstart", "--param", "optim.lr=loguniform:1e-3:1"],
      "data digits has no val split .* set val_fraction"),
+    (["--recipe", "quickstart", "--val-fraction", "0.1", "--param", "optim.lr=uniform:1:2",
+      "--baseline"], r"sweep baseline: optim.lr=0.1 is outside its search space uniform:1:2"),
     (["no/such/sweep.yaml"], "sweep file not found"),
     (["--resume", "no/such/folder"], "not a sweep folder"),
 ])

@@ -350,9 +350,10 @@ def make_pruner(sweep: SweepConfig, epochs: int) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def open_study(sweep: SweepConfig, space: list[Param], base: C.Config, *,
+def open_study(sweep: SweepConfig, queue: list[dict[str, Any]], base: C.Config, *,
                resume: bool) -> tuple[Any, bool]:
-    """The study (created, or joined when it exists) and whether this process created it."""
+    """The study (created with the trials of ``queue`` first, or joined when it exists) and
+    whether this process created it."""
     import optuna
 
     url, name = storage_url(sweep), study_name(sweep)
@@ -367,7 +368,7 @@ def open_study(sweep: SweepConfig, space: list[Param], base: C.Config, *,
                                             sampler=make_sampler(sweep, sweep.seed),
                                             pruner=pruner)
                 study.set_user_attr("convzoo_sweep", mine)
-                for params in enqueued(sweep, space, base):
+                for params in queue:
                     study.enqueue_trial(params)
                 return study, True
             except optuna.exceptions.DuplicatedStudyError:  # another process made it: join
@@ -765,6 +766,7 @@ def sweep(spec: str | Path | dict[str, Any] | SweepConfig | None = None, *,
     base = base_config(cfg)
     folder = sweep_folder(cfg)
     probe = trial_config(cfg, base, {}, folder, 0)  # the base as a trial sees it
+    queue = enqueued(cfg, space, probe)
     check_validation_split(probe)
     check_installed(probe.train.loggers)
     try:
@@ -773,7 +775,7 @@ def sweep(spec: str | Path | dict[str, Any] | SweepConfig | None = None, *,
         raise ConvzooError(f"cannot create sweep folder {folder}: {e.strerror}") from None
     optuna.logging.disable_default_handler()  # its lines are logged here, one per trial
     try:
-        study, created = open_study(cfg, space, probe, resume=resume is not None)
+        study, created = open_study(cfg, queue, probe, resume=resume is not None)
         if created or not (folder / SWEEP_FILE).is_file():
             from convzoo.train.rundir import write_text
 
