@@ -155,7 +155,7 @@ def sweep_keys(args: argparse.Namespace) -> dict[str, Any]:
     """The sweep keys the flags give (``sweeps.SweepConfig``; the file's are below them)."""
     keys: dict[str, Any] = {}
     for attr in ("recipe", "metric", "direction", "trials", "timeout", "val_fraction", "pruner",
-                 "sampler", "seed", "study", "storage", "out"):
+                 "prune_warmup", "prune_startup", "sampler", "seed", "study", "storage", "out"):
         value = getattr(args, attr)
         if value is not None:
             keys[attr] = value
@@ -579,6 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "split)")
     p.add_argument("--pruner", choices=["none", "median", "asha", "hyperband"],
                    help="end bad trials early on their per-epoch metric (default median)")
+    p.add_argument("--prune-warmup", dest="prune_warmup", type=number_in("[0, inf)"),
+                   help="epochs a trial trains before it can be pruned (default 1; past a "
+                        "schedule's warmup is wiser)")
+    p.add_argument("--prune-startup", dest="prune_startup", type=number_in("[0, inf)"),
+                   help="median pruner: trials that finish before any is pruned (default 2)")
     p.add_argument("--sampler", choices=["tpe", "random"], help="default tpe")
     p.add_argument("--seed", type=number_in("[0, 4294967295]"), help="sampler seed")
     p.add_argument("--baseline", action="store_true",
