@@ -183,6 +183,8 @@ def sweep_keys(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from convzoo.sweeps import Interrupted, sweep
 
     try:
@@ -196,8 +198,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(json.dumps({"study": result.study, "storage": result.storage,
                           "folder": str(result.folder), "metric": result.metric,
                           "direction": result.direction,
-                          "best": None if best is None else best.__dict__,
-                          "trials": [t.__dict__ for t in result.trials]}))
+                          "best": None if best is None else asdict(best),
+                          "trials": [asdict(t) for t in result.trials]}))
     else:
         print(result.folder)
     return 0

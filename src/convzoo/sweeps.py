@@ -39,7 +39,6 @@ trial created in the instant between two processes' counts is recorded as FAIL w
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import logging
@@ -48,7 +47,6 @@ import os
 import socket
 import warnings
 import zlib
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -299,16 +297,6 @@ def check_validation_split(cfg: C.Config) -> None:
 # ----------------------------------------------------------------------------- the study
 
 
-@contextlib.contextmanager
-def storage_lock(url: str) -> Iterator[None]:
-    """A file lock beside a SQLite storage while it is opened: the first opener creates the
-    tables, and two processes started together must not both do it."""
-    from convzoo.train.trackers import _store_lock
-
-    with _store_lock(url):
-        yield
-
-
 def open_storage(url: str) -> Any:
     import optuna
 
@@ -356,9 +344,11 @@ def open_study(sweep: SweepConfig, queue: list[dict[str, Any]], base: C.Config, 
     whether this process created it."""
     import optuna
 
+    from convzoo.train.trackers import sqlite_lock
+
     url, name = storage_url(sweep), study_name(sweep)
     mine = definition(sweep)
-    with storage_lock(url):
+    with sqlite_lock(url):
         storage = open_storage(url)
         pruner = make_pruner(sweep, base.stages[-1].epochs if base.stages else base.train.epochs)
         if not resume:
@@ -507,6 +497,9 @@ class Objective:
         params = {p.key: suggest(trial, p) for p in self.space}
         cfg = trial_config(self.sweep, self.base, params, self.folder, trial.number)
         run_dir = self.folder / trial_name(trial.number)
+        if run_dir.is_dir() and any(run_dir.iterdir()):  # another study's, in this folder
+            raise ConvzooError(f"{run_dir} exists and is not this trial's: give the sweep "
+                               "another study name or folder")
         trial.set_user_attr("run_dir", str(run_dir))
         shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                           for k, v in params.items())
@@ -660,13 +653,10 @@ def write_table(rows: list[TrialRow], space: list[Param], path: Path) -> None:
 
 def write_plots(study: Any, folder: Path, metric: str) -> list[Path]:
     """Optuna's matplotlib plots of the study (those it has the trials for) as PNG."""
-    import matplotlib
+    import matplotlib.pyplot as plt  # Optuna's plots are pyplot figures: closed once saved
     from optuna.visualization import matplotlib as plots
 
     from convzoo.train.rundir import write_file
-
-    matplotlib.use("Agg")  # no display: pyplot (which Optuna's plots use) renders to files
-    import matplotlib.pyplot as plt
 
     done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     reported = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]

@@ -236,10 +236,10 @@ def mlflow_location(cfg: C.Config, saved: dict[str, Any] | None = None
 
 
 @contextlib.contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """Hold a file lock beside a SQLite store while it is first opened: MLflow creates or
-    migrates its tables then, and two runs (two sweep processes) starting together would do
-    it at once."""
+def sqlite_lock(uri: str) -> Iterator[None]:
+    """Hold a file lock beside a SQLite database (a no-op for any other URL) while it is
+    opened: the first opener creates its tables (MLflow's store, Optuna's storage), and two
+    processes starting together must not both do it."""
     parsed = urlparse(uri)
     if parsed.scheme != "sqlite" or not parsed.path.strip("/"):
         yield
@@ -250,8 +250,7 @@ def _store_lock(uri: str) -> Iterator[None]:
     try:
         db.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConvzooError(f"mlflow.tracking_uri: cannot create {db.parent}: {e.strerror}") \
-            from None
+        raise ConvzooError(f"{uri}: cannot create {db.parent}: {e.strerror}") from None
     with FileLock(str(db) + ".lock", timeout=600):
         yield
 
@@ -271,7 +270,7 @@ class MlflowTracker(Tracker):
         uri, artifacts = mlflow_location(cfg, saved)
         self.client = MlflowClient(uri)
         self.run_id: str | None = None
-        with _store_lock(uri):
+        with sqlite_lock(uri):
             if saved is not None and saved.get("tracking_uri") == uri:
                 try:
                     self.run_id = self.client.get_run(saved["run_id"]).info.run_id
