@@ -195,7 +195,7 @@ def save_epoch(
     """Write epoch ``ckpt['epoch']``'s files in the order the module docstring relies on.
 
     ``metrics`` has ``write(row)`` (``logging.MetricsWriter``: this module's MetricsLog plus
-    TensorBoard); the row is ``ckpt['metrics']``. ``checkpoint``: advance last.pt and
+    the loggers of ``train.loggers``); the row is ``ckpt['metrics']``. ``checkpoint``: advance last.pt and
     model.safetensors; ``best``: this epoch is the best so far; ``summary``: the stage ends here
     (summary.json, metrics.csv, curves.png are written before last.pt advances);
     ``keep_last``: also keep this checkpoint as epoch-NNNN.pt, and the last N of those
