@@ -1,4 +1,5 @@
-"""Time-to-accuracy: convzoo ``cifar10-fast94`` vs airbench94, same data, same GPU, one invocation.
+"""Time-to-accuracy: convzoo ``cifar10-fast94`` vs airbench94, same data, same GPU (or CPU), one
+invocation.
 
 airbench is *not* part of convzoo: pass the path of a checkout of KellerJordan/cifar10-airbench
 (``--airbench PATH``); its script runs unmodified as a subprocess. The only thing we provide is
@@ -25,6 +26,9 @@ keeping the runs it finished; the convzoo side still runs.
 
     python benchmarks/airbench_compare.py --airbench ~/src/cifar10-airbench --seeds 5
     python benchmarks/airbench_compare.py --quick     # CPU: converter + a tiny convzoo run only
+    # on a CPU, one side at a time (the ledger runner interleaves them run by run):
+    python benchmarks/airbench_compare.py --device cpu --airbench ~/src/cifar10-airbench \
+        --script airbench94.py --airbench-runs 1 --only airbench --json ab.json
 """
 
 from __future__ import annotations
@@ -116,7 +120,51 @@ def find_script(checkout: Path, script: str) -> Path:
              "(--airbench / --script)")
 
 
-def run_airbench(path: Path, workdir: Path, runs: int = 0, timeout: float = 0) -> dict:
+# airbench's scripts run on CUDA only (fp16 weights, CUDA events for its timer). On a CPU
+# (``--device cpu``) the script is run as a copy made at run time, in the working folder, with
+# these replacements and nothing else: fp32 instead of fp16, tensors on the CPU, its timer's
+# CUDA events replaced by wall-clock marks with the same interface (synchronisation is implied
+# on a CPU), and the number of runs (25 in the script) taken from AIRBENCH_RUNS.
+CPU_EVENT = """
+class _WallEvent:  # added by convzoo's airbench_compare: a CUDA timing event on a CPU
+    def record(self):
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end):
+        return 1e3 * (end.t - self.t)
+"""
+CPU_REPLACEMENTS = [  # (old, new, how many times it must occur; 0 = at least once)
+    (".half()", ".float()", 0),
+    (".cuda()", "", 0),
+    ("torch.device(gpu)", "torch.device('cpu')", 1),
+    ("torch.cuda.Event(enable_timing=True)", "_WallEvent()", 2),
+    ("torch.cuda.synchronize()", "None", 0),
+    ("range(25)", "range(int(os.environ.get('AIRBENCH_RUNS', 25)))", 1),
+]
+
+
+def cpu_script(path: Path, workdir: Path) -> Path:
+    """``workdir/<name>_cpu.py``: airbench's script with :data:`CPU_REPLACEMENTS` (see there);
+    exits with one line if the script no longer has the expected shape."""
+    text = path.read_text()
+    for old, new, count in CPU_REPLACEMENTS:
+        found = text.count(old)
+        if count > 0 and found != count or count == 0 and found == 0:
+            sys.exit(f"airbench_compare: {path.name} has {found} x {old!r} (expected "
+                     f"{count or 'some'}); its layout changed, the CPU copy cannot be made")
+        text = text.replace(old, new)
+    if "cuda" in text.replace("torch.cuda.is_available", ""):
+        line = next(i for i, t in enumerate(text.splitlines(), 1) if "cuda" in t)
+        sys.exit(f"airbench_compare: {path.name} line {line} still uses CUDA after the CPU "
+                 "replacements")
+    text = "import time\n" + CPU_EVENT + "\n" + text
+    out = workdir / f"{path.stem}_cpu.py"
+    out.write_text(text)
+    return out
+
+
+def run_airbench(path: Path, workdir: Path, runs: int = 0, timeout: float = 0,
+                 env: dict[str, str] | None = None) -> dict:
     """Run airbench's script unmodified with ``workdir`` (holding cifar10/*.pt) as its cwd.
 
     Its output is streamed (echoed, and kept in ``workdir/airbench_stdout.txt``) so that it can
@@ -126,7 +174,7 @@ def run_airbench(path: Path, workdir: Path, runs: int = 0, timeout: float = 0) -
     """
     print(f"running {path} (cwd {workdir}) ...", flush=True)
     t0 = time.perf_counter()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")  # rows arrive as printed, not at exit
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))  # rows arrive as printed
     proc = subprocess.Popen([sys.executable, str(path)], cwd=workdir, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     stopped = []
@@ -236,6 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
                                              "and each seed, so a stopped run leaves them)")
     p.add_argument("--quick", action="store_true",
                    help="CPU check: converter on a few images + one tiny convzoo run")
+    p.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
+                   help="cpu: airbench's script as a CPU copy made at run time (fp32; "
+                        "CPU_REPLACEMENTS), convzoo with train.compile=false")
+    p.add_argument("--threads", type=int, default=1,
+                   help="--device cpu: torch threads of both sides (OMP_NUM_THREADS / "
+                        "train.threads)")
+    p.add_argument("--only", choices=["both", "airbench", "convzoo"], default="both",
+                   help="run one side only (e.g. to interleave the sides run by run)")
     return p
 
 
@@ -293,33 +349,51 @@ def main(argv: list[str] | None = None) -> int:
             print("airbench: no --airbench checkout given; skipped. ratio: n/a")
             return 0
 
-    if not cuda:
-        print("airbench_compare: the comparison needs a CUDA GPU (use --quick on CPU)")
+    on_cpu = args.device == "cpu" or (args.device == "auto" and not cuda)
+    if not on_cpu and not cuda:
+        print("airbench_compare: --device cuda needs a CUDA GPU (--device cpu runs both on the "
+              "CPU)")
         return 2
-    if args.airbench is None:
-        sys.exit("airbench_compare: --airbench PATH (a cifar10-airbench checkout) is required")
-    script = find_script(args.airbench, args.script)
-    folder = write_airbench_tensors(args.data, args.workdir)
-    print(f"wrote {folder}/train.pt and test.pt from {args.data}")
-    ab = run_airbench(script, args.workdir, args.airbench_runs, args.airbench_timeout)
-    save(airbench=ab)
-    cz = run_convzoo(args.recipe, args.data, args.seeds, args.workdir, args.set,
-                     on_seed=lambda runs: save(convzoo={"runs": runs, "seeds": args.seeds}))
+    overrides = list(args.set)
+    if on_cpu:
+        result["device"] = f"cpu ({args.threads} thread{'s' * (args.threads > 1)})"
+        overrides = [f"train.threads={args.threads}", "train.compile=false", *overrides]
+    ab = {"runs": []}
+    if args.only in ("both", "airbench"):
+        if args.airbench is None:
+            sys.exit("airbench_compare: --airbench PATH (a cifar10-airbench checkout) is "
+                     "required")
+        script = find_script(args.airbench, args.script)
+        folder = write_airbench_tensors(args.data, args.workdir)
+        print(f"wrote {folder}/train.pt and test.pt from {args.data}")
+        env = None
+        if on_cpu:
+            script = cpu_script(script, args.workdir)
+            env = {"OMP_NUM_THREADS": str(args.threads), "CUDA_VISIBLE_DEVICES": ""}
+        ab = run_airbench(script, args.workdir, args.airbench_runs, args.airbench_timeout, env)
+        save(airbench=ab)
+    cz: list = []
+    if args.only in ("both", "convzoo"):
+        cz = run_convzoo(args.recipe, args.data, args.seeds, args.workdir, overrides,
+                         on_seed=lambda runs: save(convzoo={"runs": runs, "seeds": args.seeds}))
     s = result["summary"]
     print("timer (both): data-dependent init + all training steps + final TTA evaluation; "
           "excluded: data to GPU, model build, compilation, per-epoch logging")
     if ab["runs"]:
         warm = (f", start-up + compile + warm-up run {ab['warmup_seconds']:.1f}s"
-                if ab["warmup_seconds"] is not None else "")
-        print(f"airbench {script.name}: {len(ab['runs'])} runs, mean tta acc "
+                if ab.get("warmup_seconds") is not None else "")
+        print(f"airbench {ab['script']}: {len(ab['runs'])} runs, mean tta acc "
               f"{s['airbench_mean_acc']:.2f}%, mean time {s['airbench_mean_seconds']:.3f}s"
               f"{warm}")
-    else:
-        print(f"airbench {script.name}: no finished run ({ab['stopped']}, exit "
+    elif args.only != "convzoo":
+        print(f"airbench {ab['script']}: no finished run ({ab['stopped']}, exit "
               f"{ab['returncode']}); see {args.workdir / 'airbench_stdout.txt'}")
-    print(f"convzoo {args.recipe}: {len(cz)} seeds, mean acc {s['convzoo_mean_acc']:.2f}%, mean "
-          f"time {s['convzoo_mean_seconds']:.3f}s (+ {s['convzoo_mean_compile_seconds']:.1f}s "
-          "compile, reported separately)")
+    if cz:
+        print(f"convzoo {args.recipe}: {len(cz)} seeds, mean acc {s['convzoo_mean_acc']:.2f}%, "
+              f"mean time {s['convzoo_mean_seconds']:.3f}s (+ "
+              f"{s['convzoo_mean_compile_seconds']:.1f}s compile, reported separately)")
+    if args.only != "both":
+        return 0 if (ab["runs"] or cz) else 1
     if not ab["runs"]:
         print("ratio: n/a (airbench produced no run)")
         return 1
@@ -329,4 +403,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

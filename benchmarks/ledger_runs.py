@@ -8,6 +8,10 @@ machine stopped continues each unfinished run from its last checkpoint and skips
     python benchmarks/ledger_runs.py --list                 # the plan
     python benchmarks/ledger_runs.py --only fast94-s0       # one entry
 
+airbench94's own code (``--airbench``: a checkout of KellerJordan/cifar10-airbench, never part
+of this repository) runs on the CPU as ``airbench_compare.py --device cpu`` makes it, one run
+beside each fast94 seed.
+
 Each invocation appends one line to ``OUT/NAME.invocations.jsonl`` beside the run directory
 (start and end time, wall seconds, exit code, convzoo's commit, the CPU, the command), so the
 wall time of a run that took several sessions is the sum of its lines. ``benchmarks/ledger.py
@@ -26,25 +30,51 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-# name -> (recipe, data folder under DATA_ROOT, seed, extra --set overrides). The CPU runs use
-# one thread (the machine is shared with the test suite) and no torch.compile (CPU compile time
-# would dominate a 10-epoch run); neither changes what is computed.
-CPU = ["train.threads=1", "train.compile=false", "train.checkpoint_every_minutes=5"]
-# In this order: one run of each kind first, then the further seeds, then the 180-epoch run.
-PLAN: dict[str, tuple[str, str, int, list[str]]] = {
-    "fast94-s0": ("cifar10-fast94", "cifar10-jpeg", 0, CPU),
-    "r20fast-s0": ("resnet20-cifar10-fast", "cifar10-jpeg", 0, CPU),
-    "gnet5-s0": ("googlenet_bn-imagenette-5ep", "imagenette", 0, CPU),
-    "gnet20-s0": ("googlenet_bn-imagenette-20ep", "imagenette", 0, CPU),
-    "fast94-s1": ("cifar10-fast94", "cifar10-jpeg", 1, CPU),
-    "fast94-s2": ("cifar10-fast94", "cifar10-jpeg", 2, CPU),
-    "r20fast-s1": ("resnet20-cifar10-fast", "cifar10-jpeg", 1, CPU),
-    "r20neon-s0": ("resnet20-cifar10-neon", "cifar10-jpeg", 0, CPU),
+@dataclass(frozen=True)
+class Entry:
+    """One run of the plan: ``convzoo train --recipe RECIPE`` (``kind`` train) on
+    ``DATA_ROOT/data`` with ``seed`` and ``sets`` overrides, or one run of airbench94's own code
+    on the same data and CPU (``kind`` airbench: ``airbench_compare.py --device cpu``)."""
+
+    recipe: str
+    data: str = "cifar10-jpeg"
+    seed: int = 0
+    sets: tuple[str, ...] = ()
+    kind: str = "train"
+
+
+# The CPU runs use one thread (the machine is shared with the test suite) and no torch.compile
+# (CPU compile time would dominate a 10-epoch run); neither changes what is computed.
+CPU = ("train.threads=1", "train.compile=false", "train.checkpoint_every_minutes=5")
+# Imagenette's train/ part only is here: a stratified 10% of it is the validation split.
+NETTE = (*CPU, "data.val_fraction=0.1")
+AIRBENCH = Entry("airbench94.py", kind="airbench")
+# In this order: one run of each kind first (each fast94 seed beside one airbench94 run, so the
+# two sides share the machine's state; the Imagenette lr chosen on its validation split by the
+# three 5-epoch runs), then the further seeds, then the 180-epoch run.
+PLAN: dict[str, Entry] = {
+    "fast94-s0": Entry("cifar10-fast94", seed=0, sets=CPU),
+    "airbench94-r0": AIRBENCH,
+    "gnet5-s0": Entry("googlenet_bn-imagenette-5ep", "imagenette", 0, NETTE),
+    "gnet5-lr0.1-s0": Entry("googlenet_bn-imagenette-5ep", "imagenette", 0,
+                            (*NETTE, "optim.lr=0.1")),
+    "gnet5-lr0.6-s0": Entry("googlenet_bn-imagenette-5ep", "imagenette", 0,
+                            (*NETTE, "optim.lr=0.6")),
+    "gnet20-s0": Entry("googlenet_bn-imagenette-20ep", "imagenette", 0, NETTE),
+    "r20fast-s0": Entry("resnet20-cifar10-fast", seed=0, sets=CPU),
+    "fast94-s1": Entry("cifar10-fast94", seed=1, sets=CPU),
+    "airbench94-r1": AIRBENCH,
+    "fast94-s2": Entry("cifar10-fast94", seed=2, sets=CPU),
+    "airbench94-r2": AIRBENCH,
+    "r20fast-s1": Entry("resnet20-cifar10-fast", seed=1, sets=CPU),
+    "gnet5-s1": Entry("googlenet_bn-imagenette-5ep", "imagenette", 1, NETTE),
+    "r20neon-s0": Entry("resnet20-cifar10-neon", seed=0, sets=CPU),
 }
 
 
@@ -59,18 +89,27 @@ def git_commit() -> str:
         return "unknown"
 
 
-def command(name: str, out: Path, data_root: Path) -> list[str]:
-    recipe, data, seed, sets = PLAN[name]
-    cmd = [sys.executable, "-m", "convzoo", "train", "--recipe", recipe,
-           "--data", str(data_root / data), "--seed", str(seed), "--out", str(out),
+def command(name: str, out: Path, data_root: Path, airbench: Path) -> list[str]:
+    e = PLAN[name]
+    if e.kind == "airbench":
+        return [sys.executable, str(ROOT / "benchmarks" / "airbench_compare.py"), "--device",
+                "cpu", "--threads", "1", "--airbench", str(airbench), "--script", e.recipe,
+                "--airbench-runs", "1", "--only", "airbench", "--data", str(data_root / e.data),
+                "--workdir", str(out / name), "--json", str(out / name / "result.json")]
+    cmd = [sys.executable, "-m", "convzoo", "train", "--recipe", e.recipe,
+           "--data", str(data_root / e.data), "--seed", str(e.seed), "--out", str(out),
            "--name", name, "--resume", "auto"]
-    for s in sets:
+    for s in e.sets:
         cmd += ["--set", s]
     return cmd
 
 
 def finished(run_dir: Path) -> bool:
-    """A run is finished when its summary says it reached the config's last epoch."""
+    """A run is finished when its summary says it reached the config's last epoch (airbench:
+    when its result holds a run)."""
+    result = run_dir / "result.json"
+    if result.is_file():
+        return bool(json.loads(result.read_text())["airbench"]["runs"])
     summary = run_dir / "summary.json"
     if not summary.is_file():
         return False
@@ -99,8 +138,8 @@ def machine() -> str:
     return f"{cpu_model()}, {isa}, {os.cpu_count()} cores"
 
 
-def run_one(name: str, out: Path, data_root: Path) -> int:
-    cmd = command(name, out, data_root)
+def run_one(name: str, out: Path, data_root: Path, airbench: Path) -> int:
+    cmd = command(name, out, data_root, airbench)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
     start = time.time()
     print(f"[{dt.datetime.now():%F %T}] {name}: {' '.join(cmd)}", flush=True)
@@ -119,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path.home() / "ledger")
     p.add_argument("--data-root", type=Path, default=Path.home() / "data")
+    p.add_argument("--airbench", type=Path, default=Path.home() / "airbench",
+                   help="a cifar10-airbench checkout, or a folder holding airbench94.py")
     p.add_argument("--only", nargs="*", help="entries to run (default: the whole plan, in order)")
     p.add_argument("--list", action="store_true", help="print the plan and each entry's state")
     args = p.parse_args(argv)
@@ -131,13 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             state = "finished" if finished(args.out / name) else (
                 "started" if (args.out / name).exists() else "not started")
-            print(f"{name:12} {state:12} {' '.join(command(name, args.out, args.data_root)[3:])}")
+            cmd = command(name, args.out, args.data_root, args.airbench)
+            print(f"{name:15} {state:12} {' '.join(cmd[1:])}")
         return 0
     failed = 0
     for name in names:
         if finished(args.out / name):
             continue
-        failed += run_one(name, args.out, args.data_root) != 0
+        failed += run_one(name, args.out, args.data_root, args.airbench) != 0
     return 1 if failed else 0
 
 

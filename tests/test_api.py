@@ -170,7 +170,7 @@ def test_model_safetensors_is_a_source_for_eval_predict_export(run_dir, digit_fi
     # exporting a weights file onto itself is refused
     capsys.readouterr()
     assert main(["export", str(weights), "--format", "safetensors"]) == 2
-    assert "overwrite its own input" in capsys.readouterr().err
+    assert "is an input of this command" in capsys.readouterr().err
 
 
 def test_a_run_without_checkpoints_evaluates_from_its_safetensors(run_dir, tmp_path, capsys):
@@ -247,8 +247,8 @@ def test_predict_writes_csv_and_json(run_dir, digit_files, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--out", "{tmp}/p.txt"], "choose a .csv or .json file"),
-    (["--out", "{tmp}/missing/p.csv"], "no such directory"),
+    (["--out", "{tmp}/p.txt"], "expected a .csv or .json file"),
+    (["--out", "{tmp}/keep.csv/p.csv"], "keep.csv is not a folder"),
     (["/nonexistent/*.jpg", "--out", "{tmp}/keep.csv"], "no image files match"),
 ])
 def test_predict_out_errors_leave_files_alone(run_dir, digit_files, tmp_path, capsys, args,
@@ -387,7 +387,7 @@ def test_report_of_streamed_data_decodes_its_mistakes(run_dir, digit_files, tmp_
 def test_report_errors_write_nothing(run_dir, tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert main(["eval", str(run_dir), "--report", str(tmp_path / "file" / "rep")]) == 2
-    assert "cannot create report directory" in capsys.readouterr().err
+    assert "file is not a folder" in capsys.readouterr().err
     assert (tmp_path / "file").read_text() == "x"
 
 

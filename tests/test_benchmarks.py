@@ -156,3 +156,36 @@ def test_stop_agreement_quick(tmp_path):
     figures = json.loads((tmp_path / "s.json").read_text())
     assert figures["world"] == 2 and f"{figures['call_us']:.0f}" == m.group(1)
 
+
+
+def test_the_cpu_copy_of_an_airbench_script_runs_on_the_cpu(tmp_path):
+    """--device cpu: the script's CUDA parts (fp16, .cuda(), its CUDA-event timer) replaced in a
+    copy, its run count from AIRBENCH_RUNS; a script of another shape is refused in one line."""
+    script = tmp_path / "airbench94.py"
+    script.write_text(textwrap.dedent("""
+        import os
+        import torch
+        def main(run, gpu=0):
+            x = torch.ones(4, device=torch.device(gpu)).half().cuda()
+            starter = torch.cuda.Event(enable_timing=True)
+            ender = torch.cuda.Event(enable_timing=True)
+            starter.record()
+            y = (x * 2).sum()
+            ender.record()
+            torch.cuda.synchronize()
+            seconds = 1e-3 * starter.elapsed_time(ender)
+            print(f"|  {run:>6}  |   eval  |  0.2  |  0.9  |  0.9  |  {y.item() / 8:.4f}  |"
+                  f"  {seconds:.4f}  |", flush=True)
+        print("|  run     |  epoch  |  train_loss  |  train_acc  |  val_acc  |  tta_val_acc  |"
+              "  total_time_seconds  |")
+        accs = [main(run) for run in range(25)]
+        """))
+    cpu = airbench_compare.cpu_script(script, tmp_path)
+    assert "cuda" not in cpu.read_text() and ".half()" not in cpu.read_text()
+    result = airbench_compare.run_airbench(cpu, tmp_path, env={"AIRBENCH_RUNS": "2",
+                                                              "CUDA_VISIBLE_DEVICES": ""})
+    assert result["returncode"] == 0 and len(result["runs"]) == 2
+    assert result["runs"][0][0] == pytest.approx(100.0) and result["runs"][0][1] >= 0
+    script.write_text("x = 1\n")
+    with pytest.raises(SystemExit, match="layout changed"):
+        airbench_compare.cpu_script(script, tmp_path)

@@ -136,3 +136,19 @@ def test_weight_decay_5e_4_through_set_and_a_recipe(tmp_path):
         result = convzoo("config", *args)
         assert result.returncode == 0, result.stderr
         assert "weight_decay: 0.0005" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["train", "--help"], ["recipes"],
+                                  ["config", "quickstart"]])
+def test_the_light_commands_import_no_torch(argv):
+    """--help, --version, recipes and config answer without importing torch (seconds saved on
+    every call; imported only by the commands that need it)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from convzoo.cli import main; code = main(sys.argv[1:]); "
+            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(code)")
+    proc = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr

@@ -125,3 +125,37 @@ def test_stream_needs_a_pack(tmp_path: Path, capsys: pytest.CaptureFixture[str])
                  "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "data.loader=stream" in err[0] and "convzoo pack" in err[0]
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_a_terminal_checkpoints_with_streaming_workers(digits_pack: Path,
+                                                                  tmp_path: Path) -> None:
+    """Ctrl-C at a terminal reaches the whole process group, decode workers included: they
+    ignore it, and the trainer writes a checkpoint at the step and exits 130."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "convzoo", "train", "--data", str(digits_pack), "--out",
+           str(tmp_path), "--name", "run", *TINY, "--set", "data.loader=stream", "--set",
+           "data.workers=2", "--set", "train.log_every=1", "--epochs", "50"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # wait until it trains: a progress line of epoch 1
+            if line.startswith("epoch 1/50 step"):
+                break
+        time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=120) == 130, rest
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "stopped by SIGINT" in rest and "Traceback" not in rest, rest
+    last = torch.load(run / "last.pt", weights_only=True)
+    assert last["epoch"] < 50

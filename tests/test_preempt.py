@@ -161,6 +161,47 @@ def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint(tmp_path: Pat
     assert not (tmp_path / "t" / ".lock").exists()
 
 
+def test_ctrl_c_keeps_the_work_done_and_resume_is_bit_identical(
+        ref: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A first Ctrl-C (SIGINT) inside an epoch is a stop request, as SIGTERM is: a checkpoint at
+    that step, the line saying how to continue, exit 130 as a shell expects; the resume ends
+    bit-identical to the run never interrupted."""
+    for k in (1, STEPS + 2, 2 * STEPS - 1):  # the first step, mid-epoch 2, the step before last
+        name = f"int{k}"
+
+        def stopped(k: int = k, name: str = name) -> int:
+            signal_at_step(k, signal.SIGINT)
+            return main(["train", *ARGS, "--out", str(tmp_path), "--name", name])
+
+        assert forked(stopped) == 130, k
+        err = capfd.readouterr().err
+        assert "stopped by SIGINT" in err and f"--resume {tmp_path / name}" in err, err
+        last = torch.load(tmp_path / name / "last.pt", weights_only=True)
+        assert (last["epoch"], last.get("step", 0)) == divmod(k, STEPS), k
+        assert forked(lambda name=name: main(["train", "--resume", str(tmp_path / name)])) == 0
+        assert_same_run(tmp_path / name, ref)
+
+
+def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
+    def twice() -> int:
+        real, calls = loop.set_lr, [0]
+
+        def set_lr(optimizer: Any, lr: float) -> None:
+            calls[0] += 1
+            if calls[0] == STEPS + 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+            real(optimizer, lr)
+
+        loop.set_lr = set_lr
+        return main(["train", *ARGS, "--out", str(tmp_path), "--name", "t"])
+
+    assert forked(twice) == 130
+    last = torch.load(tmp_path / "t" / "last.pt", weights_only=True)
+    assert (last["epoch"], last.get("step", 0)) == (1, 0)  # the epoch-1 checkpoint stays
+    assert not (tmp_path / "t" / ".lock").exists()
+
+
 def test_checkpoint_every_steps_writes_last_pt_alone_then_a_kill_resumes_exactly(
         ref: Path, tmp_path: Path) -> None:
     """train.checkpoint_every_steps=3 over 8 steps of 4 per epoch: last.pt alone is written

@@ -123,8 +123,12 @@ def test_four_processes_prepare_cifar10_once(tmp_path: Path) -> None:
     assert not leftovers, leftovers
 
 
-def test_a_corrupt_archive_is_fetched_again(tmp_path: Path,
+def test_an_archive_that_is_not_ours_is_never_replaced(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file at the archive's place whose MD5 is not the official one was not written by
+    convzoo (a download lands only once its MD5 matched): it is used as it is with
+    data.download=false, refused (and left as it was) otherwise; moved away, the archive is
+    downloaded."""
     md5 = cifar10_archive(tmp_path / "served.tar.gz")
     folder, name, _, _ = sources._OFFICIAL["cifar10"]
     monkeypatch.setitem(sources._OFFICIAL, "cifar10",
@@ -132,12 +136,17 @@ def test_a_corrupt_archive_is_fetched_again(tmp_path: Path,
     root = tmp_path / "root"
     root.mkdir()
     partial = root / name
-    partial.write_bytes((tmp_path / "served.tar.gz").read_bytes()[:500])  # a partial download
+    partial.write_bytes((tmp_path / "served.tar.gz").read_bytes()[:500])  # not the archive
     with pytest.raises(ConvzooError, match="cifar-10-python.tar.gz"):  # the user's own file:
         load_dataset(DataConfig(source="cifar10", root=str(root), download=False))  # used
     assert len(partial.read_bytes()) == 500  # and left as it was
+    with pytest.raises(ConvzooError, match="does not replace a file it did not download"):
+        load_dataset(DataConfig(source="cifar10", root=str(root)))
+    assert len(partial.read_bytes()) == 500
+    partial.rename(root / "mine.tar.gz")
     ds = load_dataset(DataConfig(source="cifar10", root=str(root)))
     assert len(ds.splits["test"]) == 4 and verified(partial, md5)
+    assert len((root / "mine.tar.gz").read_bytes()) == 500
     # verified once: a stamp spares re-hashing it, and a changed file is hashed again
     assert (root / f"{name}.verified").is_file()
     with open(partial, "r+b") as f:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from convzoo.cli import main
-from convzoo.train.logging import Eta, Progress, format_seconds, setup_logging
+from convzoo.log import format_seconds, setup_logging
+from convzoo.train.logging import Eta, Progress
 
 
 def logged(capsys) -> list[str]:

@@ -250,7 +250,7 @@ def test_interrupted_pack_leaves_nothing_valid(mixed_folder: Path, tmp_path: Pat
 
     monkeypatch.setattr(pack_module, "_encode_file", failing)
     dest = tmp_path / "pk"
-    with pytest.raises(OSError):
+    with pytest.raises(ConvzooError, match="No space left on device"):
         pack(mixed_folder, dest, workers=1, progress=False)
     assert calls["n"] == 5
     assert not dest.exists() and not is_packed(dest)

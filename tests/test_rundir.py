@@ -74,10 +74,11 @@ def test_a_second_owner_fails_at_once_naming_the_holder(tmp_path: Path, capfd) -
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path: Path, caplog) -> None:
     lock_file(tmp_path, dead_pid())
-    (tmp_path / ".last.pt.abcd.tmp.pt").write_bytes(b"torn")  # its half-written temp
+    (tmp_path / ".last.pt.0a1b2c3d.tmp.pt").write_bytes(b"torn")  # its half-written temp
+    (tmp_path / ".notes.tmp").write_text("mine")  # a hidden file of the user's: not a temp
     with RunLock.acquire(tmp_path):
         assert json.loads((tmp_path / LOCK_FILE).read_text())["pid"] == os.getpid()
-        assert not list(tmp_path.glob(".*.tmp*"))
+        assert [p.name for p in tmp_path.glob(".*.tmp*")] == [".notes.tmp"]
     assert "taking over the stale lock of pid" in caplog.text
 
 
@@ -222,12 +223,14 @@ def test_atomic_write_keeps_the_old_file_on_error_and_follows_the_umask(tmp_path
 
 
 def test_stale_temps_of_every_writer_are_recognised(tmp_path: Path) -> None:
-    for name in [".last.pt.1a2b.tmp.pt", ".curves.png.ff00.tmp.png", ".config.yaml.123.tmp"]:
+    for name in [".last.pt.1a2b3c4d.tmp.pt", ".curves.png.ff00ee11.tmp.png",
+                 ".config.yaml.12345678.tmp"]:
         (tmp_path / name).write_text("")
-    (tmp_path / ".lock").write_text("")
-    (tmp_path / "best.pt").write_text("")
+    mine = [".notes.tmp", ".backup.tmp.txt", ".x.1a2b.tmp"]  # hidden files of the user's
+    for name in [".lock", "best.pt", *mine]:
+        (tmp_path / name).write_text("")
     assert ckpt_io.remove_stale_temps(tmp_path) == 3
-    assert sorted(os.listdir(tmp_path)) == [".lock", "best.pt"]
+    assert sorted(os.listdir(tmp_path)) == sorted([".lock", "best.pt", *mine])
 
 
 # ----------------------------------------------------------------------------- metrics.jsonl

@@ -248,6 +248,17 @@ def test_a_preempted_and_resumed_run_is_one_tracked_run(
     assert sorted(k for k, v in history.items() if "eval_top1" in v) == [r["step"] for r in rows]
 
 
+def test_a_new_run_that_fails_before_its_first_checkpoint_takes_its_logger_files_along(
+        tmp_path: Path, offline: None, capsys: pytest.CaptureFixture) -> None:
+    """A run diverging in epoch 1 leaves nothing: steps.csv, tracking.json, the TensorBoard
+    events and W&B's offline folder go with the rest of what it wrote."""
+    pytest.importorskip("wandb")
+    code = main(["train", *TINY, "--epochs", "2", "--out", str(tmp_path), "--name", "r",
+                 "--lr", "1e6", "--set", "train.loggers=[tensorboard,csv,wandb]"])
+    assert code == 2 and "diverged" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_missing_logger_library_fails_before_anything_is_written(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     for module in ("mlflow", "wandb"):

@@ -22,7 +22,6 @@ precision ``convzoo eval`` uses.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,13 +293,12 @@ class Classifier:
             out = run_dir / "report"
         else:
             out = self.source.with_name(f"{self.source.stem}-report")
-        existing = out
-        while not existing.exists() and existing != existing.parent:
-            existing = existing.parent
-        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-            what = "not a folder" if not existing.is_dir() else "not writable"
-            raise ConvzooError(f"cannot create report directory {out}: {existing} is {what}")
-        return out
+        from convzoo.eval_report import is_report_dir
+        from convzoo.outputs import check_output_dir
+
+        inputs = [self.source] + ([Path(data)] if isinstance(data, (str, Path)) else [])
+        return check_output_dir(out, option="--report", what="an evaluation report",
+                                is_ours=is_report_dir, inputs=inputs)
 
     def _write_report(self, out: Path, outputs: list[tuple[torch.Tensor, torch.Tensor]],
                       source: Any, split: str, topk: int) -> dict[str, Any]:

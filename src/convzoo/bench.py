@@ -45,9 +45,9 @@ from convzoo.data.augment import EVAL_CROP_FRACTION, build_train_augment
 from convzoo.data.preprocess import fit_preprocessor
 from convzoo.data.stage import Stage
 from convzoo.errors import ConvzooError
+from convzoo.log import format_seconds
 from convzoo.models import get_entry
 from convzoo.models.info import default_num_classes
-from convzoo.train.logging import format_seconds
 from convzoo.train.loop import train_one_epoch
 from convzoo.train.setup import build_run, configure_backends, resolve_runtime
 
@@ -495,20 +495,16 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def write_outputs(rows: list[dict[str, Any]], out_md: str | Path | None = None,
                   out_csv: str | Path | None = None) -> list[Path]:
-    """Write the Markdown table and/or the CSV (raw values, via ``report.write_bench_csv``)."""
+    """Write the Markdown table and/or the CSV (raw values, via ``report.write_bench_csv``),
+    each checked and written atomically (``outputs.write_output``)."""
+    from convzoo.outputs import write_output
+
     written = []
     if out_md:
-        path = Path(out_md)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(markdown(rows))
-        except OSError as e:
-            raise ConvzooError(f"cannot write {path}: {e.strerror}") from None
-        written.append(path)
+        text = markdown(rows)
+        written.append(write_output(Path(out_md), lambda tmp: tmp.write_text(text),
+                                    option="--out-md", suffixes=(".md",)))
     if out_csv:
-        try:
-            written.append(report.write_bench_csv(rows, out_csv))
-        except OSError as e:
-            raise ConvzooError(f"cannot write {out_csv}: {e.strerror}") from None
+        written.append(write_output(Path(out_csv), lambda tmp: report.write_bench_csv(rows, tmp),
+                                    option="--out-csv", suffixes=(".csv",)))
     return written
-

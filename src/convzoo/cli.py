@@ -122,7 +122,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ``--resume auto`` on top), then ``fit`` — the one path of both."""
     import yaml
 
-    from convzoo.train.logging import log
+    from convzoo.log import log
     from convzoo.train.loop import check, describe, fit
 
     ckpt, claim = None, None
@@ -231,13 +231,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 PREDICTION_FORMATS = (".csv", ".json")
 
 
-def write_predictions(rows: list[dict[str, Any]], out: Path) -> None:
+def write_predictions(rows: list[dict[str, Any]], out: Path,
+                      inputs: list[str | Path] | None = None) -> None:
     """``predict --out``: CSV (file, then class and probability per rank) or JSON (the rows),
     by suffix; written atomically, so a failed write leaves an existing file as it was."""
     import csv
     import io
 
-    from convzoo.train.rundir import write_text
+    from convzoo.outputs import write_output
 
     if out.suffix.lower() == ".json":
         text = json.dumps(rows, indent=1) + "\n"
@@ -251,22 +252,22 @@ def write_predictions(rows: list[dict[str, Any]], out: Path) -> None:
             writer.writerow([name, *[v for p in row["top"] for v in (p["class"],
                                                                      f"{p['prob']:.6f}")]])
         text = buffer.getvalue()
-    write_text(out, text)
+    write_output(out, lambda tmp: tmp.write_text(text), option="--out",
+                 suffixes=PREDICTION_FORMATS, inputs=inputs or [])
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from convzoo.api import load
+    from convzoo.outputs import check_output_file
 
-    out = Path(args.out) if args.out else None
-    if out is not None:  # checked before any work
-        if out.suffix.lower() not in PREDICTION_FORMATS:
-            raise ConvzooError(f"--out {out}: choose a .csv or .json file")
-        if not out.parent.is_dir():
-            raise ConvzooError(f"--out {out}: no such directory {out.parent}")
+    out, inputs = None, [args.run, *args.images]
+    if args.out:  # checked before any work
+        out = check_output_file(args.out, option="--out", suffixes=PREDICTION_FORMATS,
+                                inputs=inputs)
     clf = load(args.run, which=args.checkpoint, weights=args.weights, device=args.device)
     rows = clf.predict(args.images, topk=args.topk, batch_size=args.batch_size, tta=args.tta)
     if out is not None:
-        write_predictions(rows, out)
+        write_predictions(rows, out, inputs)
         print(f"{len(rows)} predictions ({clf.weights} weights) -> {out}", file=sys.stderr)
     elif args.json:
         print(json.dumps(rows))
@@ -313,22 +314,104 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def measured_figures() -> dict[str, Any]:
+    """The ledger's figure per recipe (``recipes/measured.json``, made from the run folders under
+    the repository's ``results/`` by ``benchmarks/ledger.py tables``)."""
+    path = C.RECIPE_DIR / "measured.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def measured_text(m: dict[str, Any] | None) -> str:
+    """``90.47% test, 3 seeds 90.1-90.9``; ``not measured`` without a finished run."""
+    if not m:
+        return "not measured"
+    seeds = f", {m['seeds']} seeds {m['min']:.1f}-{m['max']:.1f}" if m["seeds"] > 1 else ""
+    return f"{m['top1']:.2f}% {m['split']}{seeds}"
+
+
+def fit_columns(rows: list[dict[str, Any]], cols: list[str], width: int,
+                shrink: tuple[str, ...] = ()) -> str:
+    """A plain-text table no wider than ``width``: the ``shrink`` columns, widest first, are
+    shortened (with "...") until it fits; the others keep their width."""
+    cells = [[str(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    movable = [i for i, c in enumerate(cols) if c in shrink]
+    while sum(widths) + 2 * (len(cols) - 1) > width and movable:
+        i = max(movable, key=lambda j: widths[j])
+        if widths[i] <= 12:
+            break
+        widths[i] -= 1
+
+    def cell(text: str, w: int) -> str:
+        return (text if len(text) <= w else text[:w - 3] + "...").ljust(w)
+
+    lines = ["  ".join(cell(c, w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(cell(t, w) for t, w in zip(row, widths)) for row in cells]
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
+    figures = measured_figures()
+    if args.name:
+        return show_recipe(args.name, figures.get(args.name), args)
     rows = []
     for name in C.list_recipes():
         cfg = C.from_dict(C.load_recipe(name))
         rows.append({"name": name, "source": cfg.source, "model": cfg.model.name,
                      "data": cfg.data.source, "epochs": cfg.stages[-1].epochs if cfg.stages
                      else cfg.train.epochs, "reported": cfg.reported,
-                     "description": cfg.description})
+                     "measured": figures.get(name), "description": cfg.description})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    cols = ["name", "source", "model", "data", "epochs", "reported"]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    print("  ".join(c.ljust(widths[c]) for c in cols))
     for r in rows:
-        print("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+        r["measured"] = measured_text(r["measured"])
+        r["seed reported"] = r["reported"]
+    cols = ["name", "epochs", "seed reported", "measured"]
+    if args.wide:
+        cols = ["name", "source", "model", "data", "epochs", "seed reported", "measured"]
+    print(fit_columns(rows, cols, 10_000 if args.wide else 100, shrink=("seed reported",)))
+    print("\nconvzoo recipes NAME: one recipe, its runs (--run RUN: yours beside them); "
+          "--wide: all")
+    return 0
+
+
+def show_recipe(name: str, measured: dict[str, Any] | None, args: argparse.Namespace) -> int:
+    """One recipe: what it is, the seed's figure, convzoo's measured runs, and with ``--run``
+    a run of the user's beside them (its figure read from its summary.json)."""
+    cfg = C.from_dict(C.load_recipe(name))
+    epochs = cfg.stages[-1].epochs if cfg.stages else cfg.train.epochs
+    yours = None
+    if args.run:
+        from convzoo.report import read_summary
+
+        run = Path(args.run)
+        summary = read_summary(run)
+        ran = C.read_yaml(run / "config.yaml").get("name") if (run / "config.yaml").is_file() \
+            else None
+        yours = {"run": str(run), "recipe": ran, "top1": summary.get("top1"),
+                 "split": summary.get("split"), "epochs": summary.get("epochs")}
+    if args.json:
+        print(json.dumps({"name": name, "description": cfg.description, "source": cfg.source,
+                          "model": cfg.model.name, "epochs": epochs, "reported": cfg.reported,
+                          "measured": measured, "yours": yours}, indent=2))
+        return 0
+    print(f"{name}: {cfg.description}")
+    print(f"  source:     {cfg.source}")
+    print(f"  model:      {cfg.model.name}, {epochs} epochs")
+    print(f"  reported:   {cfg.reported}")
+    print(f"  measured:   {measured_text(measured)}")
+    if measured:
+        print(f"              on {measured['data']}, {measured['machine']}; run folders "
+              f"results/{{{','.join(measured['runs'])}}}")
+    if yours is not None:
+        top1 = yours["top1"]
+        figure = f"{top1:.2f}%" if isinstance(top1, (int, float)) else "n/a"
+        other = "" if yours["recipe"] == name else f" (a run of {yours['recipe'] or 'no recipe'})"
+        line = f"  your run:   {figure} ({yours['epochs']} ep, {yours['split']}){other}"
+        if measured and isinstance(top1, (int, float)):
+            line += f"; {top1 - measured['top1']:+.2f} points against the measured mean"
+        print(line)
     return 0
 
 
@@ -380,17 +463,28 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from convzoo import report
+    from convzoo.outputs import check_output_file, kind_of, write_output
 
     runs = [Path(r) for r in args.runs]
     for r in runs:
         if not (r / "metrics.jsonl").exists():
             raise ConvzooError(f"{r}: not a run directory (no metrics.jsonl)")
-    if len(runs) == 1 and args.out is None:
-        out = report.plot_curves(runs[0])
+    if len(runs) == 1 and args.out is None:  # the run's own curves.png, redrawn
+        out = runs[0] / "curves.png"
+        if kind_of(out) not in (None, "file"):
+            raise ConvzooError(f"{out}: is {kind_of(out)}; convzoo replaces only a regular file")
+        from convzoo.train.checkpoint import atomic_write
+
+        atomic_write(out, lambda tmp: report.plot_curves(runs[0], out=tmp))
     else:
-        out = report.plot_runs(runs, Path(args.out or "runs.png"))
+        options = dict(option="--out", suffixes=PLOT_FORMATS, inputs=runs)
+        out = check_output_file(args.out or "runs.png", **options)
+        write_output(out, lambda tmp: report.plot_runs(runs, tmp), **options)
     print(out)
     return 0
+
+
+PLOT_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # what matplotlib's Agg/PDF/SVG write
 
 
 # ----------------------------------------------------------------------------- bench / export
@@ -398,6 +492,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from convzoo import bench
+    from convzoo.outputs import check_output_file
+
+    if args.out_md:  # checked before any work
+        check_output_file(args.out_md, option="--out-md", suffixes=(".md",))
+    if args.out_csv:
+        check_output_file(args.out_csv, option="--out-csv", suffixes=(".csv",))
 
     overrides: dict[str, Any] = {}
     if args.batch_size is not None:
@@ -651,7 +751,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("recipes", help="list shipped recipes and the results they reproduce")
+    p = sub.add_parser("recipes", help="list shipped recipes, the seeds' figures and convzoo's")
+    p.add_argument("name", nargs="?", help="one recipe: its figures, and --run beside them")
+    p.add_argument("--run", metavar="RUN_DIR", help="with NAME: your run of it, beside the ledger")
+    p.add_argument("--wide", action="store_true", help="every column, at full width")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_recipes)
 
@@ -723,7 +826,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from convzoo.train.logging import setup_logging
+    from convzoo.log import setup_logging
 
     try:
         args = build_parser().parse_args(argv)
@@ -741,13 +844,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("convzoo: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `convzoo recipes | head`: the reader has gone, so be quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a shell reports a program stopped by a closed pipe
     except Exception as e:
-        from convzoo.train.preempt import EXIT_PREEMPTED, Preempted
+        from convzoo.train.preempt import Preempted
 
         if isinstance(e, Preempted):  # a stop request, answered with a checkpoint
             if int(os.environ.get("RANK", "0")) == 0:
                 print(f"convzoo: {e}", file=sys.stderr)
-            return EXIT_PREEMPTED
+            return e.exit_status
         if os.environ.get("CONVZOO_DEBUG"):
             raise
         if _lost_peer(e):

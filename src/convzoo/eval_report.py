@@ -33,6 +33,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -251,18 +252,48 @@ def plot_mistakes(indices: np.ndarray, probs: np.ndarray, labels: np.ndarray,
 # ----------------------------------------------------------------------------- files
 
 
+REPORT_FILES = frozenset({
+    "confusion_matrix.csv", "per_class.csv", "per_class.md", "calibration.csv", "predictions.csv",
+    "confusion_matrix.png", "reliability.png", "confident_mistakes.png", "report.json"})
+
+
+def is_report_dir(path: Path) -> bool:
+    """A folder holding only files of an evaluation report (a complete one, or one a kill cut
+    short: its temp files too): ``eval --report`` may write into it again."""
+    from convzoo.train.checkpoint import is_temp_name
+
+    try:
+        names = [e.name for e in os.scandir(path)]
+    except OSError:
+        return False
+    return all(n in REPORT_FILES or is_temp_name(n) for n in names)
+
+
+def _put(path: Path, fill: Any) -> Path:
+    """Every report file is written atomically (temp + rename): never through a link or into
+    a device, and a failed write leaves the previous report's file as it was."""
+    from convzoo.train.checkpoint import atomic_write
+
+    try:
+        atomic_write(path, fill)
+    except OSError as e:
+        raise ConvzooError(f"cannot write {path}: {e.strerror or e}") from None
+    return path
+
+
 def _save(fig: Figure, path: Path) -> Path:
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120)
-    return path
+    return _put(path, lambda tmp: fig.savefig(tmp, dpi=120))
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
+    def fill(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+
+    return _put(path, fill)
 
 
 def _markdown(rows: list[dict]) -> str:
@@ -314,7 +345,10 @@ def write_report(
         wrong = confident_mistakes(p, y)
         figures["confident_mistakes"] = plot_mistakes(wrong, p, y, classes, images, names)
 
-    out = Path(out_dir)
+    from convzoo.outputs import check_output_dir
+
+    out = check_output_dir(out_dir, option="report folder", what="an evaluation report",
+                           is_ours=is_report_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -328,8 +362,7 @@ def write_report(
         [[r["class"], f"{r['precision']:.6f}", f"{r['recall']:.6f}", f"{r['f1']:.6f}",
           r["support"]] for r in table])
     markdown = _markdown(table)
-    (out / "per_class.md").write_text(markdown)
-    files["per_class_md"] = out / "per_class.md"
+    files["per_class_md"] = _put(out / "per_class.md", lambda tmp: tmp.write_text(markdown))
     files["calibration_csv"] = _write_csv(
         out / "calibration.csv", ["lo", "hi", "count", "confidence", "accuracy"],
         [[f"{b['lo']:.6f}", f"{b['hi']:.6f}", b["count"],
@@ -353,6 +386,6 @@ def write_report(
     summary = {"count": n, "classes": k, "top1": float((preds == y).mean() * 100),
                f"top{kk}": topk_acc * 100, "ece": ece, "ece_bins": ECE_BINS,
                "macro_f1": table[-2]["f1"], "files": {key: p_.name for key, p_ in files.items()}}
-    (out / "report.json").write_text(json.dumps(summary, indent=2) + "\n")
-    files["report_json"] = out / "report.json"
+    text = json.dumps(summary, indent=2) + "\n"
+    files["report_json"] = _put(out / "report.json", lambda tmp: tmp.write_text(text))
     return files

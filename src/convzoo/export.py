@@ -40,6 +40,7 @@ from convzoo.data.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.inference import checkpoint_geometry, read_checkpoint
 from convzoo.models.weights import weights_metadata
+from convzoo.outputs import check_output_file, write_output
 from convzoo.train import checkpoint as ckpt_io
 from convzoo.train.setup import load_model_for_eval
 
@@ -99,40 +100,35 @@ def export(path: str | Path, fmt: str, *, out: str | Path | None = None, which: 
         raise ConvzooError(f"unknown export format '{fmt}' (choose: {', '.join(FORMATS)})")
     if fmt != "onnx" and opset is not None:
         raise ConvzooError("--opset applies to --format onnx only")
+    default = out is None or not str(out)
+    target = Path(out) if not default else default_output(path, which, fmt)
+    # Checked before any work: a link, a device, a folder, a run's own files and the input are
+    # refused; the write is atomic, after the same check again (outputs.write_output).
+    option, suffixes = ("--out" if not default else "export to"), (FORMATS[fmt],)
+    target = check_output_file(target, option=option, suffixes=suffixes, inputs=[path])
+
+    def write(fill: Any) -> None:
+        write_output(target, fill, option=option, suffixes=suffixes, inputs=[path])
+
     wrapper, ckpt = load_inference_model(path, which, weights)
     state, weights = ckpt_io.select_weights(ckpt, weights)
-    target = Path(out) if out else default_output(path, which, fmt)
-    if Path(path).is_file() and target.resolve() == Path(path).resolve():
-        raise ConvzooError(f"{path}: the export would overwrite its own input; name another "
-                           "file with --out")
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConvzooError(f"cannot create {target.parent}: {e.strerror}") from None
     if fmt == "safetensors":
         result = ExportResult(target, fmt)
-        save_safetensors(ckpt, state, weights, target)
+        metadata = weights_metadata(ckpt, weights)  # the one format, as the run's own file
+        write(lambda tmp: ckpt_io.save_safetensors(state, tmp, metadata))
         if check:
             result.checks.append(check_safetensors(target, wrapper.model))
         return result
-    exporter = export_onnx(wrapper, ckpt, target, opset=opset, weights=weights)
-    result = ExportResult(target, fmt, exporter)
+    exporter: list[str] = []
+    write(lambda tmp: exporter.append(export_onnx(wrapper, ckpt, tmp, opset=opset,
+                                                  weights=weights)))
+    result = ExportResult(target, fmt, exporter[0])
     if check:
         result.checks.extend(check_onnx(target, wrapper, checkpoint_geometry(ckpt).shape))
     return result
 
 
 # ----------------------------------------------------------------------------- safetensors
-
-
-def save_safetensors(ckpt: dict[str, Any], state: dict[str, Tensor], weights: str,
-                     path: Path) -> None:
-    """``state`` (the checkpoint's ``weights``) with the metadata of the run's own
-    model.safetensors (``weights.weights_metadata``: one format), written atomically."""
-    try:
-        ckpt_io.save_safetensors(state, path, weights_metadata(ckpt, weights))
-    except OSError as e:
-        raise ConvzooError(f"cannot write {path}: {e.strerror}") from None
 
 
 def check_safetensors(path: Path, model: nn.Module) -> str:

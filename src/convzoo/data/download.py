@@ -1,7 +1,7 @@
 """Checksummed, atomic downloads of the official data set archives.
 
-A download streams into ``<dest>.part``, is verified against its MD5, and only then is
-renamed to ``dest`` with ``os.replace`` (atomic on one file system). An interrupted or
+A download streams into a new hidden file ``.<dest>.<random>.part``, is verified against its
+MD5, and only then is renamed to ``dest`` with ``os.replace`` (atomic on one file system). An interrupted or
 corrupted download therefore never leaves a file at ``dest`` that would be taken as good.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import secrets
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -54,11 +55,13 @@ def download_url(url: str, dest: Path, md5: str) -> Path:
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_suffix(dest.suffix + ".part")
+    # A new hidden file of our own (O_EXCL: never an existing file, never through a link).
+    part = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
     log.info("downloading %s -> %s", url, dest)
     digest = hashlib.md5(usedforsecurity=False)
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, open(part, "wb") as out:
+        fd = os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with urllib.request.urlopen(url, timeout=60) as response, open(fd, "wb") as out:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name,
                       disable=None) as bar:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import weakref
 from collections.abc import Callable, Iterator
 
@@ -218,6 +219,12 @@ def _default_workers() -> int:
     return min(os.cpu_count() or 1, 8)
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    """A Ctrl-C at a terminal reaches the whole process group: the decode workers ignore it,
+    and the trainer decides (a checkpoint at the current step, ``train/preempt.py``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class StreamLoader(_Loader):
     """Batches streamed from a packed split (see the module docstring).
 
@@ -264,7 +271,8 @@ class StreamLoader(_Loader):
         reader = _BatchReader(split, geometry, limits, self.mode, self.stage)
         extra = {}
         if self.workers > 0:
-            extra = dict(prefetch_factor=prefetch, persistent_workers=True)
+            extra = dict(prefetch_factor=prefetch, persistent_workers=True,
+                         worker_init_fn=_ignore_sigint)
         # Enough slots for the batches in flight, the one being handed out and the caller's
         # previous one: a loop that keeps no batches always finds a free slot.
         self.slots = None if self.mode == "encoded" else Slots(prefetch * self.workers + 2)

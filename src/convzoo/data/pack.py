@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import re
+import secrets
 import shutil
 import tarfile
 import tempfile
@@ -350,7 +351,13 @@ def _pack_cifar(src: Path, tmp: Path, report: PackReport, *, fmt: str, resize: i
             "sizes": _sizes_entry(writers), "splits": splits}
 
 
-_TEMP = re.compile(r"\.(tmp|src|old)-(\d+)(-|$)")
+# The temp folders a pack makes beside DEST: DEST.tmp-<pid>-<random> (the pack being written),
+# DEST.src-<pid>-<random> (an archive extracted) and DEST.old-<pid>-<random> (the pack being
+# replaced). Each one that is not an old pack holds TEMP_MARK from its creation, so that a later
+# pack removes only folders it can prove are a pack's own temps, never a user's file or folder
+# that happens to match the name (data.old-2019-backup).
+_TEMP = re.compile(r"\.(tmp|src|old)-(\d+)-")
+TEMP_MARK = ".convzoo-pack-temp"
 
 
 def _alive(pid: int) -> bool:
@@ -363,18 +370,72 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def holds_pack_index(path: Path) -> bool:
+    """A folder (not a link) whose index.json names convzoo's pack format: a pack, complete or
+    not, that ``pack --overwrite`` may replace."""
+    index = path / INDEX_NAME
+    if path.is_symlink() or not path.is_dir() or index.is_symlink() or not index.is_file():
+        return False
+    try:
+        info = json.loads(index.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and info.get("format") == FORMAT_NAME
+
+
+def _ours(path: Path) -> bool:
+    """A pack's own temp folder: marked at creation, or a renamed old pack."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    return (path / TEMP_MARK).is_file() or holds_pack_index(path)
+
+
+def _make_temp(dest: Path, kind: str) -> Path:
+    """A new marked temp folder beside ``dest`` (module comment above)."""
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f"{dest.name}.{kind}-{os.getpid()}-", dir=dest.parent))
+        (tmp / TEMP_MARK).write_text("a temporary folder of convzoo pack; removed when done\n")
+    except OSError as e:
+        raise ConvzooError(f"cannot write in {dest.parent}: {e.strerror}") from None
+    return tmp
+
+
 def remove_stale_temps(dest: Path) -> list[Path]:
-    """Remove ``DEST.tmp-<pid>-*`` / ``.src-`` / ``.old-`` left by packs whose process is gone."""
+    """Remove the temp folders of packs into ``dest`` whose process is gone (only folders that
+    are provably a pack's own: see ``_ours``)."""
     removed = []
     for p in dest.parent.glob(f"{dest.name}.*-*"):
         m = _TEMP.match(p.name[len(dest.name):])
-        if m and not _alive(int(m.group(2))):
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+        if m and not _alive(int(m.group(2))) and _ours(p):
+            shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
     return removed
+
+
+def _check_destination(src: Path, dest: Path, overwrite: bool) -> None:
+    """``dest`` may receive the pack: not the source, inside it or around it; not a link, a
+    file or a node; new, empty, or (with ``overwrite``) a convzoo pack."""
+    from convzoo.outputs import kind_of
+
+    a, b = src.resolve(), dest.resolve()
+    if a == b or a in b.parents or b in a.parents:
+        where = "is" if a == b else "is inside" if a in b.parents else "contains"
+        raise ConvzooError(f"{dest}: the destination {where} the source {src}; pack into a "
+                           "folder outside it")
+    kind = kind_of(dest)
+    if kind is None:
+        return
+    if kind != "directory":
+        raise ConvzooError(f"{dest}: is {'a file' if kind == 'file' else kind}; convzoo pack "
+                           "writes a new folder or replaces a convzoo pack, nothing else")
+    if not any(dest.iterdir()):
+        return
+    if not overwrite:
+        raise ConvzooError(f"{dest}: already exists (remove it, or pass --overwrite to replace "
+                           "it once the new pack is complete)")
+    if not holds_pack_index(dest):
+        raise ConvzooError(f"{dest}: is not a convzoo pack (no {INDEX_NAME} of one), so "
+                           "--overwrite will not replace it; name a new folder")
 
 
 def pack(src: Path, dest: Path, *, fmt: str = "auto", resize: int = 0, quality: int = 90,
@@ -402,9 +463,7 @@ def pack(src: Path, dest: Path, *, fmt: str = "auto", resize: int = 0, quality: 
                            f"{shard_size_mb}")
     if not src.exists():
         raise ConvzooError(f"{src}: no such file or directory")
-    if dest.exists() and not overwrite and (dest.is_file() or any(dest.iterdir())):
-        raise ConvzooError(f"{dest}: already exists (remove it, or pass --overwrite to replace "
-                           "it once the new pack is complete)")
+    _check_destination(src, dest, overwrite)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -413,11 +472,7 @@ def pack(src: Path, dest: Path, *, fmt: str = "auto", resize: int = 0, quality: 
     workers = workers or os.cpu_count() or 1
     shard_bytes = shard_size_mb * 2**20
     report = PackReport(dest=dest, image_format=fmt, shape=None)
-    pid = os.getpid()
-    try:
-        tmp = Path(tempfile.mkdtemp(prefix=f"{dest.name}.tmp-{pid}-", dir=dest.parent))
-    except OSError as e:
-        raise ConvzooError(f"cannot write in {dest.parent}: {e.strerror}") from None
+    tmp = _make_temp(dest, "tmp")
     pool = None
     try:
         if workers > 1:
@@ -427,7 +482,7 @@ def pack(src: Path, dest: Path, *, fmt: str = "auto", resize: int = 0, quality: 
         if _is_cifar_source(src):
             info = _pack_cifar(src, tmp, report, **common)
         elif src.is_file() and _looks_like_tar(src):
-            tree = Path(tempfile.mkdtemp(prefix=f"{dest.name}.src-{pid}-", dir=dest.parent))
+            tree = _make_temp(dest, "src")
             try:
                 extract_tree(src, tree, limits)
                 info = _pack_folder(tree, tmp, report, skip_bad=skip_bad,
@@ -446,7 +501,12 @@ def pack(src: Path, dest: Path, *, fmt: str = "auto", resize: int = 0, quality: 
         index_tmp = tmp / (INDEX_NAME + ".part")
         index_tmp.write_text(json.dumps(info, indent=1))
         os.replace(index_tmp, tmp / INDEX_NAME)
-        _install(tmp, dest)
+        (tmp / TEMP_MARK).unlink()
+        _install(tmp, dest, overwrite)
+    except OSError as e:  # a full or read-only disk while writing the pack
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = e.filename or tmp
+        raise ConvzooError(f"cannot write the pack {dest} ({where}): {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -458,15 +518,23 @@ def pack(src: Path, dest: Path, *, fmt: str = "auto", resize: int = 0, quality: 
     return report
 
 
-def _install(tmp: Path, dest: Path) -> None:
-    """Move the finished pack into place (replacing an old one only after it is complete)."""
+def _install(tmp: Path, dest: Path, overwrite: bool) -> None:
+    """Move the finished pack into place. A destination that appeared while the pack was being
+    written is never replaced (two packs racing into one new name: the second one fails); with
+    ``overwrite`` only a convzoo pack is, and only once the new one is complete."""
     old = None
-    if dest.exists():
-        old = dest.with_name(f"{dest.name}.old-{os.getpid()}")
-        os.replace(dest, old)
-    os.replace(tmp, dest)
+    if overwrite and holds_pack_index(dest):
+        old = dest.with_name(f"{dest.name}.old-{os.getpid()}-{secrets.token_hex(4)}")
+        os.rename(dest, old)
+    try:
+        # rename(2) onto an existing non-empty folder fails (ENOTEMPTY/EEXIST), onto a file
+        # ENOTDIR: the race check and the move are one system call. An empty folder that
+        # appeared meanwhile is replaced (nothing is lost).
+        os.rename(tmp, dest)
+    except OSError as e:
+        if old is not None:
+            os.rename(old, dest)  # put the old pack back
+        raise ConvzooError(f"{dest}: appeared while the pack was being written "
+                           f"({e.strerror}); the new pack was not installed") from None
     if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
+        shutil.rmtree(old, ignore_errors=True)

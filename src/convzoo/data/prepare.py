@@ -122,9 +122,12 @@ def fetch_archive(url: str, dest: Path, md5: str, *, allow_download: bool, name:
                 log.warning(f"{dest}: MD5 differs from the official {name} archive's ({md5}); "
                             "using it as it is (data.download=false)")
                 return dest
-            log.warning(f"{dest}: MD5 differs from the official {name} archive's; a partial "
-                        "or corrupt file: downloading it again")
-            dest.unlink()
+            # A download lands only once its MD5 matched (download_url), so this file is not
+            # one convzoo wrote: never replace it.
+            raise ConvzooError(f"{dest}: MD5 differs from the official {name} archive's "
+                               f"({md5}); convzoo does not replace a file it did not download: "
+                               "move it away to download the archive, or set "
+                               "data.download=false to use it as it is")
         elif not allow_download:
             raise ConvzooError(f"{name}: {dest} does not exist (set data.download=true, or put "
                                f"{dest.name} there)")

@@ -9,6 +9,7 @@ schedule, EMA, RNG, epoch).
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable
 from pathlib import Path
@@ -109,13 +110,23 @@ def atomic_save(obj: Any, path: Path) -> None:
     atomic_write(path, write)
 
 
+_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}" + re.escape(TEMP_TAG))
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is an :func:`atomic_write` temp: ``.<name>.<8 hex digits>.tmp<suffix>``
+    (a hidden file of the user's such as ``.notes.tmp`` is not)."""
+    return _TEMP_NAME.match(name) is not None
+
+
 def remove_stale_temps(run_dir: Path) -> int:
     """Delete temp files a killed writer left in `run_dir` (never taken as good); returns count.
 
     Call it only while owning the directory (``rundir.RunLock``): a live writer's temp matches
     the same pattern.
     """
-    stale = [p for p in Path(run_dir).glob(f".*{TEMP_TAG}*") if p.is_file()]
+    stale = [p for p in Path(run_dir).glob(f".*{TEMP_TAG}*") if is_temp_name(p.name)
+             and p.is_file() and not p.is_symlink()]
     for tmp in stale:
         tmp.unlink(missing_ok=True)
     return len(stale)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import math
 import resource
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
@@ -33,10 +32,11 @@ from convzoo.data.pipeline import Loader, build_pipeline
 from convzoo.data.sampler import torch_seed
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import autocast, evaluate
+from convzoo.log import format_seconds, log
 from convzoo.train import checkpoint as ckpt_io
 from convzoo.train import preempt, rundir, trackers
 from convzoo.train.distributed import all_ranks, broadcast_buffers, check_global_batch, no_sync
-from convzoo.train.logging import Eta, MetricsWriter, Progress, format_seconds, log
+from convzoo.train.logging import Eta, MetricsWriter, Progress
 from convzoo.train.schedule import monitor_mode, set_lr
 from convzoo.train.setup import (
     Run,
@@ -409,13 +409,16 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
             torch.distributed.broadcast_object_list(shared, src=0)
             run_dir = Path(shared[0])  # type: ignore[arg-type]
         assert run_dir is not None
-        train_stages(cfg, run_dir, rt, todo, run, fresh=resume is None, epoch_end=epoch_end)
+        train_stages(cfg, run_dir, rt, todo, run, fresh=resume is None, lock=lock,
+                     epoch_end=epoch_end)
         return run_dir
 
 
 def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], run: Run, *,
-                 fresh: bool, epoch_end: EpochEnd | None = None) -> None:
-    """Train the stages ``todo`` in ``run_dir``, the first one already built (``run``)."""
+                 fresh: bool, lock: rundir.RunLock | None = None,
+                 epoch_end: EpochEnd | None = None) -> None:
+    """Train the stages ``todo`` in ``run_dir``, the first one already built (``run``).
+    ``lock``: rank 0's ownership of the directory (a fresh run that fails is discarded)."""
     writer: MetricsWriter | None = None
     done_steps = run.position.step if run.position is not None else 0
     eta = Eta(sum((s.end - max(s.start, run.state.epoch)) for s in todo) * len(run.data.train)
@@ -424,9 +427,6 @@ def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], r
     ckpt_out: dict[str, Any] = {}
     status = "failed"  # how the loggers record the end of this process's part of the run
     try:
-        if rt.is_main:  # rank 0 logs; a logger that cannot start fails here, before training
-            writer = MetricsWriter(run_dir, cfg, resume_epoch=run.state.epoch,
-                                   resume_step=None if fresh else run.state.steps + done_steps)
         with preempt.StopSignals() as signals:  # SIGTERM/SIGUSR1: checkpoint at a step, exit 75
             control = preempt.StepControl(signals, rt.world_size)
             for i, stage in enumerate(todo):
@@ -440,20 +440,27 @@ def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], r
                     rundir.write_config(run_dir, cfg)  # the whole plan and history so far
                     if run.init_report is not None:  # what model.init loaded, key by key
                         rundir.write_init_report(run_dir, run.init_report.to_dict())
+                    if writer is None:  # rank 0 logs, once the directory holds its config; a
+                        # logger that cannot start fails here, before training
+                        writer = MetricsWriter(run_dir, cfg, resume_epoch=run.state.epoch,
+                                               resume_step=None if fresh else
+                                               run.state.steps + done_steps)
                 ckpt_out = run_stage(run, run_dir, writer, eta, control, epoch_end)
                 if run.halted:  # epoch_end ended the run: no later stage
                     break
         status = "finished"
-    except (preempt.Preempted, KeyboardInterrupt, SystemExit):
-        status = "killed"
-        raise
-    except ConvzooError:
-        # Bad input found before anything was trained: leave no half-made run directory.
-        if fresh and rt.is_main and not (run_dir / "last.pt").exists():
+    except BaseException as e:
+        if isinstance(e, (preempt.Preempted, KeyboardInterrupt, SystemExit)):
+            status = "killed"
+        # A fresh run that failed before its first checkpoint (bad input found late, divergence
+        # in epoch 1, a full disk, an internal error): remove what it wrote, and nothing else.
+        if fresh and lock is not None and not (run_dir / "last.pt").exists():
+            run.data.close()
             if writer is not None:  # its loggers write into the directory: close them first
                 writer.close(status)
                 writer = None
-            shutil.rmtree(run_dir, ignore_errors=True)
+            removed = rundir.discard(lock)
+            log.debug(f"{run_dir}: removed {', '.join(removed) or 'nothing'} of the failed run")
         raise
     finally:
         run.data.close()  # the streaming workers stop now, not whenever they are collected

@@ -2,11 +2,12 @@
 
 **Signals.** SIGTERM and SIGUSR1 are what clusters send before they take a job's machines away
 (SLURM ``--signal``/``scancel``/time limit, Kubernetes eviction, torchrun's agent forwarding its
-own SIGTERM to its workers). While the loop trains (:class:`StopSignals`), either one only
-*requests* a stop: every rank finishes the step it is in, the run writes a checkpoint at that
-step (``last.pt``, atomically, through ``rundir``) and every rank exits with
-:data:`EXIT_PREEMPTED` (75, ``EX_TEMPFAIL`` of sysexits.h: "try again later"). A second signal
-stops at once (the run keeps its last checkpoint). Outside the loop (data loading, model
+own SIGTERM to its workers); SIGINT is a user's Ctrl-C. While the loop trains
+(:class:`StopSignals`), any of them only *requests* a stop: every rank finishes the step it is
+in, the run writes a checkpoint at that step (``last.pt``, atomically, through ``rundir``) and
+every rank exits with :data:`EXIT_PREEMPTED` (75, ``EX_TEMPFAIL`` of sysexits.h: "try again
+later"), or 130 after a Ctrl-C, as a shell expects. A second signal stops at once (the run
+keeps its last checkpoint). Outside the loop (data loading, model
 building: nothing trained yet to lose) rank 0's ``rundir.RunLock`` turns the signal into an
 exit at once, as before.
 
@@ -48,7 +49,16 @@ from convzoo.train import checkpoint as ckpt_io
 log = logging.getLogger("convzoo")
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on request with a checkpoint; run again to continue
-SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell expects of a program stopped by Ctrl-C
+# SIGINT (Ctrl-C) is a stop request like the cluster signals: the first one keeps the work of
+# the epoch in progress (a checkpoint at the current step), a second one stops at once.
+SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+
+
+def exit_status(signum: int) -> int:
+    """The exit status of a run stopped by ``signum`` after its checkpoint: 130 for Ctrl-C (as
+    a shell expects), 75 for a scheduler's signal (EX_TEMPFAIL: run again to continue)."""
+    return EXIT_INTERRUPTED if signum == signal.SIGINT else EXIT_PREEMPTED
 
 
 class Preempted(Exception):
@@ -62,9 +72,10 @@ class Preempted(Exception):
             name = "a stop request"
         where = (f"in epoch {epoch} after step {step}/{steps}" if 0 < step < steps
                  else f"after epoch {epoch}")
+        self.exit_status = exit_status(signum)
         super().__init__(f"stopped by {name} {where}; checkpoint written to {run_dir}/last.pt; "
                          f"`convzoo train --resume {run_dir}` (or --resume auto) continues it "
-                         f"exactly (exit status {EXIT_PREEMPTED})")
+                         f"exactly (exit status {self.exit_status})")
 
 
 class StopSignals:

@@ -44,6 +44,7 @@ the directory is then as a kill at that point would have left it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -564,8 +565,12 @@ class RunLock:
     the step, checkpoint, exit 75) and gives them back after.
     """
 
-    def __init__(self, run_dir: Path, fd: int, holder: Holder) -> None:
+    def __init__(self, run_dir: Path, fd: int, holder: Holder, *, made: tuple[Path, ...] = (),
+                 before: frozenset[str] = frozenset()) -> None:
         self.run_dir, self.path, self.fd, self.holder = run_dir, run_dir / LOCK_FILE, fd, holder
+        # What this process may remove if its fresh run fails (``discard``): the folders it
+        # created (deepest first) and, by omission, everything that was there before it.
+        self.made, self.before = made, before
         self._handlers: dict[int, Any] = {}  # the handlers to restore, while ours are set
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -574,10 +579,12 @@ class RunLock:
         _HELD.add(self)
 
     @classmethod
-    def acquire(cls, run_dir: Path, *, wait: float = 2.0) -> RunLock:
+    def acquire(cls, run_dir: Path, *, wait: float = 2.0,
+                made: tuple[Path, ...] = ()) -> RunLock:
         """Own ``run_dir`` or raise ConvzooError naming the holder; removes stale temp files.
 
         ``wait``: seconds to wait for a lock file that is being written or taken over.
+        ``made``: the folders the caller created for this run (see ``discard``).
         """
         run_dir = Path(run_dir)
         path = run_dir / LOCK_FILE
@@ -590,7 +597,8 @@ class RunLock:
             if fd is None:  # released, being written or being taken over: look again
                 time.sleep(0.05)
                 continue
-            lock = cls(run_dir, fd, me)
+            before = frozenset(n for n in _entries(run_dir) if n != LOCK_FILE)
+            lock = cls(run_dir, fd, me, made=made, before=before)
             n = ckpt_io.remove_stale_temps(run_dir)  # safe now: no other writer can be here
             if n:
                 log.info(f"{run_dir}: removed {n} temp file(s) left by a killed writer")
@@ -746,29 +754,93 @@ def _held(path: Path, holder: Holder | None) -> str:
     return f"{path.parent} is in use by another convzoo run ({who}; lock {path})"
 
 
-def claim(run_dir: Path) -> RunLock:
-    """Own exactly ``run_dir`` (``--resume auto``: a scheduler's fixed command), creating it
-    when missing: never ``NAME-2``. An existing directory keeps its files; whether it holds a
-    run to continue is for the caller to read, now that it owns it."""
-    run_dir = Path(run_dir).expanduser()
+def _entries(run_dir: Path) -> list[str]:
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        return sorted(e.name for e in os.scandir(run_dir))
     except OSError as e:
-        raise ConvzooError(f"cannot create run directory {run_dir}: {e.strerror}") from None
-    return RunLock.acquire(run_dir)
+        raise ConvzooError(f"cannot list run directory {run_dir}: {e.strerror}") from None
+
+
+def _only_ours(run_dir: Path) -> bool:
+    """Whether everything in ``run_dir`` is what a convzoo run leaves before its config.yaml:
+    a (stale) lock, temp files of an atomic write, TensorBoard event files."""
+    for name in _entries(run_dir):
+        if name == LOCK_FILE or ckpt_io.is_temp_name(name):
+            continue
+        if name == "tensorboard" and not (run_dir / name).is_symlink() and all(
+                n.startswith(TENSORBOARD_PREFIX) for n in _entries(run_dir / name)):
+            continue
+        return False
+    return True
+
+
+def _check_claimable(run_dir: Path) -> None:
+    """A fresh run may start in an existing folder only when it is a folder (a link to one is
+    followed) holding nothing a convzoo run did not leave there (``_only_ours``)."""
+    from convzoo.outputs import kind_of
+
+    kind = kind_of(run_dir)
+    if kind is None:
+        return
+    if not run_dir.is_dir():
+        raise ConvzooError(f"run directory {run_dir}: is {'a file' if kind == 'file' else kind}, "
+                           "not a folder; give another --name or --out")
+    if not _only_ours(run_dir):
+        shown = ", ".join(_entries(run_dir)[:4])
+        raise ConvzooError(f"run directory {run_dir}: is not a convzoo run (no config.yaml) and "
+                           f"not empty ({shown}{', ...' if len(_entries(run_dir)) > 4 else ''}); "
+                           "convzoo starts a run only in a new or empty folder: give another "
+                           "--name or --out")
+
+
+def _mkdirs(path: Path) -> tuple[Path, ...]:
+    """``mkdir -p path``: the folders this call created, deepest first."""
+    missing = []
+    p = path
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    made = []
+    for p in reversed(missing):
+        try:
+            p.mkdir()
+        except FileExistsError:
+            continue  # created meanwhile by another process: not ours to remove
+        except OSError as e:
+            raise ConvzooError(f"cannot create run directory {path}: {e.strerror}") from None
+        made.append(p)
+    return tuple(reversed(made))
+
+
+def claim(run_dir: Path) -> RunLock:
+    """Own exactly ``run_dir`` (``--resume auto``: a scheduler's fixed command) for a fresh run,
+    creating it when missing: never ``NAME-2``. An existing folder is taken only when it is
+    empty or holds nothing but what a killed convzoo run left (``_only_ours``): a folder of the
+    user's is refused with one line, never written into."""
+    run_dir = Path(run_dir).expanduser()
+    _check_claimable(run_dir)  # before the lock: a user's folder gets no .lock either
+    made = _mkdirs(run_dir)
+    lock = RunLock.acquire(run_dir, made=made)
+    try:
+        _check_claimable(run_dir)  # again, now that nobody else can write here
+    except ConvzooError:
+        lock.release()
+        raise
+    return lock
 
 
 def create(parent: Path, name: str) -> RunLock:
     """A new run directory ``parent/name`` (``name-2``, ``name-3``... when taken), owned.
 
     Creation is atomic (``mkdir`` without exist_ok), so two runs started together with the same
-    name get different directories. An existing empty directory is taken if its lock can be.
+    name get different directories. An existing empty directory (not a link) is taken if its
+    lock can be; it stays if the run fails (``discard``), as a folder this process did not make.
     """
     parent = Path(parent).expanduser()
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConvzooError(f"cannot create run directory {parent / name}: {e.strerror}") from None
+    if parent.exists() and not parent.is_dir():
+        raise ConvzooError(f"cannot create run directory {parent / name}: {parent} is not a "
+                           "folder")
+    made_parents = _mkdirs(parent)
     n = 1
     while True:
         run_dir = parent / (name if n == 1 else f"{name}-{n}")
@@ -776,12 +848,12 @@ def create(parent: Path, name: str) -> RunLock:
         try:
             run_dir.mkdir()
         except FileExistsError:
-            if run_dir.is_dir() and not any(run_dir.iterdir()):  # made by the user: take it
-                me = Holder.this_process()
+            if run_dir.is_dir() and not run_dir.is_symlink() and not any(run_dir.iterdir()):
+                me = Holder.this_process()  # an empty folder made by the user: take it
                 fd = _create(run_dir / LOCK_FILE, me)
                 if fd is None:  # another new run got it first
                     continue
-                lock = RunLock(run_dir, fd, me)
+                lock = RunLock(run_dir, fd, me, made=made_parents)
                 if {p.name for p in run_dir.iterdir()} == {LOCK_FILE}:
                     return lock
                 lock.release()
@@ -792,4 +864,52 @@ def create(parent: Path, name: str) -> RunLock:
         fd = _create(run_dir / LOCK_FILE, me)
         if fd is None:  # another creator took our new, still empty folder as a user-made one
             continue
-        return RunLock(run_dir, fd, me)
+        return RunLock(run_dir, fd, me, made=(run_dir, *made_parents))
+
+
+# What a run writes into its directory (module docstring) and may therefore remove again.
+WRITTEN = ("config.yaml", INIT_FILE, METRICS_FILE, "metrics.csv", "summary.json",
+           "model.safetensors", "best.pt", "last.pt", "curves.png", "tracking.json", "steps.csv")
+TENSORBOARD_PREFIX = "events.out.tfevents."
+
+
+def discard(lock: RunLock) -> list[str]:
+    """A fresh run failed before its first checkpoint: remove what this process wrote into its
+    run directory, release the lock, and remove the folders it created if they are empty now.
+
+    Only convzoo's own names (``WRITTEN``, epoch-NNNN.pt, TensorBoard event files in
+    ``tensorboard/``, W&B's run folders in ``wandb/``, temp files) that were not there when the
+    run took the directory are removed; a folder is removed
+    with ``rmdir``, which removes nothing but an empty folder. So a file of the user's, put
+    there before or meanwhile, is never touched. Returns the names removed.
+    """
+    run_dir, removed = lock.run_dir, []
+    for name in WRITTEN:
+        path = run_dir / name
+        if name not in lock.before and (path.is_file() or path.is_symlink()):
+            path.unlink(missing_ok=True)
+            removed.append(name)
+    board = run_dir / "tensorboard"
+    if "tensorboard" not in lock.before and board.is_dir() and not board.is_symlink():
+        for name in _entries(board):
+            if name.startswith(TENSORBOARD_PREFIX) and (board / name).is_file():
+                (board / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            board.rmdir()
+            removed.append("tensorboard")
+    for name in _entries(run_dir):  # epoch-NNNN.pt (train.keep_last)
+        if EPOCH_CHECKPOINT.fullmatch(name) and name not in lock.before:
+            (run_dir / name).unlink(missing_ok=True)
+            removed.append(name)
+    if "wandb" not in lock.before:  # W&B's offline files (train.loggers: wandb)
+        from convzoo.train.trackers import discard_wandb
+
+        removed.extend(discard_wandb(run_dir))
+    ckpt_io.remove_stale_temps(run_dir)  # ours: the lock is still held
+    lock.release()
+    for folder in lock.made:
+        try:
+            folder.rmdir()
+        except OSError:
+            break  # not empty (the user's files, or another run's): it stays, and its parents
+    return removed

@@ -39,7 +39,9 @@ import logging
 import math
 import netrc
 import os
+import re
 import secrets
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -491,6 +493,29 @@ def open_for_report(cfg: C.Config, run_dir: Path) -> Trackers:
         except Exception as e:
             log.warning(f"the report does not go to {name}: {type(e).__name__}: {e}")
     return Trackers(made)
+
+
+# What wandb.init(dir=RUN) makes in RUN/wandb: its run folders and its log links.
+WANDB_NAMES = re.compile(r"(offline-)?run-\d{8}_\d{6}-[a-z0-9]+|latest-run|debug(-internal)?\.log")
+
+
+def discard_wandb(run_dir: Path) -> list[str]:
+    """A failed new run's W&B files (``rundir.discard``): the names W&B makes in RUN/wandb/,
+    then the folder if that left it empty. Returns what went."""
+    folder = run_dir / "wandb"
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    for entry in folder.iterdir():
+        if WANDB_NAMES.fullmatch(entry.name):
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:  # something else is in there: it stays
+        return []
+    return ["wandb"]
 
 
 def step_of_epoch(run_dir: Path, epoch: int) -> int:

@@ -1,0 +1,291 @@
+"""The results ledger: finished runs copied into ``results/``, and every table made from them.
+
+    python benchmarks/ledger.py collect ~/ledger/runs fast94-s0 gnet5-s0   # copy finished runs
+    python benchmarks/ledger.py tables           # RESULTS.md's ledger section + recipes' figures
+    python benchmarks/ledger.py tables --check   # exit 1 if either differs from the files
+
+``collect`` copies what a reader needs to check a figure (``config.yaml``, ``summary.json``,
+``metrics.jsonl``; for an airbench run its ``result.json`` and printed table), never a
+checkpoint, and writes ``ledger.json`` beside them: the machine, convzoo's commit(s), the dates,
+the command and the wall time summed over the invocations that ``benchmarks/ledger_runs.py``
+recorded (a run continued over several sessions has several).
+
+``tables`` rebuilds, from ``results/`` alone, the part of RESULTS.md between the
+``<!-- ledger:begin -->`` and ``<!-- ledger:end -->`` lines and
+``src/convzoo/recipes/measured.json`` (the measured column of ``convzoo recipes``). Nothing in
+either is typed by hand; ``tests/test_ledger.py`` fails when they differ from what this makes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+RESULTS_MD = ROOT / "RESULTS.md"
+MEASURED = ROOT / "src" / "convzoo" / "recipes" / "measured.json"
+BEGIN, END = "<!-- ledger:begin -->", "<!-- ledger:end -->"
+
+# Overrides that change how a run is executed, not what it computes or on what data: a row of
+# the ledger groups runs that differ only in these and in the seed.
+RUNTIME = ("train.threads", "train.compile", "train.checkpoint_every_minutes",
+           "train.checkpoint_every_steps", "train.device", "train.out", "train.name",
+           "data.workers", "data.root")
+DATA_NAMES = {  # what the data folders of the ledger runs are (../shared/datasets/README.md)
+    "cifar10-jpeg": "CIFAR-10, JPEG q75 copy",
+    "imagenette": "Imagenette train/ (224 px copy)",
+}
+COPIED = ("config.yaml", "summary.json", "metrics.jsonl", "init.json")
+COPIED_AIRBENCH = ("result.json", "airbench_stdout.txt")
+
+
+# ----------------------------------------------------------------------------- collect
+
+
+def _invocations(runs: Path, name: str) -> list[dict[str, Any]]:
+    path = runs / f"{name}.invocations.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _overrides(command: str) -> dict[str, str]:
+    """The ``--set`` overrides and ``--seed`` of a recorded command line."""
+    words = command.split()
+    out = {}
+    for flag, value in zip(words, words[1:]):
+        if flag == "--set":
+            key, _, val = value.partition("=")
+            out[key] = val
+        elif flag == "--seed":
+            out["train.seed"] = value
+    return out
+
+
+def _generic(command: str) -> str:
+    """A recorded command with this machine's home folder written as ``~``."""
+    return command.replace(str(Path.home()), "~")
+
+
+def collect(runs: Path, names: list[str], results: Path = RESULTS) -> list[Path]:
+    """Copy each finished run ``runs/NAME`` into ``results/NAME`` with its ``ledger.json``."""
+    written = []
+    for name in names:
+        src = runs / name
+        calls = _invocations(runs, name)
+        if not calls:
+            raise SystemExit(f"ledger: {runs / (name + '.invocations.jsonl')}: no recorded "
+                             "invocation (runs are made by benchmarks/ledger_runs.py)")
+        airbench = (src / "result.json").is_file()
+        files = COPIED_AIRBENCH if airbench else COPIED
+        if not airbench and not (src / "summary.json").is_file():
+            raise SystemExit(f"ledger: {src}: not finished (no summary.json)")
+        dest = results / name
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            if (src / f).is_file():
+                shutil.copyfile(src / f, dest / f)
+        last = calls[-1]
+        record = {
+            "name": name,
+            "kind": "airbench" if airbench else "train",
+            "command": _generic(last["command"]),
+            "machine": last["machine"],
+            "commits": sorted({c["commit"] for c in calls}),
+            "started": calls[0]["start"],
+            "invocations": len(calls),
+            "wall_seconds": round(sum(c["wall_seconds"] for c in calls), 1),
+        }
+        notes = [c["note"] for c in calls if c.get("note")]
+        if notes:
+            record["notes"] = notes
+        (dest / "ledger.json").write_text(json.dumps(record, indent=1) + "\n")
+        written.append(dest)
+    return written
+
+
+# ----------------------------------------------------------------------------- read
+
+
+def read_results(results: Path = RESULTS) -> list[dict[str, Any]]:
+    """One dict per run folder under ``results``: its ledger record, summary and config."""
+    import yaml
+
+    rows = []
+    for folder in sorted(p for p in results.iterdir() if (p / "ledger.json").is_file()):
+        rec = json.loads((folder / "ledger.json").read_text())
+        rec["folder"] = folder.name
+        if rec["kind"] == "airbench":
+            res = json.loads((folder / "result.json").read_text())
+            acc, seconds = res["airbench"]["runs"][0]
+            rec.update(top1=acc, timed_seconds=seconds, recipe="airbench94 (own code)",
+                       data=_data_of(rec["command"]), split="test", epochs=10)
+        else:
+            summary = json.loads((folder / "summary.json").read_text())
+            cfg = yaml.safe_load((folder / "config.yaml").read_text())
+            sets = _overrides(rec["command"])
+            rec.update(
+                recipe=cfg.get("name") or "-", data=_data_of(rec["command"]),
+                split=summary["split"], epochs=summary["epochs"], top1=summary["top1"],
+                top5=summary.get("top5"), timed_seconds=summary.get("timed_seconds"),
+                train_seconds=summary["train_seconds"], reported=cfg.get("reported") or "",
+                seed=int(sets.get("train.seed", cfg["train"]["seed"])),
+                protocol={k: v for k, v in sets.items()
+                          if k not in RUNTIME and k != "train.seed"})
+        rows.append(rec)
+    return rows
+
+
+def _data_of(command: str) -> str:
+    words = command.split()
+    for flag, value in zip(words, words[1:]):
+        if flag == "--data":
+            return DATA_NAMES.get(Path(value).name, Path(value).name)
+    return "-"
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def _group(rows: list[dict[str, Any]]) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """Runs of one recipe and protocol (its non-runtime overrides), over seeds."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["kind"] != "train":
+            continue
+        proto = " ".join(f"{k}={v}" for k, v in sorted(r["protocol"].items()))
+        groups.setdefault((r["recipe"], proto), []).append(r)
+    return groups
+
+
+def _spread(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}%"
+    return (f"{statistics.mean(values):.2f}% ({min(values):.2f}-{max(values):.2f}, "
+            f"n={len(values)})")
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """RESULTS.md's ledger section (between the markers), from the run folders."""
+    lines = [BEGIN, ""]
+    groups = _group(rows)
+    if not groups:
+        lines += ["No full-length run has finished yet.", "", END]
+        return "\n".join(lines) + "\n"
+    lines += [
+        "| recipe | protocol overrides | data | epochs | split | top-1: mean (min-max, n) | "
+        "anchor | wall per run | machine | run folders |",
+        "|---|---|---|---:|---|---:|---|---:|---|---|",
+    ]
+    for (recipe, proto), runs in sorted(groups.items()):
+        runs = sorted(runs, key=lambda r: r["seed"])
+        first = runs[0]
+        walls = statistics.mean(r["wall_seconds"] for r in runs)
+        machines = sorted({r["machine"] for r in runs})
+        folders = ", ".join(f"[{r['folder']}](results/{r['folder']})" for r in runs)
+        lines.append(
+            f"| `{recipe}` | {proto.replace('data.val_fraction=', 'val ') or '-'} | "
+            f"{first['data']} | {first['epochs']} | {first['split']} | "
+            f"{_spread([r['top1'] for r in runs])} | {first['reported'] or '-'} | "
+            f"{_hours(walls)} | {'; '.join(machines)} | {folders} |")
+    lines.append("")
+    pair = [r for r in rows if r["kind"] == "airbench"]
+    fast = groups.get(("cifar10-fast94", ""), [])
+    if pair and fast:
+        lines += [
+            "**cifar10-fast94 beside airbench94's own code**, same JPEG data, same CPU, one "
+            "thread each, fp32, run alternately (each airbench run right after a convzoo seed); "
+            "timed as airbench times itself (data-dependent init + training steps + final TTA "
+            "evaluation):",
+            "",
+            "| side | runs | test top-1 (TTA) | timed seconds per run | run folders |",
+            "|---|---:|---:|---:|---|",
+        ]
+        for label, group in (("convzoo `cifar10-fast94`", fast), ("airbench94.py (CPU copy)",
+                                                                   pair)):
+            secs = [r["timed_seconds"] for r in group]
+            lines.append(
+                f"| {label} | {len(group)} | {_spread([r['top1'] for r in group])} | "
+                f"{statistics.mean(secs):.0f} ({min(secs):.0f}-{max(secs):.0f}) | "
+                + ", ".join(f"[{r['folder']}](results/{r['folder']})" for r in group) + " |")
+        ratio = (statistics.mean(r["timed_seconds"] for r in fast)
+                 / statistics.mean(r["timed_seconds"] for r in pair))
+        delta = (statistics.mean(r["top1"] for r in fast)
+                 - statistics.mean(r["top1"] for r in pair))
+        lines += ["", f"convzoo's time over airbench's: **{ratio:.2f}x**, accuracy "
+                      f"{delta:+.2f} points.", ""]
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def measured(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``convzoo recipes``' measured column: per recipe, its runs without protocol overrides
+    other than a carved validation split (a tuning run with another lr is not the recipe)."""
+    out: dict[str, Any] = {}
+    for (recipe, proto), runs in sorted(_group(rows).items()):
+        if proto and not proto.startswith("data.val_fraction=") or " " in proto:
+            continue
+        top1 = [r["top1"] for r in runs]
+        out[recipe] = {
+            "top1": round(statistics.mean(top1), 2), "min": round(min(top1), 2),
+            "max": round(max(top1), 2), "seeds": len(runs), "epochs": runs[0]["epochs"],
+            "split": runs[0]["split"], "data": runs[0]["data"],
+            "machine": sorted({r["machine"] for r in runs})[0],
+            "runs": sorted(r["folder"] for r in runs),
+        }
+    return out
+
+
+def render(results: Path = RESULTS) -> tuple[str, str]:
+    """(RESULTS.md with its ledger section rebuilt, measured.json's text)."""
+    rows = read_results(results) if results.is_dir() else []
+    text = RESULTS_MD.read_text()
+    head, _, rest = text.partition(BEGIN)
+    _, _, tail = rest.partition(END)
+    if not rest:
+        raise SystemExit(f"ledger: {RESULTS_MD} has no {BEGIN} line")
+    section = markdown(rows)
+    new = head + section.rstrip("\n") + tail
+    return new, json.dumps(measured(rows), indent=1, sort_keys=True) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect", help="copy finished runs into results/")
+    c.add_argument("runs", type=Path, help="the folder ledger_runs.py wrote (--out)")
+    c.add_argument("names", nargs="+")
+    t = sub.add_parser("tables", help="rebuild RESULTS.md's ledger section and measured.json")
+    t.add_argument("--check", action="store_true", help="only compare; exit 1 if they differ")
+    args = p.parse_args(argv)
+    if args.cmd == "collect":
+        for dest in collect(args.runs, args.names):
+            print(dest)
+        return 0
+    text, figures = render()
+    if args.check:
+        stale = [str(f) for f, new in ((RESULTS_MD, text), (MEASURED, figures))
+                 if not f.is_file() or f.read_text() != new]
+        if stale:
+            print(f"ledger: out of date: {', '.join(stale)} (python benchmarks/ledger.py "
+                  "tables)", file=sys.stderr)
+            return 1
+        return 0
+    RESULTS_MD.write_text(text)
+    MEASURED.write_text(figures)
+    print(f"{RESULTS_MD}\n{MEASURED}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
