@@ -89,7 +89,7 @@ def test_save_and_load_round_trip(tmp_path):
     cfg = C.apply_overrides(C.Config(), {"optim": {"lr": 0.05, "fused": True},
                                          "train": {"channels_last": None},
                                          "stages": [{"epochs": 5}]})
-    C.save_config(cfg, tmp_path / "config.yaml")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
     assert C.load_config(tmp_path / "config.yaml") == cfg
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["channels_last"] is None
 
@@ -640,3 +640,72 @@ def test_readme_documents_the_everyday_keys():
     for needle in ("data.limit", "train.threads", "convzoo config", "--version",
                    "--index-url https://download.pytorch.org/whl/cpu"):
         assert needle in readme, needle
+
+
+# ----------------------------------------------------------------------------- recipe bases
+
+
+def test_the_neon_recipes_are_their_base_plus_the_depth():
+    """Seed B's four recipes share one base: their resolved configs differ in the network's
+    depth, the description and the seed's figure only."""
+    base = C.to_dict(C.from_dict(C.load_recipe("_resnet-cifar10-neon")))
+    for depth in (20, 32, 56, 110):
+        cfg = C.to_dict(C.from_dict(C.load_recipe(f"resnet{depth}-cifar10-neon")))
+        differ = {k for k in C.dotted(cfg) if C.dotted(cfg)[k] != C.dotted(base).get(k)}
+        assert differ == {"name", "description", "reported", "model.name"} - (
+            {"model.name"} if depth == 20 else set()), depth
+        assert cfg["model"]["name"] == f"resnet{depth}" and str(depth) in cfg["reported"]
+    assert "_resnet-cifar10-neon" not in C.list_recipes()
+
+
+def test_a_base_is_a_name_or_a_file_beside_the_recipe_and_a_list_merges_in_order(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.yaml").write_text("name: a\noptim: {lr: 0.5, momentum: 0.8}\n")
+    (tmp_path / "sub" / "b.yaml").write_text("optim: {lr: 0.25}\ntrain: {epochs: 7}\n")
+    (tmp_path / "sub" / "mine.yaml").write_text(
+        "base: [quickstart, a.yaml, b.yaml]\ntrain: {batch_size: 32}\n")
+    cfg = C.from_dict(C.load_recipe(str(tmp_path / "sub" / "mine.yaml")))
+    quick = C.from_dict(C.load_recipe("quickstart"))
+    assert (cfg.optim.lr, cfg.optim.momentum, cfg.train.epochs, cfg.train.batch_size) == (
+        0.25, 0.8, 7, 32)
+    assert cfg.model == quick.model and cfg.data == quick.data
+    assert not cfg.name  # a base's name is not inherited
+
+
+@pytest.mark.parametrize("text, message", [
+    ("base: loop.yaml\n", "recipe base cycle"),
+    ("base: [quickstart, 3]\n", "base: expected a recipe name or file"),
+    ("base: nosuchrecipe\n", "unknown recipe 'nosuchrecipe'"),
+    ("base: missing.yaml\n", "recipe file not found"),
+])
+def test_bad_bases_are_one_line(tmp_path, text, message):
+    (tmp_path / "loop.yaml").write_text(text)
+    with pytest.raises(ConvzooError, match=message):
+        C.load_recipe(str(tmp_path / "loop.yaml"))
+
+
+def test_recipes_merge_left_to_right_and_config_says_where_each_value_came_from(
+        tmp_path, capsys):
+    from convzoo.cli import main
+
+    (tmp_path / "tweak.yaml").write_text("optim: {lr: 0.02}\ntrain: {epochs: 4}\n")
+    argv = ["--recipe", "resnet20-cifar10-neon", "--config", str(tmp_path / "tweak.yaml"),
+            "--data", "digits", "--set", "train.epochs=5", "--dry-run", "--set",
+            "data.limit=256", "--set", "data.image_size=8", "--out", str(tmp_path / "runs")]
+    assert main(["train", *argv]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["optim"]["lr"] == 0.02 and resolved["train"]["epochs"] == 5
+    assert resolved["model"]["kwargs"] == {"shortcut": "projection", "fc_bn": True}
+    assert resolved["name"] == "resnet20-cifar10-neon"
+    assert main(["config", "resnet20-cifar10-neon", str(tmp_path / "tweak.yaml"), "--set",
+                 "train.epochs=5", "--where"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+
+    def line(key: str) -> str:
+        return next(x for x in lines if x.strip().startswith(key + ":"))
+
+    assert "[from recipe _resnet-cifar10-neon]" in line("milestones")
+    assert "[from recipe resnet20-cifar10-neon]" in line("reported")
+    assert f"[from recipe {tmp_path / 'tweak.yaml'}]" in line("lr")
+    assert "[from command line]" in line("epochs")
+    assert "[from" not in line("nesterov")  # the default

@@ -478,3 +478,29 @@ def test_early_stopping():
     es2.load_state_dict(state)
     assert es2.update({"eval_top1": 61.0}) is False and es2.best == 61.0
     assert not any(EarlyStopping(0).update({"val_loss": 1.0}) for _ in range(5))
+
+
+@pytest.mark.parametrize("name, kw", [("onecycle", {}), ("cosine", {"warmup_epochs": 2}),
+                                      ("constant", {"warmup_epochs": 1})])
+def test_no_step_trains_at_lr_0(name, kw):
+    """A rise from 0 (warmup_start 0, the one-cycle default) starts at the lr of the first
+    step's end: a step at lr 0 is a step wasted; every other step keeps its start's lr."""
+    s = Schedule(ScheduleConfig(name=name, **kw), 0.4, 10, 4)
+    lrs = [lr for epoch in range(1, 11) for lr in s.epoch_lrs(epoch)]
+    assert min(lrs) > 0
+    assert lrs[0] == pytest.approx(s.lr_at(1 / 4))
+    assert lrs[1:] == [pytest.approx(s.lr_at(t / 4)) for t in range(1, 40)]
+
+
+def test_a_small_split_says_how_much_of_it_each_epoch_leaves_out(tmp_path, capsys):
+    from convzoo.cli import main
+
+    assert main(["train", "--data", "digits", "--set", "data.limit=200", "--set",
+                 "data.image_size=8", "--batch-size", "128", "--epochs", "1", "--out",
+                 str(tmp_path), "--set", "train.loggers=[]"]) == 0
+    assert "trains on 128 of them (1 step of 128) and leaves 72 (36%) out" in \
+        capsys.readouterr().err
+    assert main(["train", "--data", "digits", "--set", "data.limit=200", "--set",
+                 "data.image_size=8", "--batch-size", "100", "--epochs", "1", "--out",
+                 str(tmp_path), "--set", "train.loggers=[]"]) == 0
+    assert "leaves" not in capsys.readouterr().err

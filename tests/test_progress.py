@@ -55,6 +55,20 @@ def test_a_short_slow_epoch_off_a_terminal_still_logs(capsys):
     assert lines[0].endswith("run ETA 3m24s")  # 17 steps left at 12 s
 
 
+def test_the_eta_after_a_resume_inside_an_epoch_counts_only_the_steps_run_since(capsys):
+    """Resumed after step 40 of 48 in the last epoch: 8 steps left at 2 s each is 16 s, not the
+    "run ETA 0s" that dividing by all 41 steps of the epoch gave."""
+    clock = Clock()
+    eta = Eta(steps=8)
+    progress = Progress(48, 3, 3, log_every=1, eta=eta, clock=clock, first_step=40)
+    progress.tty, progress.bar = False, None
+    setup_logging()
+    logged(capsys)
+    clock.now += 2.0
+    progress.update(41, 32, lambda: 1.0)
+    assert logged(capsys)[0].endswith("run ETA 14s")  # 7 steps left at 2 s
+
+
 def test_by_step_as_before(capsys):
     clock = Clock()
     progress = Progress(10, 1, 1, log_every=5, log_seconds=1e9, clock=clock)

@@ -387,14 +387,16 @@ def overrides_from_keywords(keywords: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def train_config(config_or_recipe: str | Path | C.Config | dict[str, Any] | None,
-                 overrides: dict[str, Any]) -> C.Config:
-    """Defaults <- a recipe (shipped name or YAML file), a config dict or a Config <- nested
-    `overrides`, validated (``config.from_dict``)."""
+def train_config(config_or_recipe: str | Path | list[str | Path] | C.Config | dict[str, Any]
+                 | None, overrides: dict[str, Any]) -> C.Config:
+    """Defaults <- recipes (shipped names or YAML files, merged left to right), a config dict
+    or a Config <- nested `overrides`, validated (``config.from_dict``)."""
     if isinstance(config_or_recipe, C.Config):
         base: dict[str, Any] = C.to_dict(config_or_recipe)
     elif isinstance(config_or_recipe, dict):
         base = config_or_recipe
+    elif isinstance(config_or_recipe, list):
+        base = C.load_recipes([str(r) for r in config_or_recipe])
     elif config_or_recipe:
         base = C.load_recipe(str(config_or_recipe))
     else:

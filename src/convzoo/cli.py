@@ -67,12 +67,12 @@ AUTO_IGNORED = {"started", "train.out", "train.name"}
 def _comparable(cfg: C.Config, stages: int) -> dict[str, Any]:
     """``cfg`` as dotted keys, without what --resume auto ignores, and its first ``stages``
     stages without their start records."""
-    from convzoo.train.loop import RUNTIME_KEYS, dotted
+    from convzoo.train.loop import RUNTIME_KEYS
 
     data = C.to_dict(cfg)
     data["stages"] = [{k: v for k, v in st.items() if k not in ("started", "from_epoch")}
                       for st in data["stages"][:stages]]
-    flat = dotted(data)
+    flat = C.dotted(data)
     return {k: v for k, v in flat.items() if k not in AUTO_IGNORED | RUNTIME_KEYS}
 
 
@@ -112,9 +112,7 @@ def auto_run(args: argparse.Namespace) -> tuple[C.Config, Path, bool, dict[str, 
 
 
 def dotted_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    from convzoo.train.loop import dotted
-
-    return dotted(explicit_overrides(args))
+    return C.dotted(explicit_overrides(args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -416,24 +414,39 @@ def show_recipe(name: str, measured: dict[str, Any] | None, args: argparse.Names
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    """The resolved config as a commented recipe; with ``--where``, each key's origin (the
+    defaults, a recipe or one of its bases, a run's config.yaml, or the command line)."""
     from convzoo.configdoc import commented_yaml
 
-    where = "defaults"
-    data: dict[str, Any] = {}
-    if args.recipe:
-        run_config = Path(args.recipe) / "config.yaml"
+    layers: list[tuple[str, dict[str, Any]]] = []
+    for name in args.recipe:
+        run_config = Path(name) / "config.yaml"
         if run_config.is_file():  # a run directory: the config it ran with
-            data, where = C.read_yaml(run_config), f"run {args.recipe}"
+            layers.append((f"run {name}", C.read_yaml(run_config)))
         else:
-            data, where = C.load_recipe(args.recipe), f"recipe {args.recipe}"
+            layers += C.recipe_layers(name)
     overrides = explicit_overrides(args)
-    cfg = C.from_dict(C.merge(data, overrides))
+    layers.append(("command line", overrides))
+    data: dict[str, Any] = {}
+    for _, keys in layers:
+        data = C.merge(data, keys)
+    cfg = C.from_dict(data)
+    origins = None
+    if args.where:
+        origins = {}
+        for label, keys in layers:
+            for key in C.dotted(keys):
+                origins[key] = label
+    where = " + ".join(f"{'recipe ' if not Path(n, 'config.yaml').is_file() else 'run '}{n}"
+                       for n in args.recipe) or "defaults"
     given = " ".join(argv_tail(args))
     header = [f"convzoo config: {where}" + (f" + {given}" if given else ""),
               "each key: its value, what it means and its valid values; change any with "
               "--set SECTION.KEY=VALUE",
               "this file is a recipe as it is: convzoo train --recipe FILE"]
-    print(commented_yaml(cfg, header), end="")
+    if origins is not None:
+        header.append("[from ...]: where the value was set (unmarked: convzoo's default)")
+    print(commented_yaml(cfg, header, origins), end="")
     return 0
 
 
@@ -606,7 +619,9 @@ def add_weights_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--recipe", help="shipped recipe name (see `convzoo recipes`) or YAML file")
+    p.add_argument("--recipe", "--config", action="append", metavar="RECIPE",
+                   help="shipped recipe name (see `convzoo recipes`) or YAML file; repeated, "
+                        "they merge left to right")
     p.add_argument("--resume", metavar="RUN_DIR|auto",
                    help="continue this run (overrides start a new stage); auto: continue "
                         "train.out/NAME (--name) if it holds this run, else start it there (a "
@@ -760,8 +775,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="print the resolved config: every key with its value, "
                                       "meaning and valid range")
-    p.add_argument("recipe", nargs="?", metavar="RECIPE|FILE|RUN_DIR",
-                   help="a shipped recipe, a YAML file or a run directory (default: defaults)")
+    p.add_argument("recipe", nargs="*", metavar="RECIPE|FILE|RUN_DIR",
+                   help="shipped recipes, YAML files or a run directory, merged left to right "
+                        "(default: the defaults)")
+    p.add_argument("--where", action="store_true",
+                   help="mark each key set by a recipe, one of its bases, or the command line")
     add_config_args(p)
     p.set_defaults(func=cmd_config)
 

@@ -33,7 +33,6 @@ import dataclasses
 import difflib
 import functools
 import math
-import os
 import re
 import types
 import typing
@@ -811,6 +810,19 @@ def parse_override(text: str) -> dict[str, Any]:
     return dotted_to_nested(key, value)
 
 
+def dotted(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{'optim': {'lr': 0.01}}`` -> ``{'optim.lr': 0.01}`` (``model.kwargs`` stays one value,
+    as ``config.merge`` replaces it whole)."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and name not in ("model.kwargs",):
+            out.update(dotted(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
 def dotted_to_nested(key: str, value: Any) -> dict[str, Any]:
     """``('model.kwargs.shortcut', 'B')`` -> ``{'model': {'kwargs': {'shortcut': 'B'}}}``."""
     out: dict[str, Any] = {}
@@ -895,8 +907,9 @@ RECIPE_DIR = Path(__file__).parent / "recipes"
 
 
 def list_recipes() -> list[str]:
-    """Names of the recipes shipped in the package."""
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+    """Names of the recipes shipped in the package (a ``_name.yaml`` is a base that other
+    recipes build on, not listed)."""
+    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -916,34 +929,71 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_recipe(name_or_path: str) -> dict[str, Any]:
-    """Raw dict of a shipped recipe (by name) or of a YAML file (by path)."""
+def _recipe_file(name_or_path: str, relative_to: Path | None = None) -> tuple[Path, str | None]:
+    """(the file of a recipe, its shipped name or None for a file given by path). A path is
+    resolved against ``relative_to`` (the folder of the recipe naming it as its base)."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or "/" in name_or_path or path.exists():
+        if relative_to is not None and not path.is_absolute():
+            path = relative_to / path
         if not path.exists():
             raise ConvzooError(f"recipe file not found: {path}")
-        return read_yaml(path)
+        return path, None
     shipped = RECIPE_DIR / f"{name_or_path}.yaml"
-    if not shipped.exists():
+    if not shipped.is_file():
         raise ConvzooError(
             f"unknown recipe '{name_or_path}' (known: {', '.join(list_recipes())})"
         )
-    data = read_yaml(shipped)
-    data.setdefault("name", name_or_path)
-    return data
+    return shipped, name_or_path
+
+
+def recipe_layers(name_or_path: str, relative_to: Path | None = None,
+                  chain: tuple[str, ...] = ()) -> list[tuple[str, dict[str, Any]]]:
+    """The layers a recipe is made of, first to last: its ``base`` recipes' layers (a shipped
+    name or a file, relative to the recipe's own folder; one or a list, merged left to right),
+    then its own keys. Each layer is ``(label, keys)``; a base's ``name`` is not inherited."""
+    path, shipped = _recipe_file(name_or_path, relative_to)
+    key = str(path.resolve())
+    if key in chain:
+        raise ConvzooError(f"{path}: recipe base cycle ({' -> '.join([*chain, key])})")
+    data = read_yaml(path)
+    bases = data.pop("base", None)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if bases is not None:
+        bases = bases if isinstance(bases, list) else [bases]
+        for base in bases:
+            if not isinstance(_plain(base), str) or not str(base):
+                raise ConvzooError(f"{path}: base: expected a recipe name or file, or a list "
+                                   f"of them, got {_plain(base)!r}")
+            for label, keys in recipe_layers(str(base), path.parent, (*chain, key)):
+                layers.append((label, {k: v for k, v in keys.items() if k != "name"}))
+    if shipped is not None:
+        data.setdefault("name", shipped)
+    layers.append((f"recipe {shipped or path}", data))
+    return layers
+
+
+def load_recipe(name_or_path: str) -> dict[str, Any]:
+    """Raw dict of a shipped recipe (by name) or of a YAML file (by path), its bases merged
+    under its own keys (``recipe_layers``)."""
+    out: dict[str, Any] = {}
+    for _, keys in recipe_layers(name_or_path):
+        out = merge(out, keys)
+    return out
+
+
+def load_recipes(names: str | list[str] | None) -> dict[str, Any]:
+    """Several recipes (``--recipe A --recipe B``) merged left to right; the config's name is
+    the last one's that has a name."""
+    out: dict[str, Any] = {}
+    for name in [names] if isinstance(names, str) else names or []:
+        out = merge(out, load_recipe(name))
+    return out
 
 
 def load_config(path: str | Path) -> Config:
     """A Config from a resolved ``config.yaml`` (as written into a run directory)."""
     return from_dict(read_yaml(Path(path)))
-
-
-def save_config(cfg: Config, path: str | Path) -> None:
-    """Write the resolved config as YAML, atomically (a kill mid-write keeps the old file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
 
 
 def section_of(cls: type) -> str | None:

@@ -120,8 +120,11 @@ def _flow(value: Any) -> str:
     return text
 
 
-def commented_yaml(cfg: C.Config, header: list[str] | None = None) -> str:
-    """``cfg`` as YAML, each key followed by its comment and valid range; a valid recipe file."""
+def commented_yaml(cfg: C.Config, header: list[str] | None = None,
+                   origins: dict[str, str] | None = None) -> str:
+    """``cfg`` as YAML, each key followed by its comment and valid range; a valid recipe file.
+    ``origins``: dotted key -> where its value was set, shown as ``[from ...]`` first in the
+    key's comment (a key not in it is convzoo's default)."""
     docs = key_docs()
     out = [f"# {line}" for line in header or []]
 
@@ -139,7 +142,9 @@ def commented_yaml(cfg: C.Config, header: list[str] | None = None) -> str:
                 out.append(f"{indent}{f.name}:" + (f"  # {doc.beside}" if doc.beside else ""))
                 emit(value, tp, f"{prefix}{f.name}.", indent + "  ")
                 continue
-            note = "; ".join(x for x in (doc.beside, valid_note(tp, doc.text)) if x)
+            origin = (origins or {}).get(prefix + f.name)
+            note = "; ".join(x for x in (f"[from {origin}]" if origin else "", doc.beside,
+                                          valid_note(tp, doc.text)) if x)
             if f.name == "stages" and value:
                 flush(rows)
                 rows = []

@@ -69,15 +69,18 @@ class Progress:
 
     def __init__(self, total: int, epoch: int, epochs: int, log_every: int, enabled: bool = True,
                  *, eta: Eta | None = None, log_seconds: float = 30.0,
-                 clock: Any = time.perf_counter,
+                 clock: Any = time.perf_counter, first_step: int = 0,
                  on_log: Callable[[int, float, float], None] | None = None) -> None:
+        """``first_step``: steps of this epoch done before (a run resumed inside the epoch):
+        the time per step is measured on the steps this process runs."""
         self.total, self.epoch, self.epochs, self.log_every = total, epoch, epochs, log_every
+        self.first_step = first_step
         self.enabled, self.eta, self.log_seconds, self.clock = enabled, eta, log_seconds, clock
         self.on_log = on_log
         self.tty = enabled and sys.stderr.isatty()
         self.bar = (
-            tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="step", leave=False,
-                 dynamic_ncols=True)
+            tqdm(total=total, initial=first_step, desc=f"epoch {epoch}/{epochs}", unit="step",
+                 leave=False, dynamic_ncols=True)
             if self.tty
             else None
         )
@@ -98,7 +101,8 @@ class Progress:
             return
         self.last_log = now
         ips = self.images / max(now - self.start, 1e-9)
-        left = self.eta.left(step, now - self.start) if self.eta is not None else None
+        left = (self.eta.left(step - self.first_step, now - self.start)
+                if self.eta is not None else None)
         loss = read_loss()
         if every and self.on_log is not None:
             self.on_log(step, loss, ips)

@@ -272,19 +272,6 @@ RUNTIME_KEYS = {"train.device", "train.threads", "train.log_every", "data.worker
                 *(f"wandb.{f.name}" for f in fields(C.WandbConfig))}
 
 
-def dotted(overrides: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{'optim': {'lr': 0.01}}`` -> ``{'optim.lr': 0.01}`` (``model.kwargs`` stays one value,
-    as ``config.merge`` replaces it whole)."""
-    out: dict[str, Any] = {}
-    for key, value in overrides.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and name not in ("model.kwargs",):
-            out.update(dotted(value, name + "."))
-        else:
-            out[name] = value
-    return out
-
-
 def resume_config(run_dir: Path, overrides: dict[str, Any],
                   done: int, mid_epoch: int = 0) -> C.Config:
     """The run's ``config.yaml`` with a resume's ``overrides`` (nested, as the CLI gives them).
@@ -297,7 +284,7 @@ def resume_config(run_dir: Path, overrides: dict[str, Any],
     """
     cfg = C.load_config(run_dir / "config.yaml")
     keys = C.declared_keys()  # the command line gives text: each value in its key's type
-    flat = {k: C.check_value(k, v) if k in keys else v for k, v in dotted(overrides).items()}
+    flat = {k: C.check_value(k, v) if k in keys else v for k, v in C.dotted(overrides).items()}
     runtime = {k: v for k, v in flat.items() if k in RUNTIME_KEYS}
     stage_keys = {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
     for key, value in runtime.items():
@@ -531,8 +518,8 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
             run.model.set_epoch(epoch)
         lrs = run.schedule.epoch_lrs(epoch)
         progress = Progress(len(run.data.train), epoch, cfg.train.epochs, cfg.train.log_every,
-                            rt.is_main, eta=eta, on_log=step_logger(writer, epoch, s.steps, lrs,
-                                                                    rt.world_size))
+                            rt.is_main, eta=eta, first_step=start,
+                            on_log=step_logger(writer, epoch, s.steps, lrs, rt.world_size))
         t0 = time.perf_counter()
         hook = MidEpoch(run, run_dir, control, epoch, len(lrs), progress, t0, before)
         stats = train_one_epoch(run, run.data.train, lrs, progress, epoch=epoch, start=start,

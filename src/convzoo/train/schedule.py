@@ -224,9 +224,13 @@ class Schedule:
         return lr_at(e, self.cfg, self.peak, self.epochs, self.anchor, scale)
 
     def epoch_lrs(self, epoch: int) -> list[float]:
-        """Base lr of each step of 1-based ``epoch`` (host floats: no device work)."""
+        """Base lr of each step of 1-based ``epoch`` (host floats: no device work), each at the
+        step's start, except that no step trains at lr 0: where a rise starts from 0
+        (``warmup_start`` 0), the first step takes the lr at its end instead."""
         n = self.steps_per_epoch
-        return [self.lr_at(epoch - 1 + i / n) for i in range(n)]
+        lrs = [self.lr_at(epoch - 1 + i / n) for i in range(n)]
+        return [lr if lr > 0 else self.lr_at(epoch - 1 + (i + 1) / n)
+                for i, lr in enumerate(lrs)]
 
     def epoch_end(self, metrics: dict[str, float]) -> None:
         if self.plateau is not None:

@@ -219,6 +219,16 @@ def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | N
         raise ConvzooError(f"the training split ({getattr(data, 'train_count', 0)} images on "
                            f"this rank) is smaller than one batch: lower train.batch_size "
                            f"(now {cfg.train.batch_size})")
+    count = getattr(data, "train_count", 0)
+    dropped = count - spe * (cfg.train.batch_size // max(rt.world_size, 1)) if count else 0
+    if steps_per_epoch is None and dropped > 0.1 * count:
+        # Batches are kept full (stable batch norm, one compiled shape); say what that costs
+        # when it is a real share of a small split.
+        per = cfg.train.batch_size // rt.world_size
+        log.warning(f"note: the training split has {count:,} images on this rank; each epoch "
+                    f"trains on {spe * per:,} of them ({spe} step{'s' * (spe > 1)} of {per}) and "
+                    f"leaves {dropped} ({100 * dropped / count:.0f}%) out, other ones each "
+                    "epoch; lower train.batch_size to use them all")
     torch.manual_seed(cfg.train.seed)
     model = create_model(cfg.model.name, num_classes=len(data.classes),
                          in_chans=data.image_shape[0], **cfg.model.kwargs)

@@ -86,13 +86,11 @@ def hyperparameters(cfg: C.Config) -> dict[str, Any]:
     """The resolved config as flat ``{"optim.lr": 0.1, ...}``: numbers, text and booleans as
     they are, lists and mappings as JSON, None as ``null``. Without the run's history
     (``stages``, ``started``): config.yaml, logged beside, has it."""
-    from convzoo.train.loop import dotted
-
     data = C.to_dict(cfg)
     data.pop("stages")
     data.pop("started")
     out: dict[str, Any] = {}
-    for key, value in dotted(data).items():
+    for key, value in C.dotted(data).items():
         if isinstance(value, (list, dict)):
             value = json.dumps(value)
         out[key] = "null" if value is None else value
