@@ -280,18 +280,28 @@ def three_class_folder(tmp: Path) -> None:
 
 
 def foreign_checkpoint(tmp: Path) -> None:
-    """{tmp}/file: a checkpoint whose weights (10 classes) do not fit its own model (3)."""
+    """{tmp}/file: a checkpoint (sealed, every field valid) whose weights (10 classes) do not
+    fit its own model (3)."""
     import torch
 
     from convzoo import config as C
     from convzoo.models import create_model
+    from convzoo.train import checkpoint as ckpt_io
 
     cfg = C.from_dict({"data": {"image_size": 8, "limit": 50}})
-    torch.save({"format": "convzoo-checkpoint", "version": 1, "epoch": 1, "config":
-                C.to_dict(cfg), "model_name": "resnet20", "model_kwargs": {}, "num_classes": 3,
-                "in_chans": 3, "classes": [str(i) for i in range(10)], "image_shape": [3, 8, 8],
-                "eval_split": "test", "preprocess": {"kind": "none"},
-                "model": create_model("resnet20").state_dict(), "ema": None}, tmp / "file")
+    ckpt_io.atomic_save({
+        "format": "convzoo-checkpoint", "version": ckpt_io.VERSION, "epoch": 1,
+        "config": C.to_dict(cfg), "model_name": "resnet20", "model_kwargs": {},
+        "num_classes": 3, "in_chans": 3, "classes": ["a", "b", "c"], "image_shape": [3, 8, 8],
+        "geometry": {"channels": 3, "height": 8, "width": 8, "resize": "crop"},
+        "eval_split": "test", "preprocess": {"kind": "none"},
+        "model": create_model("resnet20").state_dict(),
+        "optimizer": {"state": {}, "param_groups": []},
+        "schedule": {"peak": 0.1, "anchor": None, "plateau": None},
+        "scaler": {}, "ema": None, "weights": "raw", "early_stop": None, "stage": 0,
+        "stopped": False, "rng": {"torch": torch.get_rng_state()}, "best_top1": 0.0,
+        "train_seconds": 0.0, "train_images": 0, "init_seconds": 0.0, "compile_seconds": 0.0,
+        "metrics": {}}, tmp / "file")
 
 
 def _run(tmp: Path, lock: dict | str | None = None, mode: int | None = None) -> None:

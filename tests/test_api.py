@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 import convzoo
 from convzoo.cli import main
@@ -210,7 +210,7 @@ def test_weights_files_without_what_eval_needs(run_dir, tmp_path, monkeypatch):
         meta = f.metadata()
     old = {k: v for k, v in meta.items() if k not in ("geometry", "preprocess", "config",
                                                      "image_shape", "eval_split", "eval_view")}
-    save_file(load_file(str(src)), str(tmp_path / "old.safetensors"), metadata=old)
+    ckpt_io.save_safetensors(load_file(str(src)), tmp_path / "old.safetensors", old)
     with pytest.raises(ConvzooError, match="preprocessing statistics are not in the file"):
         convzoo.load(tmp_path / "old.safetensors")
     from convzoo.models import weights as W
@@ -219,7 +219,7 @@ def test_weights_files_without_what_eval_needs(run_dir, tmp_path, monkeypatch):
     ckpt = ckpt_io.load_checkpoint(run_dir)
     meta = W.weights_metadata(ckpt, "raw")
     assert json.loads(meta["preprocess"]) == {"kind": "channel", "omitted": ["mean", "std"]}
-    save_file(load_file(str(src)), str(tmp_path / "big.safetensors"), metadata=meta)
+    ckpt_io.save_safetensors(load_file(str(src)), tmp_path / "big.safetensors", meta)
     with pytest.raises(ConvzooError, match="too large for metadata.*last.pt"):
         convzoo.load(tmp_path / "big.safetensors")
 

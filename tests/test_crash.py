@@ -98,15 +98,16 @@ def rows(run: Path) -> list[dict[str, Any]]:
 
 
 def assert_untorn(run: Path) -> None:
-    """Right after a kill: every file that is there is complete (temps aside)."""
+    """Right after a kill: every file that is there is complete (temps aside), its digest
+    verified."""
     for name in ["last.pt", "best.pt"]:
         if (run / name).exists():
-            torch.load(run / name, weights_only=True)
+            ckpt_io.load_checkpoint(run / name)
     for name in ["summary.json", ".lock"]:
         if (run / name).exists():
             json.loads((run / name).read_text())
     if (run / "model.safetensors").exists():
-        load_file(run / "model.safetensors")
+        ckpt_io.read_safetensors(run / "model.safetensors")
     last = torch.load(run / "last.pt", weights_only=True)["epoch"]
     assert weights_epoch(run) >= last  # every other file is at least as new as last.pt
 

@@ -427,10 +427,10 @@ def test_load_weights_file_errors(run_dir, tmp_path):
         meta = f.metadata()
     state = load_file(str(src))
     state["fc.weight"] = torch.zeros(10, 65)
-    save_file(state, str(tmp_path / "bad.safetensors"), metadata=meta)
+    ckpt_io.save_safetensors(state, tmp_path / "bad.safetensors", meta)  # sealed, but wrong
     with pytest.raises(ConvzooError, match=r"fc\.weight has shape \(10, 65\) but resnet20"):
         load_weights_file(tmp_path / "bad.safetensors")
-    save_file(load_file(str(src)), str(tmp_path / "nometa.safetensors"),
-              metadata={**meta, "num_classes": "ten"})
+    ckpt_io.save_safetensors(load_file(str(src)), tmp_path / "nometa.safetensors",
+                             {**meta, "num_classes": "ten"})
     with pytest.raises(ConvzooError, match="bad convzoo metadata"):
         load_weights_file(tmp_path / "nometa.safetensors")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import os
 import platform
 import re
@@ -21,6 +20,7 @@ from typing import Any
 from convzoo import __version__
 from convzoo import config as C
 from convzoo.errors import ConvzooError
+from convzoo.jsonio import dumps_json, loads_json
 
 # ----------------------------------------------------------------------------- train
 
@@ -181,6 +181,7 @@ def sweep_keys(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    import json
     from dataclasses import asdict
 
     from convzoo.sweeps import Interrupted, sweep
@@ -216,7 +217,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun: every rank has the figures
         return 0
     if args.json:
-        print(json.dumps(result))
+        print(dumps_json(result))
     else:
         print(f"{result['model']} ({result['weights']} weights) on {result['data']} "
               f"[{result['split']}, {result['count']} images]: top1 {result['top1']:.2f}%  "
@@ -239,7 +240,7 @@ def write_predictions(rows: list[dict[str, Any]], out: Path,
     from convzoo.outputs import write_output
 
     if out.suffix.lower() == ".json":
-        text = json.dumps(rows, indent=1) + "\n"
+        text = dumps_json(rows, indent=1) + "\n"
     else:
         k = max((len(r["top"]) for r in rows), default=0)
         buffer = io.StringIO()
@@ -268,7 +269,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         write_predictions(rows, out, inputs)
         print(f"{len(rows)} predictions ({clf.weights} weights) -> {out}", file=sys.stderr)
     elif args.json:
-        print(json.dumps(rows))
+        print(dumps_json(rows))
     else:
         for row in rows:
             preds = ", ".join(f"{p['class']} {100 * p['prob']:.1f}%" for p in row["top"])
@@ -297,12 +298,12 @@ def cmd_models(args: argparse.Namespace) -> int:
                                    f"{'' if args.all else ' --all'}`)")
             names += [n for n in matched if n not in names]
         rows = [model_info(name) for name in names]
-        print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+        print(dumps_json(rows, indent=2) if args.json else format_table(rows))
         return 0
     rows = [model_info(name) for name in list_models()]
     timm_names = list_models("timm:*") if args.all else []
     if args.json:
-        print(json.dumps(rows + [{"name": n, "source": "timm"} for n in timm_names], indent=2))
+        print(dumps_json(rows + [{"name": n, "source": "timm"} for n in timm_names], indent=2))
         return 0
     print(format_table(rows))
     if timm_names:
@@ -316,7 +317,7 @@ def measured_figures() -> dict[str, Any]:
     """The ledger's figure per recipe (``recipes/measured.json``, made from the run folders under
     the repository's ``results/`` by ``benchmarks/ledger.py tables``)."""
     path = C.RECIPE_DIR / "measured.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return loads_json(path.read_text()) if path.is_file() else {}
 
 
 def measured_text(m: dict[str, Any] | None) -> str:
@@ -360,7 +361,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
                      else cfg.train.epochs, "reported": cfg.reported,
                      "measured": figures.get(name), "description": cfg.description})
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows, indent=2))
         return 0
     for r in rows:
         r["measured"] = measured_text(r["measured"])
@@ -390,7 +391,7 @@ def show_recipe(name: str, measured: dict[str, Any] | None, args: argparse.Names
         yours = {"run": str(run), "recipe": ran, "top1": summary.get("top1"),
                  "split": summary.get("split"), "epochs": summary.get("epochs")}
     if args.json:
-        print(json.dumps({"name": name, "description": cfg.description, "source": cfg.source,
+        print(dumps_json({"name": name, "description": cfg.description, "source": cfg.source,
                           "model": cfg.model.name, "epochs": epochs, "reported": cfg.reported,
                           "measured": measured, "yours": yours}, indent=2))
         return 0
@@ -524,7 +525,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        train_images=args.train_images)
     bench.write_outputs(rows, args.out_md, args.out_csv)
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(dumps_json(rows, indent=2))
     else:
         print(bench.markdown(rows), end="")
     return 0
@@ -640,13 +641,51 @@ def train_epilog() -> str:
             "flags < --set.\nThe sections and their keys:\n" + sections_help())
 
 
-def version_line() -> str:
+def installed(package: str) -> str:
+    """The installed version of `package` from its metadata (without importing it: a broken
+    torchvision still has a version), or "not installed"."""
     try:
-        torch = importlib.metadata.version("torch")
+        return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
-        torch = "not installed"
-    return (f"convzoo {__version__} (torch {torch}, python {platform.python_version()}) "
+        return "not installed"
+
+
+def version_line() -> str:
+    return (f"convzoo {__version__} (torch {installed('torch')}, torchvision "
+            f"{installed('torchvision')}, python {platform.python_version()}) "
             f"from {Path(__file__).resolve().parent}")
+
+
+# How a torchvision built for another torch fails: its compiled operators do not register
+# ("operator torchvision::nms does not exist" on import), or its extension does not load.
+_TORCHVISION_MISMATCH = re.compile(
+    r"torchvision::\w+|Couldn't load custom C\+\+ ops|torchvision.{0,80}undefined symbol"
+    r"|undefined symbol.{0,200}torchvision", re.S)
+
+
+def environment_fault(e: BaseException) -> str | None:
+    """One line for an exception that is a broken installation, not a convzoo bug (None if it
+    is not one): a torchvision built for another torch names both versions and the command
+    that installs a matching pair (torchvision 0.N+15 goes with torch 2.N, from the same
+    index: the local version ``+cu121``/``+cpu`` names it)."""
+    if not isinstance(e, RuntimeError | ImportError | OSError) \
+            or _TORCHVISION_MISMATCH.search(str(e)) is None:
+        return None
+    loaded = sys.modules.get("torch")  # its __version__ keeps the build (+cpu, +cu121)
+    torch = getattr(loaded, "__version__", None) or installed("torch")
+    vision = installed("torchvision")
+    release, _, local = str(torch).partition("+")
+    parts = release.split(".")
+    pair = f"pip install torch=={release}"
+    if len(parts) >= 2 and parts[0] == "2" and parts[1].isdigit():
+        pair += f" torchvision==0.{int(parts[1]) + 15}.*"
+    else:
+        pair += " torchvision (the release made for it)"
+    if local:
+        pair += f" --index-url https://download.pytorch.org/whl/{local}"
+    return (f"torch {torch} and torchvision {vision} do not match (torchvision's operators do "
+            f"not load: {str(e).strip().splitlines()[0][:100]}); install a matching pair, e.g. "
+            f"{pair}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -874,6 +913,10 @@ def main(argv: list[str] | None = None) -> int:
             return e.exit_status
         if os.environ.get("CONVZOO_DEBUG"):
             raise
+        fault = environment_fault(e)
+        if fault is not None:
+            print(f"convzoo: error: {fault}", file=sys.stderr)
+            return 2
         if _lost_peer(e):
             print(f"convzoo: error: another process of this torchrun job failed or was stopped "
                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); the run "

@@ -31,7 +31,6 @@ canvas directly (no pyplot), like ``convzoo.report``.
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -45,6 +44,7 @@ from matplotlib.patches import Patch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from convzoo.errors import ConvzooError
+from convzoo.jsonio import dumps_json
 
 ECE_BINS = 15
 MISTAKES = 25  # cells of the confident-mistakes grid (5 x 5)
@@ -386,6 +386,6 @@ def write_report(
     summary = {"count": n, "classes": k, "top1": float((preds == y).mean() * 100),
                f"top{kk}": topk_acc * 100, "ece": ece, "ece_bins": ECE_BINS,
                "macro_f1": table[-2]["f1"], "files": {key: p_.name for key, p_ in files.items()}}
-    text = json.dumps(summary, indent=2) + "\n"
+    text = dumps_json(summary, indent=2) + "\n"
     files["report_json"] = _put(out / "report.json", lambda tmp: tmp.write_text(text))
     return files

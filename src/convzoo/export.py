@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import io
-import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from convzoo.data.augment import build_eval_transform
 from convzoo.data.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.inference import checkpoint_geometry, read_checkpoint
+from convzoo.jsonio import dumps_json
 from convzoo.models.weights import weights_metadata
 from convzoo.outputs import check_output_file, write_output
 from convzoo.train import checkpoint as ckpt_io
@@ -132,10 +132,9 @@ def export(path: str | Path, fmt: str, *, out: str | Path | None = None, which: 
 
 
 def check_safetensors(path: Path, model: nn.Module) -> str:
-    """Reload the file into a fresh copy of the model's state; raise if anything differs."""
-    from safetensors.torch import load_file
-
-    tensors = load_file(str(path))
+    """Reload the file (verified, as every reader does) and compare it with the model's state;
+    raise if anything differs."""
+    tensors, _ = ckpt_io.read_safetensors(path)
     state = model.state_dict()
     if set(tensors) != set(state):
         raise ConvzooError(f"{path}: keys differ from the model's state_dict")
@@ -220,17 +219,17 @@ def onnx_metadata(ckpt: dict[str, Any], wrapper: InferenceModel,
     """metadata_props of the exported graph."""
     return {
         "convzoo.model": ckpt["model_name"],
-        "convzoo.classes": json.dumps(ckpt["classes"]),
-        "convzoo.input_size": json.dumps(list(checkpoint_geometry(ckpt).shape)),  # (C, H, W)
+        "convzoo.classes": dumps_json(ckpt["classes"]),
+        "convzoo.input_size": dumps_json(list(checkpoint_geometry(ckpt).shape)),  # (C, H, W)
         # how a caller brings an image to input_size: crop = scale to cover, centre crop;
         # squash = resize ignoring the aspect ratio (bilinear, antialiased)
-        "convzoo.geometry": json.dumps(checkpoint_geometry(ckpt).state()),
+        "convzoo.geometry": dumps_json(checkpoint_geometry(ckpt).state()),
         "convzoo.input": "float32 (batch, C, H, W), RGB/grey values 0-255, unnormalised",
         "convzoo.output": "logits (batch, classes); softmax for probabilities",
         "convzoo.preprocess": wrapper.preprocess.kind,
         "convzoo.epoch": str(ckpt["epoch"]),
         "convzoo.weights": weights,  # "ema" or "raw" (select_weights)
-        "convzoo.model_kwargs": json.dumps(ckpt["model_kwargs"]),
+        "convzoo.model_kwargs": dumps_json(ckpt["model_kwargs"]),
     }
 
 

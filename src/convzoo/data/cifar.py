@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from convzoo.data.dataset import Dataset, Split
-from convzoo.data.images import DEFAULT_LIMITS, Limits
+from convzoo.data.images import DEFAULT_LIMITS, Limits, archive_error
 from convzoo.errors import ConvzooError
+from convzoo.integrity import read_regular
 
 CIFAR10_DIR = "cifar-10-batches-py"
 CIFAR100_DIR = "cifar-100-python"
@@ -68,10 +69,8 @@ def _read_members(path: Path, limits: Limits) -> tuple[str, dict[str, dict[str, 
         names = _CIFAR10_FILES if kind == CIFAR10_DIR else _CIFAR100_FILES
         for name in names:
             file = path / name
-            try:
-                found[name] = _unpickle(file.read_bytes(), str(file))
-            except OSError as e:
-                raise ConvzooError(f"cannot read {file}: {e.strerror}") from None
+            found[name] = _unpickle(read_regular(file, "CIFAR batch file",
+                                                 limits.max_member_bytes), str(file))
         return kind, found
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -90,7 +89,7 @@ def _read_members(path: Path, limits: Limits) -> tuple[str, dict[str, dict[str, 
                     assert f is not None  # a regular file member always has data
                     found[name] = _unpickle(f.read(), f"{path}:{member.name}")
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise ConvzooError(f"cannot read CIFAR archive {path}: {e}") from None
+        raise archive_error(path, e, "CIFAR archive") from None
     if not kind:
         raise ConvzooError(
             f"{path}: no {CIFAR10_DIR}/ or {CIFAR100_DIR}/ inside; not an official CIFAR archive"

@@ -50,6 +50,7 @@ from torchvision.transforms.v2 import functional as TF
 from convzoo.data.dataset import Split
 from convzoo.data.progress import progress
 from convzoo.errors import ConvzooError
+from convzoo.integrity import read_regular, regular_file
 
 log = logging.getLogger("convzoo")
 IMAGE_EXTENSIONS = frozenset(IMG_EXTENSIONS) | {".gif", ".pbm"}
@@ -340,17 +341,17 @@ def decode_jpegs(data: torch.Tensor, lengths: torch.Tensor, limits: Limits = DEF
     return images
 
 
-def read_file(path: str | Path) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def read_file(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> bytes:
+    """The bytes of an image file: a regular file of at most ``limits.max_member_bytes``
+    (``integrity.read_regular``: ``/dev/zero``, a FIFO, a socket or a directory is one
+    ConvzooError line naming it, never a read)."""
+    return read_regular(path, "image", limits.max_member_bytes)
 
 
 def decode_file(path: str | Path, limits: Limits = DEFAULT_LIMITS) -> torch.Tensor:
     """`decode` of a file; ConvzooError naming the file when it cannot be read or decoded."""
     try:
-        return decode(read_file(path), limits)
-    except OSError as e:
-        raise ConvzooError(f"cannot read image {path}: {e.strerror or e}") from None
+        return decode(read_file(path, limits), limits)
     except DecodeError as e:
         raise ConvzooError(f"cannot decode image {path}: {e}") from None
 
@@ -366,8 +367,10 @@ def _decode_chunk(sources: list[str | bytes], limits: Limits) -> Chunk:
     out: list[np.ndarray | str] = []
     for source in sources:
         try:
-            data = read_file(source) if isinstance(source, str) else source
+            data = read_file(source, limits) if isinstance(source, str) else source
             out.append(decode(data, limits).numpy())
+        except ConvzooError as e:  # read_file's line starts with the path the caller names
+            out.append(str(e).removeprefix(f"{source}: "))
         except Exception as e:  # any failure is reported per file by the caller
             out.append(str(e) or type(e).__name__)
     shapes = {a.shape if isinstance(a, np.ndarray) else None for a in out}
@@ -458,12 +461,35 @@ def scan_folder(path: Path) -> tuple[Path, Tree, list[str]]:
         for cls in _entries(folder):
             if not cls.is_dir():
                 continue
-            files = [f for f in _entries(Path(cls.path)) if is_image(f.name) and f.is_file()]
-            tree[split][cls.name] = [f.path for f in files]
-            for f in files:
-                st = f.stat()
+            files = tree[split][cls.name] = []
+            for f in _entries(Path(cls.path)):
+                # Not only regular files: a FIFO, socket or device with an image's name is
+                # read as an image is (`read_file`), so it is reported, not silently skipped.
+                if not is_image(f.name) or f.is_dir():
+                    continue
+                try:
+                    st = f.stat()
+                except OSError:  # a dangling link: nothing there
+                    continue
+                files.append(f.path)
                 stats.append(f"{f.path}|{st.st_size}|{st.st_mtime_ns}")
     return root, tree, stats
+
+
+def archive_error(archive: Path, e: BaseException, what: str = "archive") -> ConvzooError:
+    """One line for an archive tarfile cannot read: its ReadError for an unknown format lists
+    every compression it tried, one per line."""
+    try:
+        empty = os.path.getsize(archive) == 0
+    except OSError:
+        empty = False
+    if empty:
+        why = "an empty file (0 bytes)"
+    elif isinstance(e, tarfile.ReadError) and "could not be opened" in str(e):
+        why = "not a tar archive (plain, gzip, bzip2 or xz)"
+    else:  # a truncated or corrupt one: "Compressed file ended before ...", "unexpected end"
+        why = " ".join(str(e).split())[:200] or type(e).__name__
+    return ConvzooError(f"cannot read {what} {archive}: {why}")
 
 
 def scan_tar(archive: Path, limits: Limits = DEFAULT_LIMITS,
@@ -493,7 +519,7 @@ def scan_tar(archive: Path, limits: Limits = DEFAULT_LIMITS,
                 elif member.isdir():
                     names.append(name)
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-        raise ConvzooError(f"cannot read archive {archive}: {e}") from None
+        raise archive_error(archive, e) from None
     tops = {n.split("/")[0] for n in names}
     prefix = ""
     if not tops & set(SPLITS):
@@ -569,20 +595,23 @@ def collect_files(paths: Sequence[Path | str]) -> list[Path]:
     files: list[Path] = []
     for p in map(Path, paths):
         if not p.exists() and GLOB_CHARS & set(str(p)):
+            # any non-folder with an image's name: `read_file` refuses what is not a file
             found = sorted(Path(f) for f in glob.glob(str(p.expanduser()), recursive=True)
-                           if os.path.isfile(f) and is_image(f))
+                           if os.path.exists(f) and not os.path.isdir(f) and is_image(f))
             if not found:
                 raise ConvzooError(f"{p}: no image files match this pattern (suffixes: "
                                    f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
             files.extend(found)
         elif p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and is_image(f.name)
+            found = sorted(f for f in p.rglob("*") if is_image(f.name) and f.exists()
+                           and not f.is_dir()
                            and not any(part.startswith(".") for part in f.relative_to(p).parts))
             if not found:
                 raise ConvzooError(f"{p}: no images found (suffixes: "
                                    f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
             files.extend(found)
         elif p.exists():
+            regular_file(p, "image")  # /dev/zero, a FIFO, a socket: one line, before any work
             files.append(p)
         else:
             raise ConvzooError(f"image not found: {p}")

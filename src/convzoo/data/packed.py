@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import os
 from collections import Counter
@@ -39,6 +38,8 @@ from convzoo.data import images
 from convzoo.data.dataset import Dataset, Split
 from convzoo.data.images import DEFAULT_LIMITS, Geometry, Limits
 from convzoo.errors import ConvzooError
+from convzoo.integrity import read_regular, regular_file
+from convzoo.jsonio import loads_json
 
 log = logging.getLogger("convzoo")
 
@@ -54,10 +55,8 @@ def read_index(path: Path) -> dict[str, Any]:
     """The parsed ``index.json`` of a packed dataset (format and version checked)."""
     index = path / INDEX_NAME
     try:
-        info = json.loads(index.read_text())
-    except OSError as e:
-        raise ConvzooError(f"{index}: cannot read ({e.strerror})") from None
-    except json.JSONDecodeError as e:
+        info = loads_json(read_regular(index, "pack index"))
+    except (UnicodeDecodeError, ValueError) as e:
         raise ConvzooError(f"{index}: not valid JSON ({e})") from None
     if not isinstance(info, dict) or info.get("format") != FORMAT_NAME:
         raise ConvzooError(f"{index}: not a convzoo packed dataset index")
@@ -143,10 +142,8 @@ class PackedSplit:
         for k, p in enumerate(self.shard_paths):
             rows = t[t[:, 0] == k]
             need = int((rows[:, 1] + rows[:, 2]).max()) if len(rows) else 0
-            try:
-                have = self.remote.size(k) if self.remote is not None else p.stat().st_size
-            except OSError:
-                raise ConvzooError(f"{p}: shard file missing") from None
+            # a local shard must be a regular file: opening a FIFO would block the reader
+            have = self.remote.size(k) if self.remote is not None else regular_file(p, "shard")
             if have < need:
                 raise ConvzooError(f"{self._shard_name(k)}: shard is truncated ({have} bytes, "
                                    f"index needs {need})")

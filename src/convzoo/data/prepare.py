@@ -22,7 +22,6 @@ cannot be written (read-only or full disk) is a warning, never an error.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import tempfile
@@ -35,6 +34,7 @@ from filelock import FileLock
 
 from convzoo.data import download
 from convzoo.errors import ConvzooError
+from convzoo.integrity import content_digest
 
 log = logging.getLogger("convzoo")
 T = TypeVar("T")
@@ -139,15 +139,11 @@ def fetch_archive(url: str, dest: Path, md5: str, *, allow_download: bool, name:
 # ----------------------------------------------------------------------------- decode caches
 
 
-def tensors_digest(tensors: list[torch.Tensor]) -> str:
-    """BLAKE2b of the tensors' bytes (dtype, shape and values): detects a damaged cache, which
-    ``torch.load`` alone does not (it reads a flipped byte back silently)."""
-    h = hashlib.blake2b(digest_size=16)
-    for t in tensors:
-        t = t.detach().cpu().contiguous()
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).reshape(-1).numpy().data if t.numel() else b"")
-    return h.hexdigest()
+def _digest(payload: dict[str, Any]) -> str:
+    """The cache's ``integrity.content_digest`` (every value but the digest itself): detects a
+    damaged cache, which ``torch.load`` alone does not (it reads a flipped byte back
+    silently)."""
+    return content_digest({k: v for k, v in payload.items() if k != "digest"})
 
 
 def _payload_tensors(payload: dict[str, Any]) -> list[torch.Tensor]:
@@ -163,7 +159,7 @@ def read_cache(path: Path) -> dict[str, Any] | None:
     try:
         payload = torch.load(path, weights_only=True)
         ok = (isinstance(payload, dict) and payload.get("format") == CACHE_FORMAT
-              and payload.get("digest") == tensors_digest(_payload_tensors(payload)))
+              and payload.get("digest") == _digest(payload))
     except Exception as e:  # a damaged cache is rebuilt, never fatal
         log.warning(f"ignoring unreadable cache {path} ({type(e).__name__}); rebuilding it")
         return None
@@ -176,8 +172,8 @@ def read_cache(path: Path) -> dict[str, Any] | None:
 def write_cache(path: Path, payload: dict[str, Any]) -> bool:
     """Write `payload` (with its digest) atomically; a write that fails is a warning. Older
     caches of the same source (``<stem>-*.pt``) are removed once the new one is in place."""
-    payload = {**payload, "format": CACHE_FORMAT,
-               "digest": tensors_digest(_payload_tensors(payload))}
+    payload = {**payload, "format": CACHE_FORMAT}
+    payload["digest"] = _digest(payload)
     nbytes = sum(t.numel() * t.element_size() for t in _payload_tensors(payload))
     log.info(f"writing decode cache {path} ({nbytes / 2**20:,.0f} MB)")
     buffer = _serialise(payload)

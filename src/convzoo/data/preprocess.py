@@ -41,15 +41,22 @@ from convzoo.errors import ConvzooError
 
 KINDS = ("none", "mean_image", "global_mean", "channel", "gcn", "gcn_zca")
 
-# Tensors each kind stores (all float32 on CPU in `state()`).
-_STATE_KEYS: dict[str, tuple[str, ...]] = {
-    "none": (),
-    "mean_image": ("mean", "std"),  # (C, H, W), ()
-    "global_mean": ("mean", "std"),  # (), ()
-    "channel": ("mean", "std"),  # (C,), (C,)
-    "gcn": ("gcn_scale",),  # ()
-    "gcn_zca": ("gcn_scale", "zca_mean", "zca_matrix"),  # (), (D,), (D, D)
-}
+
+def state_shapes(kind: str, shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
+    """The tensors `kind` stores (all float32 on CPU in `state()`) and their shapes, for images
+    of `shape` (C, H, W) with D = C * H * W values."""
+    c, h, w = shape
+    d = c * h * w
+    return {"none": {},
+            "mean_image": {"mean": (c, h, w), "std": ()},
+            "global_mean": {"mean": (), "std": ()},
+            "channel": {"mean": (c,), "std": (c,)},
+            "gcn": {"gcn_scale": ()},
+            "gcn_zca": {"gcn_scale": (), "zca_mean": (d,), "zca_matrix": (d, d)}}[kind]
+
+
+# Tensors each kind stores.
+_STATE_KEYS: dict[str, tuple[str, ...]] = {k: tuple(state_shapes(k, (1, 1, 1))) for k in KINDS}
 
 # GCN divisor floor on the 0-255 scale. The smallest std of a non-constant uint8 image of D pixels
 # is about 1/sqrt(D) (one pixel off by one grey level): 2.6e-3 for 224x224x3, so 1e-3 only

@@ -29,6 +29,7 @@ from convzoo.data.images import Geometry, Limits
 from convzoo.data.prepare import fetch_archive, node_lock, read_cache, write_cache
 from convzoo.data.remote import is_url
 from convzoo.errors import ConvzooError
+from convzoo.integrity import regular_file
 
 log = logging.getLogger("convzoo")
 
@@ -40,7 +41,8 @@ _OFFICIAL = {  # name -> (folder inside the archive, archive file name, url, md5
                  download.CIFAR100_MD5),
 }
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-CACHE_VERSION = 3  # bump when the decoded layout or the decoding rules change (3: file names)
+CACHE_VERSION = 4  # bump when the decoded layout or the decoding rules change (3: file names,
+#                   4: the digest covers every value)
 
 
 def _valid_sources() -> str:
@@ -197,7 +199,8 @@ def _from_path(path: Path, cfg: DataConfig, geometry: Geometry | None) -> Datase
         if cifar.is_cifar_dir(path):
             return cifar.load_cifar(path, limits=limits)
         return load_tree(path, cfg, geometry)
-    if path.is_file() and path.name.endswith(TAR_SUFFIXES):
+    regular_file(path, "data archive")  # a FIFO would block tarfile; a device never ends
+    if path.name.endswith(TAR_SUFFIXES):
         if cifar.is_cifar_archive(path):
             return cifar.load_cifar(path, limits=limits)
         return load_tree(path, cfg, geometry)

@@ -17,7 +17,9 @@ import difflib
 import fnmatch
 import functools
 import inspect
+import math
 import re
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -126,6 +128,70 @@ def _accepted_keywords(factory: ModelFactory) -> set[str] | None:
     return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+# What a stored model_kwargs may pass to timm.create_model: the regularisation and pooling a
+# recipe sets. Never pretrained*, checkpoint_path, pretrained_cfg*, cache_dir or anything else
+# that loads weights or names a path (timm opens `checkpoint_path` when it builds the model).
+TIMM_FILE_KEYWORDS = frozenset({
+    "drop_rate", "drop_path_rate", "drop_block_rate", "attn_drop_rate", "proj_drop_rate",
+    "pos_drop_rate", "global_pool", "output_stride"})
+
+
+def _plain(value: Any) -> bool:
+    """A value YAML writes as it is: null, true/false, a finite number, text, or a list of
+    these."""
+    if value is None or isinstance(value, bool | int | str):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return isinstance(value, list | tuple) and all(_plain(v) for v in value)
+
+
+def stored_keywords(name: str) -> frozenset[str]:
+    """The keyword arguments a stored ``model.kwargs`` may pass to model `name`: an allow-list.
+
+    A zoo model: the keyword parameters with plain default values of its factory, or, for a
+    factory that forwards ``**kwargs``, of the model class it returns (its return annotation);
+    ``num_classes``/``in_chans`` come from their own fields. A ``timm:`` model:
+    :data:`TIMM_FILE_KEYWORDS`. Checked for the config a run trains with and for every file a
+    model is rebuilt from, so a run never stores what its own files may not pass back."""
+    if name.startswith(TIMM_PREFIX):
+        return TIMM_FILE_KEYWORDS
+    factory = get_entry(name).factory
+    target: Any = factory
+    if _accepted_keywords(factory) is None:  # forwards **kwargs: to the class it returns
+        try:
+            target = typing.get_type_hints(factory).get("return")
+        except (NameError, TypeError):
+            target = None
+        if not (isinstance(target, type) and issubclass(target, nn.Module)) \
+                or target.__init__ is nn.Module.__init__:
+            return frozenset()
+        target = target.__init__
+    params = inspect.signature(target).parameters.values()
+    return frozenset(p.name for p in params
+                     if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+                     and p.default is not p.empty and _plain(p.default)
+                     and p.name not in ("num_classes", "in_chans"))
+
+
+def check_stored_kwargs(name: str, kwargs: Any, where: str) -> dict[str, Any]:
+    """`kwargs` if model `name` may take them from a file or a run's config
+    (:func:`stored_keywords`, plain values only); else ConvzooError naming `where`."""
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise ConvzooError(f"{where}: model_kwargs must be a mapping of names to values, got "
+                           f"{type(kwargs).__name__}")
+    allowed = stored_keywords(name)
+    for key, value in kwargs.items():
+        if key not in allowed:
+            raise ConvzooError(f"{where}: keyword {key!r} is not one that {name} can be rebuilt "
+                               f"with from a saved file (allowed: "
+                               f"{', '.join(sorted(allowed)) or 'none'})")
+        if not _plain(value):
+            raise ConvzooError(f"{where}: keyword {key}={str(value)[:60]!r}: only null, "
+                               "true/false, finite numbers, text and lists of them")
+    return kwargs
+
+
 def create_model(name: str, num_classes: int = 10, in_chans: int = 3, **kwargs) -> nn.Module:
     """Build the registered (or ``timm:``) model `name`; bad names or keywords raise
     ConvzooError."""
@@ -144,7 +210,7 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 3, **kwargs) 
         raise ConvzooError(f"model {name!r}: {exc}") from None
     except TypeError as exc:
         # A keyword the factory forwards in **kwargs but the model class rejects.
-        match = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
-        if match is None or match.group(1) not in kwargs:
+        match = re.search(r"(unexpected|multiple values for) keyword argument '(\w+)'", str(exc))
+        if match is None or match.group(2) not in kwargs:
             raise
-        raise ConvzooError(f"model {name!r} does not take keyword {match.group(1)!r}") from None
+        raise ConvzooError(f"model {name!r} does not take keyword {match.group(2)!r}") from None

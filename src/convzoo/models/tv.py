@@ -78,7 +78,7 @@ def _adopt(model: nn.Module, cls: type[nn.Module]) -> nn.Module:
 
 
 @register_model(source=_SOURCE, input_size=_IMAGENET, description="torchvision ResNet-18")
-def resnet18(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> nn.Module:
+def resnet18(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
     """torchvision ``resnet18(weights=None)``."""
     model = torchvision.models.resnet18(weights=None, num_classes=num_classes, **kwargs)
     if in_chans != 3:
@@ -87,7 +87,7 @@ def resnet18(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> nn.Module:
 
 
 @register_model(source=_SOURCE, input_size=_IMAGENET, description="torchvision ResNet-50")
-def resnet50(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> nn.Module:
+def resnet50(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> ResNet:
     """torchvision ``resnet50(weights=None)``."""
     model = torchvision.models.resnet50(weights=None, num_classes=num_classes, **kwargs)
     if in_chans != 3:
@@ -96,7 +96,7 @@ def resnet50(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> nn.Module:
 
 
 @register_model(source=_SOURCE, input_size=_IMAGENET, description="torchvision VGG-16 with BN")
-def vgg16_bn(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> nn.Module:
+def vgg16_bn(num_classes: int = 1000, in_chans: int = 3, **kwargs) -> VGG:
     """torchvision ``vgg16_bn(weights=None)``."""
     model = torchvision.models.vgg16_bn(weights=None, num_classes=num_classes, **kwargs)
     if in_chans != 3:

@@ -12,13 +12,16 @@ Sources ``load_init`` reads:
 
 * a convzoo run directory (its ``last.pt``/``best.pt``, or for ``last`` its
   ``model.safetensors`` when the checkpoints are gone) or checkpoint file, read with
-  ``weights_only=True`` through ``convzoo.train.checkpoint.load_checkpoint``; ``weights``
-  auto (default) takes the run's EMA weights when it kept an EMA, ``ema``/``raw`` insist;
-* a ``.safetensors`` file (convzoo's, timm's / Hugging Face's ``model.safetensors``);
+  ``weights_only=True`` and verified (digest, finite tensors, fields) through
+  ``convzoo.train.checkpoint.load_checkpoint``; ``weights`` auto (default) takes the run's
+  EMA weights when it kept an EMA, ``ema``/``raw`` insist;
+* a ``.safetensors`` file (convzoo's, verified by its digest, or timm's / Hugging Face's
+  ``model.safetensors``);
 * a torchvision or timm state-dict file (``.pth``/``.pt``/``.bin``), plain or wrapped in
   ``{"state_dict" | "model" | "model_state_dict" | "module": ...}``; prefixes that wrappers
   add to every key (DDP ``module.``, torch.compile ``_orig_mod.``, Lightning ``model.``) are
-  stripped when that matches the model better;
+  stripped when that matches the model better; files that are not convzoo's carry no digest and
+  are checked for readability and finite values only;
 * ``torchvision:<Enum>.<TAG>`` (``ResNet18_Weights.IMAGENET1K_V1``), or ``torchvision:DEFAULT``
   / ``torchvision:<TAG>`` for the model ``arch`` names, and ``timm:<name>.<tag>``: downloaded
   (cached) where the machine is online; offline, the error names the file to fetch.
@@ -35,7 +38,6 @@ and ``strict=True`` makes either (outside the head) an error.
 
 from __future__ import annotations
 
-import json
 import math
 import urllib.error
 from collections.abc import Mapping, Sequence
@@ -46,14 +48,26 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from convzoo import config as C
+from convzoo.data.images import RESIZE_RULES, SPLITS, Geometry
+from convzoo.data.preprocess import KINDS, state_shapes
 from convzoo.errors import ConvzooError
+from convzoo.integrity import check_finite
+from convzoo.jsonio import dumps_json, loads_json
 from convzoo.models.heads import head_state_keys, num_outputs
-from convzoo.models.registry import TIMM_PREFIX, create_model, import_timm
+from convzoo.models.registry import (
+    TIMM_PREFIX,
+    check_stored_kwargs,
+    create_model,
+    get_entry,
+    import_timm,
+)
+from convzoo.train import checkpoint as ckpt_io
+from convzoo.train.checkpoint import SAFETENSORS_FORMAT
 
 TORCHVISION_PREFIX = "torchvision:"
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 KEY_PREFIXES = ("module.", "_orig_mod.", "model.")
-SAFETENSORS_FORMAT = "convzoo-weights"  # metadata "format" of convzoo's model.safetensors
 
 HeadPolicy = Literal["auto", "new", "keep"]
 WEIGHT_CHOICES = ("auto", "ema", "raw")  # checkpoint.WEIGHTS: which weights of a run
@@ -119,10 +133,8 @@ def _tensor_dict(obj: Any, where: str) -> dict[str, Tensor]:
 
 
 def _from_checkpoint(ckpt: dict[str, Any], where: str, weights: str) -> _Source:
-    from convzoo.train.checkpoint import select_weights
-
     try:
-        state, used = select_weights(ckpt, weights)
+        state, used = ckpt_io.select_weights(ckpt, weights)
     except ConvzooError as e:
         raise ConvzooError(f"{where}: {e}") from None
     return _Source(dict(state), f"{where} ({ckpt.get('model_name')}, epoch {ckpt.get('epoch')}"
@@ -139,58 +151,34 @@ def check_file_weights(path: Path, meta: Mapping[str, str], weights: str) -> Non
                        f"weights={weights} needs the run's last.pt/best.pt (or use auto)")
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    from safetensors import SafetensorError
-    from safetensors.torch import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ConvzooError(f"{path}: not a readable safetensors file ({e})") from None
-    return state, meta
-
-
 def _classes_from_meta(meta: Mapping[str, str], where: str) -> list[str] | None:
     if "classes" not in meta:
         return None
     try:
-        classes = json.loads(meta["classes"])
-    except json.JSONDecodeError:
+        classes = loads_json(meta["classes"])
+    except ValueError:
         raise ConvzooError(f"{where}: metadata 'classes' is not JSON") from None
-    return [str(c) for c in classes]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise ConvzooError(f"{where}: metadata 'classes' is not a list of names")
+    return classes
 
 
 def _read_file(path: Path, which: str, weights: str) -> _Source:
-    from convzoo.train import checkpoint as ckpt_io
-
     if path.suffix == ".safetensors":
-        state, meta = _read_safetensors(path)
+        state, meta = ckpt_io.read_safetensors(path)
         check_file_weights(path, meta, weights)
         return _Source(state, str(path), _classes_from_meta(meta, str(path)))
-    try:  # mmap: a peek at a large checkpoint costs no reading
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError:  # legacy (pre-zip) files cannot be memory-mapped
-        obj = None
-    except Exception as e:  # truncated, foreign, or pickled code weights_only refuses
-        raise ConvzooError(f"{path}: not a readable PyTorch weights file "
-                           f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
-    if obj is None:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise ConvzooError(f"{path}: not a readable PyTorch weights file "
-                               f"({type(e).__name__})") from None
+    obj = ckpt_io.read_torch_file(path)
     if isinstance(obj, Mapping) and obj.get("format") == ckpt_io.FORMAT:
-        return _from_checkpoint(ckpt_io.load_checkpoint(path), str(path), weights)
+        ckpt = ckpt_io.verify_checkpoint(obj, path)
+        return _from_checkpoint(ckpt, str(path), weights)
     check_file_weights(path, {}, weights)
-    return _Source(_tensor_dict(obj, str(path)), str(path))
+    state = _tensor_dict(obj, str(path))
+    check_finite(state.items(), str(path), "use another copy of these weights")
+    return _Source(state, str(path))
 
 
 def _read_run_dir(path: Path, which: str, weights: str) -> _Source:
-    from convzoo.train import checkpoint as ckpt_io
-
     if (path / f"{which}.pt").exists():
         ckpt = ckpt_io.load_checkpoint(path, which)
         return _from_checkpoint(ckpt, str(path / f"{which}.pt"), weights)
@@ -229,6 +217,7 @@ def _read_torchvision(spec: str, arch: str | None) -> _Source:
         state = w.get_state_dict(progress=False, check_hash=True)
     except (urllib.error.URLError, OSError, RuntimeError) as e:
         raise _offline_hint(f"torchvision weights {w}", w.url, e) from None
+    check_finite(state.items(), f"torchvision {w} ({w.url})", "delete the cached download")
     return _Source(dict(state), f"torchvision {w} ({w.url})", list(w.meta.get("categories", [])))
 
 
@@ -248,6 +237,8 @@ def _read_timm(spec: str) -> _Source:
     except (OSError, RuntimeError, ValueError) as e:  # hub/URL errors are OSErrors
         raise _offline_hint(f"timm weights {name}", url, e) from None
     label_names = getattr(source_model, "pretrained_cfg", {}).get("label_names")
+    check_finite(source_model.state_dict().items(), f"timm {name} ({url})",
+                 "delete the cached download")
     return _Source(source_model.state_dict(), f"timm {name} ({url})",
                    list(label_names) if label_names else None)
 
@@ -265,7 +256,7 @@ def read_source(source: str | Path, *, which: str = "last", weights: str = "auto
     path = Path(source).expanduser()
     if path.is_dir():
         return _read_run_dir(path, which, weights)
-    if not path.is_file():
+    if not path.exists():  # anything else that is not a regular file: _read_file says what
         raise ConvzooError(f"model.init {path}: no such file or directory (expected a run "
                            "directory, .pt/.pth/.safetensors file, torchvision:... or timm:...)")
     return _read_file(path, which, weights)
@@ -421,17 +412,17 @@ def weights_metadata(ckpt: dict[str, Any], weights: str) -> dict[str, str]:
         "model": ckpt["model_name"],
         "num_classes": str(ckpt["num_classes"]),
         "in_chans": str(ckpt["in_chans"]),
-        "classes": json.dumps(list(ckpt["classes"])),
-        "model_kwargs": json.dumps(dict(ckpt["model_kwargs"])),
+        "classes": dumps_json(list(ckpt["classes"])),
+        "model_kwargs": dumps_json(dict(ckpt["model_kwargs"])),
         "weights": weights,  # "ema" or "raw" (checkpoint.select_weights)
         "epoch": str(ckpt["epoch"]),
-        "image_shape": json.dumps(list(geometry.shape)),
-        "geometry": json.dumps(geometry.state()),
-        "preprocess": json.dumps({"kind": pre["kind"], **stats}),
-        "eval_view": json.dumps({"crop": augment.get("crop", 0),
+        "image_shape": dumps_json(list(geometry.shape)),
+        "geometry": dumps_json(geometry.state()),
+        "preprocess": dumps_json({"kind": pre["kind"], **stats}),
+        "eval_view": dumps_json({"crop": augment.get("crop", 0),
                                  "random_resized_crop": augment.get("random_resized_crop", 0)}),
         "eval_split": str(ckpt.get("eval_split", "")),
-        "config": json.dumps(ckpt["config"]),
+        "config": dumps_json(ckpt["config"]),
     }
 
 
@@ -439,38 +430,43 @@ def load_weights_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """The model a convzoo ``.safetensors`` file describes, weights loaded, CPU, eval mode.
 
     The file is a run's ``model.safetensors`` or ``convzoo export --format safetensors``
-    output (metadata: :func:`weights_metadata`). ``meta``: ``model``, ``num_classes``,
-    ``in_chans``, ``model_kwargs``, ``classes`` and, where the file has them (files written
-    before the format carried them lack some), ``weights``, ``epoch``, ``image_shape``,
-    ``geometry`` (a ``Geometry`` state), ``eval_view``, ``eval_split``, ``config`` (the resolved
-    config as a dict) and ``preprocess`` (``{"kind": str, <stat>: float32 tensor}``,
+    output (metadata: :func:`weights_metadata`), verified by its digest
+    (``checkpoint.read_safetensors``) and its fields checked (:func:`check_model_fields`).
+    ``meta``: ``model``, ``num_classes``, ``in_chans``, ``model_kwargs``, ``classes`` and,
+    where the file has them, ``weights``, ``epoch``, ``image_shape``, ``geometry`` (a
+    ``Geometry`` state), ``eval_view``, ``eval_split``, ``config`` (the resolved config as a
+    dict) and ``preprocess`` (``{"kind": str, <stat>: float32 tensor}``,
     ``Preprocessor.from_state``'s input; None when the statistics were too large for metadata,
-    e.g. ZCA, or the file predates them).
+    e.g. ZCA).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConvzooError(f"weights file not found: {path}")
-    state, raw = _read_safetensors(path)
+    state, raw = ckpt_io.read_safetensors(path)
     if raw.get("format") != SAFETENSORS_FORMAT:
         raise ConvzooError(f"{path}: no convzoo metadata (format={raw.get('format')!r}); "
                            "foreign weights start a model through model.init")
     meta: dict[str, Any] = {}
     try:
         meta["model"] = raw["model"]
-        meta["num_classes"] = int(raw["num_classes"])
-        meta["in_chans"] = int(raw["in_chans"])
-        meta["model_kwargs"] = json.loads(raw.get("model_kwargs", "{}"))
+        meta["num_classes"] = _integer(raw["num_classes"])
+        meta["in_chans"] = _integer(raw["in_chans"])
+        meta["model_kwargs"] = loads_json(raw.get("model_kwargs", "{}"))
         meta["classes"] = _classes_from_meta(raw, str(path))
         for key in ("image_shape", "eval_view", "geometry", "config"):
-            meta[key] = json.loads(raw[key]) if key in raw else None
-        meta["epoch"] = int(raw["epoch"]) if "epoch" in raw else None
+            meta[key] = loads_json(raw[key]) if key in raw else None
+        meta["epoch"] = _integer(raw["epoch"]) if "epoch" in raw else None
         meta["weights"] = raw.get("weights")
         meta["eval_split"] = raw.get("eval_split") or None
         meta["preprocess"] = _preprocess_state(raw.get("preprocess"))
-    except (KeyError, ValueError, TypeError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError) as e:
         raise ConvzooError(f"{path}: bad convzoo metadata ({type(e).__name__}: {e})") from None
-    model = create_model(meta["model"], num_classes=meta["num_classes"],
-                         in_chans=meta["in_chans"], **meta["model_kwargs"])
+    if meta["weights"] not in (None, "ema", "raw"):
+        raise ConvzooError(f"{path}: stored weights={meta['weights']!r} is not ema or raw")
+    check_model_fields({"model_name": meta["model"], **meta}, path, optional=(
+        "classes", "image_shape", "geometry", "eval_split", "preprocess", "epoch", "config"))
+    model = build_stored_model(meta["model"], meta["num_classes"], meta["in_chans"],
+                               meta["model_kwargs"], path)
     expected = model.state_dict()
     for k, t in expected.items():
         if k not in state:
@@ -485,14 +481,149 @@ def load_weights_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
+def _integer(text: Any) -> int:
+    """A metadata integer: decimal digits only (``int()`` also takes ``" 1_0 "``)."""
+    if not isinstance(text, str) or not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise ValueError(f"{text!r} is not a whole number")
+    return int(text)
+
+
 def _preprocess_state(text: str | None) -> dict[str, Any] | None:
     """The metadata's JSON preprocessing (kind + statistics) as tensors; None if they were
     omitted (too large) or incomplete."""
     if text is None:
         return None
-    raw = json.loads(text)
+    raw = loads_json(text)
+    if not isinstance(raw, dict) or not isinstance(raw.get("kind"), str):
+        raise ValueError("preprocess is not a mapping with a kind")
     if "omitted" in raw:
         return None
     state: dict[str, Any] = {"kind": raw.pop("kind")}
     state.update({k: torch.tensor(v, dtype=torch.float32) for k, v in raw.items()})
     return state if len(state) > 1 or state["kind"] == "none" else None
+
+
+# ----------------------------------------------------------------------------- stored fields
+
+
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,841; a head of 10^11 classes would need 25.6 TB
+MAX_SIDE = 65_535  # pixels per image side (PNG's and JPEG's own limits)
+
+
+def _check(where: Path | str, key: str, value: Any, ok: bool, expected: str,
+           shown: str | None = None) -> None:
+    """ConvzooError "<file>: stored <key>=<value> is not <expected>" unless `ok`; `shown`
+    stands for a value too long to print."""
+    if not ok:
+        text = shown or repr(value)
+        raise ConvzooError(f"{where}: stored {key}="
+                           f"{text if len(text) <= 60 else text[:57] + '...'} is not {expected}")
+
+
+def _is_int(value: Any, lo: int, hi: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def check_model_fields(fields: Mapping[str, Any], path: Path | str,
+                       optional: Sequence[str] = ()) -> None:
+    """The fields that describe a saved model, by type and range, before anything uses them:
+    one ConvzooError line naming the file, the field, its value and what it may be.
+
+    `fields` uses the checkpoint's names (``model_name``, ``model_kwargs``, ``num_classes``,
+    ``in_chans``, ``classes``, ``image_shape``, ``geometry``, ``eval_split``, ``preprocess``,
+    ``epoch``, ``config``); a weights file's metadata is checked under the same names. Keys in
+    `optional` may be absent or None (a weights file that omits them; its reader then says
+    what it lacks). ``model_kwargs`` pass the registry's allow-list
+    (``registry.check_stored_kwargs``): a file never passes a model factory a keyword that
+    loads weights or names a path.
+    """
+    def value(key: str) -> Any:
+        if fields.get(key) is None and key not in optional:
+            raise ConvzooError(f"{path}: no stored {key}; not a complete convzoo file")
+        return fields.get(key)
+
+    name = value("model_name")
+    _check(path, "model_name", name, isinstance(name, str) and 0 < len(name) <= 200,
+           "a model name")
+    try:
+        get_entry(name)
+    except ConvzooError as e:
+        raise ConvzooError(f"{path}: stored model_name: {e}") from None
+    check_stored_kwargs(name, value("model_kwargs"), str(path))
+    num_classes = value("num_classes")
+    _check(path, "num_classes", num_classes, _is_int(num_classes, 1, MAX_CLASSES),
+           f"an integer in [1, {MAX_CLASSES}]")
+    in_chans = value("in_chans")
+    _check(path, "in_chans", in_chans, _is_int(in_chans, 1, 3) and in_chans != 2, "1 or 3")
+    classes = value("classes")
+    if classes is not None:
+        _check(path, "classes", classes, isinstance(classes, list)
+               and len(classes) == num_classes and all(isinstance(c, str) for c in classes),
+               f"a list of {num_classes} class names (num_classes)",
+               f"<a list of {len(classes)}>" if isinstance(classes, list) else None)
+    shape = None
+    geometry = value("geometry")
+    if geometry is not None:
+        limit = C.DataConfig().max_image_pixels
+        ok = (isinstance(geometry, dict) and _is_int(geometry.get("channels"), 1, 3)
+              and geometry["channels"] == in_chans
+              and geometry.get("resize") in RESIZE_RULES
+              and all(_is_int(geometry.get(k), 1, MAX_SIDE) for k in ("height", "width")))
+        ok = ok and (not limit or geometry["height"] * geometry["width"] <= limit)
+        _check(path, "geometry", geometry, ok, f"{in_chans} channels by at most {MAX_SIDE} x "
+               f"{MAX_SIDE} pixels (data.max_image_pixels={limit:,}), "
+               f"{' or '.join(RESIZE_RULES)}")
+        shape = Geometry.from_state(geometry).shape
+    image_shape = value("image_shape")
+    if image_shape is not None:
+        _check(path, "image_shape", image_shape, isinstance(image_shape, list)
+               and len(image_shape) == 3 and image_shape[0] == in_chans
+               and all(_is_int(v, 1, MAX_SIDE) for v in image_shape),
+               f"[channels={in_chans}, height, width] with sides in [1, {MAX_SIDE}]")
+        shape = shape or tuple(image_shape)
+    split = value("eval_split")
+    _check(path, "eval_split", split, split is None or split in SPLITS, " or ".join(SPLITS))
+    epoch = value("epoch")
+    _check(path, "epoch", epoch, epoch is None or _is_int(epoch, 0, ckpt_io.MAX_EPOCHS),
+           f"an integer in [0, {ckpt_io.MAX_EPOCHS}]")
+    preprocess = value("preprocess")
+    if preprocess is not None:
+        _check_preprocess(preprocess, shape, path)
+    config = value("config")
+    if config is not None:
+        if not isinstance(config, dict):
+            _check(path, "config", config, False, "a mapping")
+        try:
+            C.from_dict(config)
+        except ConvzooError as e:
+            raise ConvzooError(f"{path}: stored config: {e}") from None
+
+
+def _check_preprocess(state: Any, shape: tuple[int, int, int] | None, path: Path | str) -> None:
+    """A preprocessing state: a known kind, and each of its statistics a tensor of the shape
+    that kind stores for images of `shape`, with positive scales."""
+    kind = state.get("kind") if isinstance(state, dict) else None
+    _check(path, "preprocess kind", kind, kind in KINDS, " or ".join(KINDS))
+    for key, want in state_shapes(kind, shape or (0, 0, 0)).items():
+        t = state.get(key)
+        ok = isinstance(t, Tensor) and t.is_floating_point() and (
+            shape is None and t.ndim == len(want) or tuple(t.shape) == want)
+        _check(path, f"preprocess {key}", t, ok, f"a float tensor of shape {want}",
+               f"<a {t.dtype} tensor of shape {_shape(t)}>" if isinstance(t, Tensor) else None)
+        if key in ("std", "gcn_scale"):
+            _check(path, f"preprocess {key}", t, bool((t > 0).all()), "positive",
+                   f"<a tensor with minimum {float(t.min()):g}>" if t.numel() else None)
+
+
+def build_stored_model(name: str, num_classes: int, in_chans: int, kwargs: dict[str, Any],
+                       path: Path | str) -> nn.Module:
+    """``create_model`` from a file's checked fields (:func:`check_model_fields`); any failure
+    of the factory on them (a keyword of the wrong type, say) is one line naming the file."""
+    try:
+        return create_model(name, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    except ConvzooError as e:
+        raise ConvzooError(f"{path}: {e}") from None
+    except Exception as e:  # the stored values were checked by type, not by meaning
+        raise ConvzooError(f"{path}: stored model {name} with model_kwargs {kwargs} cannot be "
+                           f"built ({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+                           ) from None

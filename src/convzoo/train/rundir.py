@@ -67,6 +67,7 @@ import yaml
 
 from convzoo import config as C
 from convzoo.errors import ConvzooError
+from convzoo.jsonio import dumps_json
 from convzoo.train import checkpoint as ckpt_io
 
 try:
@@ -111,7 +112,7 @@ def write_config(run_dir: Path, cfg: C.Config) -> None:
 
 def write_init_report(run_dir: Path, report: dict[str, Any]) -> None:
     """init.json: what ``model.init`` loaded into a new run (``weights.InitReport``)."""
-    write_text(run_dir / INIT_FILE, json.dumps(report, indent=1) + "\n")
+    write_text(run_dir / INIT_FILE, dumps_json(report, indent=1) + "\n")
 
 
 def save_weights(ckpt: dict[str, Any], path: Path) -> None:
@@ -153,12 +154,12 @@ class MetricsLog:
         rows = read_metrics_file(self.path, text)
         kept = [r for r in rows if int(r["epoch"]) <= keep_through]
         if len(kept) != len(rows) or (text and not text.endswith("\n")):
-            write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            write_text(self.path, "".join(dumps_json(r) + "\n" for r in kept))
 
     def append(self, row: dict[str, Any]) -> None:
         """One line, on disk (fsync'd) when this returns."""
         with _writing(self.path):
-            append_line(self.path, json.dumps(row) + "\n")
+            append_line(self.path, dumps_json(row) + "\n")
 
 
 def append_line(path: Path, line: str) -> None:
@@ -312,7 +313,7 @@ def summary(ckpt: dict[str, Any], params: int, peak_memory_mb: float, device: st
 def write_summary(run_dir: Path, figures: dict[str, Any]) -> None:
     """summary.json, then metrics.csv and curves.png from the metric log (a plotting problem is
     a warning: it must never lose a finished run)."""
-    write_text(run_dir / "summary.json", json.dumps(figures, indent=2) + "\n")
+    write_text(run_dir / "summary.json", dumps_json(figures, indent=2) + "\n")
     _write_reports(run_dir)
     top1, top5 = figures.get("top1"), figures.get("top5")
     if figures.get("best_note"):
@@ -368,7 +369,7 @@ def complete(run_dir: Path, ckpt: dict[str, Any], device: str) -> list[str]:
         figures = summary(ckpt, _count_params(ckpt), ckpt["metrics"].get("peak_memory_mb", 0.0),
                           device)
         figures["rebuilt"] = True
-        write_text(run_dir / "summary.json", json.dumps(figures, indent=2) + "\n")
+        write_text(run_dir / "summary.json", dumps_json(figures, indent=2) + "\n")
         done.append("summary.json")
     missing = [n for n in ("metrics.csv", "curves.png") if not (run_dir / n).is_file()]
     if missing:

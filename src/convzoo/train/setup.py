@@ -24,7 +24,8 @@ from convzoo.errors import ConvzooError
 from convzoo.models import create_model
 from convzoo.models.freeze import freeze, frozen_parameter_names
 from convzoo.models.info import count_params
-from convzoo.models.weights import InitReport, load_init
+from convzoo.models.registry import check_stored_kwargs
+from convzoo.models.weights import InitReport, build_stored_model, load_init
 from convzoo.train import checkpoint as ckpt_io
 from convzoo.train.distributed import convert_sync_batchnorm, join_process_group, wrap_ddp
 from convzoo.train.ema import ModelEMA
@@ -229,6 +230,8 @@ def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | N
                     f"trains on {spe * per:,} of them ({spe} step{'s' * (spe > 1)} of {per}) and "
                     f"leaves {dropped} ({100 * dropped / count:.0f}%) out, other ones each "
                     "epoch; lower train.batch_size to use them all")
+    # What a run keeps in its files, a file may pass back: refused here, before training
+    check_stored_kwargs(cfg.model.name, dict(cfg.model.kwargs), "model.kwargs")
     torch.manual_seed(cfg.train.seed)
     model = create_model(cfg.model.name, num_classes=len(data.classes),
                          in_chans=data.image_shape[0], **cfg.model.kwargs)
@@ -385,14 +388,15 @@ def checkpoint_state(run: Run, row: dict[str, Any]) -> dict[str, Any]:
 
 def load_model_for_eval(ckpt: dict[str, Any], device: torch.device,
                         weights: str = "auto") -> tuple[nn.Module, Preprocessor]:
-    """Rebuild the model and its preprocessing from a checkpoint (nothing else needed).
+    """Rebuild the model and its preprocessing from a checkpoint (nothing else needed): one
+    that ``inference.read_checkpoint`` read, so verified and its fields checked.
 
     ``weights``: ``auto`` (the EMA weights when the run kept an EMA, else the trained ones),
     ``ema`` or ``raw`` (``checkpoint.select_weights``).
     """
     state, _ = ckpt_io.select_weights(ckpt, weights)
-    model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"],
-                         in_chans=ckpt["in_chans"], **ckpt["model_kwargs"])
+    model = build_stored_model(ckpt["model_name"], ckpt["num_classes"], ckpt["in_chans"],
+                               dict(ckpt["model_kwargs"]), ckpt.get("weights_file", "checkpoint"))
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
