@@ -457,7 +457,7 @@ class Accuracy(Step):
     def commands(self, ctx: Context) -> list[Command]:
         args = ["train", "--recipe", self.recipe, "--data", str(ctx.cifar),
                 "--out", str(self.run_dir(ctx).parent), "--name", self.name,
-                "--set", f"data.root={ctx.work / 'data'}", "--set", "train.tensorboard=false"]
+                "--set", f"data.root={ctx.work / 'data'}", "--set", "train.loggers=[]"]
         if ctx.quick:  # a tiny form of the same run: 2 epochs on 200 images, on the CPU
             args += ["--device", "cpu", "--epochs", "2", "--batch-size", "64",
                      "--set", "data.limit=200", "--set", "train.eval_batch_size=200"]

@@ -137,7 +137,7 @@ def run_convzoo(folder: Path, args: argparse.Namespace) -> dict:
         "schedule": {"name": "constant"},
         "train": {"epochs": args.epochs, "batch_size": args.batch_size, "device": args.device,
                   "compile": args.compile, "out": str(args.workdir / "runs"), "name": "convzoo",
-                  "tensorboard": False, "log_every": 10**6, "eval_every": 10**6,
+                  "loggers": [], "log_every": 10**6, "eval_every": 10**6,
                   "save_every": 10**6, "eval_batch_size": 1000},
     })
     run_dir = fit(cfg)

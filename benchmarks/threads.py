@@ -35,7 +35,7 @@ def train_once(recipe: str, threads: int, out: Path, name: str, extra: list[str]
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     cmd = [sys.executable, "-m", "convzoo", "train", "--recipe", recipe, "--out", str(out),
            "--name", name, "--set", f"train.threads={threads}",
-           "--set", "train.tensorboard=false", *extra]
+           "--set", "train.loggers=[]", *extra]
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)

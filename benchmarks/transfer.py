@@ -67,7 +67,7 @@ def train(out: Path, name: str, data: Path, epochs: int, seed: int, threads: int
     t0 = time.perf_counter()
     run = convzoo.train(None, model="resnet20", data=str(data), epochs=epochs, seed=seed,
                         batch_size=64, out=str(out), name=name,
-                        **{"train.threads": threads, "train.tensorboard": False,
+                        **{"train.threads": threads, "train.loggers": [],
                            "data.root": str(out / "cache"), **extra})
     summary = json.loads((Path(run) / "summary.json").read_text())
     return {"top1": summary["top1"], "wall": time.perf_counter() - t0}

@@ -13,7 +13,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs")
     assert main(["train", "--data", "digits", "--set", "data.image_size=8", "--set",
                  "data.limit=200", "--batch-size", "32", "--epochs", "1", "--out", str(out),
-                 "--name", "r", "--set", "train.tensorboard=false"]) == 0
+                 "--name", "r", "--set", "train.loggers=[]"]) == 0
     return out / "r"
 
 

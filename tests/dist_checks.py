@@ -64,7 +64,7 @@ with contextlib.redirect_stderr(errors):
     code = main(["train", "--data", "digits", "--set", "data.image_size=8", "--batch-size",
                  str(10 * world + 1),
                  "--epochs", "1", "--device", "cpu", "--out", str(out / "runs"), "--set",
-                 "train.tensorboard=false"])
+                 "train.loggers=[]"])
 (out / f"divisible-{world}-{rank}.txt").write_text(f"{code}\n{errors.getvalue()}")
 
 

@@ -192,7 +192,7 @@ def test_weights_choice_of_a_safetensors_file(tmp_path, capsys):
     assert main(["train", "--data", "digits", "--set", "data.image_size=8", "--set",
                  "data.limit=100", "--batch-size", "32", "--epochs", "1", "--out", str(out),
                  "--name", "e", "--set", "optim.ema_decay=0.9",
-                 "--set", "train.tensorboard=false"]) == 0
+                 "--set", "train.loggers=[]"]) == 0
     weights = out / "e" / "model.safetensors"
     assert convzoo.load(weights).weights == "ema"
     assert convzoo.load(weights, weights="ema").evaluate() == convzoo.load(out / "e").evaluate()
@@ -351,7 +351,7 @@ def test_report_on_a_100_class_run(tmp_path, capsys):
     out = tmp_path / "runs"
     assert main(["train", "--data", str(archive), "--model", "resnet20", "--epochs", "1",
                  "--batch-size", "50", "--out", str(out), "--name", "c100",
-                 "--set", "train.tensorboard=false"]) == 0
+                 "--set", "train.loggers=[]"]) == 0
     capsys.readouterr()
     assert main(["eval", str(out / "c100"), "--report", str(tmp_path / "rep"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -397,7 +397,7 @@ def test_report_errors_write_nothing(run_dir, tmp_path, capsys):
 def test_train_keywords(tmp_path):
     run = convzoo.train("quickstart", epochs=1, out=str(tmp_path), name="k",
                         data={"limit": 150}, optim={"momentum": 0.8},
-                        **{"train.threads": 1, "train.tensorboard": False})
+                        **{"train.threads": 1, "train.loggers": []})
     cfg = ckpt_io.load_checkpoint(run)["config"]
     assert run == tmp_path / "k"
     assert (cfg["train"]["epochs"], cfg["data"]["limit"], cfg["data"]["source"],

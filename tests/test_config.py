@@ -262,6 +262,11 @@ def test_run_names_are_one_folder(name):
     ({"augment": {"policy_fill": [1, 2, 3, 4]}}, r"augment.policy_fill=.*1 to 3 values"),
     ({"augment": {"policy_fill": [256]}}, r"augment.policy_fill=.*\[0, 255\]"),
     ({"schedule": {"milestones": [90, 90]}}, "schedule.milestones=.*strictly increasing"),
+    ({"train": {"loggers": ["csv", "mlflow", "csv"]}}, r"train.loggers=.*csv is listed twice"),
+    ({"train": {"loggers": ["comet"]}}, r"train.loggers\[0\]: 'comet' is not one of: "
+                                        "tensorboard, csv, mlflow, wandb"),
+    ({"train": {"best_metric": "val_acc"}}, r"train.best_metric: 'val_acc' is not one of"),
+    ({"wandb": {"mode": "cloud"}}, r"wandb.mode: 'cloud' is not one of: auto, offline, online"),
     ({"stages": [{"epochs": 3}]}, r"stages\[0\].epochs=3 must exceed the epoch it starts from \(3\)"),
     ({"stages": [{"epochs": 5}, {"epochs": 5}]}, r"stages\[1\].epochs=5 must exceed"),
     ({"stages": [{"set": {"optim.lr": 0.01}}]}, r"stages\[0\].epochs=0 must exceed"),
@@ -467,6 +472,9 @@ CONTEXT = {
 # Lists whose elements have different ranges (a rule between them): their valid texts.
 LIST_VALUES = {
     "augment.color_jitter": [("[4e-1, 0.4, 0, 5e-1]", [0.4, 0.4, 0.0, 0.5])],  # hue <= 0.5
+    "train.loggers": [("[tensorboard, csv]", ["tensorboard", "csv"]), ("[]", []),
+                      ("[MLflow, wandb, csv, tensorboard]", ["mlflow", "wandb", "csv",
+                                                             "tensorboard"])],
 }
 
 

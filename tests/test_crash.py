@@ -36,7 +36,7 @@ from convzoo.train.rundir import LOCK_FILE
 EPOCHS = 3
 ARGS = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=200",
         "--batch-size", "32", "--epochs", str(EPOCHS), "--seed", "1", "--device", "cpu",
-        "--set", "train.tensorboard=false", "--set", "train.threads=1",
+        "--set", "train.loggers=[]", "--set", "train.threads=1",
         "--set", "optim.ema_decay=0.9"]
 
 

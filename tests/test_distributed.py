@@ -12,7 +12,7 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "convzoo", "train", "--data", "digits", "--set", "data.image_size=8",
            "--set", "data.limit=256", "--batch-size", "32", "--epochs", "2", "--device", "cpu",
-           "--out", str(tmp_path), "--set", "train.threads=1", "--set", "train.tensorboard=false"]
+           "--out", str(tmp_path), "--set", "train.threads=1", "--set", "train.loggers=[]"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = [p for p in tmp_path.iterdir() if p.is_dir()]

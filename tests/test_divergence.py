@@ -18,7 +18,7 @@ from convzoo.train import rundir
 
 ARGS = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=200",
         "--batch-size", "32", "--seed", "1", "--device", "cpu",
-        "--set", "train.tensorboard=false", "--set", "train.threads=1"]
+        "--set", "train.loggers=[]", "--set", "train.threads=1"]
 LINE = re.compile(r"^convzoo: error: training diverged in epoch (\d+), step (\d+)/(\d+): "
                   r"the loss is (nan|inf) \(lr ([0-9.e+-]+)\); nothing of epoch \1 was saved; "
                   r"lower optim.lr or set optim.grad_clip$")

@@ -182,21 +182,6 @@ def test_confident_mistakes_order_and_grid(tmp_path):
     assert "confident_mistakes" not in no_images
 
 
-def test_tensorboard_gets_the_figures(tmp_path):
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    images, labels, probs = synthetic(200, 10)
-    write_report(tmp_path / "report", probs, labels, CIFAR10, images=images,
-                 tensorboard=tmp_path / "tb", step=3)
-    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()
-    tags = events.Tags()
-    assert set(tags["images"]) == {"eval/confusion_matrix", "eval/reliability",
-                                   "eval/confident_mistakes"}
-    assert events.Images("eval/reliability")[0].step == 3
-    ece = events.Scalars("eval/ece")[0].value
-    assert ece == pytest.approx(expected_calibration_error(probs, labels), rel=1e-6)
-
-
 def test_bad_input_is_one_error_and_writes_nothing(tmp_path):
     images, labels, probs = synthetic(30, 3)
     out = tmp_path / "report"
@@ -212,7 +197,6 @@ def test_bad_input_is_one_error_and_writes_nothing(tmp_path):
         (probs, labels, ["a", "b", "c"], {"names": ["x"]}, "1 names for 30 predictions"),
         (probs, labels, ["a", "b", "c"], {"images": np.zeros((30, 5, 5, 5, 5))},
          r"images\[\d+\] has shape \(5, 5, 5, 5\)"),
-        (probs, labels, ["a", "b", "c"], {"tensorboard": 3}, "SummaryWriter or a log directory"),
     ]
     for p, y, classes, kwargs, message in cases:
         with pytest.raises(ConvzooError, match=message) as err:

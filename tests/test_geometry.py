@@ -23,7 +23,7 @@ from convzoo.data.sources import load_dataset
 from convzoo.inference import checkpoint_geometry, evaluate_checkpoint, read_image
 from convzoo.train import checkpoint as ckpt_io
 
-QUIET = ["--set", "train.tensorboard=false", "--set", "train.threads=1", "--device", "cpu",
+QUIET = ["--set", "train.loggers=[]", "--set", "train.threads=1", "--device", "cpu",
          "--set", "data.workers=1"]
 
 

@@ -44,7 +44,7 @@ from convzoo.train import checkpoint as ckpt_io
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=200",
-        "--batch-size", "32", "--epochs", "1", "--set", "train.tensorboard=false"]
+        "--batch-size", "32", "--epochs", "1", "--set", "train.loggers=[]"]
 
 
 def strict_json(text: str) -> Any:

@@ -44,7 +44,7 @@ from convzoo.cli import main
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ("--data {imgs} --set data.image_size=8 --batch-size 4 --epochs 1 "
-        "--set train.tensorboard=false --set data.root={tmp}/.cache")
+        "--set train.loggers=[] --set data.root={tmp}/.cache")
 
 
 @dataclass(frozen=True)

@@ -497,10 +497,10 @@ def test_a_small_split_says_how_much_of_it_each_epoch_leaves_out(tmp_path, capsy
 
     assert main(["train", "--data", "digits", "--set", "data.limit=200", "--set",
                  "data.image_size=8", "--batch-size", "128", "--epochs", "1", "--out",
-                 str(tmp_path), "--set", "train.tensorboard=false"]) == 0
+                 str(tmp_path), "--set", "train.loggers=[]"]) == 0
     assert "trains on 128 of them (1 step of 128) and leaves 72 (36%) out" in \
         capsys.readouterr().err
     assert main(["train", "--data", "digits", "--set", "data.limit=200", "--set",
                  "data.image_size=8", "--batch-size", "100", "--epochs", "1", "--out",
-                 str(tmp_path), "--set", "train.tensorboard=false"]) == 0
+                 str(tmp_path), "--set", "train.loggers=[]"]) == 0
     assert "leaves" not in capsys.readouterr().err

@@ -15,7 +15,7 @@ from convzoo.data.digits import load_digits
 from convzoo.data.pack import pack
 
 TINY = ["--model", "resnet20", "--batch-size", "32", "--set", "train.eval_batch_size=100",
-        "--set", "augment.pad=1", "--set", "augment.flip=false", "--set", "train.tensorboard=false",
+        "--set", "augment.pad=1", "--set", "augment.flip=false", "--set", "train.loggers=[]",
         "--set", "data.workers=1", "--set", "train.threads=1", "--device", "cpu"]
 
 

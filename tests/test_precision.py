@@ -24,7 +24,7 @@ from convzoo.train.setup import (
 )
 
 TINY = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=96",
-        "--batch-size", "32", "--set", "train.tensorboard=false", "--device", "cpu",
+        "--batch-size", "32", "--set", "train.loggers=[]", "--device", "cpu",
         "--set", "schedule.name=constant"]
 
 

@@ -29,7 +29,7 @@ from convzoo.train.preempt import EXIT_PREEMPTED
 EPOCHS, STEPS = 2, 4  # 128 training images, global batch 32: 4 steps per epoch
 ARGS = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=128",
         "--batch-size", "32", "--epochs", str(EPOCHS), "--seed", "1", "--device", "cpu",
-        "--lr", "0.05", "--set", "train.tensorboard=false", "--set", "train.threads=1",
+        "--lr", "0.05", "--set", "train.loggers=[]", "--set", "train.threads=1",
         "--set", "optim.ema_decay=0.9", "--set", "model.kwargs={drop_path: 0.3}",
         "--set", "augment.translate=1", "--set", "optim.lookahead_steps=4",
         "--set", "augment.policy=trivialaugment", "--set", "augment.mixup_alpha=0.8",

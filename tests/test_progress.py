@@ -85,7 +85,7 @@ def test_by_step_as_before(capsys):
 def test_training_and_bench_report_time_left(tmp_path, capsys):
     assert main(["train", "--data", "digits", "--set", "data.image_size=8", "--set",
                  "data.limit=64", "--batch-size", "32", "--epochs", "2", "--out",
-                 str(tmp_path), "--set", "train.tensorboard=false"]) == 0
+                 str(tmp_path), "--set", "train.loggers=[]"]) == 0
     (epoch_line,) = [ln for ln in logged(capsys) if ln.startswith("epoch 1/2 lr")]
     assert "| run ETA " in epoch_line
     assert main(["bench", "--model", "resnet20", "--model", "resnet20", "--steps", "1",

@@ -171,7 +171,7 @@ def test_recipes_listing_has_source_and_reported_for_every_recipe(capsys):
 def test_imagenet_placeholder_without_data_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HOME", str(tmp_path))  # so ~/data/imagenet surely does not exist
     rc = main(["train", "--recipe", "googlenet_bn-imagenet-sgd", "--out", str(tmp_path / "runs"),
-               "--set", "train.tensorboard=false"])
+               "--set", "train.loggers=[]"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("convzoo: error:") and "~/data/imagenet" in err
     assert "\n" not in err
@@ -260,7 +260,7 @@ def fake_data(tmp_path_factory) -> dict[str, Path]:
 def smoke_args(name: str, cfg: C.Config, data: dict[str, Path], tmp: Path) -> list[str]:
     """`convzoo train --recipe NAME` shrunk to one two-step epoch per stage on the fake data."""
     sets = ["train.epochs=1", "train.batch_size=4", "train.eval_batch_size=8", "data.limit=8",
-            "train.tensorboard=false", "train.compile=false", "train.log_every=1000"]
+            "train.loggers=[]", "train.compile=false", "train.log_every=1000"]
     args = ["train", "--recipe", name, "--out", str(tmp / "runs"), "--name", "x"]
     if cfg.data.source in ARCHIVES:  # the recipe's own source name, found in a local root
         sets += [f"data.root={data['root']}", "data.download=false"]

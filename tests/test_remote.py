@@ -119,7 +119,7 @@ def test_training_from_a_url_equals_training_from_the_local_pack(local_pack: Pat
                                                                  tmp_path: Path) -> None:
     common = ["--model", "resnet20", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
               "--set", "data.loader=stream", "--set", "data.workers=1", "--set",
-              "train.tensorboard=false", "--set", "augment.pad=1", "--out", str(tmp_path),
+              "train.loggers=[]", "--set", "augment.pad=1", "--out", str(tmp_path),
               "--set", f"data.root={tmp_path / 'cache'}"]
     assert main(["train", "--data", str(local_pack), "--name", "local", *common]) == 0
     assert main(["train", "--data", f"file://{local_pack}", "--name", "url", *common]) == 0

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 ARGS = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=400",
         "--batch-size", "32", "--epochs", "6", "--seed", "3", "--device", "cpu",
-        "--set", "train.tensorboard=false", "--set", "train.threads=1",
+        "--set", "train.loggers=[]", "--set", "train.threads=1",
         "--set", "optim.ema_decay=0.9", "--set", "augment.translate=1"]
 
 

@@ -275,7 +275,7 @@ def test_a_bad_line_inside_the_log_is_still_an_error(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- two CLI processes
 
 ARGS = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=200",
-        "--batch-size", "32", "--device", "cpu", "--set", "train.tensorboard=false",
+        "--batch-size", "32", "--device", "cpu", "--set", "train.loggers=[]",
         "--set", "train.threads=1"]
 
 

@@ -41,7 +41,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}
 # the DDP graph dynamic and uses each rank's global RNG inside the epoch.
 ARGS = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=256",
         "--batch-size", "32", "--epochs", "2", "--seed", "2", "--device", "cpu", "--lr", "0.05",
-        "--set", "train.tensorboard=false", "--set", "train.threads=1",
+        "--set", "train.loggers=[]", "--set", "train.threads=1",
         "--set", "optim.ema_decay=0.9", "--set", "model.kwargs={drop_path: 0.3}",
         "--set", "augment.translate=1"]
 STEPS = 8
@@ -186,7 +186,7 @@ def test_two_nodes_on_loopback_prepare_per_node_and_write_once(tmp_path: Path) -
                "-m", "convzoo", "train", "--data", str(tree), "--batch-size", "16",
                "--set", "train.eval_batch_size=4", "--epochs", "2", "--device", "cpu",
                "--out", str(tmp_path / "runs"), "--name", "n", "--set", "train.threads=1",
-               "--set", "train.tensorboard=false", "--set", f"data.root={tmp_path / f'node{node}'}"]
+               "--set", "train.loggers=[]", "--set", f"data.root={tmp_path / f'node{node}'}"]
         agents.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True, env=ENV))
     errs = [a.communicate(timeout=240)[1] for a in agents]

@@ -33,7 +33,7 @@ def test_missing_timm_is_one_error_naming_the_extra(no_timm, tmp_path, capsys):
         create_model("timm:resnet18")
     out = tmp_path / "runs"
     assert main(["train", "--model", "timm:test_resnet", "--data", "digits", "--epochs", "1",
-                 "--out", str(out), "--set", "train.tensorboard=false"]) == 2
+                 "--out", str(out), "--set", "train.loggers=[]"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "pip install 'convzoo[timm]'" in err
     assert not out.exists() or not any(out.iterdir())  # no run directory left behind
@@ -119,7 +119,7 @@ def test_timm_model_trains_evals_and_exports_through_the_cli(tmp_path, capsys):
     assert main(["train", "--model", "timm:test_resnet", "--data", "digits", "--set",
                  "data.image_size=32", "--set", "data.limit=200", "--batch-size", "32",
                  "--epochs", "1", "--out", str(out), "--name", "t", "--set",
-                 "train.tensorboard=false"]) == 0
+                 "train.loggers=[]"]) == 0
     run = out / "t"
     ckpt = ckpt_io.load_checkpoint(run)
     assert ckpt["model_name"] == "timm:test_resnet" and ckpt["num_classes"] == 10

@@ -18,7 +18,7 @@ from convzoo.cli import main
 # A few seconds per run: 360 digits images at 8x8, resnet20.
 TINY = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=360",
         "--batch-size", "32", "--set", "train.eval_batch_size=128", "--set", "augment.pad=1",
-        "--set", "augment.flip=false", "--set", "train.tensorboard=false"]
+        "--set", "augment.flip=false", "--set", "train.loggers=[]"]
 STEPS = 360 // 32  # optimizer steps per epoch (drop_last)
 
 
@@ -38,7 +38,7 @@ def files_of(run: Path) -> dict[str, tuple[bytes, int]]:
 
 def test_run_directory_has_every_artifact_and_eval_agrees(tmp_path, capsys):
     assert run_cli("train", "--model", "resnet20", "--epochs", "2", "--out", str(tmp_path),
-                   "--name", "r", *TINY, "--set", "train.tensorboard=true",
+                   "--name", "r", *TINY, "--set", "train.loggers=[tensorboard,csv]",
                    "--set", "schedule.name=cosine") == 0
     run = tmp_path / "r"
     for name in ["config.yaml", "metrics.jsonl", "metrics.csv", "summary.json", "last.pt",

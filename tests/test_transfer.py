@@ -42,7 +42,7 @@ def three_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def train(*args: str) -> None:
-    base = ["train", "--batch-size", "16", "--set", "train.tensorboard=false",
+    base = ["train", "--batch-size", "16", "--set", "train.loggers=[]",
             "--set", "train.threads=1"]
     assert main([*base, *args]) == 0
 

@@ -269,7 +269,7 @@ def test_ema_weights_of_a_run(tmp_path):
     assert main(["train", "--data", "digits", "--set", "data.image_size=8", "--set",
                  "data.limit=64", "--batch-size", "32", "--epochs", "1", "--out", str(out),
                  "--name", "e", "--set", "optim.ema_decay=0.9",
-                 "--set", "train.tensorboard=false"]) == 0
+                 "--set", "train.loggers=[]"]) == 0
     ckpt = ckpt_io.load_checkpoint(out / "e")
     model = create_model("resnet20")
     report = load_init(model, out / "e", weights="ema")

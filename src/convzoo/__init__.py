@@ -3,23 +3,25 @@
     import convzoo
     clf = convzoo.load("runs/quickstart")        # -> convzoo.Classifier: predict, evaluate
     run_dir = convzoo.train("quickstart", epochs=2)
+    result = convzoo.sweep(recipe="quickstart", params={"optim.lr": "loguniform:1e-3:1"})
 
-(``convzoo.api``; imported on first use, so ``import convzoo`` and the CLI stay light.)
+(``convzoo.api`` and ``convzoo.sweeps``; imported on first use, so ``import convzoo`` and the CLI
+stay light.)
 """
 
+import importlib
 from typing import Any
 
 from convzoo import train as train  # the training package, callable: convzoo.api.train
 
 __version__ = "0.1.0"
-API = ("load", "Classifier")  # convzoo.api, resolved by __getattr__ below
+# Resolved by __getattr__ below: name -> the module that holds it.
+API = {"load": "api", "Classifier": "api", "sweep": "sweeps", "SweepResult": "sweeps"}
 
 
 def __getattr__(name: str) -> Any:
     if name in API:
-        from convzoo import api
-
-        return getattr(api, name)
+        return getattr(importlib.import_module(f"convzoo.{API[name]}"), name)
     raise AttributeError(f"module 'convzoo' has no attribute {name!r}")
 
 

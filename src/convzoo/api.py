@@ -21,6 +21,7 @@ precision ``convzoo eval`` uses.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,8 +303,8 @@ class Classifier:
     def _write_report(self, out: Path, outputs: list[tuple[torch.Tensor, torch.Tensor]],
                       source: Any, split: str, topk: int) -> dict[str, Any]:
         """``write_report`` of the collected probabilities, with the split's uint8 images (the
-        grid of mistakes) and file names where the data has them; to TensorBoard too when
-        the run keeps one."""
+        grid of mistakes) and file names where the data has them; to the run's loggers too
+        (TensorBoard, MLflow, W&B: ``trackers.open_for_report``)."""
         from convzoo.eval_report import expected_calibration_error, write_report
 
         probs = torch.cat([p for p, _ in outputs])
@@ -314,14 +315,18 @@ class Classifier:
             names = data.names
         else:
             images, names = _DecodedSplit(data, source.geometry, source.limits), None
-        run_dir = _run_dir(self.source)
-        tensorboard = None
-        if run_dir is not None and self.config.train.tensorboard \
-                and (run_dir / "tensorboard").is_dir():
-            tensorboard = run_dir / "tensorboard"
-        write_report(out, probs, labels, self.classes, images=images, names=names, topk=topk,
-                     tensorboard=tensorboard, step=self.epoch, tag=f"report/{split}")
+        files = write_report(out, probs, labels, self.classes, images=images, names=names,
+                             topk=topk)
         ece = expected_calibration_error(probs.double().numpy(), labels.numpy())
+        run_dir = _run_dir(self.source)
+        if run_dir is not None:
+            from convzoo.train import trackers
+
+            figures = json.loads(files["report_json"].read_text())
+            logged = trackers.open_for_report(self.config, run_dir)
+            logged.log_report(trackers.step_of_epoch(run_dir, self.epoch), f"report/{split}",
+                              out, {"top1": figures["top1"], "ece": ece})
+            logged.close(None)
         return {"report": str(out), "ece": ece}
 
 

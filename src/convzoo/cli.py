@@ -1,5 +1,5 @@
-"""The ``convzoo`` command line: train, eval, predict, models, recipes, config, pack, plot, bench,
-export.
+"""The ``convzoo`` command line: train, sweep, eval, predict, models, recipes, config, pack, plot,
+bench, export.
 
 Every user-input problem surfaces as one line ``convzoo: error: ...`` and exit status 2: bad
 flags and values the parser sees (``Parser.error``), and every ConvzooError raised later.
@@ -143,6 +143,64 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = fit(cfg, resume, ckpt=ckpt, claim=claim)
     if int(os.environ.get("RANK", "0")) == 0:
         print(run_dir)
+    return 0
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def sweep_keys(args: argparse.Namespace) -> dict[str, Any]:
+    """The sweep keys the flags give (``sweeps.SweepConfig``; the file's are below them)."""
+    keys: dict[str, Any] = {}
+    for attr in ("recipe", "metric", "direction", "trials", "timeout", "val_fraction", "pruner",
+                 "prune_warmup", "prune_startup", "sampler", "seed", "study", "storage", "out"):
+        value = getattr(args, attr)
+        if value is not None:
+            keys[attr] = value
+    if args.baseline:
+        keys["baseline"] = True
+    params: dict[str, Any] = {}
+    for text in args.param or []:
+        key, eq, spec = text.partition("=")
+        if not eq or not key.strip():
+            raise ConvzooError(f"--param expects KEY=SPEC (e.g. optim.lr=loguniform:1e-3:1), "
+                               f"got {text!r}")
+        params[key.strip()] = spec.strip()
+    if params:
+        keys["params"] = params
+    fixed: dict[str, Any] = {}
+    for text in args.set or []:
+        key, eq, _ = text.partition("=")
+        node: Any = C.parse_override(text)  # the value typed as --set types it
+        for part in key.strip().split("."):
+            node = node[part]
+        fixed[key.strip()] = node
+    if fixed:
+        keys["set"] = fixed
+    return keys
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from convzoo.sweeps import Interrupted, sweep
+
+    try:
+        result = sweep(args.file, resume=args.resume, **sweep_keys(args))
+    except Interrupted as e:
+        print(f"convzoo: sweep {e}; its trial is recorded as failed; continue the sweep with "
+              f"convzoo sweep --resume {e.folder}", file=sys.stderr)
+        return e.code
+    best = result.best
+    if args.json:
+        print(json.dumps({"study": result.study, "storage": result.storage,
+                          "folder": str(result.folder), "metric": result.metric,
+                          "direction": result.direction,
+                          "best": None if best is None else asdict(best),
+                          "trials": [asdict(t) for t in result.trials]}))
+    else:
+        print(result.folder)
     return 0
 
 
@@ -640,6 +698,63 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=train_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     add_train_args(p)
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="search hyperparameters with Optuna: each trial a run, "
+                                     "judged on the validation split",
+                       description="Search hyperparameters with Optuna. Each trial is a run "
+                                   "directory SWEEP/trial-NNNN; the objective is a metric on "
+                                   "the validation split. Several processes with the same "
+                                   "storage and study share the trials.",
+                       epilog="The sweep file (YAML) takes the keys the flags name: recipe, set "
+                              "(a mapping of dotted keys), params (KEY: SPEC), metric, "
+                              "direction, trials, timeout, val_fraction, pruner, prune_warmup, "
+                              "prune_startup, sampler, seed, baseline, enqueue (a list of "
+                              "parameter mappings to try first), study, storage, out. "
+                              "SPEC: uniform:LO:HI | loguniform:LO:HI | int:LO:HI | "
+                              "intlog:LO:HI | choice:A,B,... Writes trials.csv, history.png, "
+                              "importances.png, intermediate.png into the sweep folder.")
+    p.add_argument("file", nargs="?", metavar="SWEEP_FILE", help="a sweep file (YAML)")
+    p.add_argument("--recipe", help="the base config: a shipped recipe or YAML file")
+    p.add_argument("--param", action="append", metavar="KEY=SPEC",
+                   help="a searched key, e.g. optim.lr=loguniform:1e-3:1 or "
+                        "augment.policy=choice:none,trivialaugment (repeatable)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a fixed override of the base config for every trial (repeatable)")
+    p.add_argument("--metric", choices=["val_top1", "val_top5", "val_loss"],
+                   help="the objective on the validation split (default val_top1)")
+    p.add_argument("--direction", choices=["auto", "maximize", "minimize"],
+                   help="default auto: maximise accuracy, minimise loss")
+    p.add_argument("--trials", type=number_in("[0, inf)"),
+                   help="trials that finish, over all processes of the study (default 20; "
+                        "0 = until --timeout)")
+    p.add_argument("--timeout", type=number_in("[0, inf)", integer=False),
+                   help="seconds after which this process starts no new trial (default: none)")
+    p.add_argument("--val-fraction", dest="val_fraction",
+                   type=number_in("[0, 1)", integer=False),
+                   help="data.val_fraction of every trial (needed when the data has no val "
+                        "split)")
+    p.add_argument("--pruner", choices=["none", "median", "asha", "hyperband"],
+                   help="end bad trials early on their per-epoch metric (default median)")
+    p.add_argument("--prune-warmup", dest="prune_warmup", type=number_in("[0, inf)"),
+                   help="epochs a trial trains before it can be pruned (default 1; past a "
+                        "schedule's warmup is wiser)")
+    p.add_argument("--prune-startup", dest="prune_startup", type=number_in("[0, inf)"),
+                   help="median pruner: trials that finish before any is pruned (default 2)")
+    p.add_argument("--sampler", choices=["tpe", "random"], help="default tpe")
+    p.add_argument("--seed", type=number_in("[0, 4294967295]"), help="sampler seed")
+    p.add_argument("--baseline", action="store_true",
+                   help="run the base config's own values of the searched keys first")
+    p.add_argument("--study", help="study name (default: the sweep file's name, else "
+                                   "RECIPE-sweep)")
+    p.add_argument("--storage", metavar="URL",
+                   help="SQLAlchemy URL of the Optuna storage shared by the sweep's processes "
+                        "(default sqlite:///OUT/STUDY/study.db; postgresql://... for a cluster)")
+    p.add_argument("--out", help="parent of the sweep folder OUT/STUDY (default runs/sweeps)")
+    p.add_argument("--resume", metavar="SWEEP_FOLDER",
+                   help="continue this sweep (its sweep.yaml, its study); trials a killed "
+                        "process left running on this host are recorded as failed first")
+    p.add_argument("--json", action="store_true", help="print the trials as JSON")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("eval", help="evaluate a run directory or checkpoint")
     p.add_argument("run", metavar="RUN_DIR|CKPT")

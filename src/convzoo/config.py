@@ -373,7 +373,17 @@ class TrainConfig:
     eval_every: Annotated[int, In("[1, inf)")] = 1
     # write last.pt every N epochs (the last epoch always)
     save_every: Annotated[int, In("[1, inf)")] = 1
-    tensorboard: bool = True  # write TensorBoard event files in the run directory
+    # where the metrics go besides metrics.jsonl (docs/tracking.md): tensorboard (tensorboard/)
+    # | csv (metrics.csv after every epoch, steps.csv) | mlflow (section mlflow) | wandb
+    # (section wandb); [] = metrics.jsonl, metrics.csv and curves.png only
+    loggers: list[Literal["tensorboard", "csv", "mlflow", "wandb"]] = field(
+        default_factory=lambda: ["tensorboard", "csv"])
+    # also keep the checkpoints of the N most recent saved epochs as epoch-NNNN.pt (0 = only
+    # last.pt and best.pt; timm --checkpoint-hist, Lightning save_top_k)
+    keep_last: Annotated[int, In("[0, inf)")] = 0
+    # best.pt: the evaluated epoch with the best value of this metric of the judged weights (the
+    # EMA when kept) on the eval split: val_top1 | val_top5 (higher is better) | val_loss (lower)
+    best_metric: Literal["val_top1", "val_top5", "val_loss"] = "val_top1"
     # torch CPU threads (0 = torch's default, one per core; on a busy machine 1 can be much
     # faster: README)
     threads: Annotated[int, In("[0, 4096]")] = 0
@@ -391,6 +401,29 @@ class TrainConfig:
     # DDP static graph: auto (null: on unless the model skips parameters in some steps, as
     # stochastic depth and epoch-dependent freezing do) | true | false
     ddp_static_graph: bool | None = None
+
+
+@dataclass(frozen=True)
+class MlflowConfig:
+    """The MLflow logger (``train.loggers: [..., mlflow]``; pip install 'convzoo[mlflow]')."""
+
+    # tracking URI: "" = sqlite:///<train.out>/mlflow.db with artifacts in <train.out>/mlartifacts
+    # (no server: `mlflow ui --backend-store-uri sqlite:///runs/mlflow.db`); or any URI MLflow
+    # takes: http://host:5000, sqlite:///path.db, postgresql://..., databricks
+    tracking_uri: str = ""
+    experiment: str = "convzoo"  # experiment the runs are logged to (created when missing)
+
+
+@dataclass(frozen=True)
+class WandbConfig:
+    """The Weights & Biases logger (``train.loggers: [..., wandb]``; pip install
+    'convzoo[wandb]')."""
+
+    project: str = "convzoo"  # W&B project
+    entity: str = ""  # W&B team or user ("" = the API key's default)
+    # auto: online when an API key is configured (WANDB_API_KEY or `wandb login`), else offline
+    # (files in RUN/wandb/, `wandb sync` them later) | offline | online
+    mode: Literal["auto", "offline", "online"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -417,6 +450,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and regularisation
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # learning-rate schedule
     train: TrainConfig = field(default_factory=TrainConfig)  # the loop, device, logging, saving
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)  # the MLflow logger
+    wandb: WandbConfig = field(default_factory=WandbConfig)  # the Weights & Biases logger
     # later stages of the same run, e.g. [{epochs: 44, set: {optim.lr: 0.01}}]
     stages: list[StageConfig] = field(default_factory=list)
 
@@ -680,6 +715,9 @@ def _check_joint(cfg: Config) -> None:
     if a.color_jitter[3] > 0.5:
         raise ConvzooError(f"augment.color_jitter={_show(a.color_jitter)}: the hue shift (4th "
                            "value) must be in [0, 0.5] turns")
+    repeated = sorted({k for k in t.loggers if t.loggers.count(k) > 1})
+    if repeated:
+        raise ConvzooError(f"train.loggers={_show(t.loggers)}: {repeated[0]} is listed twice")
     size = cfg.data.image_size
     for key in ("crop", "cutout"):
         if size and getattr(a, key) > size:

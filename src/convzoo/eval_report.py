@@ -23,9 +23,9 @@ confidence of a prediction is its top-1 probability; the confidences are cut int
 ``ECE = sum_b |B_b| / N * |accuracy(B_b) - mean confidence(B_b)|``. Written out here (a few lines
 of NumPy) because neither scikit-learn nor torch has the multi-class ECE.
 
-The same figures, the ECE/top-1 scalars and the per-class table go to TensorBoard when
-``tensorboard`` is a ``SummaryWriter`` or a log directory. Plots use matplotlib's Agg canvas
-directly (no pyplot), like ``convzoo.report``.
+``convzoo eval RUN --report`` also sends the figures, the ECE/top-1 and the per-class table to
+the run's loggers (``train/trackers.py``: TensorBoard, MLflow, W&B). Plots use matplotlib's Agg
+canvas directly (no pyplot), like ``convzoo.report``.
 """
 
 from __future__ import annotations
@@ -303,19 +303,6 @@ def _markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _writer(tensorboard: Any) -> tuple[Any, bool]:
-    """(SummaryWriter or None, whether we opened it and must close it)."""
-    if tensorboard is None:
-        return None, False
-    if isinstance(tensorboard, str | Path):
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(log_dir=str(tensorboard)), True
-    if not callable(getattr(tensorboard, "add_figure", None)):
-        raise ConvzooError("tensorboard must be a SummaryWriter or a log directory")
-    return tensorboard, False
-
-
 def write_report(
     out_dir: str | Path,
     probs: Any,
@@ -325,9 +312,6 @@ def write_report(
     images: Any = None,
     names: Sequence[str] | None = None,
     topk: int = 5,
-    tensorboard: Any = None,
-    step: int = 0,
-    tag: str = "eval",
 ) -> dict[str, Path]:
     """Write the evaluation report (module docstring) into `out_dir`; returns {name: path}.
 
@@ -335,8 +319,7 @@ def write_report(
     images: anything indexable by sample (``images[i]`` -> (C, H, W) or (H, W, C), uint8 0-255
     or float 0-1: a tensor, array, or a dataset view that decodes on demand); needed only for
     the mistakes grid, and only the shown ones are read. names: per-sample file names for
-    predictions.csv and the grid (default: the index). tensorboard: a SummaryWriter or log dir;
-    figures go under ``<tag>/`` at global step `step`. Inputs are checked before anything is
+    predictions.csv and the grid (default: the index). Inputs are checked before anything is
     written.
     """
     p, y = check_inputs(probs, labels, classes)
@@ -366,7 +349,6 @@ def write_report(
 
     out = check_output_dir(out_dir, option="report folder", what="an evaluation report",
                            is_ours=is_report_dir)
-    writer, owned = _writer(tensorboard)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -406,14 +388,4 @@ def write_report(
                "macro_f1": table[-2]["f1"], "files": {key: p_.name for key, p_ in files.items()}}
     text = dumps_json(summary, indent=2) + "\n"
     files["report_json"] = _put(out / "report.json", lambda tmp: tmp.write_text(text))
-
-    if writer is not None:
-        for name, fig in figures.items():
-            writer.add_figure(f"{tag}/{name}", fig, global_step=step, close=False)
-        writer.add_scalar(f"{tag}/ece", ece, step)
-        writer.add_scalar(f"{tag}/top1", summary["top1"], step)
-        writer.add_text(f"{tag}/per_class", markdown, step)
-        writer.flush()
-        if owned:
-            writer.close()
     return files

@@ -365,6 +365,18 @@ def check_training_fields(ckpt: dict[str, Any], path: Path) -> None:
         _field(path, "best_top1", ckpt["best_top1"], number, "[0, 100]")
     if ckpt["weights"] not in ("ema", "raw"):
         raise ConvzooError(f"{path}: stored weights={_show(ckpt['weights'])} is not ema or raw")
+    # The run's step count and best.pt's choice (train.best_metric): absent before convzoo kept
+    # them, so checked when present.
+    if "steps" in ckpt:
+        _field(path, "steps", ckpt["steps"], int, "[0, inf)")
+    if "best_metric" in ckpt:
+        _field(path, "best_metric", ckpt["best_metric"], str)
+        if ckpt["best_metric"] not in C.choices("train.best_metric"):
+            raise ConvzooError(f"{path}: stored best_metric={_show(ckpt['best_metric'])} is not "
+                               f"one of {', '.join(C.choices('train.best_metric'))}")
+        _field(path, "best_value", ckpt.get("best_value"), (int, float, type(None)),
+               None if ckpt.get("best_value") is None else "(-inf, inf)")
+        _field(path, "best_epoch", ckpt.get("best_epoch"), int, f"[0, {MAX_EPOCHS}]")
     _check_states(ckpt, path)
     if "step" in ckpt:  # a mid-epoch position (preempt.position_fields)
         _field(path, "steps_per_epoch", ckpt.get("steps_per_epoch"), int, "[1, inf)")

@@ -1,4 +1,4 @@
-"""Progress output and per-epoch metric files (metrics.jsonl, TensorBoard).
+"""Progress output and the metrics writer (metrics.jsonl and the loggers of ``train.loggers``).
 
 On a terminal a tqdm bar shows images/s; otherwise (CI, nohup, pipes) plain log lines are printed
 every ``log_every`` steps and at least every 30 s, with the time left in the whole run. Loss
@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from convzoo import config as C
 from convzoo.log import format_seconds, log
 from convzoo.train.rundir import MetricsLog
+from convzoo.train.trackers import open_trackers
 
 
 class Eta:
@@ -58,16 +61,22 @@ class Eta:
 class Progress:
     """Per-epoch progress: a tqdm bar on a TTY; otherwise a log line every ``log_every`` steps
     and at least every ``log_seconds`` (so a short or slow epoch off a terminal is not silent),
-    each with the time left in the run when an :class:`Eta` is given."""
+    each with the time left in the run when an :class:`Eta` is given.
+
+    ``on_log(step, loss, images_per_second)`` is called at every ``log_every``-th step (on a
+    terminal too) with the running loss this class reads anyway: the per-step values of the
+    metrics writer, at no extra host sync."""
 
     def __init__(self, total: int, epoch: int, epochs: int, log_every: int, enabled: bool = True,
                  *, eta: Eta | None = None, log_seconds: float = 30.0,
-                 clock: Any = time.perf_counter, first_step: int = 0) -> None:
+                 clock: Any = time.perf_counter, first_step: int = 0,
+                 on_log: Callable[[int, float, float], None] | None = None) -> None:
         """``first_step``: steps of this epoch done before (a run resumed inside the epoch):
         the time per step is measured on the steps this process runs."""
         self.total, self.epoch, self.epochs, self.log_every = total, epoch, epochs, log_every
         self.first_step = first_step
         self.enabled, self.eta, self.log_seconds, self.clock = enabled, eta, log_seconds, clock
+        self.on_log = on_log
         self.tty = enabled and sys.stderr.isatty()
         self.bar = (
             tqdm(total=total, initial=first_step, desc=f"epoch {epoch}/{epochs}", unit="step",
@@ -84,7 +93,8 @@ class Progress:
         if not self.enabled:
             return
         now = self.clock()
-        due = step % self.log_every == 0 or now - self.last_log >= self.log_seconds
+        every = step % self.log_every == 0
+        due = every or now - self.last_log >= self.log_seconds
         if self.bar is not None:
             self.bar.update(1)
         if not due and not (self.bar is not None and step == self.total):
@@ -93,12 +103,15 @@ class Progress:
         ips = self.images / max(now - self.start, 1e-9)
         left = (self.eta.left(step - self.first_step, now - self.start)
                 if self.eta is not None else None)
+        loss = read_loss()
+        if every and self.on_log is not None:
+            self.on_log(step, loss, ips)
         if self.bar is not None:
             extra = {"run_eta": format_seconds(left)} if left is not None else {}
-            self.bar.set_postfix(loss=f"{read_loss():.4f}", img_s=f"{ips:.0f}", **extra)
+            self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{ips:.0f}", **extra)
         else:
             log.info(f"epoch {self.epoch}/{self.epochs} step {step}/{self.total} "
-                     f"loss {read_loss():.4f} {ips:.0f} img/s"
+                     f"loss {loss:.4f} {ips:.0f} img/s"
                      + (f" | run ETA {format_seconds(left)}" if left is not None else ""))
 
     def close(self) -> None:
@@ -107,30 +120,29 @@ class Progress:
 
 
 class MetricsWriter:
-    """One row per epoch to metrics.jsonl (``rundir.MetricsLog``: appended, fsync'd) and to
-    TensorBoard scalars."""
+    """The run's one metrics writer (rank 0): each epoch's row to metrics.jsonl
+    (``rundir.MetricsLog``: appended, fsync'd) and everything to the loggers of
+    ``train.loggers`` (``train/trackers.py``): per-step values, rows, the summary and figures at
+    a stage's end. ``resume_step``: the optimizer step a continuing run resumes after (None: a
+    new run)."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, resume_epoch: int = 0):
+    def __init__(self, run_dir: Path, cfg: C.Config, resume_epoch: int = 0,
+                 resume_step: int | None = None) -> None:
         self.log = MetricsLog(run_dir, keep_through=resume_epoch)  # drops rows to be retrained
-        self.tb = None
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        self.trackers = open_trackers(cfg, run_dir, resume_step=resume_step)
 
-                self.tb = SummaryWriter(
-                    log_dir=str(run_dir / "tensorboard"), purge_step=resume_epoch + 1
-                )
-            except ImportError:  # tensorboard is a dependency, but keep training if it is broken
-                log.warning("tensorboard unavailable; skipping event files")
+    def step(self, step: int, values: dict[str, float]) -> None:
+        """Values of optimizer step ``step`` (counted over the run): epoch, loss, lr, images/s."""
+        self.trackers.log_step(step, values)
 
     def write(self, row: dict[str, Any]) -> None:
         self.log.append(row)
-        if self.tb is not None:
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key != "epoch":
-                    self.tb.add_scalar(key, value, row["epoch"])
-            self.tb.flush()
+        self.trackers.log_epoch(int(row.get("step", row["epoch"])), row)
 
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+    def stage_end(self, step: int, figures: dict[str, Any], run_dir: Path) -> None:
+        """A stage ended at ``step``: its summary (written, with curves.png) to the loggers."""
+        self.trackers.log_stage_end(step, figures, run_dir)
+
+    def close(self, status: str = "finished") -> None:
+        """``status``: finished | failed | killed (how the trackers record the run's end)."""
+        self.trackers.close(status)

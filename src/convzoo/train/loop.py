@@ -19,7 +19,7 @@ import math
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,10 +34,10 @@ from convzoo.errors import ConvzooError
 from convzoo.evaluate import autocast, evaluate
 from convzoo.log import format_seconds, log
 from convzoo.train import checkpoint as ckpt_io
-from convzoo.train import preempt, rundir
+from convzoo.train import preempt, rundir, trackers
 from convzoo.train.distributed import all_ranks, broadcast_buffers, check_global_batch, no_sync
 from convzoo.train.logging import Eta, MetricsWriter, Progress
-from convzoo.train.schedule import set_lr
+from convzoo.train.schedule import monitor_mode, set_lr
 from convzoo.train.setup import (
     Run,
     Runtime,
@@ -161,9 +161,21 @@ def evaluate_run(run: Run) -> dict[str, Any]:
     return row
 
 
-def selected_top1(run: Run, row: dict[str, Any]) -> float:
-    """The eval top-1 of the weights the run is judged by (EMA when it has one)."""
-    return row["ema_eval_top1"] if run.ema is not None else row["eval_top1"]
+def judged(run: Run, row: dict[str, Any], metric: str = "val_top1") -> float:
+    """``metric`` (``val_top1``, ``val_top5``, ``val_loss``: on the eval split, whichever it
+    is) of the weights the run is judged by (the EMA when it keeps one), from an evaluated
+    epoch's row."""
+    name = metric.split("_", 1)[1]
+    return row[f"ema_eval_{name}"] if run.ema is not None else row[f"eval_{name}"]
+
+
+def improves(metric: str, value: float, best: float | None) -> bool:
+    """Whether ``value`` of ``metric`` beats ``best`` (None: nothing yet); NaN never does."""
+    if not math.isfinite(value):
+        return False
+    if best is None:
+        return True
+    return value < best if monitor_mode(metric, "train.best_metric") == "min" else value > best
 
 
 def compile_warmup(run: Run) -> float:
@@ -254,7 +266,10 @@ def mark_started(cfg: C.Config, stage: Stage, epoch: int) -> C.Config:
 # What a resume may change without starting a new stage: how this process runs, not what it
 # trains.
 RUNTIME_KEYS = {"train.device", "train.threads", "train.log_every", "data.workers", "data.root",
-                "train.checkpoint_every_steps", "train.checkpoint_every_minutes"}
+                "train.checkpoint_every_steps", "train.checkpoint_every_minutes",
+                "train.loggers", "train.keep_last", *(f"mlflow.{f.name}" for f in
+                                                      fields(C.MlflowConfig)),
+                *(f"wandb.{f.name}" for f in fields(C.WandbConfig))}
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any],
@@ -333,6 +348,7 @@ def check(cfg: C.Config, resume: Path | None = None,
     the validation ``fit`` does before it writes anything, and all that ``--dry-run`` does.
     Returns the runtime, the stages left and the built run (None: nothing left to train)."""
     rt = resolve_runtime(cfg.train)  # under torchrun this joins the process group
+    trackers.check_installed(cfg.train.loggers)  # before minutes of data preparation
     configure_backends(cfg.train, rt.device)
     if ckpt is None and resume is not None and (Path(resume) / "last.pt").exists():
         ckpt = ckpt_io.load_checkpoint(resume, "last")
@@ -340,8 +356,14 @@ def check(cfg: C.Config, resume: Path | None = None,
     return rt, todo, prepare_stage(todo[0], rt, ckpt) if todo else None
 
 
+# epoch_end(row): called on every rank with each evaluated epoch's metrics row, before its files
+# are written; True ends the whole run there, as early stopping ends a stage (a sweep's pruner)
+EpochEnd = Callable[[dict[str, Any]], bool]
+
+
 def fit(cfg: C.Config, resume: Path | None = None, *,
-        ckpt: dict[str, Any] | None = None, claim: Path | None = None) -> Path:
+        ckpt: dict[str, Any] | None = None, claim: Path | None = None,
+        epoch_end: EpochEnd | None = None) -> Path:
     """Train according to ``cfg`` (all stages) and return the run directory.
 
     With ``resume``, continue the run in that directory from ``last.pt`` (``ckpt``, if the
@@ -350,7 +372,8 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
     Rank 0 owns the run directory (``rundir.RunLock``) for the whole call: a resumed run's lock
     is taken before anything is read, a new run's directory is created only once everything
     has been validated, so bad input leaves no directory behind. ``claim``: start the new run
-    in exactly this directory (``--resume auto``), not in a fresh ``NAME-2``.
+    in exactly this directory (``--resume auto``), not in a fresh ``NAME-2``. ``epoch_end``:
+    see ``EpochEnd`` (``convzoo.sweep`` reports each epoch to its trial and prunes with it).
     """
     rt = resolve_runtime(cfg.train)  # under torchrun this joins the process group
     with contextlib.ExitStack() as owner:
@@ -373,21 +396,23 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
             torch.distributed.broadcast_object_list(shared, src=0)
             run_dir = Path(shared[0])  # type: ignore[arg-type]
         assert run_dir is not None
-        train_stages(cfg, run_dir, rt, todo, run, fresh=resume is None, lock=lock)
+        train_stages(cfg, run_dir, rt, todo, run, fresh=resume is None, lock=lock,
+                     epoch_end=epoch_end)
         return run_dir
 
 
 def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], run: Run, *,
-                 fresh: bool, lock: rundir.RunLock | None = None) -> None:
+                 fresh: bool, lock: rundir.RunLock | None = None,
+                 epoch_end: EpochEnd | None = None) -> None:
     """Train the stages ``todo`` in ``run_dir``, the first one already built (``run``).
     ``lock``: rank 0's ownership of the directory (a fresh run that fails is discarded)."""
-    writer = MetricsWriter(run_dir, cfg.train.tensorboard, resume_epoch=run.state.epoch) \
-        if rt.is_main else None
+    writer: MetricsWriter | None = None
     done_steps = run.position.step if run.position is not None else 0
     eta = Eta(sum((s.end - max(s.start, run.state.epoch)) for s in todo) * len(run.data.train)
               - done_steps,
               sum(evals_between(s.cfg.train, max(s.start, run.state.epoch)) for s in todo))
     ckpt_out: dict[str, Any] = {}
+    status = "failed"  # how the loggers record the end of this process's part of the run
     try:
         with preempt.StopSignals() as signals:  # SIGTERM/SIGUSR1: checkpoint at a step, exit 75
             control = preempt.StepControl(signals, rt.world_size)
@@ -402,21 +427,32 @@ def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], r
                     rundir.write_config(run_dir, cfg)  # the whole plan and history so far
                     if run.init_report is not None:  # what model.init loaded, key by key
                         rundir.write_init_report(run_dir, run.init_report.to_dict())
-                ckpt_out = run_stage(run, run_dir, writer, eta, control)
-    except BaseException:
+                    if writer is None:  # rank 0 logs, once the directory holds its config; a
+                        # logger that cannot start fails here, before training
+                        writer = MetricsWriter(run_dir, cfg, resume_epoch=run.state.epoch,
+                                               resume_step=None if fresh else
+                                               run.state.steps + done_steps)
+                ckpt_out = run_stage(run, run_dir, writer, eta, control, epoch_end)
+                if run.halted:  # epoch_end ended the run: no later stage
+                    break
+        status = "finished"
+    except BaseException as e:
+        if isinstance(e, (preempt.Preempted, KeyboardInterrupt, SystemExit)):
+            status = "killed"
         # A fresh run that failed before its first checkpoint (bad input found late, divergence
         # in epoch 1, a full disk, an internal error): remove what it wrote, and nothing else.
         if fresh and lock is not None and not (run_dir / "last.pt").exists():
             run.data.close()
-            if writer is not None:
-                writer.close()
+            if writer is not None:  # its loggers write into the directory: close them first
+                writer.close(status)
+                writer = None
             removed = rundir.discard(lock)
             log.debug(f"{run_dir}: removed {', '.join(removed) or 'nothing'} of the failed run")
         raise
     finally:
         run.data.close()  # the streaming workers stop now, not whenever they are collected
         if writer is not None:
-            writer.close()
+            writer.close(status)
 
 
 def evals_between(cfg: C.TrainConfig, start: int) -> int:
@@ -425,13 +461,27 @@ def evals_between(cfg: C.TrainConfig, start: int) -> int:
     return sum(1 for e in marks if e > start)
 
 
+def step_logger(writer: MetricsWriter | None, epoch: int, before: int, lrs: list[float],
+                world_size: int) -> Callable[[int, float, float], None] | None:
+    """``Progress``'s ``on_log`` for one epoch: its step ``k`` (1-based) is the run's optimizer
+    step ``before + k``; images/s over all processes (each counts its own share)."""
+    if writer is None:
+        return None
+
+    def on_log(step: int, loss: float, images_per_second: float) -> None:
+        writer.step(before + step, {"epoch": epoch, "loss": loss, "lr": lrs[step - 1],
+                                    "images_per_second": images_per_second * world_size})
+    return on_log
+
+
 def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
-              control: preempt.StepControl | None = None) -> dict[str, Any]:
+              control: preempt.StepControl | None = None,
+              epoch_end: EpochEnd | None = None) -> dict[str, Any]:
     """Train ``run`` from its state's epoch (and step, ``run.position``) to its config's last
     one (or an early stop); returns the last epoch's checkpoint dict. ``control`` decides after
     each step, the same on every rank, whether to write a mid-epoch checkpoint or to stop
     (``train/preempt.py``): a stop writes a checkpoint at that step and raises
-    ``preempt.Preempted``."""
+    ``preempt.Preempted``. ``epoch_end(row)`` True ends the run at that epoch (``halted``)."""
     cfg, rt, s = run.cfg, run.rt, run.state
     if control is None:
         control = preempt.StepControl(preempt.StopSignals(), rt.world_size)
@@ -468,7 +518,8 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
             run.model.set_epoch(epoch)
         lrs = run.schedule.epoch_lrs(epoch)
         progress = Progress(len(run.data.train), epoch, cfg.train.epochs, cfg.train.log_every,
-                            rt.is_main, eta=eta, first_step=start)
+                            rt.is_main, eta=eta, first_step=start,
+                            on_log=step_logger(writer, epoch, s.steps, lrs, rt.world_size))
         t0 = time.perf_counter()
         hook = MidEpoch(run, run_dir, control, epoch, len(lrs), progress, t0, before)
         stats = train_one_epoch(run, run.data.train, lrs, progress, epoch=epoch, start=start,
@@ -480,10 +531,12 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
         eta.done(steps=len(lrs) - start, seconds=seconds - before)
         s.epoch, s.train_seconds, s.train_images = epoch, s.train_seconds + seconds, \
             s.train_images + stats["count"]
-        # lr: the mean over the epoch's steps (what it trained at); its first and last step too
-        row: dict[str, Any] = {"epoch": epoch, "lr": sum(lrs) / len(lrs), "lr_start": lrs[0],
-                               "lr_end": lrs[-1], "train_loss": stats["loss"],
-                               "train_top1": stats["top1"]}
+        s.steps += len(lrs)
+        # lr: the mean over the epoch's steps (what it trained at); its first and last step too;
+        # step: optimizer steps so far in the run (the loggers' x-axis)
+        row: dict[str, Any] = {"epoch": epoch, "step": s.steps, "lr": sum(lrs) / len(lrs),
+                               "lr_start": lrs[0], "lr_end": lrs[-1],
+                               "train_loss": stats["loss"], "train_top1": stats["top1"]}
         if mixes(cfg.augment):  # train_top1 is then against the dominant label of mixed images
             row["train_mixed"] = stats["mixed"]
         if epoch == cfg.train.epochs or epoch % cfg.train.eval_every == 0:
@@ -493,10 +546,15 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
         row.update({"seconds": seconds, "images_per_second": stats["count"] / seconds,
                     "peak_memory_mb": peak_memory_mb(rt.device)})
         s.stopped = run.stopper is not None and "eval_top1" in row and run.stopper.update(row)
-        improved = "eval_top1" in row and selected_top1(run, row) > s.best_top1
+        improved = "eval_top1" in row and improves(
+            cfg.train.best_metric, judged(run, row, cfg.train.best_metric), s.best_value)
         if improved:
-            s.best_top1 = selected_top1(run, row)
+            s.best_value, s.best_epoch = judged(run, row, cfg.train.best_metric), epoch
+        if "eval_top1" in row:
+            s.best_top1 = max(s.best_top1, judged(run, row))
         log.info(epoch_line(run, row, eta))
+        if epoch_end is not None and "eval_top1" in row and epoch_end(row):
+            run.halted = s.stopped = True
         rundir.check_losses(row)  # finite weights whose eval outputs overflow: stop here too
         asked = hook.at_end | control.epoch_end()  # the same on every rank
         ckpt = checkpoint_state(run, row)
@@ -506,12 +564,17 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
             figures = rundir.summary(ckpt, run.params, peak_memory_mb(rt.device),
                                      str(rt.device), rt.precision) if end else None
             rundir.save_epoch(run_dir, ckpt, writer, best=improved, summary=figures,
-                              checkpoint=save)
+                              checkpoint=save, keep_last=cfg.train.keep_last)
+            if figures is not None and writer is not None:
+                writer.stage_end(s.steps, figures, run_dir)
         if save:
             control.saved()
         if asked.stop and not end:
             agree(rt.world_size)  # nobody exits before rank 0 has committed last.pt
             raise preempt.Preempted(asked.stop, run_dir, epoch, len(lrs), len(lrs))
+        if run.halted:
+            log.info(f"run ended at epoch {epoch} by its caller (epoch_end)")
+            break
         if s.stopped:
             log.info(f"early stopping at epoch {epoch}: no improvement for "
                      f"{cfg.train.early_stop_patience} epochs")

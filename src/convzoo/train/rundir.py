@@ -7,9 +7,11 @@ Everything ``train`` writes into ``runs/<name>/`` goes through this module:
     init.json           what model.init loaded (a run started from trained weights)
     metrics.jsonl       one JSON line per epoch, appended and fsync'd, never truncated in place
     model.safetensors   weights of the newest checkpoint epoch
-    best.pt             the checkpoint of the best evaluated epoch
+    best.pt             the checkpoint of the best evaluated epoch (train.best_metric)
+    epoch-NNNN.pt       the checkpoints of the last train.keep_last saved epochs (when > 0)
     summary.json, metrics.csv, curves.png     written at the end of each stage
     last.pt             the checkpoint ``--resume`` continues from
+    tracking.json, steps.csv, tensorboard/, wandb/    the loggers' (``train/trackers.py``)
 
 What a reader can rely on after a kill at any point (SIGKILL, OOM, power loss):
 
@@ -19,7 +21,7 @@ What a reader can rely on after a kill at any point (SIGKILL, OOM, power loss):
   (a killed append); readers skip it and the next owner rewrites the file without it.
 * ``last.pt`` is the commit point and is written last in every epoch (:func:`save_epoch`):
   metrics row -> model.safetensors -> best.pt -> summary.json / metrics.csv / curves.png ->
-  last.pt. So every other file is at least as new as ``last.pt``, and once ``last.pt`` holds a
+  epoch-NNNN.pt -> last.pt (then older epoch-NNNN.pt beyond ``keep_last`` go). So every other file is at least as new as ``last.pt``, and once ``last.pt`` holds a
   stage's final epoch, that stage's best.pt and summary are already complete. Anything newer
   than ``last.pt`` belongs to an epoch that ``--resume`` trains again; since that replay is
   exact (same seed per epoch), it rewrites those files with the same content, and drops
@@ -48,6 +50,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import threading
@@ -189,13 +192,16 @@ def save_epoch(
     checkpoint: bool,
     best: bool,
     summary: dict[str, Any] | None = None,
+    keep_last: int = 0,
 ) -> None:
     """Write epoch ``ckpt['epoch']``'s files in the order the module docstring relies on.
 
     ``metrics`` has ``write(row)`` (``logging.MetricsWriter``: this module's MetricsLog plus
-    TensorBoard); the row is ``ckpt['metrics']``. ``checkpoint``: advance last.pt and
+    the loggers of ``train.loggers``); the row is ``ckpt['metrics']``. ``checkpoint``: advance last.pt and
     model.safetensors; ``best``: this epoch is the best so far; ``summary``: the stage ends here
-    (summary.json, metrics.csv, curves.png are written before last.pt advances).
+    (summary.json, metrics.csv, curves.png are written before last.pt advances);
+    ``keep_last``: also keep this checkpoint as epoch-NNNN.pt, and the last N of those
+    (:func:`keep_epoch_checkpoints`).
     """
     check_losses(ckpt["metrics"])  # a last line of defence: the loop checks before this
     if not weights_finite(ckpt["model"].values()):
@@ -208,8 +214,35 @@ def save_epoch(
         save_checkpoint(ckpt, run_dir / "best.pt")
     if summary is not None:
         write_summary(run_dir, summary)
+    if checkpoint and keep_last:
+        save_checkpoint(ckpt, run_dir / epoch_checkpoint(ckpt["epoch"]))
     if checkpoint:
         save_checkpoint(ckpt, run_dir / "last.pt")
+    if checkpoint and keep_last:
+        keep_epoch_checkpoints(run_dir, ckpt["epoch"], keep_last)
+
+
+EPOCH_CHECKPOINT = re.compile(r"epoch-(\d{4,})\.pt")  # only these names are ever deleted
+
+
+def epoch_checkpoint(epoch: int) -> str:
+    return f"epoch-{epoch:04d}.pt"
+
+
+def keep_epoch_checkpoints(run_dir: Path, epoch: int, keep: int) -> list[str]:
+    """After ``epoch``'s last.pt: delete the epoch-NNNN.pt files (the names this module writes,
+    and nothing else) of all but the ``keep`` latest epochs up to ``epoch``, and those after it
+    (left by a timeline a resume with a new stage replaced). Returns the deleted names."""
+    found = sorted((int(m[1]), p) for p in run_dir.iterdir()
+                   if (m := EPOCH_CHECKPOINT.fullmatch(p.name)) and p.is_file())
+    kept = {n for n, _ in found if n <= epoch}
+    kept = set(sorted(kept)[-keep:])
+    gone = []
+    for n, path in found:
+        if n not in kept:
+            path.unlink(missing_ok=True)
+            gone.append(path.name)
+    return gone
 
 
 def save_step(run_dir: Path, ckpt: dict[str, Any]) -> None:
@@ -248,6 +281,9 @@ def summary(ckpt: dict[str, Any], params: int, peak_memory_mb: float, device: st
         "top5": row.get(prefix + "top5"),
         "loss": row.get(prefix + "loss"),
         "best_top1": ckpt["best_top1"],
+        "best_metric": ckpt.get("best_metric", "val_top1"),  # what chose best.pt ...
+        "best_value": ckpt.get("best_value"),  # ... its value there, and that epoch
+        "best_epoch": ckpt.get("best_epoch"),
         "best_split": ckpt["eval_split"],
         "train_seconds": train_seconds,
         "seconds_per_epoch": train_seconds / epochs,
@@ -834,7 +870,7 @@ def create(parent: Path, name: str) -> RunLock:
 
 # What a run writes into its directory (module docstring) and may therefore remove again.
 WRITTEN = ("config.yaml", INIT_FILE, METRICS_FILE, "metrics.csv", "summary.json",
-           "model.safetensors", "best.pt", "last.pt", "curves.png")
+           "model.safetensors", "best.pt", "last.pt", "curves.png", "tracking.json", "steps.csv")
 TENSORBOARD_PREFIX = "events.out.tfevents."
 
 
@@ -842,8 +878,9 @@ def discard(lock: RunLock) -> list[str]:
     """A fresh run failed before its first checkpoint: remove what this process wrote into its
     run directory, release the lock, and remove the folders it created if they are empty now.
 
-    Only convzoo's own names (``WRITTEN``, TensorBoard event files in ``tensorboard/``, temp
-    files) that were not there when the run took the directory are removed; a folder is removed
+    Only convzoo's own names (``WRITTEN``, epoch-NNNN.pt, TensorBoard event files in
+    ``tensorboard/``, W&B's run folders in ``wandb/``, temp files) that were not there when the
+    run took the directory are removed; a folder is removed
     with ``rmdir``, which removes nothing but an empty folder. So a file of the user's, put
     there before or meanwhile, is never touched. Returns the names removed.
     """
@@ -861,6 +898,14 @@ def discard(lock: RunLock) -> list[str]:
         with contextlib.suppress(OSError):
             board.rmdir()
             removed.append("tensorboard")
+    for name in _entries(run_dir):  # epoch-NNNN.pt (train.keep_last)
+        if EPOCH_CHECKPOINT.fullmatch(name) and name not in lock.before:
+            (run_dir / name).unlink(missing_ok=True)
+            removed.append(name)
+    if "wandb" not in lock.before:  # W&B's offline files (train.loggers: wandb)
+        from convzoo.train.trackers import discard_wandb
+
+        removed.extend(discard_wandb(run_dir))
     ckpt_io.remove_stale_temps(run_dir)  # ours: the lock is still held
     lock.release()
     for folder in lock.made:

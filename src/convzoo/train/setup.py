@@ -135,6 +135,10 @@ class RunState:
     init_seconds: float = 0.0  # data-dependent init (part of the timed work)
     compile_seconds: float = 0.0  # torch.compile warm-up (not timed work)
     stopped: bool = False  # early stopping ended the stage at `epoch`
+    steps: int = 0  # optimizer steps of the finished epochs (the loggers' x-axis)
+    # best.pt's epoch and its value of train.best_metric (None: no evaluated epoch yet)
+    best_value: float | None = None
+    best_epoch: int = 0
 
 
 @dataclass
@@ -160,6 +164,7 @@ class Run:
     position: Any = None  # preempt.Position inside an epoch to continue from (None: its start)
     init_report: InitReport | None = None  # what model.init loaded (a fresh run with one)
     frozen: list[str] = field(default_factory=list)  # parameter names model.freeze froze
+    halted: bool = False  # the caller's epoch_end ended the whole run (loop.EpochEnd)
 
     @property
     def weights(self) -> str:
@@ -317,6 +322,13 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
     run.state = RunState(ckpt["epoch"], ckpt["best_top1"], ckpt["train_seconds"],
                          ckpt["train_images"], ckpt.get("init_seconds", 0.0),
                          ckpt.get("compile_seconds", 0.0))
+    # Checkpoints before the loggers' step count: the steps of this stage's epoch length.
+    run.state.steps = ckpt.get("steps", ckpt["epoch"] * len(run.data.train))
+    best_metric = ckpt.get("best_metric", "val_top1")  # older checkpoints: best by top-1
+    if best_metric == run.cfg.train.best_metric:  # a stage with another metric starts afresh
+        value = ckpt.get("best_value", ckpt["best_top1"])
+        run.state.best_value = value if value is not None and math.isfinite(value) else None
+        run.state.best_epoch = ckpt.get("best_epoch", 0)
 
 
 def saved_trainable(run: Run, ckpt: dict[str, Any]) -> set[str] | None:
@@ -359,6 +371,10 @@ def checkpoint_state(run: Run, row: dict[str, Any]) -> dict[str, Any]:
         "stopped": s.stopped,
         "rng": ckpt_io.rng_state(),
         "best_top1": s.best_top1,
+        "best_metric": cfg.train.best_metric,
+        "best_value": s.best_value,
+        "best_epoch": s.best_epoch,
+        "steps": s.steps,
         "train_seconds": s.train_seconds,
         "train_images": s.train_images,
         "init_seconds": s.init_seconds,
