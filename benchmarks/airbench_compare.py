@@ -233,7 +233,7 @@ def run_convzoo(recipe: str, source: str, seeds: int, workdir: Path, overrides: 
     convzoo's own trainer (``fit``), reading each run's summary.json; ``on_seed(runs)`` is
     called after each seed (the caller saves partial results)."""
     import convzoo.models.fast  # noqa: F401  (registers the fast family)
-    from convzoo.train.loop import fit
+    from convzoo.training.loop import fit
 
     runs = []
     for seed in range(seeds):

@@ -126,7 +126,7 @@ def run_baseline(folder: Path, args: argparse.Namespace) -> dict:
 def run_convzoo(folder: Path, args: argparse.Namespace) -> dict:
     """The same training through convzoo's ``fit``; per-epoch seconds from metrics.jsonl."""
     from convzoo import config as C
-    from convzoo.train.loop import fit
+    from convzoo.training.loop import fit
 
     cfg = C.from_dict({
         "data": {"source": str(folder), "loader": "memory"},

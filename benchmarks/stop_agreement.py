@@ -29,7 +29,7 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from convzoo.train.preempt import StepControl, StopSignals  # noqa: E402
+from convzoo.training.preempt import StepControl, StopSignals  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

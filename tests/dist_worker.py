@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from convzoo.cli import main
-from convzoo.train import loop
+from convzoo.training import loop
 
 rank, step, sig = sys.argv[1].split(":")
 args = sys.argv[2:]

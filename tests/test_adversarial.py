@@ -286,7 +286,7 @@ def foreign_checkpoint(tmp: Path) -> None:
 
     from convzoo import config as C
     from convzoo.models import create_model
-    from convzoo.train import checkpoint as ckpt_io
+    from convzoo.training import checkpoint as ckpt_io
 
     cfg = C.from_dict({"data": {"image_size": 8, "limit": 50}})
     ckpt_io.atomic_save({

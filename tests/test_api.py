@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 import convzoo
 from convzoo.cli import main
 from convzoo.errors import ConvzooError
-from convzoo.train import checkpoint as ckpt_io
+from convzoo.training import checkpoint as ckpt_io
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -29,9 +29,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from convzoo.cli import main
-from convzoo.train import checkpoint as ckpt_io
-from convzoo.train import rundir
-from convzoo.train.rundir import LOCK_FILE
+from convzoo.training import checkpoint as ckpt_io
+from convzoo.training import rundir
+from convzoo.training.rundir import LOCK_FILE
 
 EPOCHS = 3
 ARGS = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=200",
@@ -155,7 +155,7 @@ KILLER = r"""
 import json, os, shutil, sys
 from pathlib import Path
 from convzoo.cli import main
-from convzoo.train import checkpoint as ckpt_io, rundir
+from convzoo.training import checkpoint as ckpt_io, rundir
 
 base, out, points = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
 real_write, real_append = ckpt_io.atomic_write, rundir.append_line

@@ -14,7 +14,7 @@ from torch import nn
 
 from convzoo.cli import main
 from convzoo.models import registry
-from convzoo.train import rundir
+from convzoo.training import rundir
 
 ARGS = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=200",
         "--batch-size", "32", "--seed", "1", "--device", "cpu",

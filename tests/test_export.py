@@ -10,8 +10,8 @@ import torch
 from convzoo import config as C
 from convzoo.cli import main
 from convzoo.data.augment import build_eval_transform
-from convzoo.train import checkpoint as ckpt_io
-from convzoo.train.setup import load_model_for_eval
+from convzoo.training import checkpoint as ckpt_io
+from convzoo.training.setup import load_model_for_eval
 
 onnx = pytest.importorskip("onnx")
 

@@ -14,8 +14,8 @@ from convzoo.cli import main as cli_main
 from convzoo.config import OptimConfig, from_dict, load_recipe
 from convzoo.models import create_model
 from convzoo.models.fast import FastNet, whitening_filters
-from convzoo.train.muon import Muon, newton_schulz
-from convzoo.train.optim import Lookahead, build_optimizer
+from convzoo.training.muon import Muon, newton_schulz
+from convzoo.training.optim import Lookahead, build_optimizer
 
 # ----------------------------------------------------------------------------- model
 

@@ -21,7 +21,7 @@ from convzoo.data.pack import pack
 from convzoo.data.packed import load_packed, open_packed
 from convzoo.data.sources import load_dataset
 from convzoo.inference import checkpoint_geometry, evaluate_checkpoint, read_image
-from convzoo.train import checkpoint as ckpt_io
+from convzoo.training import checkpoint as ckpt_io
 
 QUIET = ["--set", "train.loggers=[]", "--set", "train.threads=1", "--device", "cpu",
          "--set", "data.workers=1"]

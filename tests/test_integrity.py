@@ -39,7 +39,7 @@ from convzoo import cli
 from convzoo.cli import main
 from convzoo.errors import ConvzooError
 from convzoo.integrity import content_digest
-from convzoo.train import checkpoint as ckpt_io
+from convzoo.training import checkpoint as ckpt_io
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from convzoo import config as C
 from convzoo.data.mixing import MixUpCutMix
-from convzoo.train.loop import train_one_epoch
-from convzoo.train.setup import build_run, resolve_runtime
+from convzoo.training.loop import train_one_epoch
+from convzoo.training.setup import build_run, resolve_runtime
 
 
 class Batches:

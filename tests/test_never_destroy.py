@@ -240,7 +240,7 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every atomic write fails as a full disk does, after filling its temp file (so the temp
     must be removed), and so does every pack shard write."""
     from convzoo.data import pack
-    from convzoo.train import checkpoint
+    from convzoo.training import checkpoint
 
     real = checkpoint.atomic_write
 

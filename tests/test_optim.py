@@ -10,8 +10,8 @@ from torch import nn
 
 from convzoo.config import OptimConfig, ScheduleConfig
 from convzoo.errors import ConvzooError
-from convzoo.train.ema import ModelEMA
-from convzoo.train.optim import (
+from convzoo.training.ema import ModelEMA
+from convzoo.training.optim import (
     SGDW,
     Lookahead,
     _use_fused,
@@ -19,7 +19,7 @@ from convzoo.train.optim import (
     load_optimizer_state,
     param_groups,
 )
-from convzoo.train.schedule import SCHEDULES, EarlyStopping, Schedule, set_lr
+from convzoo.training.schedule import SCHEDULES, EarlyStopping, Schedule, set_lr
 
 
 def tiny_model() -> nn.Module:

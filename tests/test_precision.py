@@ -15,8 +15,8 @@ from safetensors.torch import load_file
 from convzoo import config as C
 from convzoo.cli import main
 from convzoo.errors import ConvzooError
-from convzoo.train.loop import train_one_epoch
-from convzoo.train.setup import (
+from convzoo.training.loop import train_one_epoch
+from convzoo.training.setup import (
     build_run,
     configure_backends,
     resolve_precision,

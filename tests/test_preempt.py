@@ -22,9 +22,9 @@ import torch
 from safetensors.torch import load_file
 
 from convzoo.cli import main
-from convzoo.train import checkpoint as ckpt_io
-from convzoo.train import loop
-from convzoo.train.preempt import EXIT_PREEMPTED
+from convzoo.training import checkpoint as ckpt_io
+from convzoo.training import loop
+from convzoo.training.preempt import EXIT_PREEMPTED
 
 EPOCHS, STEPS = 2, 4  # 128 training images, global batch 32: 4 steps per epoch
 ARGS = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=128",

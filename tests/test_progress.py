@@ -6,7 +6,7 @@ import pytest
 
 from convzoo.cli import main
 from convzoo.log import format_seconds, setup_logging
-from convzoo.train.logging import Eta, Progress
+from convzoo.training.logging import Eta, Progress
 
 
 def logged(capsys) -> list[str]:

@@ -20,9 +20,9 @@ from convzoo import report
 from convzoo.cli import main
 from convzoo.data.augment import build_eval_transform, build_train_augment
 from convzoo.models import create_model
-from convzoo.train.loop import stage_plan
-from convzoo.train.optim import OPTIMIZERS
-from convzoo.train.schedule import SCHEDULES, stage_lrs
+from convzoo.training.loop import stage_plan
+from convzoo.training.optim import OPTIMIZERS
+from convzoo.training.schedule import SCHEDULES, stage_lrs
 
 RECIPES = C.list_recipes()
 ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}

@@ -31,8 +31,8 @@ from convzoo.data.loaders import ResidentLoader
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
 from convzoo.inference import evaluate_checkpoint
-from convzoo.train.distributed import check_global_batch
-from convzoo.train.preempt import EXIT_PREEMPTED
+from convzoo.training.distributed import check_global_batch
+from convzoo.training.preempt import EXIT_PREEMPTED
 
 HERE = Path(__file__).resolve().parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
@@ -294,7 +294,7 @@ def test_accumulation_in_one_process_is_one_batch_within_float_tolerance() -> No
 
 
 def test_lr_scaling_follows_the_global_batch_not_the_world_size() -> None:
-    from convzoo.train.schedule import peak_lr
+    from convzoo.training.schedule import peak_lr
 
     for batch, base, rule in ((256, 256, "linear"), (1024, 256, "linear"), (64, 256, "sqrt"),
                               (1024, 0, "linear")):
@@ -311,7 +311,7 @@ def test_lr_scaling_follows_the_global_batch_not_the_world_size() -> None:
 
 def one_epoch_run(cfg: C.Config) -> Any:
     from convzoo.data.pipeline import build_pipeline
-    from convzoo.train.setup import Runtime, build_run
+    from convzoo.training.setup import Runtime, build_run
 
     cfg = C.replace(cfg, data=C.replace(cfg.data, image_size=8, limit=200))
     rt = Runtime(torch.device("cpu"), None, False)
@@ -322,7 +322,7 @@ def test_ddp_options_static_graph_where_valid(tmp_path: Path) -> None:
     """gradient_as_bucket_view always; static graph unless the model's graph is dynamic
     (stochastic depth) or micro-batches skip the all-reduce; asking for it there is one line."""
     from convzoo.models import create_model
-    from convzoo.train.distributed import wrap_ddp
+    from convzoo.training.distributed import wrap_ddp
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}",
                                          rank=0, world_size=1)

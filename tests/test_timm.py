@@ -15,7 +15,7 @@ from convzoo.errors import ConvzooError
 from convzoo.models import create_model, freeze, get_entry, load_weights_file, model_info
 from convzoo.models.heads import head_state_keys, num_outputs, stage_parameter_names
 from convzoo.models.registry import _timm_entry
-from convzoo.train import checkpoint as ckpt_io
+from convzoo.training import checkpoint as ckpt_io
 
 
 @pytest.fixture

@@ -257,7 +257,7 @@ def test_ema_weights_are_the_runs_weights_everywhere(tmp_path, capsys):
         assert run_cli("predict", str(run), *images, "--json", "--weights", weights) == 0
         probs[weights] = [r["top"] for r in json.loads(capsys.readouterr().out)]
     from convzoo.inference import predict_files
-    from convzoo.train.setup import load_model_for_eval
+    from convzoo.training.setup import load_model_for_eval
 
     model, preprocess = load_model_for_eval(last, torch.device("cpu"), "ema")
     x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1)
@@ -274,7 +274,7 @@ def test_ema_weights_are_the_runs_weights_everywhere(tmp_path, capsys):
 def test_best_pt_follows_the_judged_weights(tmp_path, monkeypatch):
     """best.pt is chosen on the EMA's top-1 when the run keeps an EMA (scripted figures: the
     trained weights peak at epoch 1, the EMA at epoch 3)."""
-    from convzoo.train import loop
+    from convzoo.training import loop
 
     figures = iter([(50.0, 10.0), (40.0, 20.0), (30.0, 30.0)])
 

@@ -19,9 +19,9 @@ from convzoo.cli import main
 from convzoo.models import create_model
 from convzoo.models.freeze import FREEZE_MODES, frozen_parameter_names
 from convzoo.models.heads import head_and_backbone_params
-from convzoo.train import checkpoint as ckpt_io
-from convzoo.train.loop import check
-from convzoo.train.optim import param_groups
+from convzoo.training import checkpoint as ckpt_io
+from convzoo.training.loop import check
+from convzoo.training.optim import param_groups
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_backbone_lr_scale_groups(run_dir, three_digits):
     assert names["head:decay"] | names["head:norm_bias"] == set(head)
     assert names["backbone:decay"] | names["backbone:norm_bias"] == set(backbone)
     run.schedule.epoch_lrs(1)
-    from convzoo.train.schedule import set_lr
+    from convzoo.training.schedule import set_lr
 
     set_lr(run.optimizer, 0.05)
     assert {n: g["lr"] for n, g in groups.items()} == pytest.approx(

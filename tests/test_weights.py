@@ -26,7 +26,7 @@ from convzoo.models import (
 )
 from convzoo.models.freeze import frozen_parameter_names
 from convzoo.models.heads import head_state_keys, stage_parameter_names
-from convzoo.train import checkpoint as ckpt_io
+from convzoo.training import checkpoint as ckpt_io
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -393,7 +393,7 @@ def test_head_and_backbone_params_split():
 
 def test_load_weights_file_of_a_run_and_an_export(run_dir, tmp_path):
     from convzoo.data.preprocess import Preprocessor
-    from convzoo.train.setup import load_model_for_eval
+    from convzoo.training.setup import load_model_for_eval
 
     ckpt = ckpt_io.load_checkpoint(run_dir)
     reference, ref_pre = load_model_for_eval(ckpt, torch.device("cpu"))

@@ -5,23 +5,30 @@
     run_dir = convzoo.train("quickstart", epochs=2)
     result = convzoo.sweep(recipe="quickstart", params={"optim.lr": "loguniform:1e-3:1"})
 
-(``convzoo.api`` and ``convzoo.sweeps``; imported on first use, so ``import convzoo`` and the CLI
-stay light.)
+``train``, ``load``, ``Classifier``, ``sweep`` and ``SweepResult`` are the functions and classes
+of ``convzoo.training.loop``, ``convzoo.api`` and ``convzoo.sweeps``, imported on first use
+(``__getattr__`` below), so ``import convzoo`` and the CLI stay light.
 """
 
-import importlib
 from typing import Any
 
-from convzoo import train as train  # the training package, callable: convzoo.api.train
-
 __version__ = "0.1.0"
-# Resolved by __getattr__ below: name -> the module that holds it.
-API = {"load": "api", "Classifier": "api", "sweep": "sweeps", "SweepResult": "sweeps"}
 
 
 def __getattr__(name: str) -> Any:
-    if name in API:
-        return getattr(importlib.import_module(f"convzoo.{API[name]}"), name)
+    """The public API, imported on first use: each name from the module that holds it."""
+    if name == "train":
+        from convzoo.api import train
+
+        return train
+    if name in ("load", "Classifier"):
+        from convzoo import api
+
+        return getattr(api, name)
+    if name in ("sweep", "SweepResult"):
+        from convzoo import sweeps
+
+        return getattr(sweeps, name)
     raise AttributeError(f"module 'convzoo' has no attribute {name!r}")
 
 

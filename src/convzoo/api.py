@@ -39,8 +39,8 @@ from convzoo.data.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import autocast, evaluate
 from convzoo.inference import _trusted_data, checkpoint_geometry, read_checkpoint
-from convzoo.train import checkpoint as ckpt_io
-from convzoo.train.setup import Runtime, load_model_for_eval, resolve_runtime
+from convzoo.training import checkpoint as ckpt_io
+from convzoo.training.setup import Runtime, load_model_for_eval, resolve_runtime
 
 # What `predict` and `probabilities` take: one of these, or a sequence of them.
 ImageInput = str | Path | Image.Image | torch.Tensor | np.ndarray
@@ -320,7 +320,7 @@ class Classifier:
         ece = expected_calibration_error(probs.double().numpy(), labels.numpy())
         run_dir = _run_dir(self.source)
         if run_dir is not None:
-            from convzoo.train import trackers
+            from convzoo.training import trackers
 
             figures = json.loads(files["report_json"].read_text())
             logged = trackers.open_for_report(self.config, run_dir)
@@ -409,7 +409,7 @@ def resume_run_config(run_dir: Path, overrides: dict[str, Any]
     """The config a resume of `run_dir` trains with (``loop.resume_config``: overrides start a
     new stage; a checkpoint taken inside an epoch takes none) and the run's last checkpoint
     (None when it stopped before its first)."""
-    from convzoo.train.loop import resume_config
+    from convzoo.training.loop import resume_config
 
     if not (run_dir / "config.yaml").exists():
         raise ConvzooError(f"--resume {run_dir}: not a run directory (no config.yaml)")
@@ -432,7 +432,7 @@ def train(config_or_recipe: str | Path | C.Config | dict[str, Any] | None = None
         dotted keys (``**{"model.init": "runs/a"}``), checked like ``--set``.
     resume: continue this run directory instead (overrides then start a new stage).
     """
-    from convzoo.train.loop import fit
+    from convzoo.training.loop import fit
 
     nested = overrides_from_keywords(overrides)
     if resume is not None:

@@ -67,7 +67,7 @@ AUTO_IGNORED = {"started", "train.out", "train.name"}
 def _comparable(cfg: C.Config, stages: int) -> dict[str, Any]:
     """``cfg`` as dotted keys, without what --resume auto ignores, and its first ``stages``
     stages without their start records."""
-    from convzoo.train.loop import RUNTIME_KEYS
+    from convzoo.training.loop import RUNTIME_KEYS
 
     data = C.to_dict(cfg)
     data["stages"] = [{k: v for k, v in st.items() if k not in ("started", "from_epoch")}
@@ -82,9 +82,9 @@ def auto_run(args: argparse.Namespace) -> tuple[C.Config, Path, bool, dict[str, 
     checkpoint). A run directory holding a different run is an error naming the first key
     that differs (a scheduler restarting a fixed command must never train something else into
     it)."""
-    from convzoo.train import checkpoint as ckpt_io
-    from convzoo.train.loop import RUNTIME_KEYS
-    from convzoo.train.loop import resume_config as stage_config
+    from convzoo.training import checkpoint as ckpt_io
+    from convzoo.training.loop import RUNTIME_KEYS
+    from convzoo.training.loop import resume_config as stage_config
 
     cfg = build_train_config(args)
     if not cfg.train.name:
@@ -121,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     import yaml
 
     from convzoo.log import log
-    from convzoo.train.loop import check, describe, fit
+    from convzoo.training.loop import check, describe, fit
 
     ckpt, claim = None, None
     if args.resume == "auto":  # continue the run in train.out/NAME if there is one, else start it
@@ -487,7 +487,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
         out = runs[0] / "curves.png"
         if kind_of(out) not in (None, "file"):
             raise ConvzooError(f"{out}: is {kind_of(out)}; convzoo replaces only a regular file")
-        from convzoo.train.checkpoint import atomic_write
+        from convzoo.training.checkpoint import atomic_write
 
         atomic_write(out, lambda tmp: report.plot_curves(runs[0], out=tmp))
     else:
@@ -905,7 +905,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell reports a program stopped by a closed pipe
     except Exception as e:
-        from convzoo.train.preempt import Preempted
+        from convzoo.training.preempt import Preempted
 
         if isinstance(e, Preempted):  # a stop request, answered with a checkpoint
             if int(os.environ.get("RANK", "0")) == 0:

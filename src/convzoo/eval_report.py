@@ -260,7 +260,7 @@ REPORT_FILES = frozenset({
 def is_report_dir(path: Path) -> bool:
     """A folder holding only files of an evaluation report (a complete one, or one a kill cut
     short: its temp files too): ``eval --report`` may write into it again."""
-    from convzoo.train.checkpoint import is_temp_name
+    from convzoo.training.checkpoint import is_temp_name
 
     try:
         names = [e.name for e in os.scandir(path)]
@@ -272,7 +272,7 @@ def is_report_dir(path: Path) -> bool:
 def _put(path: Path, fill: Any) -> Path:
     """Every report file is written atomically (temp + rename): never through a link or into
     a device, and a failed write leaves the previous report's file as it was."""
-    from convzoo.train.checkpoint import atomic_write
+    from convzoo.training.checkpoint import atomic_write
 
     try:
         atomic_write(path, fill)

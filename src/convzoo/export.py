@@ -41,8 +41,8 @@ from convzoo.inference import checkpoint_geometry, read_checkpoint
 from convzoo.jsonio import dumps_json
 from convzoo.models.weights import weights_metadata
 from convzoo.outputs import check_output_file, write_output
-from convzoo.train import checkpoint as ckpt_io
-from convzoo.train.setup import load_model_for_eval
+from convzoo.training import checkpoint as ckpt_io
+from convzoo.training.setup import load_model_for_eval
 
 log = logging.getLogger("convzoo")
 

@@ -21,7 +21,7 @@ import torch
 from convzoo import config as C
 from convzoo.data.images import DEFAULT_LIMITS, Geometry, Limits, decode_file
 from convzoo.errors import ConvzooError
-from convzoo.train import checkpoint as ckpt_io
+from convzoo.training import checkpoint as ckpt_io
 
 
 def checkpoint_geometry(ckpt: dict[str, Any]) -> Geometry:

@@ -166,7 +166,7 @@ def write_output(path: Path, write: Callable[[Path], object], *, option: str = "
     folders above it, and write it atomically: ``write(tmp)`` fills a temp file with the same
     suffix in the same folder, which is renamed over ``path``. A failed write leaves what was
     there as it was and no temp file behind."""
-    from convzoo.train.checkpoint import atomic_write
+    from convzoo.training.checkpoint import atomic_write
 
     p = check_output_file(path, option=option, suffixes=suffixes, inputs=inputs)
     try:

@@ -97,7 +97,7 @@ def write_metrics_csv(run_dir: str | Path, out: str | Path | None = None) -> Pat
     if out is not None:
         write(Path(out))
         return Path(out)
-    from convzoo.train.checkpoint import atomic_write  # torch: only when writing a run's file
+    from convzoo.training.checkpoint import atomic_write  # torch: only when writing a run's file
 
     target = _metrics_path(run_dir).with_name("metrics.csv")
     atomic_write(target, write)

@@ -344,7 +344,7 @@ def open_study(sweep: SweepConfig, queue: list[dict[str, Any]], base: C.Config, 
     whether this process created it."""
     import optuna
 
-    from convzoo.train.trackers import sqlite_lock
+    from convzoo.training.trackers import sqlite_lock
 
     url, name = storage_url(sweep), study_name(sweep)
     mine = definition(sweep)
@@ -406,7 +406,7 @@ def fail_dead_trials(study: Any) -> list[int]:
     other hosts are left to the heartbeat (their liveness cannot be checked from here)."""
     from optuna.trial import TrialState
 
-    from convzoo.train.rundir import Holder
+    from convzoo.training.rundir import Holder
 
     me = socket.gethostname()
     failed = []
@@ -485,8 +485,8 @@ class Objective:
         import optuna
 
         from convzoo.report import read_summary
-        from convzoo.train.loop import fit
-        from convzoo.train.rundir import Holder
+        from convzoo.training.loop import fit
+        from convzoo.training.rundir import Holder
 
         trial.set_user_attr("owner", asdict(Holder.this_process()))
         if self.sweep.trials and counted(trial.study, below=trial.number) >= self.sweep.trials:
@@ -573,7 +573,7 @@ def record_error(objective: Objective) -> Any:
             trial.set_user_attr("error", str(e))
             raise
         except Exception as e:
-            from convzoo.train.preempt import Preempted
+            from convzoo.training.preempt import Preempted
 
             trial.set_user_attr("error", f"interrupted: {e}" if isinstance(
                 e, (Preempted, Interrupted)) else f"{type(e).__name__}: {e}")
@@ -638,7 +638,7 @@ def trial_rows(study: Any) -> list[TrialRow]:
 
 
 def write_table(rows: list[TrialRow], space: list[Param], path: Path) -> None:
-    from convzoo.train.rundir import write_text
+    from convzoo.training.rundir import write_text
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -656,7 +656,7 @@ def write_plots(study: Any, folder: Path, metric: str) -> list[Path]:
     import matplotlib.pyplot as plt  # Optuna's plots are pyplot figures: closed once saved
     from optuna.visualization import matplotlib as plots
 
-    from convzoo.train.rundir import write_file
+    from convzoo.training.rundir import write_file
 
     done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     reported = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
@@ -738,14 +738,14 @@ def sweep(spec: str | Path | dict[str, Any] | SweepConfig | None = None, *,
         mappings): ``convzoo.sweep(recipe="quickstart", params={"optim.lr":
         "loguniform:1e-3:1"}, trials=12, val_fraction=0.1)``.
     """
-    from convzoo.train.trackers import check_installed, installed
+    from convzoo.training.trackers import check_installed, installed
 
     if not installed("optuna"):
         raise ConvzooError("convzoo sweep needs optuna, which is not installed: pip install "
                            "'convzoo[sweep]'")
     import optuna
 
-    from convzoo.train.preempt import EXIT_PREEMPTED, Preempted
+    from convzoo.training.preempt import EXIT_PREEMPTED, Preempted
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConvzooError("convzoo sweep runs each trial in one process: start one sweep "
@@ -767,7 +767,7 @@ def sweep(spec: str | Path | dict[str, Any] | SweepConfig | None = None, *,
     try:
         study, created = open_study(cfg, queue, probe, resume=resume is not None)
         if created or not (folder / SWEEP_FILE).is_file():
-            from convzoo.train.rundir import write_text
+            from convzoo.training.rundir import write_text
 
             write_text(folder / SWEEP_FILE, yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
         fail_dead_trials(study)

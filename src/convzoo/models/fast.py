@@ -18,7 +18,7 @@ running average (``bn_momentum`` 0.4, torch convention: the weight of each new b
 3x3 conv starts as identity on its first ``in`` output channels (Dirac init: an implicit
 residual path). A 32 px input goes 31 -> 15 -> 7 -> 3 -> 1.
 
-Hooks the training loop calls (see ``convzoo.train.loop``):
+Hooks the training loop calls (see ``convzoo.training.loop``):
 
 * ``init_from_data(images)`` once before training, with ``data_init_images`` preprocessed
   training images (float (N, C, H, W)).

@@ -13,7 +13,7 @@ Sources ``load_init`` reads:
 * a convzoo run directory (its ``last.pt``/``best.pt``, or for ``last`` its
   ``model.safetensors`` when the checkpoints are gone) or checkpoint file, read with
   ``weights_only=True`` and verified (digest, finite tensors, fields) through
-  ``convzoo.train.checkpoint.load_checkpoint``; ``weights`` auto (default) takes the run's
+  ``convzoo.training.checkpoint.load_checkpoint``; ``weights`` auto (default) takes the run's
   EMA weights when it kept an EMA, ``ema``/``raw`` insist;
 * a ``.safetensors`` file (convzoo's, verified by its digest, or timm's / Hugging Face's
   ``model.safetensors``);
@@ -62,8 +62,8 @@ from convzoo.models.registry import (
     get_entry,
     import_timm,
 )
-from convzoo.train import checkpoint as ckpt_io
-from convzoo.train.checkpoint import SAFETENSORS_FORMAT
+from convzoo.training import checkpoint as ckpt_io
+from convzoo.training.checkpoint import SAFETENSORS_FORMAT
 
 TORCHVISION_PREFIX = "torchvision:"
 WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")

@@ -14,7 +14,7 @@ the step, which makes weight decay unnecessary for these layers.
 Everything else (biases, norm parameters, the classifier) is not a good fit for orthogonalisation
 and takes a plain SGD step (coupled L2 decay, momentum, optional Nesterov), in the same optimizer:
 a group's ``use_muon`` flag picks the rule. One optimizer means the LR schedule, lookahead and
-checkpoints work unchanged; the groups come from ``convzoo.train.optim.param_groups``.
+checkpoints work unchanged; the groups come from ``convzoo.training.optim.param_groups``.
 """
 
 from __future__ import annotations

@@ -33,12 +33,12 @@ from convzoo.data.sampler import torch_seed
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import autocast, evaluate
 from convzoo.log import format_seconds, log
-from convzoo.train import checkpoint as ckpt_io
-from convzoo.train import preempt, rundir, trackers
-from convzoo.train.distributed import all_ranks, broadcast_buffers, check_global_batch, no_sync
-from convzoo.train.logging import Eta, MetricsWriter, Progress
-from convzoo.train.schedule import monitor_mode, set_lr
-from convzoo.train.setup import (
+from convzoo.training import checkpoint as ckpt_io
+from convzoo.training import preempt, rundir, trackers
+from convzoo.training.distributed import all_ranks, broadcast_buffers, check_global_batch, no_sync
+from convzoo.training.logging import Eta, MetricsWriter, Progress
+from convzoo.training.schedule import monitor_mode, set_lr
+from convzoo.training.setup import (
     Run,
     Runtime,
     build_run,

@@ -51,7 +51,7 @@ from urllib.parse import urlparse
 
 from convzoo import config as C
 from convzoo.errors import ConvzooError
-from convzoo.train import rundir
+from convzoo.training import rundir
 
 log = logging.getLogger("convzoo")
 

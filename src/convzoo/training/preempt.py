@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from convzoo.train import checkpoint as ckpt_io
+from convzoo.training import checkpoint as ckpt_io
 
 log = logging.getLogger("convzoo")
 

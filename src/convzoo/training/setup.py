@@ -26,11 +26,11 @@ from convzoo.models.freeze import freeze, frozen_parameter_names
 from convzoo.models.info import count_params
 from convzoo.models.registry import check_stored_kwargs
 from convzoo.models.weights import InitReport, build_stored_model, load_init
-from convzoo.train import checkpoint as ckpt_io
-from convzoo.train.distributed import convert_sync_batchnorm, join_process_group, wrap_ddp
-from convzoo.train.ema import ModelEMA
-from convzoo.train.optim import build_optimizer, load_optimizer_state
-from convzoo.train.schedule import EarlyStopping, Schedule, peak_lr
+from convzoo.training import checkpoint as ckpt_io
+from convzoo.training.distributed import convert_sync_batchnorm, join_process_group, wrap_ddp
+from convzoo.training.ema import ModelEMA
+from convzoo.training.optim import build_optimizer, load_optimizer_state
+from convzoo.training.schedule import EarlyStopping, Schedule, peak_lr
 
 log = logging.getLogger("convzoo")
 

@@ -3,7 +3,7 @@ saved optimizer state into a new stage's optimizer.
 
 Every param group carries ``name`` (its role: ``all``, ``decay``, ``norm_bias``/``no_decay``,
 ``muon``) and ``lr_scale`` (its lr relative to the base lr); the schedule
-(:mod:`convzoo.train.schedule`) sets ``group["lr"] = base_lr * group["lr_scale"]``.
+(:mod:`convzoo.training.schedule`) sets ``group["lr"] = base_lr * group["lr_scale"]``.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def build_optimizer(
         freeze_bn_scale(model)
     groups = param_groups(model, cfg)
     if name == "muon":
-        from convzoo.train.muon import Muon
+        from convzoo.training.muon import Muon
 
         optimizer: Any = Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                               ns_dtype=None if device_type == "cuda" else torch.float32)

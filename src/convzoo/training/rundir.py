@@ -68,7 +68,7 @@ import yaml
 from convzoo import config as C
 from convzoo.errors import ConvzooError
 from convzoo.jsonio import dumps_json
-from convzoo.train import checkpoint as ckpt_io
+from convzoo.training import checkpoint as ckpt_io
 
 try:
     import fcntl
@@ -488,7 +488,7 @@ class Holder:
 
     @staticmethod
     def this_process() -> Holder:
-        from convzoo.train.distributed import torchrun_round
+        from convzoo.training.distributed import torchrun_round
 
         stat = _proc_stat(os.getpid())
         job, round_ = torchrun_round() or (None, None)
@@ -903,7 +903,7 @@ def discard(lock: RunLock) -> list[str]:
             (run_dir / name).unlink(missing_ok=True)
             removed.append(name)
     if "wandb" not in lock.before:  # W&B's offline files (train.loggers: wandb)
-        from convzoo.train.trackers import discard_wandb
+        from convzoo.training.trackers import discard_wandb
 
         removed.extend(discard_wandb(run_dir))
     ckpt_io.remove_stale_temps(run_dir)  # ours: the lock is still held
