@@ -28,6 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from convzoo import files
 from convzoo.cli import main
 from convzoo.training import checkpoint as ckpt_io
 from convzoo.training import rundir
@@ -57,7 +58,7 @@ class Reference:
 def ref(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     root = tmp_path_factory.mktemp("crash")
     r = Reference(root)
-    real_write, real_append = ckpt_io.atomic_write, rundir.append_line
+    real_write, real_append = files.atomic_write, files.append_line
     snapped = False
 
     def atomic_write(path: Path, write: Any) -> None:
@@ -75,8 +76,8 @@ def ref(tmp_path_factory: pytest.TempPathFactory) -> Reference:
             r.writes.append(path.name)
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(ckpt_io, "atomic_write", atomic_write)
-    mp.setattr(rundir, "append_line", append)
+    mp.setattr(files, "atomic_write", atomic_write)
+    mp.setattr(files, "append_line", append)
     try:
         assert main(["train", *ARGS, "--out", str(root), "--name", "ref"]) == 0
     finally:
@@ -155,10 +156,10 @@ KILLER = r"""
 import json, os, shutil, sys
 from pathlib import Path
 from convzoo.cli import main
-from convzoo.training import checkpoint as ckpt_io, rundir
+from convzoo import files
 
 base, out, points = Path(sys.argv[1]), Path(sys.argv[2]), json.loads(sys.argv[3])
-real_write, real_append = ckpt_io.atomic_write, rundir.append_line
+real_write, real_append = files.atomic_write, files.append_line
 
 def arm(k, how, marker):
     count = [0]
@@ -185,8 +186,8 @@ def arm(k, how, marker):
             die(path.name)
         real_append(path, line)
         die(path.name)
-    ckpt_io.atomic_write = atomic_write
-    rundir.append_line = append
+    files.atomic_write = atomic_write
+    files.append_line = append
 
 for i, (k, how) in enumerate(points):
     run, marker = out / f"p{i}", out / f"p{i}.died"
@@ -224,7 +225,7 @@ def test_kill_at_every_write_of_the_last_epoch_then_resume(ref: Reference, tmp_p
 
 def fail_at(mp: pytest.MonkeyPatch, k: int, err: int) -> None:
     """The k-th write of the last epoch fails with OSError(err) after writing part of its data."""
-    real_write, real_append = ckpt_io.atomic_write, rundir.append_line
+    real_write, real_append = files.atomic_write, files.append_line
     count = [0]
 
     def boom() -> None:
@@ -245,8 +246,8 @@ def fail_at(mp: pytest.MonkeyPatch, k: int, err: int) -> None:
             boom()
         real_append(path, line)
 
-    mp.setattr(ckpt_io, "atomic_write", atomic_write)
-    mp.setattr(rundir, "append_line", append)
+    mp.setattr(files, "atomic_write", atomic_write)
+    mp.setattr(files, "append_line", append)
 
 
 CASES = [(k, errno.ENOSPC) for k in range(1, 8)] + [

@@ -240,9 +240,9 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every atomic write fails as a full disk does, after filling its temp file (so the temp
     must be removed), and so does every pack shard write."""
     from convzoo.data import pack
-    from convzoo.training import checkpoint
+    from convzoo import files
 
-    real = checkpoint.atomic_write
+    real = files.atomic_write
 
     def atomic_write(path, write):
         def fill_then_fail(tmp):
@@ -254,7 +254,7 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     def shard_write(self, *args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint, "atomic_write", atomic_write)
+    monkeypatch.setattr(files, "atomic_write", atomic_write)
     monkeypatch.setattr(pack._ShardWriter, "write", shard_write)
 
 

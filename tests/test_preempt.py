@@ -21,8 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from convzoo import files
 from convzoo.cli import main
-from convzoo.training import checkpoint as ckpt_io
 from convzoo.training import loop
 from convzoo.training.preempt import EXIT_PREEMPTED
 
@@ -208,7 +208,7 @@ def test_checkpoint_every_steps_writes_last_pt_alone_then_a_kill_resumes_exactly
     after steps 3 and 6 (inside epochs 1 and 2), the epoch ends write theirs. A SIGKILL right
     after the step-6 checkpoint, then --resume: bit-identical, the epoch's row as if whole."""
     def killed() -> int:
-        real = ckpt_io.atomic_write
+        real = files.atomic_write
 
         def atomic_write(path: Path, write: Any) -> None:
             real(path, write)
@@ -217,12 +217,12 @@ def test_checkpoint_every_steps_writes_last_pt_alone_then_a_kill_resumes_exactly
                 if c.get("step") == 2 and c["epoch"] == 1:
                     os._exit(137)  # killed right after the mid-epoch commit point
 
-        ckpt_io.atomic_write = atomic_write
+        files.atomic_write = atomic_write
         return main(["train", *ARGS, "--out", str(tmp_path), "--name", "s",
                      "--set", "train.checkpoint_every_steps=3"])
 
     def recording() -> int:
-        real = ckpt_io.atomic_write
+        real = files.atomic_write
 
         def atomic_write(path: Path, write: Any) -> None:
             real(path, write)
@@ -230,7 +230,7 @@ def test_checkpoint_every_steps_writes_last_pt_alone_then_a_kill_resumes_exactly
             with open(tmp_path / "writes.jsonl", "a") as f:
                 f.write(json.dumps([Path(path).name, c.get("epoch", -1), c.get("step", 0)]) + "\n")
 
-        ckpt_io.atomic_write = atomic_write
+        files.atomic_write = atomic_write
         return main(["train", *ARGS, "--out", str(tmp_path), "--name", "w",
                      "--set", "train.checkpoint_every_steps=3"])
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from convzoo import files
 from convzoo.errors import ConvzooError
 from convzoo.report import read_metrics
-from convzoo.training import checkpoint as ckpt_io
 from convzoo.training import rundir
 from convzoo.training.rundir import LOCK_FILE, MetricsLog, RunLock
 
@@ -229,7 +229,7 @@ def test_stale_temps_of_every_writer_are_recognised(tmp_path: Path) -> None:
     mine = [".notes.tmp", ".backup.tmp.txt", ".x.1a2b.tmp"]  # hidden files of the user's
     for name in [".lock", "best.pt", *mine]:
         (tmp_path / name).write_text("")
-    assert ckpt_io.remove_stale_temps(tmp_path) == 3
+    assert files.remove_stale_temps(tmp_path) == 3
     assert sorted(os.listdir(tmp_path)) == sorted([".lock", "best.pt", *mine])
 
 

@@ -487,9 +487,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
         out = runs[0] / "curves.png"
         if kind_of(out) not in (None, "file"):
             raise ConvzooError(f"{out}: is {kind_of(out)}; convzoo replaces only a regular file")
-        from convzoo.training.checkpoint import atomic_write
+        from convzoo import files
 
-        atomic_write(out, lambda tmp: report.plot_curves(runs[0], out=tmp))
+        files.atomic_write(out, lambda tmp: report.plot_curves(runs[0], out=tmp))
     else:
         options = dict(option="--out", suffixes=PLOT_FORMATS, inputs=runs)
         out = check_output_file(args.out or "runs.png", **options)

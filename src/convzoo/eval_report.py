@@ -44,6 +44,7 @@ from matplotlib.patches import Patch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from convzoo.errors import ConvzooError
+from convzoo.files import is_temp_name, write_file
 from convzoo.jsonio import dumps_json
 
 ECE_BINS = 15
@@ -260,8 +261,6 @@ REPORT_FILES = frozenset({
 def is_report_dir(path: Path) -> bool:
     """A folder holding only files of an evaluation report (a complete one, or one a kill cut
     short: its temp files too): ``eval --report`` may write into it again."""
-    from convzoo.training.checkpoint import is_temp_name
-
     try:
         names = [e.name for e in os.scandir(path)]
     except OSError:
@@ -272,12 +271,7 @@ def is_report_dir(path: Path) -> bool:
 def _put(path: Path, fill: Any) -> Path:
     """Every report file is written atomically (temp + rename): never through a link or into
     a device, and a failed write leaves the previous report's file as it was."""
-    from convzoo.training.checkpoint import atomic_write
-
-    try:
-        atomic_write(path, fill)
-    except OSError as e:
-        raise ConvzooError(f"cannot write {path}: {e.strerror or e}") from None
+    write_file(path, fill)
     return path
 
 

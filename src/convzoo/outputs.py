@@ -33,9 +33,10 @@ import stat
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from convzoo import files
 from convzoo.errors import ConvzooError
 
-# The files of a run directory (train/rundir.py writes them): no output replaces one, whether
+# The files of a run directory (training/rundir.py writes them): no output replaces one, whether
 # or not that run is an input of the command.
 RUN_FILES = ("config.yaml", "init.json", "metrics.jsonl", "metrics.csv", "summary.json",
              "model.safetensors", "best.pt", "last.pt", "curves.png", ".lock")
@@ -166,12 +167,8 @@ def write_output(path: Path, write: Callable[[Path], object], *, option: str = "
     folders above it, and write it atomically: ``write(tmp)`` fills a temp file with the same
     suffix in the same folder, which is renamed over ``path``. A failed write leaves what was
     there as it was and no temp file behind."""
-    from convzoo.training.checkpoint import atomic_write
-
     p = check_output_file(path, option=option, suffixes=suffixes, inputs=inputs)
-    try:
+    with files.writing(p):
         p.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(p, write)
-    except OSError as e:
-        raise ConvzooError(f"cannot write {p}: {e.strerror or e}") from None
+        files.atomic_write(p, write)
     return p

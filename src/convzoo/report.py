@@ -23,6 +23,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from convzoo import files
 from convzoo.errors import ConvzooError
 
 METRICS_FILE = "metrics.jsonl"
@@ -97,10 +98,8 @@ def write_metrics_csv(run_dir: str | Path, out: str | Path | None = None) -> Pat
     if out is not None:
         write(Path(out))
         return Path(out)
-    from convzoo.training.checkpoint import atomic_write  # torch: only when writing a run's file
-
     target = _metrics_path(run_dir).with_name("metrics.csv")
-    atomic_write(target, write)
+    files.atomic_write(target, write)
     return target
 
 

@@ -638,7 +638,7 @@ def trial_rows(study: Any) -> list[TrialRow]:
 
 
 def write_table(rows: list[TrialRow], space: list[Param], path: Path) -> None:
-    from convzoo.training.rundir import write_text
+    from convzoo.files import write_text
 
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -656,7 +656,7 @@ def write_plots(study: Any, folder: Path, metric: str) -> list[Path]:
     import matplotlib.pyplot as plt  # Optuna's plots are pyplot figures: closed once saved
     from optuna.visualization import matplotlib as plots
 
-    from convzoo.training.rundir import write_file
+    from convzoo.files import write_file
 
     done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     reported = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
@@ -767,7 +767,7 @@ def sweep(spec: str | Path | dict[str, Any] | SweepConfig | None = None, *,
     try:
         study, created = open_study(cfg, queue, probe, resume=resume is not None)
         if created or not (folder / SWEEP_FILE).is_file():
-            from convzoo.training.rundir import write_text
+            from convzoo.files import write_text
 
             write_text(folder / SWEEP_FILE, yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
         fail_dead_trials(study)

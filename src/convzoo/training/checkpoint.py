@@ -20,10 +20,6 @@ the model). Every refusal is one ConvzooError line naming the file.
 from __future__ import annotations
 
 import math
-import os
-import re
-import secrets
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -31,6 +27,7 @@ import torch
 from safetensors.torch import save as safetensors_save
 
 from convzoo import config as C
+from convzoo import files
 from convzoo.errors import ConvzooError
 from convzoo.integrity import check_finite, content_digest, named_tensors, regular_file
 
@@ -38,57 +35,6 @@ FORMAT = "convzoo-checkpoint"
 VERSION = 2  # 2: sealed with a content digest
 SAFETENSORS_FORMAT = "convzoo-weights"  # metadata "format" of convzoo's .safetensors files
 DIGEST = "digest"  # the checkpoint key / safetensors metadata entry holding the digest
-
-
-TEMP_TAG = ".tmp"  # temp files are ".<name>.<random>.tmp<suffix>": hidden, and never taken as good
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """The one way convzoo writes a file it must not tear: ``write(tmp)`` fills a temp file in
-    the same directory, which is fsync'd and renamed over ``path``; then the directory is fsync'd
-    so that the rename itself survives a power cut.
-
-    A process killed at any moment leaves either the old file or the new one, never a torn one
-    (at worst a hidden temp file, removed by :func:`remove_stale_temps`). The temp keeps
-    ``path``'s suffix so that writers choosing a format by extension (matplotlib) still work.
-    On any error (also KeyboardInterrupt / SystemExit) the temp is removed and ``path`` is as it
-    was; the error propagates unchanged.
-    """
-    path = Path(path)
-    while True:  # like mkstemp, but the file gets the umask's mode (mkstemp: always 0600)
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMP_TAG}{path.suffix}")
-        try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def fsync_dir(directory: Path) -> None:
-    """Make renames/creations in ``directory`` durable (a no-op where directories cannot be
-    opened, e.g. Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on a directory; the rename is still atomic
-        pass
-    finally:
-        os.close(fd)
 
 
 class _Sink:
@@ -116,7 +62,7 @@ def seal(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 
 def atomic_save(ckpt: dict[str, Any], path: Path) -> None:
-    """A checkpoint dict, sealed (:func:`seal`), by torch.save through :func:`atomic_write`: the
+    """A checkpoint dict, sealed (:func:`seal`), by torch.save through ``files.atomic_write``: the
     old checkpoint or the new, never a torn one. A disk problem surfaces as the OSError it is
     (ENOSPC, EDQUOT...)."""
     sealed = seal(ckpt)
@@ -131,29 +77,7 @@ def atomic_save(ckpt: dict[str, Any], path: Path) -> None:
                     raise sink.error from None
                 raise
 
-    atomic_write(path, write)
-
-
-_TEMP_NAME = re.compile(r"\..+\.[0-9a-f]{8}" + re.escape(TEMP_TAG))
-
-
-def is_temp_name(name: str) -> bool:
-    """Whether ``name`` is an :func:`atomic_write` temp: ``.<name>.<8 hex digits>.tmp<suffix>``
-    (a hidden file of the user's such as ``.notes.tmp`` is not)."""
-    return _TEMP_NAME.match(name) is not None
-
-
-def remove_stale_temps(run_dir: Path) -> int:
-    """Delete temp files a killed writer left in `run_dir` (never taken as good); returns count.
-
-    Call it only while owning the directory (``rundir.RunLock``): a live writer's temp matches
-    the same pattern.
-    """
-    stale = [p for p in Path(run_dir).glob(f".*{TEMP_TAG}*") if is_temp_name(p.name)
-             and p.is_file() and not p.is_symlink()]
-    for tmp in stale:
-        tmp.unlink(missing_ok=True)
-    return len(stale)
+    files.atomic_write(path, write)
 
 
 def safetensors_digest(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
@@ -172,7 +96,7 @@ def save_safetensors(
     # Serialised in memory and written by Python: safetensors' own file writer reports a full
     # disk as a SafetensorError, not as the OSError it is.
     data = safetensors_save(tensors, metadata=metadata)
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    files.atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:

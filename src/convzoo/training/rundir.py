@@ -16,7 +16,7 @@ Everything ``train`` writes into ``runs/<name>/`` goes through this module:
 What a reader can rely on after a kill at any point (SIGKILL, OOM, power loss):
 
 * Every file is absent, complete-old or complete-new, never torn (temp + fsync + rename, then
-  the directory fsync'd: ``checkpoint.atomic_write``). A hidden ``.<name>.*.tmp*`` is garbage
+  the directory fsync'd: ``files.atomic_write``). A hidden ``.<name>.*.tmp*`` is garbage
   from a killed writer; the next owner deletes it. metrics.jsonl can end in one torn line
   (a killed append); readers skip it and the next owner rewrites the file without it.
 * ``last.pt`` is the commit point and is written last in every epoch (:func:`save_epoch`):
@@ -55,8 +55,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -66,7 +65,9 @@ import torch
 import yaml
 
 from convzoo import config as C
+from convzoo import files
 from convzoo.errors import ConvzooError
+from convzoo.files import write_file, write_text
 from convzoo.jsonio import dumps_json
 from convzoo.training import checkpoint as ckpt_io
 
@@ -85,26 +86,6 @@ INIT_FILE = "init.json"
 # ----------------------------------------------------------------------------- writing
 
 
-@contextmanager
-def _writing(path: Path) -> Iterator[None]:
-    """Turn an OSError while writing `path` (disk full, read-only, quota) into one line."""
-    try:
-        yield
-    except OSError as e:
-        reason = e.strerror or str(e)
-        raise ConvzooError(f"cannot write {path}: {reason}") from None
-
-
-def write_file(path: Path, write: Callable[[Path], Any]) -> None:
-    """``checkpoint.atomic_write`` with a disk problem reported as one line."""
-    with _writing(path):
-        ckpt_io.atomic_write(path, write)
-
-
-def write_text(path: Path, text: str) -> None:
-    write_file(path, lambda tmp: tmp.write_text(text))
-
-
 def write_config(run_dir: Path, cfg: C.Config) -> None:
     """config.yaml: the resolved config that actually runs."""
     write_text(run_dir / "config.yaml", yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
@@ -121,12 +102,12 @@ def save_weights(ckpt: dict[str, Any], path: Path) -> None:
     from convzoo.models.weights import weights_metadata
 
     state, weights = ckpt_io.select_weights(ckpt, "auto")
-    with _writing(path):  # the format export writes too: eval/predict/export read it alone
+    with files.writing(path):  # the format export writes too: eval/predict/export read it alone
         ckpt_io.save_safetensors(state, path, weights_metadata(ckpt, weights))
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:
-    with _writing(path):
+    with files.writing(path):
         ckpt_io.atomic_save(ckpt, path)
 
 
@@ -158,27 +139,8 @@ class MetricsLog:
 
     def append(self, row: dict[str, Any]) -> None:
         """One line, on disk (fsync'd) when this returns."""
-        with _writing(self.path):
-            append_line(self.path, dumps_json(row) + "\n")
-
-
-def append_line(path: Path, line: str) -> None:
-    """Append ``line`` with O_APPEND and fsync it (and the directory, for a new file).
-
-    The one append primitive, beside ``checkpoint.atomic_write``: a kill leaves the file with
-    or without the line, or with a torn last line (no newline) that readers skip.
-    """
-    new = not path.exists()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        view = memoryview(line.encode())
-        while view:  # a short write (signal, quota) continues where it stopped
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    if new:
-        ckpt_io.fsync_dir(path.parent)
+        with files.writing(self.path):
+            files.append_line(self.path, dumps_json(row) + "\n")
 
 
 # ----------------------------------------------------------------------------- an epoch's files
@@ -600,7 +562,7 @@ class RunLock:
                 continue
             before = frozenset(n for n in _entries(run_dir) if n != LOCK_FILE)
             lock = cls(run_dir, fd, me, made=made, before=before)
-            n = ckpt_io.remove_stale_temps(run_dir)  # safe now: no other writer can be here
+            n = files.remove_stale_temps(run_dir)  # safe now: no other writer can be here
             if n:
                 log.info(f"{run_dir}: removed {n} temp file(s) left by a killed writer")
             return lock
@@ -682,7 +644,7 @@ def _create(path: Path, me: Holder) -> int | None:
     _flock(fd, block=True)  # a process looking at the new, empty file holds it a moment at most
     try:
         _write_holder(fd, me)
-        ckpt_io.fsync_dir(path.parent)
+        files.fsync_dir(path.parent)
     except OSError as e:
         os.close(fd)
         path.unlink(missing_ok=True)
@@ -766,7 +728,7 @@ def _only_ours(run_dir: Path) -> bool:
     """Whether everything in ``run_dir`` is what a convzoo run leaves before its config.yaml:
     a (stale) lock, temp files of an atomic write, TensorBoard event files."""
     for name in _entries(run_dir):
-        if name == LOCK_FILE or ckpt_io.is_temp_name(name):
+        if name == LOCK_FILE or files.is_temp_name(name):
             continue
         if name == "tensorboard" and not (run_dir / name).is_symlink() and all(
                 n.startswith(TENSORBOARD_PREFIX) for n in _entries(run_dir / name)):
@@ -906,7 +868,7 @@ def discard(lock: RunLock) -> list[str]:
         from convzoo.training.trackers import discard_wandb
 
         removed.extend(discard_wandb(run_dir))
-    ckpt_io.remove_stale_temps(run_dir)  # ours: the lock is still held
+    files.remove_stale_temps(run_dir)  # ours: the lock is still held
     lock.release()
     for folder in lock.made:
         try:

@@ -50,8 +50,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from convzoo import config as C
+from convzoo import files
 from convzoo.errors import ConvzooError
-from convzoo.training import rundir
 
 log = logging.getLogger("convzoo")
 
@@ -200,18 +200,18 @@ class CsvTracker(Tracker):
             kept = lines[:1] + [ln for ln in lines[1:] if ln.endswith("\n")
                                 and _step_of(ln) is not None and _step_of(ln) <= resume_step]
             if kept != lines:
-                rundir.write_text(self.path, "".join(kept))
+                files.write_text(self.path, "".join(kept))
 
     def log_step(self, step: int, values: dict[str, float]) -> None:
         if not self.path.is_file():
-            rundir.append_line(self.path, ",".join(STEP_COLUMNS) + "\n")
+            files.append_line(self.path, ",".join(STEP_COLUMNS) + "\n")
         row = {"step": step, **values}
-        rundir.append_line(self.path, ",".join(f"{row.get(c, '')}" for c in STEP_COLUMNS) + "\n")
+        files.append_line(self.path, ",".join(f"{row.get(c, '')}" for c in STEP_COLUMNS) + "\n")
 
     def log_epoch(self, step: int, row: dict[str, Any]) -> None:
         from convzoo import report
 
-        rundir.write_file(self.run_dir / "metrics.csv",
+        files.write_file(self.run_dir / "metrics.csv",
                           lambda tmp: report.write_metrics_csv(self.run_dir, out=tmp))
 
 
@@ -466,7 +466,7 @@ def open_trackers(cfg: C.Config, run_dir: Path, *, resume_step: int | None) -> T
                            f"{str(e).splitlines()[0] if str(e) else ''})") from None
     ids = {t.name: t.ids for t in made if t.ids is not None}
     if ids and ids != {k: v for k, v in saved.items() if k in ids}:
-        rundir.write_text(run_dir / TRACKING_FILE, json.dumps({**saved, **ids}, indent=1) + "\n")
+        files.write_text(run_dir / TRACKING_FILE, json.dumps({**saved, **ids}, indent=1) + "\n")
     return Trackers(made)
 
 
