@@ -26,8 +26,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import convzoo.models  # noqa: F401  (registers the zoo)
 import convzoo.models.fast  # noqa: F401  (registers the fast family)
-from convzoo.evaluate import autocast
 from convzoo.models import create_model
+from convzoo.runtime import autocast
 
 
 def sync(device: torch.device) -> None:

@@ -7,8 +7,9 @@ from torch import nn
 
 from convzoo import config as C
 from convzoo.data.pipeline import build_pipeline
+from convzoo.runtime import Runtime
 from convzoo.training.loop import train_one_epoch
-from convzoo.training.setup import Runtime, build_run
+from convzoo.training.setup import build_run
 
 
 def one_epoch(model: str, batch: int, rank: int = 0, world: int = 1, limit: int = 256,

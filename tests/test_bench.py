@@ -123,7 +123,7 @@ def test_bench_batches_go_through_the_training_stage_policy_and_mixing_included(
     """`convzoo bench --recipe` times what training runs: a recipe's policy and mixing are in
     its synthetic batches (soft targets), drawn per batch."""
     from convzoo.bench import DataFacts, synthetic_data
-    from convzoo.training.setup import resolve_runtime
+    from convzoo.runtime import resolve_runtime
 
     cfg = C.apply_overrides(C.from_dict(C.load_recipe("resnet56-cifar10-modern")),
                             {"train": {"batch_size": 16, "device": "cpu"}})

@@ -239,8 +239,8 @@ def snapshot(root: Path) -> dict[str, tuple]:
 def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every atomic write fails as a full disk does, after filling its temp file (so the temp
     must be removed), and so does every pack shard write."""
-    from convzoo.data import pack
     from convzoo import files
+    from convzoo.data import pack
 
     real = files.atomic_write
 

@@ -15,13 +15,9 @@ from safetensors.torch import load_file
 from convzoo import config as C
 from convzoo.cli import main
 from convzoo.errors import ConvzooError
+from convzoo.runtime import configure_backends, resolve_precision, resolve_runtime
 from convzoo.training.loop import train_one_epoch
-from convzoo.training.setup import (
-    build_run,
-    configure_backends,
-    resolve_precision,
-    resolve_runtime,
-)
+from convzoo.training.setup import build_run
 
 TINY = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=96",
         "--batch-size", "32", "--set", "train.loggers=[]", "--device", "cpu",

@@ -311,7 +311,8 @@ def test_lr_scaling_follows_the_global_batch_not_the_world_size() -> None:
 
 def one_epoch_run(cfg: C.Config) -> Any:
     from convzoo.data.pipeline import build_pipeline
-    from convzoo.training.setup import Runtime, build_run
+    from convzoo.runtime import Runtime
+    from convzoo.training.setup import build_run
 
     cfg = C.replace(cfg, data=C.replace(cfg.data, image_size=8, limit=200))
     rt = Runtime(torch.device("cpu"), None, False)

@@ -37,10 +37,11 @@ from convzoo.data.augment import build_eval_transform, tta_views
 from convzoo.data.images import Geometry, Limits, collect_files, decode_file, from_pil
 from convzoo.data.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
-from convzoo.evaluate import autocast, evaluate
+from convzoo.evaluate import evaluate
 from convzoo.inference import _trusted_data, checkpoint_geometry, read_checkpoint
+from convzoo.runtime import Runtime, autocast, resolve_runtime
 from convzoo.training import checkpoint as ckpt_io
-from convzoo.training.setup import Runtime, load_model_for_eval, resolve_runtime
+from convzoo.training.setup import load_model_for_eval
 
 # What `predict` and `probabilities` take: one of these, or a sequence of them.
 ImageInput = str | Path | Image.Image | torch.Tensor | np.ndarray

@@ -48,8 +48,9 @@ from convzoo.errors import ConvzooError
 from convzoo.log import format_seconds
 from convzoo.models import get_entry
 from convzoo.models.info import default_num_classes
+from convzoo.runtime import configure_backends, resolve_runtime
 from convzoo.training.loop import train_one_epoch
-from convzoo.training.setup import build_run, configure_backends, resolve_runtime
+from convzoo.training.setup import build_run
 
 log = logging.getLogger("convzoo")
 

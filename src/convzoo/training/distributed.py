@@ -23,23 +23,6 @@ from convzoo import config as C
 from convzoo.errors import ConvzooError
 
 
-def join_process_group(backend: str) -> None:
-    """``init_process_group`` from torchrun's environment, with this restart round's keys under
-    a prefix of their own in torchrun's store.
-
-    Why not the plain call: the torchrun agent keeps one store across the restarts of
-    ``--max-restarts``, and a restarted worker could read its peer's gloo address of the dead
-    round from it: about half the restarts hung or failed in ``init_process_group`` (torch
-    2.14.1, gloo, 2 processes, one SIGKILLed: 2-3 of 4 trials; pytorch/pytorch#167288 reports
-    the same with NCCL). With the round (``TORCHELASTIC_RESTART_COUNT``) in the prefix: 6 of 6
-    came back."""
-    dist = torch.distributed
-    store, rank, world_size = next(dist.rendezvous("env://"))
-    round_ = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group(backend, store=dist.PrefixStore(f"convzoo/round{round_}/", store),
-                            rank=rank, world_size=world_size)
-
-
 def check_global_batch(train: C.TrainConfig, world_size: int) -> None:
     """One line when ``train.batch_size`` cannot be shared equally by the processes (and
     their micro-batches): every process must make the same steps on equal shares."""

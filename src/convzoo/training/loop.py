@@ -31,8 +31,9 @@ from convzoo.data.augment import mixes
 from convzoo.data.pipeline import Loader, build_pipeline
 from convzoo.data.sampler import torch_seed
 from convzoo.errors import ConvzooError
-from convzoo.evaluate import autocast, evaluate
+from convzoo.evaluate import evaluate
 from convzoo.log import format_seconds, log
+from convzoo.runtime import Runtime, autocast, configure_backends, resolve_runtime
 from convzoo.training import checkpoint as ckpt_io
 from convzoo.training import preempt, rundir, trackers
 from convzoo.training.distributed import all_ranks, broadcast_buffers, check_global_batch, no_sync
@@ -40,12 +41,9 @@ from convzoo.training.logging import Eta, MetricsWriter, Progress
 from convzoo.training.schedule import monitor_mode, set_lr
 from convzoo.training.setup import (
     Run,
-    Runtime,
     build_run,
     check_checkpoint_fits,
     checkpoint_state,
-    configure_backends,
-    resolve_runtime,
     restore,
 )
 

@@ -1,14 +1,13 @@
 """What a training stage is built from, shared by ``fit`` and ``convzoo bench`` (as pycls's
-``time_model`` reuses ``setup_model``): the runtime (device, precision, backends), ``build_run``
-(model, optimizer, schedule, scaler, EMA from a config and the data), ``restore`` (a checkpoint
-into a freshly built run, validated first) and ``checkpoint_state`` (the run back into a dict).
+``time_model`` reuses ``setup_model``): ``build_run`` (model, optimizer, schedule, scaler, EMA
+from a config, the data and the runtime of ``convzoo.runtime``), ``restore`` (a checkpoint into
+a freshly built run, validated first) and ``checkpoint_state`` (the run back into a dict).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,100 +25,14 @@ from convzoo.models.freeze import freeze, frozen_parameter_names
 from convzoo.models.info import count_params
 from convzoo.models.registry import check_stored_kwargs
 from convzoo.models.weights import InitReport, build_stored_model, load_init
+from convzoo.runtime import Runtime
 from convzoo.training import checkpoint as ckpt_io
-from convzoo.training.distributed import convert_sync_batchnorm, join_process_group, wrap_ddp
+from convzoo.training.distributed import convert_sync_batchnorm, wrap_ddp
 from convzoo.training.ema import ModelEMA
 from convzoo.training.optim import build_optimizer, load_optimizer_state
 from convzoo.training.schedule import EarlyStopping, Schedule, peak_lr
 
 log = logging.getLogger("convzoo")
-
-# ----------------------------------------------------------------------------- runtime
-
-
-@dataclass
-class Runtime:
-    """What the config resolves to on this machine."""
-
-    device: torch.device
-    amp_dtype: torch.dtype | None  # autocast dtype, None for fp32
-    channels_last: bool
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def precision(self) -> str:
-        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32")
-
-
-def has_bf16(device: torch.device) -> bool:
-    """bf16 tensor cores: compute capability 8.0 and up (A100, RTX 30xx, H100 ...)."""
-    return torch.cuda.get_device_capability(device)[0] >= 8
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """``train.precision`` on ``device``: auto = bf16 on GPUs that have it, fp16 (with loss
-    scaling) on older GPUs (T4, V100), fp32 on the CPU."""
-    if name == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if has_bf16(device) else torch.float16
-    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # validated config
-    if name == "bf16" and device.type == "cuda" and not has_bf16(device):
-        major, minor = torch.cuda.get_device_capability(device)
-        raise ConvzooError(
-            f"train.precision=bf16: {torch.cuda.get_device_name(device)} (compute capability "
-            f"{major}.{minor}) has no bf16 support; use fp16 or auto"
-        )
-    return dtypes[name]
-
-
-def resolve_runtime(cfg: C.TrainConfig) -> Runtime:
-    """Device, precision and memory format from the config (``auto`` picks per device)."""
-    name = cfg.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConvzooError(f"train.device: unknown device '{cfg.device}'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConvzooError(f"train.device={cfg.device} but CUDA is not available on this machine")
-    # channels_last is faster for convolutions on CUDA and on CPU (oneDNN): ~16% for resnet20.
-    channels_last = True if cfg.channels_last is None else cfg.channels_last  # None = auto
-    rank = int(os.environ.get("RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if world_size > 1:  # launched by torchrun: one process per device
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        if device.type == "cuda":
-            device = torch.device("cuda", local_rank)
-            torch.cuda.set_device(device)
-        if not torch.distributed.is_initialized():
-            join_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(device, resolve_precision(cfg.precision, device), channels_last, rank,
-                   world_size)
-
-
-def configure_backends(cfg: C.TrainConfig, device: torch.device) -> None:
-    """Threads and determinism; call before anything runs on the device.
-
-    ``deterministic`` needs, on CUDA, a fixed cuBLAS workspace (``CUBLAS_WORKSPACE_CONFIG``,
-    read when cuBLAS initialises, i.e. at the first matrix product), deterministic cuDNN
-    kernels and no cuDNN autotuning; torch raises on any op without a deterministic kernel.
-    """
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    if cfg.deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(cfg.deterministic)
-    torch.backends.cudnn.deterministic = cfg.deterministic
-    # fixed shapes: let cuDNN pick the fastest kernels, unless results must repeat exactly
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.deterministic
-
 
 # ----------------------------------------------------------------------------- the run
 
