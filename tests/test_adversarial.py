@@ -285,8 +285,8 @@ def foreign_checkpoint(tmp: Path) -> None:
     import torch
 
     from convzoo import config as C
+    from convzoo import saved as ckpt_io
     from convzoo.models import create_model
-    from convzoo.training import checkpoint as ckpt_io
 
     cfg = C.from_dict({"data": {"image_size": 8, "limit": 50}})
     ckpt_io.atomic_save({

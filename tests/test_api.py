@@ -21,9 +21,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 import convzoo
+from convzoo import saved as ckpt_io
 from convzoo.cli import main
 from convzoo.errors import ConvzooError
-from convzoo.training import checkpoint as ckpt_io
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -213,7 +213,7 @@ def test_weights_files_without_what_eval_needs(run_dir, tmp_path, monkeypatch):
     ckpt_io.save_safetensors(load_file(str(src)), tmp_path / "old.safetensors", old)
     with pytest.raises(ConvzooError, match="preprocessing statistics are not in the file"):
         convzoo.load(tmp_path / "old.safetensors")
-    from convzoo.models import weights as W
+    from convzoo import saved as W
 
     monkeypatch.setattr(W, "MAX_META_VALUES", 2)
     ckpt = ckpt_io.load_checkpoint(run_dir)

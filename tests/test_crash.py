@@ -29,8 +29,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from convzoo import files
+from convzoo import saved as ckpt_io
 from convzoo.cli import main
-from convzoo.training import checkpoint as ckpt_io
 from convzoo.training import rundir
 from convzoo.training.rundir import LOCK_FILE
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from convzoo import config as C
+from convzoo import saved as ckpt_io
 from convzoo.cli import main
 from convzoo.data.augment import build_eval_transform
-from convzoo.training import checkpoint as ckpt_io
-from convzoo.training.setup import load_model_for_eval
+from convzoo.saved import load_model_for_eval
 
 onnx = pytest.importorskip("onnx")
 

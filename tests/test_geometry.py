@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 
 from convzoo import config as C
+from convzoo import saved as ckpt_io
+from convzoo.api import load, read_image
 from convzoo.cli import main
 from convzoo.data import pipeline
 from convzoo.data.digits import load_digits
@@ -20,8 +22,7 @@ from convzoo.data.loaders import StreamLoader
 from convzoo.data.pack import pack
 from convzoo.data.packed import load_packed, open_packed
 from convzoo.data.sources import load_dataset
-from convzoo.inference import checkpoint_geometry, evaluate_checkpoint, read_image
-from convzoo.training import checkpoint as ckpt_io
+from convzoo.saved import checkpoint_geometry
 
 QUIET = ["--set", "train.loggers=[]", "--set", "train.threads=1", "--device", "cpu",
          "--set", "data.workers=1"]
@@ -255,8 +256,8 @@ def test_a_checkpoints_data_root_is_never_written(digits_run: tuple[Path, dict],
     ckpt_io.atomic_save(ckpt, tmp_path / "foreign.pt")
     tree = _digits_tree(tmp_path / "d", 16, {"test": "test"})
     mine = tmp_path / "mine"
-    result = evaluate_checkpoint(tmp_path / "foreign.pt", data=str(tree), device="cpu",
-                                 data_root=str(mine))
+    result = load(tmp_path / "foreign.pt", device="cpu").evaluate(str(tree),
+                                                                  data_root=str(mine))
     assert result["count"] == 450
     assert list(foreign.iterdir()) == []
     assert list((mine / "cache").glob("*.pt"))

@@ -36,10 +36,10 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from convzoo import cli
+from convzoo import saved as ckpt_io
 from convzoo.cli import main
 from convzoo.errors import ConvzooError
 from convzoo.integrity import content_digest
-from convzoo.training import checkpoint as ckpt_io
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -26,11 +26,11 @@ from scale_steps import one_epoch
 from torch import nn
 
 from convzoo import config as C
+from convzoo.api import load
 from convzoo.data.dataset import Split
 from convzoo.data.loaders import ResidentLoader
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
-from convzoo.inference import evaluate_checkpoint
 from convzoo.training.distributed import check_global_batch
 from convzoo.training.preempt import EXIT_PREEMPTED
 
@@ -199,7 +199,7 @@ def test_two_nodes_on_loopback_prepare_per_node_and_write_once(tmp_path: Path) -
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     assert torch.load(run / "last.pt", weights_only=True)["train_images"] == 2 * 96
-    alone = evaluate_checkpoint(run, device="cpu", data_root=str(tmp_path / "node0"))
+    alone = load(run, device="cpu").evaluate(data_root=str(tmp_path / "node0"))
     assert (alone["top1"], alone["loss"], alone["count"]) == (rows[-1]["eval_top1"],
                                                               rows[-1]["eval_loss"], 37)
 
@@ -237,7 +237,7 @@ def test_distributed_eval_equals_one_process_for_every_size(checks: dict[int, Pa
 
 def test_convzoo_eval_under_torchrun_equals_one_process(checks: dict[int, Path],
                                                         run_dir: Path) -> None:
-    alone = evaluate_checkpoint(run_dir, device="cpu")
+    alone = load(run_dir, device="cpu").evaluate()
     assert alone["count"] % 3 and alone["count"] % 2 == 0  # 200 test images
     for world, folder in checks.items():
         got = json.loads((folder / f"cli-eval-{world}.json").read_text())

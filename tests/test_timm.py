@@ -10,12 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from convzoo import saved as ckpt_io
 from convzoo.cli import main
 from convzoo.errors import ConvzooError
-from convzoo.models import create_model, freeze, get_entry, load_weights_file, model_info
+from convzoo.models import create_model, freeze, get_entry, model_info
 from convzoo.models.heads import head_state_keys, num_outputs, stage_parameter_names
 from convzoo.models.registry import _timm_entry
-from convzoo.training import checkpoint as ckpt_io
+from convzoo.saved import load_weights_file
 
 
 @pytest.fixture

@@ -256,8 +256,8 @@ def test_ema_weights_are_the_runs_weights_everywhere(tmp_path, capsys):
         capsys.readouterr()
         assert run_cli("predict", str(run), *images, "--json", "--weights", weights) == 0
         probs[weights] = [r["top"] for r in json.loads(capsys.readouterr().out)]
-    from convzoo.inference import predict_files
-    from convzoo.training.setup import load_model_for_eval
+    from convzoo.api import load
+    from convzoo.saved import load_model_for_eval
 
     model, preprocess = load_model_for_eval(last, torch.device("cpu"), "ema")
     x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1)
@@ -267,7 +267,7 @@ def test_ema_weights_are_the_runs_weights_everywhere(tmp_path, capsys):
     for row, p in zip(probs["ema"], expected):
         assert row[0]["prob"] == pytest.approx(p.max().item(), rel=1e-5)
     assert probs["ema"] != probs["raw"]
-    auto = predict_files(run, [Path(images[0])], weights="auto")[0]["top"][0]
+    auto = load(run, weights="auto").predict([Path(images[0])])[0]["top"][0]
     assert auto["prob"] == pytest.approx(probs["ema"][0][0]["prob"], rel=1e-5)
 
 

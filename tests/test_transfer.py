@@ -15,11 +15,11 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from convzoo import config as C
+from convzoo import saved as ckpt_io
 from convzoo.cli import main
 from convzoo.models import create_model
 from convzoo.models.freeze import FREEZE_MODES, frozen_parameter_names
 from convzoo.models.heads import head_and_backbone_params
-from convzoo.training import checkpoint as ckpt_io
 from convzoo.training.loop import check
 from convzoo.training.optim import param_groups
 

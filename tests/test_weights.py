@@ -14,19 +14,13 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
+from convzoo import saved as ckpt_io
 from convzoo.cli import main
 from convzoo.errors import ConvzooError
-from convzoo.models import (
-    create_model,
-    freeze,
-    head_and_backbone_params,
-    list_models,
-    load_init,
-    load_weights_file,
-)
+from convzoo.models import create_model, freeze, head_and_backbone_params, list_models
 from convzoo.models.freeze import frozen_parameter_names
 from convzoo.models.heads import head_state_keys, stage_parameter_names
-from convzoo.training import checkpoint as ckpt_io
+from convzoo.saved import load_init, load_weights_file
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -393,7 +387,7 @@ def test_head_and_backbone_params_split():
 
 def test_load_weights_file_of_a_run_and_an_export(run_dir, tmp_path):
     from convzoo.data.preprocess import Preprocessor
-    from convzoo.training.setup import load_model_for_eval
+    from convzoo.saved import load_model_for_eval
 
     ckpt = ckpt_io.load_checkpoint(run_dir)
     reference, ref_pre = load_model_for_eval(ckpt, torch.device("cpu"))

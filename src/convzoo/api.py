@@ -33,15 +33,21 @@ from PIL import Image
 from torch import nn
 
 from convzoo import config as C
+from convzoo import saved as ckpt_io
 from convzoo.data.augment import build_eval_transform, tta_views
-from convzoo.data.images import Geometry, Limits, collect_files, decode_file, from_pil
+from convzoo.data.images import (
+    DEFAULT_LIMITS,
+    Geometry,
+    Limits,
+    collect_files,
+    decode_file,
+    from_pil,
+)
 from convzoo.data.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
-from convzoo.inference import _trusted_data, checkpoint_geometry, read_checkpoint
 from convzoo.runtime import Runtime, autocast, resolve_runtime
-from convzoo.training import checkpoint as ckpt_io
-from convzoo.training.setup import load_model_for_eval
+from convzoo.saved import checkpoint_geometry, load_model_for_eval, read_checkpoint
 
 # What `predict` and `probabilities` take: one of these, or a sequence of them.
 ImageInput = str | Path | Image.Image | torch.Tensor | np.ndarray
@@ -66,6 +72,20 @@ def load(run_or_ckpt: str | Path, *, which: str = "last", weights: str = "auto",
     ckpt = read_checkpoint(run_or_ckpt, which, weights)
     return Classifier.from_checkpoint(ckpt, weights=weights, device=device,
                                       source=Path(run_or_ckpt))
+
+
+def _trusted_data(cfg: C.DataConfig, data_root: str | None) -> C.DataConfig:
+    """`cfg` (a checkpoint's) with the places written to and the decoding limits taken from
+    this user's configuration (`data_root`, else the default) instead: a checkpoint is not
+    trusted to say where files go (data roots: downloads, decode caches)."""
+    mine = C.DataConfig()
+    return C.replace(cfg, root=data_root or mine.root, max_image_pixels=mine.max_image_pixels,
+                     max_member_mb=mine.max_member_mb)
+
+
+def read_image(path: Path, geometry: Geometry, limits: Limits = DEFAULT_LIMITS) -> torch.Tensor:
+    """One image file as uint8 (C, H, W) of `geometry`: the decoder and geometry training used."""
+    return geometry.apply(decode_file(path, limits))
 
 
 def _run_dir(source: Path) -> Path | None:

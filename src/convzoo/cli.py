@@ -82,7 +82,7 @@ def auto_run(args: argparse.Namespace) -> tuple[C.Config, Path, bool, dict[str, 
     checkpoint). A run directory holding a different run is an error naming the first key
     that differs (a scheduler restarting a fixed command must never train something else into
     it)."""
-    from convzoo.training import checkpoint as ckpt_io
+    from convzoo import saved as ckpt_io
     from convzoo.training.loop import RUNTIME_KEYS
     from convzoo.training.loop import resume_config as stage_config
 
@@ -208,12 +208,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from convzoo.inference import evaluate_checkpoint
+    from convzoo.api import load
 
-    result = evaluate_checkpoint(args.run, data=args.data, split=args.split, tta=args.tta,
-                                 which=args.checkpoint, device=args.device,
-                                 batch_size=args.batch_size, weights=args.weights,
-                                 report=args.report, topk=args.topk)
+    clf = load(args.run, which=args.checkpoint, weights=args.weights, device=args.device)
+    result = clf.evaluate(args.data, split=args.split, tta=args.tta, batch_size=args.batch_size,
+                          report=args.report, topk=args.topk)
     if int(os.environ.get("RANK", "0")) > 0:  # under torchrun: every rank has the figures
         return 0
     if args.json:
@@ -905,9 +904,11 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, as a shell reports a program stopped by a closed pipe
     except Exception as e:
-        from convzoo.training.preempt import Preempted
-
-        if isinstance(e, Preempted):  # a stop request, answered with a checkpoint
+        # A stop request, answered with a checkpoint. Only a run that imported the stop logic
+        # can raise one; looked up, not imported, so that this handler itself never fails on an
+        # import (a broken torchvision, say, which it must report).
+        preempt = sys.modules.get("convzoo.training.preempt")
+        if preempt is not None and isinstance(e, preempt.Preempted):
             if int(os.environ.get("RANK", "0")) == 0:
                 print(f"convzoo: {e}", file=sys.stderr)
             return e.exit_status

@@ -10,7 +10,7 @@ resize rule a caller must apply first) and the preprocessing kind are stored in 
 model's ``metadata_props``.
 
 safetensors: the model's ``state_dict`` (loadable with ``model.load_state_dict``) with the
-metadata of the run's own ``model.safetensors`` (one format: ``weights.weights_metadata``):
+metadata of the run's own ``model.safetensors`` (one format: ``saved.weights_metadata``):
 what rebuilds the model, its classes, geometry, preprocessing, eval view and config, so
 ``convzoo eval``/``predict``/``export`` and ``convzoo.load`` read it alone.
 
@@ -34,15 +34,18 @@ import torch
 from torch import Tensor, nn
 
 from convzoo import config as C
+from convzoo import saved as ckpt_io
 from convzoo.data.augment import build_eval_transform
 from convzoo.data.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
-from convzoo.inference import checkpoint_geometry, read_checkpoint
 from convzoo.jsonio import dumps_json
-from convzoo.models.weights import weights_metadata
 from convzoo.outputs import check_output_file, write_output
-from convzoo.training import checkpoint as ckpt_io
-from convzoo.training.setup import load_model_for_eval
+from convzoo.saved import (
+    checkpoint_geometry,
+    load_model_for_eval,
+    read_checkpoint,
+    weights_metadata,
+)
 
 log = logging.getLogger("convzoo")
 

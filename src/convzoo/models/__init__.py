@@ -1,7 +1,7 @@
 """The model zoo: every network registered by name; build one with `create_model(name)`.
 
-Reuse: `load_init` (start from trained weights), `freeze` (linear probe / last stage),
-`head_and_backbone_params` (lr groups), `load_weights_file` (model from a .safetensors).
+Reuse: `freeze` (linear probe / last stage), `head_and_backbone_params` (lr groups),
+`weights.init_from` (trained weights into a model; `convzoo.saved.load_init` reads any source).
 """
 
 # Importing the family modules registers their models.
@@ -24,7 +24,7 @@ from convzoo.models.registry import (
     list_models,
     register_model,
 )
-from convzoo.models.weights import InitReport, load_init, load_weights_file
+from convzoo.models.weights import InitReport
 
 __all__ = [
     "FREEZE_MODES",
@@ -36,8 +36,6 @@ __all__ = [
     "get_entry",
     "head_and_backbone_params",
     "list_models",
-    "load_init",
-    "load_weights_file",
     "model_info",
     "register_model",
 ]

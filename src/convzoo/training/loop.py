@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from convzoo import config as C
+from convzoo import saved as ckpt_io
 from convzoo.data.augment import mixes
 from convzoo.data.pipeline import Loader, build_pipeline
 from convzoo.data.sampler import torch_seed
@@ -34,7 +35,6 @@ from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
 from convzoo.log import format_seconds, log
 from convzoo.runtime import Runtime, autocast, configure_backends, resolve_runtime
-from convzoo.training import checkpoint as ckpt_io
 from convzoo.training import preempt, rundir, trackers
 from convzoo.training.distributed import all_ranks, broadcast_buffers, check_global_batch, no_sync
 from convzoo.training.logging import Eta, MetricsWriter, Progress

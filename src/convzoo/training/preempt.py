@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from convzoo.training import checkpoint as ckpt_io
+from convzoo import saved as ckpt_io
 
 log = logging.getLogger("convzoo")
 

@@ -66,10 +66,10 @@ import yaml
 
 from convzoo import config as C
 from convzoo import files
+from convzoo import saved as ckpt_io
 from convzoo.errors import ConvzooError
 from convzoo.files import write_file, write_text
 from convzoo.jsonio import dumps_json
-from convzoo.training import checkpoint as ckpt_io
 
 try:
     import fcntl
@@ -98,12 +98,10 @@ def write_init_report(run_dir: Path, report: dict[str, Any]) -> None:
 
 def save_weights(ckpt: dict[str, Any], path: Path) -> None:
     """model.safetensors: the run's weights (EMA when it keeps one) with what rebuilds the
-    model and feeds it images (``weights.weights_metadata``)."""
-    from convzoo.models.weights import weights_metadata
-
+    model and feeds it images (``saved.weights_metadata``)."""
     state, weights = ckpt_io.select_weights(ckpt, "auto")
     with files.writing(path):  # the format export writes too: eval/predict/export read it alone
-        ckpt_io.save_safetensors(state, path, weights_metadata(ckpt, weights))
+        ckpt_io.save_safetensors(state, path, ckpt_io.weights_metadata(ckpt, weights))
 
 
 def save_checkpoint(ckpt: dict[str, Any], path: Path) -> None:

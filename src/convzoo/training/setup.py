@@ -17,16 +17,16 @@ import torch
 from torch import nn
 
 from convzoo import config as C
+from convzoo import saved as ckpt_io
 from convzoo.data.augment import tta_views
-from convzoo.data.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.models import create_model
 from convzoo.models.freeze import freeze, frozen_parameter_names
 from convzoo.models.info import count_params
 from convzoo.models.registry import check_stored_kwargs
-from convzoo.models.weights import InitReport, build_stored_model, load_init
+from convzoo.models.weights import InitReport
 from convzoo.runtime import Runtime
-from convzoo.training import checkpoint as ckpt_io
+from convzoo.saved import load_init
 from convzoo.training.distributed import convert_sync_batchnorm, wrap_ddp
 from convzoo.training.ema import ModelEMA
 from convzoo.training.optim import build_optimizer, load_optimizer_state
@@ -256,8 +256,9 @@ def saved_trainable(run: Run, ckpt: dict[str, Any]) -> set[str] | None:
 
 
 def checkpoint_state(run: Run, row: dict[str, Any]) -> dict[str, Any]:
-    """Everything ``restore`` (resume) and ``load_model_for_eval`` (eval, predict, export) need,
-    as a plain dict of tensors and primitives (loadable with ``weights_only=True``)."""
+    """Everything ``restore`` (resume) and ``saved.load_model_for_eval`` (eval, predict,
+    export) need, as a plain dict of tensors and primitives (loadable with
+    ``weights_only=True``)."""
     cfg, data, s = run.cfg, run.data, run.state
     return {
         "format": ckpt_io.FORMAT,
@@ -294,28 +295,3 @@ def checkpoint_state(run: Run, row: dict[str, Any]) -> dict[str, Any]:
         "compile_seconds": s.compile_seconds,
         "metrics": row,
     }
-
-
-# ----------------------------------------------------------------------------- eval side
-
-
-def load_model_for_eval(ckpt: dict[str, Any], device: torch.device,
-                        weights: str = "auto") -> tuple[nn.Module, Preprocessor]:
-    """Rebuild the model and its preprocessing from a checkpoint (nothing else needed): one
-    that ``inference.read_checkpoint`` read, so verified and its fields checked.
-
-    ``weights``: ``auto`` (the EMA weights when the run kept an EMA, else the trained ones),
-    ``ema`` or ``raw`` (``checkpoint.select_weights``).
-    """
-    state, _ = ckpt_io.select_weights(ckpt, weights)
-    model = build_stored_model(ckpt["model_name"], ckpt["num_classes"], ckpt["in_chans"],
-                               dict(ckpt["model_kwargs"]), ckpt.get("weights_file", "checkpoint"))
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ConvzooError(f"the checkpoint's weights do not fit its model {ckpt['model_name']} "
-                           f"with {ckpt['num_classes']} classes: "
-                           f"{str(e).strip().splitlines()[-1].strip()}") from None
-    model.to(device).eval()
-    preprocess = Preprocessor.from_state(ckpt["preprocess"]).to(device)
-    return model, preprocess
