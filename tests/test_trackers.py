@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 
 from convzoo.cli import main
+from convzoo.trackers import wandb_mode
 from convzoo.training import loop
 from convzoo.training.preempt import EXIT_PREEMPTED
-from convzoo.training.trackers import wandb_mode
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -341,7 +341,7 @@ class Classifier:
         ece = expected_calibration_error(probs.double().numpy(), labels.numpy())
         run_dir = _run_dir(self.source)
         if run_dir is not None:
-            from convzoo.training import trackers
+            from convzoo import trackers
 
             figures = json.loads(files["report_json"].read_text())
             logged = trackers.open_for_report(self.config, run_dir)

@@ -344,7 +344,7 @@ def open_study(sweep: SweepConfig, queue: list[dict[str, Any]], base: C.Config, 
     whether this process created it."""
     import optuna
 
-    from convzoo.training.trackers import sqlite_lock
+    from convzoo.trackers import sqlite_lock
 
     url, name = storage_url(sweep), study_name(sweep)
     mine = definition(sweep)
@@ -738,7 +738,7 @@ def sweep(spec: str | Path | dict[str, Any] | SweepConfig | None = None, *,
         mappings): ``convzoo.sweep(recipe="quickstart", params={"optim.lr":
         "loguniform:1e-3:1"}, trials=12, val_fraction=0.1)``.
     """
-    from convzoo.training.trackers import check_installed, installed
+    from convzoo.trackers import check_installed, installed
 
     if not installed("optuna"):
         raise ConvzooError("convzoo sweep needs optuna, which is not installed: pip install "

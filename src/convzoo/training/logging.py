@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from convzoo import config as C
 from convzoo.log import format_seconds, log
+from convzoo.trackers import open_trackers
 from convzoo.training.rundir import MetricsLog
-from convzoo.training.trackers import open_trackers
 
 
 class Eta:

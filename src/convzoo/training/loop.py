@@ -28,6 +28,7 @@ import torch
 
 from convzoo import config as C
 from convzoo import saved as ckpt_io
+from convzoo import trackers
 from convzoo.data.augment import mixes
 from convzoo.data.pipeline import Loader, build_pipeline
 from convzoo.data.sampler import torch_seed
@@ -35,7 +36,7 @@ from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
 from convzoo.log import format_seconds, log
 from convzoo.runtime import Runtime, autocast, configure_backends, resolve_runtime
-from convzoo.training import preempt, rundir, trackers
+from convzoo.training import preempt, rundir
 from convzoo.training.distributed import all_ranks, broadcast_buffers, check_global_batch, no_sync
 from convzoo.training.logging import Eta, MetricsWriter, Progress
 from convzoo.training.schedule import monitor_mode, set_lr

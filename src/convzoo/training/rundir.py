@@ -863,7 +863,7 @@ def discard(lock: RunLock) -> list[str]:
             (run_dir / name).unlink(missing_ok=True)
             removed.append(name)
     if "wandb" not in lock.before:  # W&B's offline files (train.loggers: wandb)
-        from convzoo.training.trackers import discard_wandb
+        from convzoo.trackers import discard_wandb
 
         removed.extend(discard_wandb(run_dir))
     files.remove_stale_temps(run_dir)  # ours: the lock is still held

@@ -5,7 +5,7 @@
     mlflow        an MLflow run (``mlflow.tracking_uri``; default a SQLite store in train.out)
     wandb         a W&B run (offline files in RUN/wandb/ unless an API key is configured)
 
-One writer feeds them all (``logging.MetricsWriter``), with the same values:
+One writer feeds them all (``training.logging.MetricsWriter``), with the same values:
 
 * every ``train.log_every`` steps: ``step/loss`` (the epoch's running mean loss, what the
   progress line shows, read when it reads it), ``step/lr``, ``step/images_per_second``;
@@ -498,8 +498,8 @@ WANDB_NAMES = re.compile(r"(offline-)?run-\d{8}_\d{6}-[a-z0-9]+|latest-run|debug
 
 
 def discard_wandb(run_dir: Path) -> list[str]:
-    """A failed new run's W&B files (``rundir.discard``): the names W&B makes in RUN/wandb/,
-    then the folder if that left it empty. Returns what went."""
+    """A failed new run's W&B files (``training.rundir.discard``): the names W&B makes in
+    RUN/wandb/, then the folder if that left it empty. Returns what went."""
     folder = run_dir / "wandb"
     if not folder.is_dir() or folder.is_symlink():
         return []
