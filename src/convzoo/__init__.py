@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 def __getattr__(name: str) -> Any:
     """The public API, imported on first use: each name from the module that holds it."""
     if name == "train":
-        from convzoo.api import train
+        from convzoo.training.loop import train
 
         return train
     if name in ("load", "Classifier"):

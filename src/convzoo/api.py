@@ -1,4 +1,4 @@
-"""The Python API, for notebooks and scripts: load a trained model, or train one.
+"""The Python API for a trained model, for notebooks and scripts: load it, predict, evaluate.
 
     import convzoo
     clf = convzoo.load("runs/quickstart")           # run dir, last.pt / best.pt, model.safetensors
@@ -6,12 +6,11 @@
     probs = clf.probabilities(pil_images)          # (N, classes) float32
     clf.evaluate()                                  # the run's own eval split: top1, top5, loss
     clf.evaluate("path/to/folder", report=True)     # other data, with the evaluation report
-    run_dir = convzoo.train("quickstart", epochs=2, lr=0.05)
 
-The command line is a thin layer over these functions, so both give the same numbers:
-``convzoo eval`` is ``load(...).evaluate(...)``, ``convzoo predict`` is ``load(...).predict(...)``,
-and ``convzoo train`` builds its config with :func:`train_config` / :func:`resume_run_config`
-and calls ``train.loop.fit`` exactly as :func:`train` does.
+The command line is a thin layer over these, so both give the same numbers: ``convzoo eval``
+is ``load(...).evaluate(...)`` and ``convzoo predict`` is ``load(...).predict(...)``. Training
+(``convzoo.train``) is ``convzoo.training.loop.train``: using a model needs nothing from the
+training package, and this module imports none of it.
 
 A :class:`Classifier` feeds images to the model as training did: the one decoder of
 ``convzoo.data.images``, the run's ``Geometry`` (channels, size, crop or squash), its fitted
@@ -381,85 +380,3 @@ def _pixels(x: torch.Tensor | np.ndarray, i: int) -> torch.Tensor:
         raise ConvzooError(f"image {i}: shape {tuple(x.shape)} is not an image {layout} with "
                            "1 to 4 channels")
     return t[:1] if t.shape[0] == 2 else t[:3] if t.shape[0] == 4 else t
-
-
-# ----------------------------------------------------------------------------- training
-
-
-def overrides_from_keywords(keywords: dict[str, Any]) -> dict[str, Any]:
-    """``train``'s keywords as nested overrides: the CLI's shortcuts (``epochs=2``,
-    ``lr=0.05``, ``data="digits"``, ``model="resnet20"`` ...), dotted keys
-    (``**{"optim.weight_decay": 0}``) and sections (``optim={"lr": 0.05, "momentum": 0}``)."""
-    shortcuts = dict(C.SHORTCUTS)
-    sections = set(C.hints(C.Config))
-    out: dict[str, Any] = {}
-    for key, value in keywords.items():
-        if key in sections and isinstance(value, dict):
-            nested = {key: value}
-        elif key in shortcuts:
-            nested = C.dotted_to_nested(shortcuts[key], value)
-        elif "." in key or key in sections:
-            nested = C.dotted_to_nested(key, value)
-        else:
-            raise ConvzooError(f"convzoo.train: unknown keyword {key!r} (shortcuts: "
-                               f"{', '.join(shortcuts)}; or a section such as optim={{...}}, "
-                               "or a dotted key such as **{'optim.lr': 0.01})")
-        out = C.merge(out, nested)
-    return out
-
-
-def train_config(config_or_recipe: str | Path | list[str | Path] | C.Config | dict[str, Any]
-                 | None, overrides: dict[str, Any]) -> C.Config:
-    """Defaults <- recipes (shipped names or YAML files, merged left to right), a config dict
-    or a Config <- nested `overrides`, validated (``config.from_dict``)."""
-    if isinstance(config_or_recipe, C.Config):
-        base: dict[str, Any] = C.to_dict(config_or_recipe)
-    elif isinstance(config_or_recipe, dict):
-        base = config_or_recipe
-    elif isinstance(config_or_recipe, list):
-        base = C.load_recipes([str(r) for r in config_or_recipe])
-    elif config_or_recipe:
-        base = C.load_recipe(str(config_or_recipe))
-    else:
-        base = {}
-    return C.from_dict(C.merge(base, overrides))
-
-
-def resume_run_config(run_dir: Path, overrides: dict[str, Any]
-                      ) -> tuple[C.Config, dict[str, Any] | None]:
-    """The config a resume of `run_dir` trains with (``loop.resume_config``: overrides start a
-    new stage; a checkpoint taken inside an epoch takes none) and the run's last checkpoint
-    (None when it stopped before its first)."""
-    from convzoo.training.loop import resume_config
-
-    if not (run_dir / "config.yaml").exists():
-        raise ConvzooError(f"--resume {run_dir}: not a run directory (no config.yaml)")
-    if {"out", "name"} & set(overrides.get("train", {})):
-        raise ConvzooError("--resume continues the run in its own directory; drop --out/--name "
-                           "(train.out, train.name)")
-    ckpt = ckpt_io.load_checkpoint(run_dir, "last") if (run_dir / "last.pt").exists() else None
-    return resume_config(run_dir, overrides, ckpt["epoch"] if ckpt else 0,
-                         ckpt.get("step", 0) if ckpt else 0), ckpt
-
-
-def train(config_or_recipe: str | Path | C.Config | dict[str, Any] | None = None, *,
-          resume: str | Path | None = None, **overrides: Any) -> Path:
-    """Train, as ``convzoo train`` does, and return the run directory.
-
-    config_or_recipe: a shipped recipe name (``"quickstart"``), a YAML file, a config dict or
-        a ``Config`` (default: the defaults).
-    overrides: the CLI's shortcuts (``model``, ``data``, ``epochs``, ``batch_size``, ``lr``,
-        ``out``, ``name``, ``device``, ``seed``), sections (``optim={"momentum": 0.8}``) and
-        dotted keys (``**{"model.init": "runs/a"}``), checked like ``--set``.
-    resume: continue this run directory instead (overrides then start a new stage).
-    """
-    from convzoo.training.loop import fit
-
-    nested = overrides_from_keywords(overrides)
-    if resume is not None:
-        if config_or_recipe is not None:
-            raise ConvzooError("--resume continues a run with its own config; drop the recipe")
-        cfg, ckpt = resume_run_config(Path(resume), nested)
-        return fit(cfg, Path(resume), ckpt=ckpt)
-    return fit(train_config(config_or_recipe, nested))
-

@@ -41,17 +41,17 @@ def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_train_config(args: argparse.Namespace) -> C.Config:
-    """Defaults <- recipe <- CLI shortcuts <- --set overrides, validated (``api.train_config``,
-    the Python API's path too)."""
-    from convzoo.api import train_config
+    """Defaults <- recipe <- CLI shortcuts <- --set overrides, validated
+    (``runconfig.train_config``, the Python API's path too)."""
+    from convzoo.runconfig import train_config
 
     return train_config(args.recipe, explicit_overrides(args))
 
 
 def resume_config(args: argparse.Namespace) -> tuple[C.Config, dict[str, Any] | None]:
     """The run's config.yaml with this command's overrides as a new stage and the run's last
-    checkpoint (``api.resume_run_config``, the Python API's path too)."""
-    from convzoo.api import resume_run_config
+    checkpoint (``runconfig.resume_run_config``, the Python API's path too)."""
+    from convzoo.runconfig import resume_run_config
 
     if args.recipe:
         raise ConvzooError("--resume continues a run with its own config; drop --recipe (or use "
@@ -59,65 +59,9 @@ def resume_config(args: argparse.Namespace) -> tuple[C.Config, dict[str, Any] | 
     return resume_run_config(Path(args.resume), explicit_overrides(args))
 
 
-# What --resume auto ignores when it compares the command with the run it found: when the run
-# and its stages started (written by train), and where the run directory is (how it was found).
-AUTO_IGNORED = {"started", "train.out", "train.name"}
-
-
-def _comparable(cfg: C.Config, stages: int) -> dict[str, Any]:
-    """``cfg`` as dotted keys, without what --resume auto ignores, and its first ``stages``
-    stages without their start records."""
-    from convzoo.training.loop import RUNTIME_KEYS
-
-    data = C.to_dict(cfg)
-    data["stages"] = [{k: v for k, v in st.items() if k not in ("started", "from_epoch")}
-                      for st in data["stages"][:stages]]
-    flat = C.dotted(data)
-    return {k: v for k, v in flat.items() if k not in AUTO_IGNORED | RUNTIME_KEYS}
-
-
-def auto_run(args: argparse.Namespace) -> tuple[C.Config, Path, bool, dict[str, Any] | None]:
-    """``--resume auto``: the command's run directory (``train.out``/``train.name``) and
-    whether it already holds this run. Returns (config, run directory, continuing, last
-    checkpoint). A run directory holding a different run is an error naming the first key
-    that differs (a scheduler restarting a fixed command must never train something else into
-    it)."""
-    from convzoo import saved as ckpt_io
-    from convzoo.training.loop import RUNTIME_KEYS
-    from convzoo.training.loop import resume_config as stage_config
-
-    cfg = build_train_config(args)
-    if not cfg.train.name:
-        raise ConvzooError("--resume auto needs --name NAME (train.name): the run directory "
-                           "train.out/NAME that a restarted job finds again")
-    run_dir = Path(cfg.train.out).expanduser() / cfg.train.name
-    if not (run_dir / "config.yaml").is_file():
-        return cfg, run_dir, False, None
-    saved = C.load_config(run_dir / "config.yaml")
-    mine, theirs = _comparable(cfg, len(cfg.stages)), _comparable(saved, len(cfg.stages))
-    for key in sorted(mine.keys() | theirs.keys()):
-        if mine.get(key) != theirs.get(key):
-            raise ConvzooError(f"--resume auto: {run_dir} holds a run with {key}="
-                               f"{theirs.get(key)!r}, this command has {mine.get(key)!r}; "
-                               f"give another --name, or continue that run with --resume "
-                               f"{run_dir} (overrides start a new stage)")
-    ckpt = ckpt_io.load_checkpoint(run_dir, "last") if (run_dir / "last.pt").exists() else None
-    runtime = {k: v for k, v in dotted_overrides(args).items() if k in RUNTIME_KEYS}
-    nested: dict[str, Any] = {}
-    for key, value in runtime.items():
-        nested = C.merge(nested, C.dotted_to_nested(key, value))
-    cfg = stage_config(run_dir, nested, ckpt["epoch"] if ckpt else 0,
-                       ckpt.get("step", 0) if ckpt else 0)
-    return cfg, run_dir, True, ckpt
-
-
-def dotted_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    return C.dotted(explicit_overrides(args))
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    """The config as ``convzoo.train`` builds it (``api.train_config`` / ``resume_run_config``;
-    ``--resume auto`` on top), then ``fit`` — the one path of both."""
+    """The config as ``convzoo.train`` builds it (``runconfig``: ``train_config``,
+    ``resume_run_config``, ``auto_run``), then ``fit`` — the one path of both."""
     import yaml
 
     from convzoo.log import log
@@ -125,7 +69,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     ckpt, claim = None, None
     if args.resume == "auto":  # continue the run in train.out/NAME if there is one, else start it
-        cfg, run_dir, continuing, ckpt = auto_run(args)
+        from convzoo.runconfig import auto_run
+
+        cfg, run_dir, continuing, ckpt = auto_run(build_train_config(args),
+                                                  explicit_overrides(args))
         resume = run_dir if continuing else None
         claim = None if continuing else run_dir
     elif args.resume:

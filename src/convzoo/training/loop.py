@@ -19,7 +19,7 @@ import math
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,8 +27,8 @@ from typing import Any
 import torch
 
 from convzoo import config as C
+from convzoo import runconfig, trackers
 from convzoo import saved as ckpt_io
-from convzoo import trackers
 from convzoo.data.augment import mixes
 from convzoo.data.pipeline import Loader, build_pipeline
 from convzoo.data.sampler import torch_seed
@@ -262,56 +262,6 @@ def mark_started(cfg: C.Config, stage: Stage, epoch: int) -> C.Config:
     return C.replace(cfg, stages=stages)
 
 
-# What a resume may change without starting a new stage: how this process runs, not what it
-# trains.
-RUNTIME_KEYS = {"train.device", "train.threads", "train.log_every", "data.workers", "data.root",
-                "train.checkpoint_every_steps", "train.checkpoint_every_minutes",
-                "train.loggers", "train.keep_last", *(f"mlflow.{f.name}" for f in
-                                                      fields(C.MlflowConfig)),
-                *(f"wandb.{f.name}" for f in fields(C.WandbConfig))}
-
-
-def resume_config(run_dir: Path, overrides: dict[str, Any],
-                  done: int, mid_epoch: int = 0) -> C.Config:
-    """The run's ``config.yaml`` with a resume's ``overrides`` (nested, as the CLI gives them).
-
-    Keys that only say how this process runs (``RUNTIME_KEYS``) apply directly. Any other
-    override starts a new stage at the checkpoint's epoch ``done``, recorded in ``stages`` with
-    those overrides and its end (``train.epochs``, default: the plan's end), so config.yaml
-    keeps the whole history. No overrides: the plan continues (an exact resume). A checkpoint
-    taken ``mid_epoch`` steps into epoch ``done + 1`` takes no stage overrides.
-    """
-    cfg = C.load_config(run_dir / "config.yaml")
-    keys = C.declared_keys()  # the command line gives text: each value in its key's type
-    flat = {k: C.check_value(k, v) if k in keys else v for k, v in C.dotted(overrides).items()}
-    runtime = {k: v for k, v in flat.items() if k in RUNTIME_KEYS}
-    stage_keys = {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
-    for key, value in runtime.items():
-        cfg = C.apply_overrides(cfg, C.dotted_to_nested(key, value))
-    plan_end = stage_plan(cfg)[-1].train.epochs
-    epochs = stage_keys.pop("train.epochs", None)
-    if not stage_keys and epochs in (None, plan_end):
-        return cfg
-    if mid_epoch:  # a new stage starts at an epoch's start, with its own batches and lr
-        raise ConvzooError(f"--resume {run_dir}: its last.pt was written inside epoch "
-                           f"{done + 1} (step {mid_epoch}); resume it without overrides to finish "
-                           "that epoch, then start a new stage from its end")
-    if done == 0:  # nothing trained yet: no history to keep, start over with the overrides
-        return C.apply_overrides(cfg, overrides)
-    unstarted = [s.epochs for s in cfg.stages if not s.started]
-    if unstarted:
-        raise ConvzooError(f"--resume {run_dir}: its planned stages (to epoch {unstarted[-1]}) "
-                           "have not all run; resume it without overrides first")
-    end = plan_end if epochs is None else epochs
-    if end <= done:
-        raise ConvzooError(f"--resume {run_dir}: the run is at epoch {done}; a new stage needs "
-                           f"--epochs above {done} (got {end})")
-    stage = C.StageConfig(epochs=end, set=stage_keys, from_epoch=done)
-    cfg = C.replace(cfg, stages=[*cfg.stages, stage])
-    stage_plan(cfg)  # validates the new stage's overrides
-    return cfg
-
-
 # ----------------------------------------------------------------------------- fit
 
 
@@ -398,6 +348,27 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
         train_stages(cfg, run_dir, rt, todo, run, fresh=resume is None, lock=lock,
                      epoch_end=epoch_end)
         return run_dir
+
+
+def train(config_or_recipe: str | Path | C.Config | dict[str, Any] | None = None, *,
+          resume: str | Path | None = None, **overrides: Any) -> Path:
+    """Train, as ``convzoo train`` does, and return the run directory: ``convzoo.train``, the
+    Python API's entry (its config built by ``runconfig``, as the command line's is).
+
+    config_or_recipe: a shipped recipe name (``"quickstart"``), a YAML file, a config dict or
+        a ``Config`` (default: the defaults).
+    overrides: the CLI's shortcuts (``model``, ``data``, ``epochs``, ``batch_size``, ``lr``,
+        ``out``, ``name``, ``device``, ``seed``), sections (``optim={"momentum": 0.8}``) and
+        dotted keys (``**{"model.init": "runs/a"}``), checked like ``--set``.
+    resume: continue this run directory instead (overrides then start a new stage).
+    """
+    nested = runconfig.overrides_from_keywords(overrides)
+    if resume is not None:
+        if config_or_recipe is not None:
+            raise ConvzooError("--resume continues a run with its own config; drop the recipe")
+        cfg, ckpt = runconfig.resume_run_config(Path(resume), nested)
+        return fit(cfg, Path(resume), ckpt=ckpt)
+    return fit(runconfig.train_config(config_or_recipe, nested))
 
 
 def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], run: Run, *,
