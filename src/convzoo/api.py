@@ -32,8 +32,6 @@ from PIL import Image
 from torch import nn
 
 from convzoo import config as C
-from convzoo import saved as ckpt_io
-from convzoo.data.augment import build_eval_transform, tta_views
 from convzoo.data.images import (
     DEFAULT_LIMITS,
     Geometry,
@@ -45,8 +43,9 @@ from convzoo.data.images import (
 from convzoo.data.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
-from convzoo.runtime import Runtime, autocast, resolve_runtime
-from convzoo.saved import checkpoint_geometry, load_model_for_eval, read_checkpoint
+from convzoo.predictor import Predictor, tta_views_of
+from convzoo.runtime import Runtime, resolve_runtime
+from convzoo.saved import checkpoint_geometry, read_checkpoint, select_weights
 
 # What `predict` and `probabilities` take: one of these, or a sequence of them.
 ImageInput = str | Path | Image.Image | torch.Tensor | np.ndarray
@@ -95,15 +94,16 @@ def _run_dir(source: Path) -> Path | None:
 
 @dataclass
 class Classifier:
-    """A trained model with everything that feeds it images as training did (:func:`load`)."""
+    """A trained model with everything that feeds it images as training did (:func:`load`): a
+    front over its :class:`~convzoo.predictor.Predictor` (preprocessing, eval view, TTA, the
+    model on its runtime) that turns the user's inputs into images of the run's geometry and a
+    data source into a loader."""
 
-    model: nn.Module  # eval mode, on runtime.device
-    preprocess: Preprocessor  # the statistics fitted on the run's training split
+    predictor: Predictor  # the model (eval mode, on runtime.device) and what feeds it
     geometry: Geometry  # channels, size and resize rule every image is brought to
     classes: list[str]  # class names, in the order of the model's outputs
     config: C.Config  # the run's resolved config (data: its eval split; augment: eval view, TTA)
     weights: str  # which weights were loaded: "ema" or "raw"
-    runtime: Runtime  # device, autocast dtype, channels_last (as `convzoo eval` runs)
     source: Path  # what was loaded
     epoch: int  # epochs the weights were trained for
     eval_split: str  # the split the run evaluated on
@@ -112,16 +112,29 @@ class Classifier:
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any], *, weights: str = "auto",
                         device: str = "auto", source: str | Path = "") -> Classifier:
-        """A Classifier from a checkpoint dict (``inference.read_checkpoint``)."""
+        """A Classifier from a checkpoint dict (``saved.read_checkpoint``), on the device and
+        at the precision ``convzoo eval`` uses (the run's ``train`` settings, this device)."""
         cfg = C.from_dict(ckpt["config"])
         rt = resolve_runtime(C.replace(cfg.train, device=device))
-        _, used = ckpt_io.select_weights(ckpt, weights)
-        model, preprocess = load_model_for_eval(ckpt, rt.device, weights)
-        if rt.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return cls(model, preprocess, checkpoint_geometry(ckpt), list(ckpt["classes"]), cfg,
-                   used, rt, Path(source), int(ckpt["epoch"]), str(ckpt["eval_split"]),
-                   ckpt.get("config_recorded", True))
+        _, used = select_weights(ckpt, weights)
+        return cls(Predictor.from_checkpoint(ckpt, rt, weights), checkpoint_geometry(ckpt),
+                   list(ckpt["classes"]), cfg, used, Path(source), int(ckpt["epoch"]),
+                   str(ckpt["eval_split"]), ckpt.get("config_recorded", True))
+
+    @property
+    def model(self) -> nn.Module:
+        return self.predictor.model
+
+    @property
+    def preprocess(self) -> Preprocessor:
+        """The statistics fitted on the run's training split."""
+        assert self.predictor.preprocess is not None
+        return self.predictor.preprocess
+
+    @property
+    def runtime(self) -> Runtime:
+        """Device, autocast dtype, channels_last (as ``convzoo eval`` runs)."""
+        return self.predictor.runtime
 
     @property
     def device(self) -> torch.device:
@@ -141,7 +154,8 @@ class Classifier:
 
     def _items(self, inputs: ImageInput | Sequence[ImageInput]
                ) -> list[tuple[str | None, Callable[[], torch.Tensor]]]:
-        """(file name or None, a function giving uint8 (C, H, W)) for every image in `inputs`.
+        """(file name or None, a function giving uint8 (C, H, W) of the run's geometry) for
+        every image in `inputs`.
 
         Files are decoded only when their batch comes, so a folder of any size fits."""
         if isinstance(inputs, torch.Tensor | np.ndarray) and inputs.ndim == 4:
@@ -149,36 +163,22 @@ class Classifier:
         elif not isinstance(inputs, list | tuple):
             inputs = [inputs]
         limits = Limits.from_config(C.DataConfig())  # the user's bounds, not the checkpoint's
+        g = self.geometry
         items: list[tuple[str | None, Callable[[], torch.Tensor]]] = []
         for i, x in enumerate(inputs):
             if isinstance(x, str | Path):
-                items += [(str(f), lambda f=f: decode_file(f, limits)) for f in collect_files([x])]
+                items += [(str(f), lambda f=f: read_image(f, g, limits))
+                          for f in collect_files([x])]
             elif isinstance(x, Image.Image):
-                items.append((None, lambda x=x: from_pil(x)))
+                items.append((None, lambda x=x: g.apply(from_pil(x))))
             elif isinstance(x, torch.Tensor | np.ndarray):
-                items.append((None, lambda x=x, i=i: _pixels(x, i)))
+                items.append((None, lambda x=x, i=i: g.apply(_pixels(x, i))))
             else:
                 raise ConvzooError(f"image {i}: {type(x).__name__} is not an image (give file "
                                    "paths, folders, glob patterns, PIL images or uint8 arrays)")
         if not items:
             raise ConvzooError("no images given")
         return items
-
-    def _probs(self, x: torch.Tensor, views: Any) -> torch.Tensor:
-        """Softmax probabilities (B, K) float32 of uint8 (B, C, H, W) images of the geometry:
-        preprocessing, eval view, TTA views averaged (as ``evaluate``)."""
-        rt = self.runtime
-        x = build_eval_transform(self.config.augment)(self.preprocess(x.to(rt.device)))
-        probs = None
-        inputs = views(x) if views is not None else [x]
-        for view in inputs:
-            if rt.channels_last:
-                view = view.contiguous(memory_format=torch.channels_last)
-            with autocast(rt.device, rt.amp_dtype):
-                p = self.model(view).float().softmax(dim=1)
-            probs = p if probs is None else probs + p
-        assert probs is not None
-        return (probs / len(inputs)).cpu()
 
     @torch.no_grad()
     def probabilities(self, inputs: ImageInput | Sequence[ImageInput], *,
@@ -201,20 +201,19 @@ class Classifier:
         batch = batch_size or self.config.train.eval_batch_size
         if batch < 1:
             raise ConvzooError(f"batch_size={batch}: must be at least 1")
-        augment = self.config.augment if tta is None else C.replace(self.config.augment, tta=tta)
-        views = ((lambda x: tta_views(x, augment.tta, augment)) if augment.tta != "none"
-                 else None)
-        was_training = self.model.training
-        self.model.eval()
+        predictor = self._with_tta(tta)
         chunks = []
-        try:
+        with predictor.in_eval_mode():
             for start in range(0, len(items), batch):
-                part = items[start:start + batch]
-                x = torch.stack([self.geometry.apply(read()) for _, read in part])
-                chunks.append(self._probs(x, views))
-        finally:
-            self.model.train(was_training)
+                x = torch.stack([read() for _, read in items[start:start + batch]])
+                chunks.append(predictor.probabilities(x))
         return [name for name, _ in items], torch.cat(chunks)
+
+    def _with_tta(self, tta: str | None) -> Predictor:
+        """The predictor with the test-time augmentation `tta` (None: the run's)."""
+        if tta is None:
+            return self.predictor
+        return self.predictor.using(views=tta_views_of(self.config.augment, tta))
 
     @torch.no_grad()
     def predict(self, inputs: ImageInput | Sequence[ImageInput], *, topk: int = 5,
@@ -280,13 +279,10 @@ class Classifier:
         rt = self.runtime
         loader = make_loader(source, split, cfg, rt.device, self.preprocess, train=False,
                              batch_size=batch_size, rank=rt.rank, world_size=rt.world_size)
-        views = ((lambda x: tta_views(x, augment_cfg.tta, augment_cfg))
-                 if augment_cfg.tta != "none" else None)
         outputs: list[tuple[torch.Tensor, torch.Tensor]] | None = (
             [] if report_dir is not None else None)
-        try:
-            result = evaluate(self.model, loader, device=rt.device, amp_dtype=rt.amp_dtype,
-                              channels_last=rt.channels_last, views=views, outputs=outputs,
+        try:  # the loader preprocesses and takes the eval view; the predictor does the rest
+            result = evaluate(self._with_tta(tta), loader, outputs=outputs,
                               world_size=rt.world_size)
         finally:
             loader.close()

@@ -1,4 +1,8 @@
-"""Evaluation: top-1, top-5 and cross-entropy over a loader, with optional test-time augmentation."""
+"""Evaluation: top-1, top-5 and cross-entropy over a loader, with optional test-time augmentation.
+
+The model's outputs for a batch come from ``predictor.Predictor.scores`` (views, precision,
+memory format), the one composition eval, predict and export share; this module adds them up.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convzoo.runtime import autocast
+from convzoo.predictor import Predictor
+from convzoo.runtime import Runtime
 
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module,
+    model: nn.Module | Predictor,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
-    device: torch.device,
+    device: torch.device | None = None,
     amp_dtype: torch.dtype | None = None,
     channels_last: bool = False,
     views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
@@ -26,6 +31,11 @@ def evaluate(
     outputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict[str, float]:
     """Mean cross-entropy and top-1/top-5 accuracy (percent) of `model` over `batches`.
+
+    `model`: a :class:`~convzoo.predictor.Predictor` (the model with its runtime and TTA views:
+    what training, ``convzoo eval`` and the API pass), or a bare model, run as
+    ``Predictor(model, Runtime(device, amp_dtype, channels_last), views=views)``. `batches`:
+    (images, labels) already preprocessed and in the eval view, as a loader yields them.
 
     `outputs`: when a list, each batch's softmax probabilities (float32 (B, K), CPU; the
     average over the views with TTA) and labels ((B,) int64, CPU) are appended to it, for
@@ -41,41 +51,27 @@ def evaluate(
     rank's per-batch sums and returns the figures over the whole split, equal bit for bit to
     one process evaluating it alone.
     """
-    was_training = model.training
-    model.eval()
+    predictor = model if isinstance(model, Predictor) else Predictor(
+        model, Runtime(device or torch.device("cpu"), amp_dtype, channels_last), views=views)
+    device = predictor.runtime.device
     rows: list[torch.Tensor] = []  # per batch: (loss sum, top-1 hits, top-5 hits, images), float64
-    for x, y in batches:
-        inputs = views(x) if views is not None else [x]
-        probs = None
-        logits = None
-        for view in inputs:
-            if channels_last:
-                view = view.contiguous(memory_format=torch.channels_last)
-            with autocast(device, amp_dtype):
-                out = model(view)
-            out = out.float()
-            if len(inputs) == 1:
-                logits = out
+    with predictor.in_eval_mode():
+        for x, y in batches:
+            scores, are_probabilities = predictor.scores(x)
+            if are_probabilities:  # TTA: the log of the averaged probability of the true class
+                loss = F.nll_loss(scores.clamp_min(1e-12).log(), y, reduction="sum")
             else:
-                p = out.softmax(dim=1)
-                probs = p if probs is None else probs + p
-        if logits is not None:
-            loss = F.cross_entropy(logits, y, reduction="sum")
-            scores = logits
-        else:
-            probs = probs / len(inputs)
-            loss = F.nll_loss(probs.clamp_min(1e-12).log(), y, reduction="sum")
-            scores = probs
-        if outputs is not None:
-            p = probs if logits is None else logits.softmax(dim=1)
-            outputs.append((p.float().cpu(), y.cpu()))
-        k = min(5, scores.shape[1])
-        topk = scores.topk(k, dim=1).indices  # (B, k)
-        hits = topk == y[:, None]
-        rows.append(torch.stack([loss.double(), hits[:, 0].sum().double(),
-                                 hits.any(dim=1).sum().double(),
-                                 torch.tensor(y.shape[0], dtype=torch.float64, device=device)]))
-    model.train(was_training)
+                loss = F.cross_entropy(scores, y, reduction="sum")
+            if outputs is not None:
+                p = scores if are_probabilities else scores.softmax(dim=1)
+                outputs.append((p.float().cpu(), y.cpu()))
+            k = min(5, scores.shape[1])
+            topk = scores.topk(k, dim=1).indices  # (B, k)
+            hits = topk == y[:, None]
+            rows.append(torch.stack([loss.double(), hits[:, 0].sum().double(),
+                                     hits.any(dim=1).sum().double(),
+                                     torch.tensor(y.shape[0], dtype=torch.float64,
+                                                  device=device)]))
     table = torch.stack(rows).cpu().tolist() if rows else []  # one host sync
     if world_size > 1:  # every rank's batches, ranks in order = the one-process batch order
         shares: list[Any] = [None] * world_size

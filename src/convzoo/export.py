@@ -1,6 +1,7 @@
 """``convzoo export``: a trained model as ONNX (preprocessing folded in) or safetensors.
 
-ONNX: the exported graph is ``InferenceModel`` in eval mode: it takes float32 images
+ONNX: the exported graph is ``predictor.Predictor`` in eval mode (its ``forward``, the
+composition ``convzoo eval``/``predict`` and the API run, without TTA): it takes float32 images
 (B, C, H, W) on the 0-255 scale at the run's input geometry (``checkpoint_geometry``: what
 ``convzoo predict`` feeds after decoding a file and bringing it to the run's channels and size
 by its crop/squash rule), applies the checkpoint's fitted preprocessing and deterministic eval
@@ -31,21 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from convzoo import config as C
 from convzoo import saved as ckpt_io
-from convzoo.data.augment import build_eval_transform
-from convzoo.data.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.jsonio import dumps_json
 from convzoo.outputs import check_output_file, write_output
-from convzoo.saved import (
-    checkpoint_geometry,
-    load_model_for_eval,
-    read_checkpoint,
-    weights_metadata,
-)
+from convzoo.predictor import Predictor
+from convzoo.runtime import Runtime
+from convzoo.saved import checkpoint_geometry, read_checkpoint, weights_metadata
 
 log = logging.getLogger("convzoo")
 
@@ -53,30 +48,13 @@ FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors"}
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
-class InferenceModel(nn.Module):
-    """Images on the 0-255 scale (B, C, H, W), uint8 or float -> logits (B, classes).
-
-    Preprocessing, eval view and network exactly as ``convzoo eval``/``predict`` apply them.
-    """
-
-    def __init__(self, model: nn.Module, preprocess: Preprocessor, augment: C.AugmentConfig):
-        super().__init__()
-        self.model = model
-        self.preprocess = preprocess
-        self.augment = augment
-        self._view = build_eval_transform(augment)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.model(self._view(self.preprocess(images)))
-
-
 def load_inference_model(path: str | Path, which: str = "last",
-                         weights: str = "auto") -> tuple[InferenceModel, dict]:
-    """The checkpoint's InferenceModel on the CPU in eval mode, and the checkpoint dict."""
+                         weights: str = "auto") -> tuple[Predictor, dict]:
+    """The checkpoint's model as the exported graph: a Predictor on the CPU in fp32 and the
+    contiguous memory format, without TTA, in eval mode; and the checkpoint dict."""
     ckpt = read_checkpoint(path, which, weights)  # a run, a .pt or a model.safetensors
-    cfg = C.from_dict(ckpt["config"])
-    model, preprocess = load_model_for_eval(ckpt, torch.device("cpu"), weights)
-    return InferenceModel(model, preprocess, cfg.augment).eval(), ckpt
+    cpu = Runtime(torch.device("cpu"), None, False)
+    return Predictor.from_checkpoint(ckpt, cpu, weights, tta="none").eval(), ckpt
 
 
 @dataclass
@@ -175,7 +153,7 @@ def _quiet() -> Any:
         yield
 
 
-def export_onnx(wrapper: InferenceModel, ckpt: dict[str, Any], path: Path,
+def export_onnx(wrapper: Predictor, ckpt: dict[str, Any], path: Path,
                 opset: int | None = None, weights: str = "raw") -> str:
     """Write ``wrapper`` as ONNX with a dynamic batch axis and metadata; returns the exporter.
 
@@ -217,7 +195,7 @@ def export_onnx(wrapper: InferenceModel, ckpt: dict[str, Any], path: Path,
     return name
 
 
-def onnx_metadata(ckpt: dict[str, Any], wrapper: InferenceModel,
+def onnx_metadata(ckpt: dict[str, Any], wrapper: Predictor,
                   weights: str = "raw") -> dict[str, str]:
     """metadata_props of the exported graph."""
     return {
@@ -236,7 +214,7 @@ def onnx_metadata(ckpt: dict[str, Any], wrapper: InferenceModel,
     }
 
 
-def check_onnx(path: Path, wrapper: InferenceModel, image_shape: tuple[int, ...],
+def check_onnx(path: Path, wrapper: Predictor, image_shape: tuple[int, ...],
                atol: float = 1e-4, rtol: float = 1e-4) -> list[str]:
     """onnx.checker on the file; then, if onnxruntime is installed, compare its logits with
     the PyTorch model's on 3 random images (a batch size other than the traced one)."""

@@ -35,6 +35,7 @@ from convzoo.data.sampler import torch_seed
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
 from convzoo.log import format_seconds, log
+from convzoo.predictor import Predictor
 from convzoo.runtime import Runtime, autocast, configure_backends, resolve_runtime
 from convzoo.training import preempt, rundir
 from convzoo.training.distributed import all_ranks, broadcast_buffers, check_global_batch, no_sync
@@ -145,15 +146,15 @@ def evaluate_run(run: Run) -> dict[str, Any]:
         broadcast_buffers(run.model)
         if run.ema is not None:
             broadcast_buffers(run.ema.module)
-    kw = dict(device=rt.device, amp_dtype=rt.amp_dtype, channels_last=rt.channels_last,
-              views=run.views)
     t0 = time.perf_counter()  # evaluate() ends with .item(): the device is synced
-    kw["world_size"] = rt.world_size  # each rank its shard; every rank gets the figures
-    raw = evaluate(run.eval_model, run.data.eval, **kw)
+    # each rank its shard; every rank gets the figures
+    raw = evaluate(Predictor(run.eval_model, rt, views=run.views), run.data.eval,
+                   world_size=rt.world_size)
     row = {"eval_loss": raw["loss"], "eval_top1": raw["top1"], "eval_top5": raw["top5"],
            "eval_split": run.data.eval_split}
     if run.ema is not None:
-        ema = evaluate(run.ema.module, run.data.eval, **kw)
+        ema = evaluate(Predictor(run.ema.module, rt, views=run.views), run.data.eval,
+                       world_size=rt.world_size)
         row.update({"ema_eval_loss": ema["loss"], "ema_eval_top1": ema["top1"],
                     "ema_eval_top5": ema["top5"]})
     row["eval_seconds"] = time.perf_counter() - t0
@@ -200,8 +201,7 @@ def compile_warmup(run: Run) -> float:
             loss = run.loss_fn(run.step_model(x), y)
         loss.backward()
         model.zero_grad(set_to_none=True)
-    evaluate(run.eval_model, [next(iter(run.data.eval))], device=rt.device,
-             amp_dtype=rt.amp_dtype, channels_last=rt.channels_last, views=run.views)
+    evaluate(Predictor(run.eval_model, rt, views=run.views), [next(iter(run.data.eval))])
     if rt.device.type == "cuda":
         torch.cuda.synchronize(rt.device)
     seconds = time.perf_counter() - t0

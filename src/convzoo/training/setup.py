@@ -18,13 +18,13 @@ from torch import nn
 
 from convzoo import config as C
 from convzoo import saved as ckpt_io
-from convzoo.data.augment import tta_views
 from convzoo.errors import ConvzooError
 from convzoo.models import create_model
 from convzoo.models.freeze import freeze, frozen_parameter_names
 from convzoo.models.info import count_params
 from convzoo.models.registry import check_stored_kwargs
 from convzoo.models.weights import InitReport
+from convzoo.predictor import tta_views_of
 from convzoo.runtime import Runtime
 from convzoo.saved import load_init
 from convzoo.training.distributed import convert_sync_batchnorm, wrap_ddp
@@ -177,8 +177,7 @@ def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | N
     eval_model: nn.Module = model  # each rank evaluates its shard; evaluate() gathers
     if cfg.train.compile:
         step_model, eval_model = torch.compile(step_model), torch.compile(model)
-    views = ((lambda x: tta_views(x, cfg.augment.tta, cfg.augment))
-             if cfg.augment.tta != "none" else None)
+    views = tta_views_of(cfg.augment)
     return Run(cfg, rt, data, model, step_model, eval_model, optimizer, schedule, scaler, ema,
                stopper, nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing), params,
                views, state, init_report=init_report, frozen=frozen)
