@@ -32,7 +32,7 @@ from convzoo import files
 from convzoo import saved as ckpt_io
 from convzoo.cli import main
 from convzoo.training import rundir
-from convzoo.training.rundir import LOCK_FILE
+from convzoo.training.runlock import LOCK_FILE
 
 EPOCHS = 3
 ARGS = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=200",

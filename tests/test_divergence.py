@@ -14,7 +14,7 @@ from torch import nn
 
 from convzoo.cli import main
 from convzoo.models import registry
-from convzoo.training import rundir
+from convzoo.training import divergence, rundir
 
 ARGS = ["--data", "digits", "--set", "data.image_size=8", "--set", "data.limit=200",
         "--batch-size", "32", "--seed", "1", "--device", "cpu",
@@ -61,7 +61,7 @@ def test_divergence_keeps_the_last_good_epoch_untouched(
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.name != "config.yaml"}
     assert after == before  # last.pt, best.pt, model.safetensors, metrics, summary: epoch 2's
     last = torch.load(run / "last.pt", weights_only=True)
-    assert last["epoch"] == 2 and rundir.weights_finite(last["model"].values())
+    assert last["epoch"] == 2 and divergence.weights_finite(last["model"].values())
 
 
 class Calls(nn.Module):
@@ -157,6 +157,6 @@ def test_the_run_directory_never_writes_non_finite_weights(tmp_path: Path) -> No
         def write(self, row: dict[str, Any]) -> None:
             (tmp_path / "metrics.jsonl").write_text(json.dumps(row))
 
-    with pytest.raises(rundir.Diverged, match="weights after epoch 5 are not finite"):
+    with pytest.raises(divergence.Diverged, match="weights after epoch 5 are not finite"):
         rundir.save_epoch(tmp_path, ckpt, Log(), checkpoint=True, best=True, summary={})
     assert not any(tmp_path.iterdir())

@@ -21,7 +21,8 @@ from convzoo import files
 from convzoo.errors import ConvzooError
 from convzoo.report import read_metrics
 from convzoo.training import rundir
-from convzoo.training.rundir import LOCK_FILE, MetricsLog, RunLock
+from convzoo.training.rundir import MetricsLog
+from convzoo.training.runlock import LOCK_FILE, RunLock
 
 
 def dead_pid() -> int:
@@ -143,7 +144,7 @@ def test_a_forked_child_does_not_keep_a_dead_owner_s_lock(tmp_path: Path) -> Non
     """A trainer killed while its DataLoader workers live on: its lock is stale at once."""
     script = (
         "import os, sys, time\n"
-        "from convzoo.training.rundir import RunLock\n"
+        "from convzoo.training.runlock import RunLock\n"
         f"RunLock.acquire({str(tmp_path)!r})\n"
         "if os.fork() == 0:\n"
         "    time.sleep(10); os._exit(0)\n"  # the worker outlives its parent
@@ -160,7 +161,7 @@ def test_a_forked_child_does_not_keep_a_dead_owner_s_lock(tmp_path: Path) -> Non
 def test_sigterm_releases_the_lock(tmp_path: Path) -> None:
     script = (
         "import time\n"
-        "from convzoo.training.rundir import RunLock\n"
+        "from convzoo.training.runlock import RunLock\n"
         f"lock = RunLock.acquire({str(tmp_path)!r})\n"
         "try:\n"
         "    print('locked', flush=True); time.sleep(60)\n"

@@ -82,7 +82,7 @@ def is_temp_name(name: str) -> bool:
 def remove_stale_temps(run_dir: Path) -> int:
     """Delete temp files a killed writer left in `run_dir` (never taken as good); returns count.
 
-    Call it only while owning the directory (``rundir.RunLock``): a live writer's temp matches
+    Call it only while owning the directory (``training.runlock.RunLock``): a live writer's temp matches
     the same pattern.
     """
     stale = [p for p in Path(run_dir).glob(f".*{TEMP_TAG}*") if is_temp_name(p.name)

@@ -406,7 +406,7 @@ def fail_dead_trials(study: Any) -> list[int]:
     other hosts are left to the heartbeat (their liveness cannot be checked from here)."""
     from optuna.trial import TrialState
 
-    from convzoo.training.rundir import Holder
+    from convzoo.training.runlock import Holder
 
     me = socket.gethostname()
     failed = []
@@ -486,7 +486,7 @@ class Objective:
 
         from convzoo.report import read_summary
         from convzoo.training.loop import fit
-        from convzoo.training.rundir import Holder
+        from convzoo.training.runlock import Holder
 
         trial.set_user_attr("owner", asdict(Holder.this_process()))
         if self.sweep.trials and counted(trial.study, below=trial.number) >= self.sweep.trials:
@@ -508,7 +508,7 @@ class Objective:
                             cfg.stages[-1].epochs if cfg.stages else cfg.train.epochs)
         try:
             fit(cfg, claim=run_dir, epoch_end=reporter)
-        except SystemExit as e:  # a signal before the loop (rundir.RunLock): not a result
+        except SystemExit as e:  # a signal before the loop (runlock.RunLock): not a result
             raise Interrupted(e.code if isinstance(e.code, int) else 1) from None
         figures = read_summary(run_dir)
         if figures.get("split") != "val":

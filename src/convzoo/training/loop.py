@@ -9,7 +9,7 @@ Read it top to bottom: there are no callbacks and no trainer class. What a stage
 Every file of a run directory is written by ``train/rundir.py``: config.yaml when a stage
 starts, and after each epoch the metrics row, weights, best.pt, (at a stage's end) the summary,
 then last.pt, in the order that survives a kill at any point. ``fit`` owns the directory
-(``rundir.RunLock``) from start to exit.
+(``runlock.RunLock``) from start to exit.
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ from convzoo.predictor import Predictor
 from convzoo.runtime import Runtime, autocast, configure_backends, resolve_runtime
 from convzoo.training import preempt, rundir
 from convzoo.training.distributed import all_ranks, broadcast_buffers, check_global_batch, no_sync
+from convzoo.training.divergence import Diverged, DivergenceCheck, check_losses
 from convzoo.training.logging import Eta, MetricsWriter, Progress
+from convzoo.training.runlock import RunLock
 from convzoo.training.schedule import monitor_mode, set_lr
 from convzoo.training.setup import (
     Run,
@@ -79,12 +81,12 @@ def train_one_epoch(run: Run, loader: Loader, lrs: list[float],
     mixed, count) so far (a mid-epoch checkpoint). ``after_step(step, *those sums)`` runs
     after each step (1-based; ``train/preempt.py``: checkpoints and stop requests).
 
-    A non-finite loss raises ``rundir.Diverged`` (epoch, step, lr) at the next progress read or
+    A non-finite loss raises ``divergence.Diverged`` (epoch, step, lr) at the next progress read or
     at the epoch end, before anything of the epoch is saved."""
     model, optimizer, scaler, rt = run.step_model, run.optimizer, run.scaler, run.rt
     grad_clip = run.cfg.optim.grad_clip
     accum = run.cfg.train.accum_steps
-    watch = rundir.DivergenceCheck(lrs, rt.device, epoch=epoch, early=rt.world_size == 1)
+    watch = DivergenceCheck(lrs, rt.device, epoch=epoch, early=rt.world_size == 1)
     model.train()
     loss_sum = torch.zeros((), device=rt.device, dtype=torch.float64)
     correct = torch.zeros((), device=rt.device, dtype=torch.int64)
@@ -265,7 +267,7 @@ def mark_started(cfg: C.Config, stage: Stage, epoch: int) -> C.Config:
 # ----------------------------------------------------------------------------- fit
 
 
-def new_run_dir(cfg: C.Config) -> rundir.RunLock:
+def new_run_dir(cfg: C.Config) -> RunLock:
     """A new run directory, created atomically (never an earlier run's) and owned."""
     model = cfg.model.name.replace(":", "-")  # timm:<name> -> a plain folder name
     name = cfg.train.name or (
@@ -318,7 +320,7 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
     With ``resume``, continue the run in that directory from ``last.pt`` (``ckpt``, if the
     caller has loaded it), or from scratch with its config when it has no checkpoint yet. A run
     with nothing left to train is not trained again; end-of-run files it misses are rebuilt.
-    Rank 0 owns the run directory (``rundir.RunLock``) for the whole call: a resumed run's lock
+    Rank 0 owns the run directory (``runlock.RunLock``) for the whole call: a resumed run's lock
     is taken before anything is read, a new run's directory is created only once everything
     has been validated, so bad input leaves no directory behind. ``claim``: start the new run
     in exactly this directory (``--resume auto``), not in a fresh ``NAME-2``. ``epoch_end``:
@@ -328,7 +330,7 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
     with contextlib.ExitStack() as owner:
         lock = None
         if resume is not None and rt.is_main:
-            lock = owner.enter_context(rundir.RunLock.acquire(Path(resume)))
+            lock = owner.enter_context(RunLock.acquire(Path(resume)))
         if ckpt is None and resume is not None and (Path(resume) / "last.pt").exists():
             ckpt = ckpt_io.load_checkpoint(resume, "last")
         rt, todo, run = check(cfg, resume, ckpt)
@@ -372,7 +374,7 @@ def train(config_or_recipe: str | Path | C.Config | dict[str, Any] | None = None
 
 
 def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], run: Run, *,
-                 fresh: bool, lock: rundir.RunLock | None = None,
+                 fresh: bool, lock: RunLock | None = None,
                  epoch_end: EpochEnd | None = None) -> None:
     """Train the stages ``todo`` in ``run_dir``, the first one already built (``run``).
     ``lock``: rank 0's ownership of the directory (a fresh run that fails is discarded)."""
@@ -525,7 +527,7 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
         log.info(epoch_line(run, row, eta))
         if epoch_end is not None and "eval_top1" in row and epoch_end(row):
             run.halted = s.stopped = True
-        rundir.check_losses(row)  # finite weights whose eval outputs overflow: stop here too
+        check_losses(row)  # finite weights whose eval outputs overflow: stop here too
         asked = hook.at_end | control.epoch_end()  # the same on every rank
         ckpt = checkpoint_state(run, row)
         end = s.stopped or epoch == cfg.train.epochs
@@ -605,7 +607,7 @@ def save_position(run: Run, run_dir: Path, epoch: int, step: int, steps: int,
     rt = run.rt
     ranks = all_ranks(preempt.rank_state(*sums), rt.world_size)
     if not preempt.finite(ranks):  # the same answer on every rank: all stop together
-        raise rundir.Diverged(f"training diverged in epoch {epoch} before step {step}: the "
+        raise Diverged(f"training diverged in epoch {epoch} before step {step}: the "
                               "loss is not finite; nothing of that epoch was saved; lower "
                               "optim.lr or set optim.grad_clip")
     error = None

@@ -8,7 +8,7 @@ in, the run writes a checkpoint at that step (``last.pt``, atomically, through `
 every rank exits with :data:`EXIT_PREEMPTED` (75, ``EX_TEMPFAIL`` of sysexits.h: "try again
 later"), or 130 after a Ctrl-C, as a shell expects. A second signal stops at once (the run
 keeps its last checkpoint). Outside the loop (data loading, model
-building: nothing trained yet to lose) rank 0's ``rundir.RunLock`` turns the signal into an
+building: nothing trained yet to lose) rank 0's ``runlock.RunLock`` turns the signal into an
 exit at once, as before.
 
 **One step for all ranks** (:class:`StepControl`). A signal may reach one rank only, or the

@@ -11,7 +11,7 @@ Everything ``train`` writes into ``runs/<name>/`` goes through this module:
     epoch-NNNN.pt       the checkpoints of the last train.keep_last saved epochs (when > 0)
     summary.json, metrics.csv, curves.png     written at the end of each stage
     last.pt             the checkpoint ``--resume`` continues from
-    tracking.json, steps.csv, tensorboard/, wandb/    the loggers' (``train/trackers.py``)
+    tracking.json, steps.csv, tensorboard/, wandb/    the loggers' (``convzoo/trackers.py``)
 
 What a reader can rely on after a kill at any point (SIGKILL, OOM, power loss):
 
@@ -21,20 +21,22 @@ What a reader can rely on after a kill at any point (SIGKILL, OOM, power loss):
   (a killed append); readers skip it and the next owner rewrites the file without it.
 * ``last.pt`` is the commit point and is written last in every epoch (:func:`save_epoch`):
   metrics row -> model.safetensors -> best.pt -> summary.json / metrics.csv / curves.png ->
-  epoch-NNNN.pt -> last.pt (then older epoch-NNNN.pt beyond ``keep_last`` go). So every other file is at least as new as ``last.pt``, and once ``last.pt`` holds a
-  stage's final epoch, that stage's best.pt and summary are already complete. Anything newer
+  epoch-NNNN.pt -> last.pt (then older epoch-NNNN.pt beyond ``keep_last`` go). So every other
+  file is at least as new as ``last.pt``, and once ``last.pt`` holds a stage's final epoch, that stage's best.pt and summary are already complete. Anything newer
   than ``last.pt`` belongs to an epoch that ``--resume`` trains again; since that replay is
   exact (same seed per epoch), it rewrites those files with the same content, and drops
   metrics rows after ``last.pt``'s epoch.
 * A checkpoint inside an epoch (``train.checkpoint_every_steps``/``_minutes``, or a stop
-  request: ``train/preempt.py``) advances ``last.pt`` alone (:func:`save_step`), to a position
+  request: ``training/preempt.py``) advances ``last.pt`` alone (:func:`save_step`), to a position
   ``(epoch, step)``: ``epoch`` epochs done and ``step`` steps of the next. The files of
   finished epochs (metrics rows, model.safetensors, best.pt, summary) are then of epochs up to
   ``epoch``, so the rule above still holds, and the resume replays the rest of the epoch
   exactly (the epoch's metrics row comes out as if it had never stopped).
-* No file ever holds non-finite weights: a diverged epoch raises :class:`Diverged` before its
-  first write, so the last good epoch's files stay untouched.
-* At most one process trains in a directory (:class:`RunLock`); ``--resume`` of a finished run
+* No file ever holds non-finite weights: a diverged epoch raises ``divergence.Diverged`` before
+  its first write, so the last good epoch's files stay untouched.
+* At most one process trains in a directory (``runlock.RunLock``), created atomically
+  (:func:`create`, :func:`claim`); a fresh run that fails before its first checkpoint removes
+  exactly what it wrote (:func:`discard`). ``--resume`` of a finished run
   rebuilds a missing summary.json / metrics.csv / curves.png / model.safetensors
   (:func:`complete`) and says what it rebuilt.
 
@@ -45,19 +47,9 @@ the directory is then as a kill at that point would have left it.
 from __future__ import annotations
 
 import contextlib
-import errno
-import json
 import logging
-import math
-import os
 import re
-import signal
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -70,15 +62,12 @@ from convzoo import saved as ckpt_io
 from convzoo.errors import ConvzooError
 from convzoo.files import write_file, write_text
 from convzoo.jsonio import dumps_json
-
-try:
-    import fcntl
-except ImportError:  # Windows: the O_EXCL lock file alone (no kernel lock, pid check only)
-    fcntl = None  # type: ignore[assignment]
+from convzoo.trackers import discard_wandb
+from convzoo.training.divergence import Diverged, check_losses, weights_finite
+from convzoo.training.runlock import LOCK_FILE, Holder, RunLock, create_lock, entries
 
 log = logging.getLogger("convzoo")
 
-LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
 INIT_FILE = "init.json"
 
@@ -350,386 +339,17 @@ def _count_params(ckpt: dict[str, Any]) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-# ----------------------------------------------------------------------------- divergence
-
-
-class Diverged(ConvzooError):
-    """Training produced a non-finite loss or weights; nothing of that epoch was written."""
-
-
-def weights_finite(tensors: Iterable[torch.Tensor]) -> bool:
-    """True when every floating tensor is finite (one host sync for all of them)."""
-    checks = [torch.isfinite(t.detach()).all() for t in tensors if t.is_floating_point()]
-    return bool(torch.stack(checks).all()) if checks else True
-
-
-def check_losses(row: dict[str, Any]) -> None:
-    """Raise Diverged if a loss of an epoch's metrics row (train, eval, EMA eval) is not finite:
-    finite weights whose outputs overflow on the eval data are as useless as NaN weights."""
-    for key in ("train_loss", "eval_loss", "ema_eval_loss"):
-        value = row.get(key)
-        if value is not None and not math.isfinite(value):
-            split = row.get("eval_split", "eval")
-            what = {"train_loss": "training", "eval_loss": split,
-                    "ema_eval_loss": f"EMA {split}"}[key]
-            raise Diverged(f"training diverged in epoch {row['epoch']}: the {what} loss is "
-                           f"{value} (lr {row.get('lr', float('nan')):.4g} at the epoch start); "
-                           f"nothing of epoch {row['epoch']} was saved; lower optim.lr or set "
-                           "optim.grad_clip")
-
-
-class DivergenceCheck:
-    """Finds the first optimizer step of an epoch whose loss is not finite, without a host sync
-    per step: the step number is kept on the device (``update``) and read only where the loop
-    syncs anyway, at a progress read (``running``) and at the epoch end (``finish``).
-
-    ``lrs``: the base lr of each of the epoch's steps (named in the error). ``early`` (single
-    process) lets a progress read stop the run at once; with several ranks only the epoch end
-    decides, on the all-reduced loss, so that every rank stops together.
-    """
-
-    def __init__(self, lrs: list[float], device: torch.device, *, epoch: int | None = None,
-                 early: bool = True) -> None:
-        self.lrs, self.epoch, self.early = lrs, epoch, early
-        self.first = torch.zeros((), dtype=torch.int64, device=device)  # 0 = all finite so far
-
-    def update(self, step: int, loss: torch.Tensor) -> None:
-        """After step ``step`` (1-based in the epoch): remember it if it is the first bad one."""
-        self.first = torch.where(torch.isfinite(loss.detach()) | (self.first > 0),
-                                 self.first, step)
-
-    def running(self, value: float) -> float:
-        """A progress read of the running mean loss: stop here if it is no longer finite."""
-        if self.early and not math.isfinite(value):
-            self._raise(value)
-        return value
-
-    def finish(self, loss: float, parameters: Iterable[torch.Tensor]) -> None:
-        """Epoch end (``loss``: the epoch's mean over all ranks; equal weights on every rank)."""
-        if not math.isfinite(loss):
-            self._raise(loss)
-        if not weights_finite(parameters):  # the last step's update overflowed: loss still finite
-            raise Diverged(f"training diverged{self._where()}: the weights are not finite after "
-                           f"its last step (lr {self._lr(None)}); {self._advice()}")
-
-    def _raise(self, value: float) -> None:
-        step = int(self.first.item()) or None  # None: only another rank saw it (DDP)
-        at = f", step {step}/{len(self.lrs)}" if step else ""
-        raise Diverged(f"training diverged{self._where()}{at}: the loss is {value} "
-                       f"(lr {self._lr(step)}); {self._advice()}")
-
-    def _where(self) -> str:
-        return f" in epoch {self.epoch}" if self.epoch is not None else ""
-
-    def _lr(self, step: int | None) -> str:
-        """The lr step ``step`` of this epoch used (None: the last step's)."""
-        if not self.lrs:
-            return "unknown"
-        return f"{self.lrs[step - 1 if step else -1]:.4g}"
-
-    def _advice(self) -> str:
-        what = f"epoch {self.epoch}" if self.epoch is not None else "this epoch"
-        return f"nothing of {what} was saved; lower optim.lr or set optim.grad_clip"
-
-
-# ----------------------------------------------------------------------------- the owner
-
-
-@dataclass(frozen=True)
-class Holder:
-    """Who holds a run directory: what the lock file says."""
-
-    pid: int
-    host: str
-    started: str  # local ISO time the lock was taken
-    boot_start: int | None = None  # /proc/<pid>/stat start time: tells a reused pid apart
-    job: str | None = None  # torchrun job id (TORCHELASTIC_RUN_ID), when run under torchrun
-    round: int | None = None  # its restart round (TORCHELASTIC_RESTART_COUNT)
-
-    @staticmethod
-    def this_process() -> Holder:
-        from convzoo.training.distributed import torchrun_round
-
-        stat = _proc_stat(os.getpid())
-        job, round_ = torchrun_round() or (None, None)
-        return Holder(os.getpid(), socket.gethostname(),
-                      datetime.now().isoformat(timespec="seconds"),
-                      stat[1] if stat else None, job, round_)
-
-    @staticmethod
-    def parse(data: bytes) -> Holder | None:
-        try:
-            d = json.loads(data)
-            return Holder(int(d["pid"]), str(d["host"]), str(d["started"]),
-                          None if d.get("boot_start") is None else int(d["boot_start"]),
-                          None if d.get("job") is None else str(d["job"]),
-                          None if d.get("round") is None else int(d["round"]))
-        except (ValueError, KeyError, TypeError):
-            return None
-
-    def earlier_round_of(self, me: Holder) -> bool:
-        """Whether this holder was a worker of an earlier round of ``me``'s torchrun job:
-        torchrun's agents stop every worker of a round before the next one starts, so such a
-        holder is gone wherever it ran (another node's lock is safe to take over)."""
-        return (self.job is not None and self.job == me.job and self.round is not None
-                and me.round is not None and self.round < me.round)
-
-    def describe(self) -> str:
-        return f"pid {self.pid} on {self.host}, since {self.started}"
-
-    def alive(self) -> bool:
-        """Whether the process is still running (only meaningful on its own host)."""
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return False
-        except OSError:  # EPERM: alive, another user's
-            pass
-        stat = _proc_stat(self.pid)
-        if stat is not None:
-            state, start = stat
-            if state in "ZX":  # exited, not yet reaped
-                return False
-            if self.boot_start is not None and start != self.boot_start:
-                return False  # the pid now belongs to another process
-        return True
-
-
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state, start time in clock ticks after boot) from /proc (Linux), else None."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # the command name may contain spaces
-    return fields[0], int(fields[19])
-
-
-class RunLock:
-    """Exclusive ownership of a run directory, held from ``acquire`` to ``release``.
-
-    The lock is ``RUN_DIR/.lock``, created with O_EXCL (atomic, also on NFS) and holding
-    :class:`Holder` as JSON; the owner also holds ``flock`` on it, which the kernel drops when
-    the process dies, however it dies. Another process then finds:
-
-    * the flock taken: the owner is alive; fail at once naming it.
-    * the flock free, the lock from this host, its pid gone: stale (the owner was killed).
-      It is taken over in place while holding the flock, so of two processes taking over the
-      same stale lock exactly one wins.
-    * the lock from another host: never broken (its liveness cannot be checked from here);
-      the error says how to remove it.
-
-    Children forked while the lock is held (DataLoader workers) close their copy at once, so a
-    killed trainer's lingering workers never keep its lock. SIGTERM and SIGUSR1 are turned into
-    SystemExit while the lock is held, so ``finally`` blocks release it, as they do on errors
-    and Ctrl-C; while the loop trains, ``train/preempt.py`` takes the two signals over (finish
-    the step, checkpoint, exit 75) and gives them back after.
-    """
-
-    def __init__(self, run_dir: Path, fd: int, holder: Holder, *, made: tuple[Path, ...] = (),
-                 before: frozenset[str] = frozenset()) -> None:
-        self.run_dir, self.path, self.fd, self.holder = run_dir, run_dir / LOCK_FILE, fd, holder
-        # What this process may remove if its fresh run fails (``discard``): the folders it
-        # created (deepest first) and, by omission, everything that was there before it.
-        self.made, self.before = made, before
-        self._handlers: dict[int, Any] = {}  # the handlers to restore, while ours are set
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGUSR1):
-                old = signal.signal(sig, _sigterm)
-                self._handlers[sig] = signal.SIG_DFL if old is None else old
-        _HELD.add(self)
-
-    @classmethod
-    def acquire(cls, run_dir: Path, *, wait: float = 2.0,
-                made: tuple[Path, ...] = ()) -> RunLock:
-        """Own ``run_dir`` or raise ConvzooError naming the holder; removes stale temp files.
-
-        ``wait``: seconds to wait for a lock file that is being written or taken over.
-        ``made``: the folders the caller created for this run (see ``discard``).
-        """
-        run_dir = Path(run_dir)
-        path = run_dir / LOCK_FILE
-        me = Holder.this_process()
-        deadline = time.monotonic() + wait
-        while True:
-            fd = _create(path, me)
-            if fd is None:
-                fd = _take_over(path, me, patient=time.monotonic() < deadline)
-            if fd is None:  # released, being written or being taken over: look again
-                time.sleep(0.05)
-                continue
-            before = frozenset(n for n in _entries(run_dir) if n != LOCK_FILE)
-            lock = cls(run_dir, fd, me, made=made, before=before)
-            n = files.remove_stale_temps(run_dir)  # safe now: no other writer can be here
-            if n:
-                log.info(f"{run_dir}: removed {n} temp file(s) left by a killed writer")
-            return lock
-
-    def release(self) -> None:
-        if self.fd is None:
-            return
-        try:
-            if _same_file(self.fd, self.path):  # gone if a failed fresh run removed its dir
-                self.path.unlink()
-        except OSError:
-            pass
-        finally:
-            os.close(self.fd)  # drops the flock
-            self.fd = None
-            _HELD.discard(self)
-            for sig, old in self._handlers.items():
-                signal.signal(sig, old)
-            self._handlers.clear()
-
-    def __enter__(self) -> RunLock:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-_HELD: set[RunLock] = set()
-
-
-def _close_in_child() -> None:
-    """A forked child (a DataLoader worker) must not keep its parent's lock alive."""
-    for lock in list(_HELD):
-        if lock.fd is not None:
-            os.close(lock.fd)
-            lock.fd = None
-    _HELD.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_in_child)
-
-
-def _sigterm(signum: int, frame: Any) -> None:
-    log.warning(f"convzoo: terminated ({signal.Signals(signum).name}); the run directory keeps "
-                "its last checkpoint")
-    raise SystemExit(128 + signum)
-
-
-def _flock(fd: int, *, block: bool) -> bool:
-    if fcntl is None:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
-    except BlockingIOError:
-        return False
-    except OSError as e:  # a filesystem without flock: the pid check alone decides
-        if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-    return True
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    try:
-        a, b = os.fstat(fd), os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
-
-
-def _create(path: Path, me: Holder) -> int | None:
-    """A new lock file owned by ``me`` (its fd), or None when one exists."""
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return None
-    except OSError as e:
-        raise ConvzooError(f"cannot lock run directory {path.parent}: {e.strerror}") from None
-    _flock(fd, block=True)  # a process looking at the new, empty file holds it a moment at most
-    try:
-        _write_holder(fd, me)
-        files.fsync_dir(path.parent)
-    except OSError as e:
-        os.close(fd)
-        path.unlink(missing_ok=True)
-        raise ConvzooError(f"cannot write {path}: {e.strerror}") from None
-    return fd
-
-
-def _write_holder(fd: int, holder: Holder) -> None:
-    data = json.dumps(asdict(holder)).encode()
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, data, 0)
-    os.fsync(fd)
-
-
-def _read(fd: int) -> bytes:
-    return os.pread(fd, 1 << 16, 0)
-
-
-def _take_over(path: Path, me: Holder, *, patient: bool) -> int | None:
-    """The lock exists: return an fd owning it if it was stale, None to look again, or raise
-    ConvzooError naming the holder."""
-    try:
-        fd = os.open(path, os.O_RDWR)
-    except FileNotFoundError:
-        return None  # released meanwhile
-    except OSError as e:
-        raise ConvzooError(f"cannot open {path}: {e.strerror}") from None
-    try:
-        if not _flock(fd, block=False):  # a live process on this host holds it
-            holder = Holder.parse(_read(fd))
-            stale_looking = holder is None or (holder.host == me.host and not holder.alive())
-            if patient and stale_looking:
-                return None  # being written, or being taken over by another process right now
-            raise ConvzooError(_held(path, holder))
-        if not _same_file(fd, path):
-            return None  # released and re-created while we opened it
-        data = _read(fd)
-        holder = Holder.parse(data)
-        if holder is None:
-            if patient or data.strip():  # being written; or not a lock convzoo wrote
-                if not patient:
-                    raise ConvzooError(f"{path.parent} is locked, but {path} is unreadable; "
-                                       f"if no convzoo process uses it, delete {path}")
-                return None
-            # empty and nobody holds it after `wait`: its creator died right after creating it
-            log.warning(f"taking over {path}: an empty lock left by a killed process")
-        elif holder.earlier_round_of(me):
-            log.warning(f"taking over the lock of {holder.describe()}: a worker of round "
-                        f"{holder.round} of this torchrun job, which torchrun has stopped: {path}")
-        elif holder.host != me.host:
-            raise ConvzooError(
-                f"{path.parent} is locked by {holder.describe()}; convzoo on {me.host} cannot "
-                f"tell whether that process still runs: if it does not, delete {path}"
-            )
-        elif holder.alive():  # no flock but a live pid: be safe, treat it as held
-            raise ConvzooError(_held(path, holder))
-        else:
-            log.warning(f"taking over the stale lock of {holder.describe()} (that process is "
-                        f"gone): {path}")
-        _write_holder(fd, me)
-        owned, fd = fd, -1
-        return owned
-    finally:
-        if fd >= 0:
-            os.close(fd)
-
-
-def _held(path: Path, holder: Holder | None) -> str:
-    who = holder.describe() if holder is not None else "another process"
-    return f"{path.parent} is in use by another convzoo run ({who}; lock {path})"
-
-
-def _entries(run_dir: Path) -> list[str]:
-    try:
-        return sorted(e.name for e in os.scandir(run_dir))
-    except OSError as e:
-        raise ConvzooError(f"cannot list run directory {run_dir}: {e.strerror}") from None
+# ----------------------------------------------------------------------------- creation, removal
 
 
 def _only_ours(run_dir: Path) -> bool:
     """Whether everything in ``run_dir`` is what a convzoo run leaves before its config.yaml:
     a (stale) lock, temp files of an atomic write, TensorBoard event files."""
-    for name in _entries(run_dir):
+    for name in entries(run_dir):
         if name == LOCK_FILE or files.is_temp_name(name):
             continue
         if name == "tensorboard" and not (run_dir / name).is_symlink() and all(
-                n.startswith(TENSORBOARD_PREFIX) for n in _entries(run_dir / name)):
+                n.startswith(TENSORBOARD_PREFIX) for n in entries(run_dir / name)):
             continue
         return False
     return True
@@ -747,9 +367,9 @@ def _check_claimable(run_dir: Path) -> None:
         raise ConvzooError(f"run directory {run_dir}: is {'a file' if kind == 'file' else kind}, "
                            "not a folder; give another --name or --out")
     if not _only_ours(run_dir):
-        shown = ", ".join(_entries(run_dir)[:4])
+        shown = ", ".join(entries(run_dir)[:4])
         raise ConvzooError(f"run directory {run_dir}: is not a convzoo run (no config.yaml) and "
-                           f"not empty ({shown}{', ...' if len(_entries(run_dir)) > 4 else ''}); "
+                           f"not empty ({shown}{', ...' if len(entries(run_dir)) > 4 else ''}); "
                            "convzoo starts a run only in a new or empty folder: give another "
                            "--name or --out")
 
@@ -811,7 +431,7 @@ def create(parent: Path, name: str) -> RunLock:
         except FileExistsError:
             if run_dir.is_dir() and not run_dir.is_symlink() and not any(run_dir.iterdir()):
                 me = Holder.this_process()  # an empty folder made by the user: take it
-                fd = _create(run_dir / LOCK_FILE, me)
+                fd = create_lock(run_dir / LOCK_FILE, me)
                 if fd is None:  # another new run got it first
                     continue
                 lock = RunLock(run_dir, fd, me, made=made_parents)
@@ -822,7 +442,7 @@ def create(parent: Path, name: str) -> RunLock:
         except OSError as e:
             raise ConvzooError(f"cannot create run directory {run_dir}: {e.strerror}") from None
         me = Holder.this_process()
-        fd = _create(run_dir / LOCK_FILE, me)
+        fd = create_lock(run_dir / LOCK_FILE, me)
         if fd is None:  # another creator took our new, still empty folder as a user-made one
             continue
         return RunLock(run_dir, fd, me, made=(run_dir, *made_parents))
@@ -852,19 +472,17 @@ def discard(lock: RunLock) -> list[str]:
             removed.append(name)
     board = run_dir / "tensorboard"
     if "tensorboard" not in lock.before and board.is_dir() and not board.is_symlink():
-        for name in _entries(board):
+        for name in entries(board):
             if name.startswith(TENSORBOARD_PREFIX) and (board / name).is_file():
                 (board / name).unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             board.rmdir()
             removed.append("tensorboard")
-    for name in _entries(run_dir):  # epoch-NNNN.pt (train.keep_last)
+    for name in entries(run_dir):  # epoch-NNNN.pt (train.keep_last)
         if EPOCH_CHECKPOINT.fullmatch(name) and name not in lock.before:
             (run_dir / name).unlink(missing_ok=True)
             removed.append(name)
     if "wandb" not in lock.before:  # W&B's offline files (train.loggers: wandb)
-        from convzoo.trackers import discard_wandb
-
         removed.extend(discard_wandb(run_dir))
     files.remove_stale_temps(run_dir)  # ours: the lock is still held
     lock.release()
