@@ -9,7 +9,7 @@ import torch
 
 from convzoo import config as C
 from convzoo.cli import main
-from convzoo.data.augment import build_eval_transform
+from convzoo.data.transforms.augment import build_eval_transform
 from convzoo.train import checkpoint as ckpt_io
 from convzoo.train.setup import load_model_for_eval
 

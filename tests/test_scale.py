@@ -27,7 +27,7 @@ from torch import nn
 
 from convzoo import config as C
 from convzoo.data.dataset import Split
-from convzoo.data.loaders import ResidentLoader
+from convzoo.data.loading.loaders import ResidentLoader
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
 from convzoo.inference import evaluate_checkpoint
@@ -310,7 +310,7 @@ def test_lr_scaling_follows_the_global_batch_not_the_world_size() -> None:
 
 
 def one_epoch_run(cfg: C.Config) -> Any:
-    from convzoo.data.pipeline import build_pipeline
+    from convzoo.data.loading.pipeline import build_pipeline
     from convzoo.train.setup import Runtime, build_run
 
     cfg = C.replace(cfg, data=C.replace(cfg.data, image_size=8, limit=200))

@@ -33,9 +33,9 @@ from PIL import Image
 from torch import nn
 
 from convzoo import config as C
-from convzoo.data.augment import build_eval_transform, tta_views
 from convzoo.data.images import Geometry, Limits, collect_files, decode_file, from_pil
-from convzoo.data.preprocess import Preprocessor
+from convzoo.data.transforms.augment import build_eval_transform, tta_views
+from convzoo.data.transforms.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import autocast, evaluate
 from convzoo.inference import _trusted_data, checkpoint_geometry, read_checkpoint
@@ -238,7 +238,12 @@ class Classifier:
             TensorBoard when the run keeps one. The result then has ``report`` (the folder)
             and ``ece``. topk: classes per row of predictions.csv.
         """
-        from convzoo.data.pipeline import heldout_split, make_loader, open_source, remap_classes
+        from convzoo.data.loading.pipeline import (
+            heldout_split,
+            make_loader,
+            open_source,
+            remap_classes,
+        )
 
         if data is None and not self.data_recorded:
             raise ConvzooError(f"{self.source} does not record the data it was trained on (an "

@@ -41,9 +41,9 @@ from torch import nn
 
 from convzoo import config as C
 from convzoo import report
-from convzoo.data.augment import EVAL_CROP_FRACTION, build_train_augment
-from convzoo.data.preprocess import fit_preprocessor
-from convzoo.data.stage import Stage
+from convzoo.data.transforms.augment import EVAL_CROP_FRACTION, build_train_augment
+from convzoo.data.transforms.preprocess import fit_preprocessor
+from convzoo.data.transforms.stage import Stage
 from convzoo.errors import ConvzooError
 from convzoo.log import format_seconds
 from convzoo.models import get_entry

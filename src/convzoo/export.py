@@ -34,8 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from convzoo import config as C
-from convzoo.data.augment import build_eval_transform
-from convzoo.data.preprocess import Preprocessor
+from convzoo.data.transforms.augment import build_eval_transform
+from convzoo.data.transforms.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.inference import checkpoint_geometry, read_checkpoint
 from convzoo.jsonio import dumps_json

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import torch
 from filelock import FileLock
 
-from convzoo.data import download
+from convzoo.data.sources import download
 from convzoo.errors import ConvzooError
 from convzoo.integrity import content_digest
 

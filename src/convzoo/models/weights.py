@@ -50,7 +50,7 @@ from torch import Tensor, nn
 
 from convzoo import config as C
 from convzoo.data.images import RESIZE_RULES, SPLITS, Geometry
-from convzoo.data.preprocess import KINDS, state_shapes
+from convzoo.data.transforms.preprocess import KINDS, state_shapes
 from convzoo.errors import ConvzooError
 from convzoo.integrity import check_finite
 from convzoo.jsonio import dumps_json, loads_json

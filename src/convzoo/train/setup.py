@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from convzoo import config as C
-from convzoo.data.augment import tta_views
-from convzoo.data.preprocess import Preprocessor
+from convzoo.data.transforms.augment import tta_views
+from convzoo.data.transforms.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.models import create_model
 from convzoo.models.freeze import freeze, frozen_parameter_names

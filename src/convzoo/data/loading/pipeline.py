@@ -26,14 +26,14 @@ from typing import Any
 import torch
 
 from convzoo import config as C
-from convzoo.data import packed as packed_io
-from convzoo.data.augment import build_eval_transform, build_train_augment
 from convzoo.data.images import Geometry, Limits
-from convzoo.data.loaders import ResidentLoader, StreamLoader
+from convzoo.data.loading.loaders import ResidentLoader, StreamLoader
+from convzoo.data.loading.registry import carve_val, limit_splits, load_dataset, stratified_pick
+from convzoo.data.packs import reader as packed_io
+from convzoo.data.packs.remote import fetch_metadata, is_url
 from convzoo.data.prepare import once_per_node
-from convzoo.data.preprocess import Preprocessor, fit_preprocessor
-from convzoo.data.remote import fetch_metadata, is_url
-from convzoo.data.sources import carve_val, limit_splits, load_dataset, stratified_pick
+from convzoo.data.transforms.augment import build_eval_transform, build_train_augment
+from convzoo.data.transforms.preprocess import Preprocessor, fit_preprocessor
 from convzoo.errors import ConvzooError
 
 MEMORY_BUDGET_BYTES = 8 * 2**30  # decoded uint8 train split that `auto` still keeps in memory

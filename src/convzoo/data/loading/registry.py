@@ -22,12 +22,14 @@ from typing import Any
 import torch
 
 from convzoo.config import DataConfig
-from convzoo.data import cifar, download, images, packed
+from convzoo.data import images
 from convzoo.data.dataset import Dataset, Split
-from convzoo.data.digits import load_digits
 from convzoo.data.images import Geometry, Limits
+from convzoo.data.packs import reader as packed
+from convzoo.data.packs.remote import is_url
 from convzoo.data.prepare import fetch_archive, node_lock, read_cache, write_cache
-from convzoo.data.remote import is_url
+from convzoo.data.sources import cifar, download
+from convzoo.data.sources.digits import load_digits
 from convzoo.errors import ConvzooError
 from convzoo.integrity import regular_file
 

@@ -1,5 +1,5 @@
 """Packed record datasets, the format and its reader: a few large shard files of encoded
-images plus an index (the writer, ``convzoo pack``, is `convzoo.data.pack`).
+images plus an index (the writer, ``convzoo pack``, is `convzoo.data.packs.writer`).
 
 The idea is MXNet's RecordIO: instead of thousands of small files, each split is written as
 concatenated payloads in shard files of a few hundred MB, and a table of
@@ -303,7 +303,7 @@ def open_packed(path: Path | str, root: str | Path = "~/.cache/convzoo") -> Pack
     """Open a packed dataset directory (reads the index and tables, not the images), or a
     pack behind an fsspec URL (``s3://...``: ``data.remote``, its index cached under ``root``,
     ``data.root``)."""
-    from convzoo.data import remote as remote_io
+    from convzoo.data.packs import remote as remote_io
 
     opened = remote_io.fetch_metadata(str(path), root) if remote_io.is_url(path) else None
     location = str(path)

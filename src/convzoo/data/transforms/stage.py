@@ -8,7 +8,7 @@ from its own generator, seeded by the AUGMENT stream of (seed, e, r, k) (`convzo
 so a batch gets the same augmentation wherever it is computed (a worker process or the main one)
 and every rank augments differently.
 
-On a CPU the stage runs image by image where it can (`convzoo.data.cpu_stage`: pixelwise
+On a CPU the stage runs image by image where it can (`convzoo.data.transforms.cpu_stage`: pixelwise
 preprocessing and integer-geometry augmentation, images of 64x64 and up), else batched in
 cache-sized chunks; both give the values the batched ops give.
 """
@@ -20,8 +20,8 @@ from collections.abc import Callable
 import torch
 
 from convzoo.data import sampler
-from convzoo.data.cpu_stage import Windows, apply_windows, per_image
-from convzoo.data.preprocess import Preprocessor
+from convzoo.data.transforms.cpu_stage import Windows, apply_windows, per_image
+from convzoo.data.transforms.preprocess import Preprocessor
 
 # The batched CPU stage works on chunks of about this many float bytes: small enough to stay
 # in cache between preprocess and augment steps (3x faster than whole 224 px batches).
@@ -42,7 +42,7 @@ class Stage:
     generator, epoch, index)`` is applied to training batches, ``eval_transform(x)`` to
     evaluation ones (at most one of the two). ``index`` (B,) are the images' dataset indices.
 
-    An `convzoo.data.augment.Augment` brings its steps around preprocessing (its docstring;
+    An `convzoo.data.transforms.augment.Augment` brings its steps around preprocessing (its docstring;
     docs/augmentation.md), all drawing from the batch's one generator in this order:
 
         x (0-255) -> augment.pixels: [rrc] policy, colour jitter -> preprocess

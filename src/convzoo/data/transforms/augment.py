@@ -1,19 +1,19 @@
 """Batched augmentation on the batch's own device: no per-image Python loops.
 
 Every function takes a float (B, C, H, W) batch that has already been preprocessed (so 0 is "the
-mean", see `convzoo.data.preprocess`), and draws its randomness from a passed `torch.Generator`,
+mean", see `convzoo.data.transforms.preprocess`), and draws its randomness from a passed `torch.Generator`,
 so a run is reproducible under a seed. Numbers are drawn on the generator's device and moved to
 the batch's device: a CUDA generator for a CUDA batch costs no host sync, and a CPU generator
 gives the same draws whatever device the batch is on.
 
 Train (`Augment`, three steps the stage runs around preprocessing): the policy and colour jitter
-on the 0-255 pixels (`convzoo.data.policies`), then random_resized_crop -> crop -> pad ->
+on the 0-255 pixels (`convzoo.data.transforms.policies`), then random_resized_crop -> crop -> pad ->
 translate -> affine -> flip -> cutout on the preprocessed batch, then random erasing and
-mixup/cutmix (`convzoo.data.mixing`) with the labels; docs/augmentation.md. Eval:
+mixup/cutmix (`convzoo.data.transforms.mixing`) with the labels; docs/augmentation.md. Eval:
 `build_eval_transform` (deterministic centre crops / resize) and `tta_views`.
 
 The integer-geometry ops (crop, zero pad-and-crop, translate, flip, cutout) compose into one
-per-image `Windows` plan (`convzoo.data.cpu_stage`): on a CPU, large images are then built image
+per-image `Windows` plan (`convzoo.data.transforms.cpu_stage`): on a CPU, large images are then built image
 by image in one pass (`apply_windows`), which can also read the uint8 source and normalise on
 the way. Both paths draw the same numbers in the same order and give exactly the same batch.
 """
@@ -31,9 +31,9 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from convzoo.config import AugmentConfig
-from convzoo.data import policies, resample
-from convzoo.data.cpu_stage import Windows, apply_windows, per_image
-from convzoo.data.mixing import MixUpCutMix
+from convzoo.data.transforms import policies, resample
+from convzoo.data.transforms.cpu_stage import Windows, apply_windows, per_image
+from convzoo.data.transforms.mixing import MixUpCutMix
 from convzoo.errors import ConvzooError
 
 PAD_MODES = ("zeros", "reflect")
@@ -300,7 +300,7 @@ def build_policy(cfg: AugmentConfig) -> Policy | None:
 
 class Augment:
     """The train-time augmentation of an `AugmentConfig`, as the steps the stage
-    (`convzoo.data.stage`) runs around preprocessing, in this order (docs/augmentation.md):
+    (`convzoo.data.transforms.stage`) runs around preprocessing, in this order (docs/augmentation.md):
 
     1. `pixels`: on the 0-255 pixels, before preprocessing: the random-resized crop when it
        moves here (``rrc=True``: the stage moves it when a policy or jitter is on and the
@@ -311,7 +311,7 @@ class Augment:
        affine, flip, cutout, in the order of the config's fields (fill 0 = the mean).
     3. `finish`: random erasing, then mixup/cutmix with the labels: (images, targets), the
        targets the int64 labels, or (B, num_classes) float32 class probabilities when the run
-       mixes (`convzoo.data.mixing`).
+       mixes (`convzoo.data.transforms.mixing`).
 
     Every step draws from the one passed generator, in this order, so a batch is a function of
     the generator's seed (exact resume; both loaders give the same batch). `seed` fixes which
