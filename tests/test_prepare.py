@@ -29,7 +29,7 @@ from convzoo.data.images import DecodeError, Limits, decode
 from convzoo.data.loading import registry as sources
 from convzoo.data.loading.registry import load_dataset
 from convzoo.data.packs.writer import extract_tree, pack
-from convzoo.data.prepare import verified
+from convzoo.data.sources.download import verified
 from convzoo.errors import ConvzooError
 
 

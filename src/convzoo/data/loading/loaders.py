@@ -292,8 +292,7 @@ class StreamLoader(_Loader):
     def head(self, n: int) -> torch.Tensor:
         """The first `n` records of the split (0 = all), uint8 (n, C, H, W) on the device."""
         n = min(n or len(self.split), len(self.split))
-        x = self.split.decode(list(range(n)), self.geometry, limits=self.limits)  # (n, H, W, C)
-        return x.permute(0, 3, 1, 2).to(self.device)
+        return self.split.images_at(range(n), self.geometry, self.limits).to(self.device)
 
     def _on_device(self, item: tuple[torch.Tensor, ...], epoch: int,
                    batch: int) -> tuple[torch.Tensor, torch.Tensor]:
