@@ -7,8 +7,9 @@
   bytes to be decoded by nvJPEG).
 
 Both take their batches from one `EpochPlan` (`convzoo.data.sampler`: order, rank shards,
-remainders) and apply one `Stage` (`convzoo.data.transforms.stage`: preprocess, then augment or the eval
-view, with one generator per batch), so for the same images they yield the same batches.
+remainders) and apply one `Stage` (`convzoo.data.transforms.stage`: preprocess, then augment or
+the eval view, with one generator per batch), so for the same images they yield the same
+batches.
 Both yield ``(images float (B, C, H, W), targets)`` on the device: int64 (B,) labels, or
 (B, num_classes) float class probabilities when the augmentation mixes images (mixup/cutmix),
 and have ``set_epoch(e, start=0)`` (``start``: the first batch to make), ``len()``,
@@ -16,9 +17,9 @@ and have ``set_epoch(e, start=0)`` (``start``: the first batch to make), ``len()
 
 Where the stage runs: on the training device, except for the streaming loader on a CPU, where
 the workers run it (the "device" is the same cores, and the workers share the work) into
-reused shared-memory buffers (`convzoo.data.transforms.cpu_stage.Slots`). On CUDA, worker batches stay
-uint8 until they reach the GPU (4x fewer bytes to copy than float), as (B, H, W, C) viewed as
-(B, C, H, W) with channels-last strides.
+reused shared-memory buffers (`convzoo.data.transforms.cpu_stage.Slots`). On CUDA, worker
+batches stay uint8 until they reach the GPU (4x fewer bytes to copy than float), as
+(B, H, W, C) viewed as (B, C, H, W) with channels-last strides.
 """
 
 from __future__ import annotations

@@ -25,7 +25,14 @@ from typing import Any
 import torch
 
 from convzoo import config as C
-from convzoo.data.dataset import ImageSplit, SplitImages, carve_val, limit_splits, stratified_pick
+from convzoo.data.dataset import (
+    ImageSplit,
+    Indices,
+    SplitImages,
+    carve_val,
+    limit_splits,
+    stratified_pick,
+)
 from convzoo.data.images import Geometry, Limits
 from convzoo.data.loading.loaders import ResidentLoader, StreamLoader
 from convzoo.data.loading.registry import load_dataset, packed_path
@@ -132,7 +139,7 @@ class Source:
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def images(self, split: str, indices: Any = None) -> torch.Tensor:
+    def images(self, split: str, indices: Indices | None = None) -> torch.Tensor:
         """uint8 (n, C, H, W) images of `split` at `indices` (None: all), at the source's
         geometry: the split's own (in memory: a view; packed: decoded now)."""
         return self.splits[split].images_at(indices, self.geometry, self.limits)

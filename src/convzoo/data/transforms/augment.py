@@ -326,8 +326,8 @@ class Plan:
       pixels go to preprocessing as they are (uint8).
     - ``geometric``: on the preprocessed batch: rrc, crop, pad, translate, affine, flip, cutout
       in training, or the eval view.
-    - ``windows``: the same draws as one per-image `Windows` plan (`convzoo.data.transforms
-      .cpu_stage`), when the geometric ops are integer geometry; None when they resample. It
+    - ``windows``: the same draws as one per-image `Windows` plan (`cpu_stage`), when the
+      geometric ops are integer geometry; None when they resample. It
       may also return None for a batch it does not cover (the resizing eval view), drawing
       nothing.
     - ``finish``: with the labels: random erasing, then mixup/cutmix; (images, targets).
