@@ -1,6 +1,6 @@
-"""The CPU fast path (`convzoo.data.transforms.cpu_stage`): per-image windows equal the batched ops bit
-for bit, in the augmentation, in the streaming loader's workers and in the resident loader;
-and the shared-memory buffers it writes into are really reused."""
+"""The CPU fast path (`convzoo.data.transforms.cpu_stage`): per-image windows equal the batched
+ops bit for bit, in the augmentation, in the streaming loader's workers and in the resident
+loader; and the shared-memory buffers it writes into are really reused."""
 
 from __future__ import annotations
 

@@ -302,7 +302,8 @@ def test_tar_extraction_without_the_data_filter_is_refused(tmp_path: Path,
 
 def test_a_killed_pack_leaves_no_temp_folder_after_the_next_run(tmp_path: Path) -> None:
     tree = _tree(tmp_path / "t", n=200)
-    script = ("import sys, time; from convzoo.data.packs import writer as P; real = P._encode_file\n"
+    script = ("import sys, time; from convzoo.data.packs import writer as P\n"
+              "real = P._encode_file\n"
               "def slow(task):\n    time.sleep(0.05); return real(task)\n"
               "P._encode_file = slow\n"
               "P.pack(sys.argv[1], sys.argv[2], workers=1, progress=False)\n")
