@@ -58,7 +58,7 @@ def load_split_arrays(source: str, limit: int = 0) -> dict[str, dict]:
     """{'train'|'test': {'images': uint8 (N, H, W, C), 'labels': int64 (N,), 'classes'}} read
     through convzoo's own data sources (an image-folder tree, archive, or a named set)."""
     from convzoo.config import DataConfig
-    from convzoo.data.sources import load_dataset
+    from convzoo.data.loading.registry import load_dataset
 
     ds = load_dataset(DataConfig(source=source, limit=limit, download=False))
     out = {}

@@ -4,8 +4,8 @@ Each row times one op (or pipeline) on one batch, in ms per batch, both sides dr
 random parameters for every image:
 
 - convzoo: one call on the float (B, C, H, W) batch on ``--device`` (0-255 pixels for the colour
-  ops and policies, normalised pixels for erasing and mixing), `convzoo.data.policies`,
-  `convzoo.data.resample`, `convzoo.data.mixing`.
+  ops and policies, normalised pixels for erasing and mixing), `convzoo.data.transforms.policies`,
+  `convzoo.data.transforms.resample`, `convzoo.data.transforms.mixing`.
 - v2 per image: the `torchvision.transforms.v2` transform called on each (C, H, W) image of the
   batch (uint8 for the pixel ops, torchvision's fast path and its usual input; float for erasing)
   and the results stacked into a batch, i.e. what a DataLoader worker does per sample. MixUp and
@@ -17,7 +17,7 @@ Rows: every policy op with a per-image magnitude, ColorJitter, RandomErasing, th
 random-resized crop (from 1.15x the size; the separable one, and with antialiasing, against v2's
 default antialiased RRC), the three policies, mixup/cutmix, and two full pipelines (policy ->
 normalise -> flip -> mixup/cutmix; at 224 px RRC first), convzoo's being the training stage
-(`convzoo.data.stage.Stage`) from the uint8 batch. Timing: ``--repeats`` rounds after one
+(`convzoo.data.transforms.stage.Stage`) from the uint8 batch. Timing: ``--repeats`` rounds after one
 warm-up, the sides alternating within each round (so a load change hits both); the median and
 the [min, max] spread are printed (``--json FILE``: every time of every row). On a shared
 machine, ``--clock cpu --threads 1`` reports CPU time instead, which other jobs inflate far less
@@ -48,10 +48,10 @@ from torchvision.transforms import v2
 
 from convzoo.bench import cpu_model
 from convzoo.config import AugmentConfig
-from convzoo.data import augment, policies, resample
-from convzoo.data.mixing import MixUpCutMix
-from convzoo.data.preprocess import Preprocessor
-from convzoo.data.stage import Stage
+from convzoo.data.transforms import augment, policies, resample
+from convzoo.data.transforms.mixing import MixUpCutMix
+from convzoo.data.transforms.preprocess import Preprocessor
+from convzoo.data.transforms.stage import Stage
 
 MEAN = torch.tensor([125.307, 122.95, 113.865]).view(1, 3, 1, 1)  # CIFAR-10, 0-255 scale
 STD = torch.tensor([62.9932, 62.0887, 66.7048]).view(1, 3, 1, 1)

@@ -86,8 +86,8 @@ PLAN: dict[str, Entry] = {
 
 def git_commit() -> str:
     try:
-        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, check=True).stdout.strip()
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "src"],
                                capture_output=True, text=True).stdout.strip()
         return out + ("+dirty" if dirty else "")
@@ -147,12 +147,13 @@ def machine() -> str:
 def run_one(name: str, out: Path, data_root: Path, airbench: Path) -> int:
     cmd = command(name, out, data_root, airbench)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
+    commit = git_commit()  # of the code the run imports now (the folder may move on meanwhile)
     start = time.time()
     print(f"[{dt.datetime.now():%F %T}] {name}: {' '.join(cmd)}", flush=True)
     rc = subprocess.run(cmd, env=env).returncode
     wall = time.time() - start
     record = {"start": dt.datetime.fromtimestamp(start, dt.timezone.utc).isoformat(),
-              "wall_seconds": round(wall, 1), "exit_code": rc, "commit": git_commit(),
+              "wall_seconds": round(wall, 1), "exit_code": rc, "commit": commit,
               "machine": machine(), "command": " ".join(cmd[1:])}
     with open(out / f"{name}.invocations.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")

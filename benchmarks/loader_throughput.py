@@ -93,8 +93,8 @@ def _subset(src: Path, dest: Path, limit: int, size: int = 0) -> Path:
 
 def _prepare(name: str, args: argparse.Namespace) -> tuple[Path, dict[str, Path], int]:
     """(image folder, {"jpeg": JPEG pack, "raw": raw uint8 pack}, image size) for ``name``."""
-    from convzoo.data.pack import pack
-    from convzoo.data.packed import is_packed
+    from convzoo.data.packs.reader import is_packed
+    from convzoo.data.packs.writer import pack
 
     cache = args.cache
     cache.mkdir(parents=True, exist_ok=True)
@@ -159,10 +159,10 @@ def bench_torchvision(folder: Path, size: int, args: argparse.Namespace) -> floa
 
 def bench_convzoo(packed: Path, args: argparse.Namespace) -> float:
     from convzoo.config import AugmentConfig, PreprocessConfig
-    from convzoo.data.augment import build_train_augment
-    from convzoo.data.loaders import StreamLoader
-    from convzoo.data.packed import open_packed
-    from convzoo.data.preprocess import fit_preprocessor
+    from convzoo.data.loading.loaders import StreamLoader
+    from convzoo.data.packs.reader import open_packed
+    from convzoo.data.transforms.augment import build_train_augment
+    from convzoo.data.transforms.preprocess import fit_preprocessor
 
     split = open_packed(packed).splits["train"]
     device = torch.device(args.device)

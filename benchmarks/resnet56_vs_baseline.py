@@ -63,7 +63,7 @@ def image_folder(data: str, workdir: Path, limit: int, size: int = 32) -> Path:
     from PIL import Image
 
     from convzoo.config import DataConfig
-    from convzoo.data.sources import load_dataset
+    from convzoo.data.loading.registry import load_dataset
 
     out = workdir / f"folder-{path.name}-{limit}-{size}"
     if (out / "train").is_dir():

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from convzoo import config as C
-from convzoo.data.pipeline import build_pipeline
+from convzoo.data.loading.pipeline import build_pipeline
 
 out = Path(sys.argv[1])
 torch.distributed.init_process_group("gloo")

@@ -22,7 +22,7 @@ from torch import nn
 
 from convzoo.cli import main
 from convzoo.data.dataset import Split
-from convzoo.data.loaders import ResidentLoader
+from convzoo.data.loading.loaders import ResidentLoader
 from convzoo.evaluate import evaluate
 
 out, run_dir = Path(sys.argv[1]), sys.argv[2]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from convzoo import config as C
-from convzoo.data.pipeline import build_pipeline
+from convzoo.data.loading.pipeline import build_pipeline
 from convzoo.runtime import Runtime
 from convzoo.training.loop import train_one_epoch
 from convzoo.training.setup import build_run

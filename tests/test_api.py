@@ -56,7 +56,7 @@ def test_readme_example_runs_verbatim(tmp_path, monkeypatch, capsys):
 def digit_files(tmp_path_factory) -> Path:
     """The run_dir fixture's data as files: digits test/<class>/<i>.png (8x8 RGB, lossless)."""
     from convzoo import config as C
-    from convzoo.data.sources import load_dataset
+    from convzoo.data.loading.registry import load_dataset
 
     root = tmp_path_factory.mktemp("digit_files")
     ds = load_dataset(C.DataConfig(source="digits", image_size=8, limit=200))
@@ -368,7 +368,7 @@ def test_report_of_streamed_data_decodes_its_mistakes(run_dir, digit_files, tmp_
     """A pack too large for memory is streamed: the mistakes grid decodes just its images."""
     import shutil
 
-    from convzoo.data import pipeline
+    from convzoo.data.loading import pipeline
 
     tree = tmp_path / "tree"
     shutil.copytree(digit_files / "test", tree / "train")
@@ -430,7 +430,7 @@ def test_pack_overwrite(tmp_path, capsys):
     assert (dest / "index.json").read_text() == index
     (src / "train" / "a" / "2.png").write_bytes((src / "train" / "a" / "0.png").read_bytes())
     assert main(["pack", str(src), str(dest), "--workers", "1", "--overwrite"]) == 0
-    from convzoo.data.packed import open_packed
+    from convzoo.data.packs.reader import open_packed
 
     pack = open_packed(dest)
     assert len(pack.splits["train"]) == 5

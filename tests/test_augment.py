@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from convzoo.config import AugmentConfig
-from convzoo.data.augment import (
+from convzoo.data.transforms.augment import (
     alternate_flip,
     build_eval_transform,
     build_train_augment,
@@ -18,7 +18,7 @@ from convzoo.data.augment import (
     random_translate,
     tta_views,
 )
-from convzoo.data.resample import random_resized_crop
+from convzoo.data.transforms.resample import random_resized_crop
 from convzoo.errors import ConvzooError
 
 # Every augmentation off, spelled out so the tests do not depend on the config's defaults.

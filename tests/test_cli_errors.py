@@ -81,7 +81,7 @@ def test_a_policy_fill_for_other_channels_is_one_line_and_leaves_no_run(tmp_path
     is written, by either loader (a streamed run would meet it in a worker process)."""
     data = "digits"
     if kind == "stream":
-        from convzoo.data.pack import pack
+        from convzoo.data.packs.writer import pack
         pack(image_folder(tmp_path / "src"), tmp_path / "packed", workers=1, progress=False)
         data = str(tmp_path / "packed")
     out = tmp_path / "runs"

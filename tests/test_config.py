@@ -399,7 +399,7 @@ def test_every_choice_key_is_a_literal():
 
 
 def test_choices_match_what_the_code_implements():
-    from convzoo.data import augment, mixing, policies, preprocess
+    from convzoo.data.transforms import augment, mixing, policies, preprocess
     from convzoo.training import optim, schedule
 
     assert set(C.choices("preprocess.kind")) == set(preprocess.KINDS)

@@ -1,6 +1,6 @@
-"""The CPU fast path (`convzoo.data.cpu_stage`): per-image windows equal the batched ops bit
-for bit, in the augmentation, in the streaming loader's workers and in the resident loader;
-and the shared-memory buffers it writes into are really reused."""
+"""The CPU fast path (`convzoo.data.transforms.cpu_stage`): per-image windows equal the batched
+ops bit for bit, in the augmentation, in the streaming loader's workers and in the resident
+loader; and the shared-memory buffers it writes into are really reused."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-import convzoo.data.augment as A
-import convzoo.data.stage as stage_module
+import convzoo.data.transforms.augment as A
+import convzoo.data.transforms.stage as stage_module
 from convzoo.config import AugmentConfig, PreprocessConfig
-from convzoo.data.augment import build_eval_transform, build_train_augment
-from convzoo.data.cpu_stage import apply_windows
-from convzoo.data.loaders import ResidentLoader, StreamLoader
-from convzoo.data.pack import pack
-from convzoo.data.packed import load_packed, open_packed
-from convzoo.data.preprocess import fit_preprocessor
+from convzoo.data.loading.loaders import ResidentLoader, StreamLoader
+from convzoo.data.packs.reader import load_packed, open_packed
+from convzoo.data.packs.writer import pack
+from convzoo.data.transforms.augment import build_eval_transform, build_train_augment
+from convzoo.data.transforms.cpu_stage import apply_windows
+from convzoo.data.transforms.preprocess import fit_preprocessor
 from convzoo.errors import ConvzooError
 
 OFF = dict(
@@ -76,7 +76,7 @@ def test_apply_windows_normalising_uint8_equals_preprocess_then_augment(cfg, bat
     """The streaming CPU stage's one pass (uint8 in, normalised and augmented float out) gives
     exactly preprocess-then-augment, for every pixelwise preprocessing kind."""
     from convzoo.config import PreprocessConfig
-    from convzoo.data.preprocess import fit_preprocessor
+    from convzoo.data.transforms.preprocess import fit_preprocessor
 
     images = torch.randint(0, 256, (6, 3, 66, 70), dtype=torch.uint8, generator=gen(1))
     index = torch.arange(6)
@@ -217,7 +217,7 @@ def test_shared_buffer_reuse_is_really_active(large_folder: Path, tmp_path: Path
     shared buffers (its memory is a slot's memory), and no new buffer is made: reuse relies on
     torch's storage reference count (``torch._C._storage_Use_Count``), which this checks is
     there and counts what it should."""
-    from convzoo.data import cpu_stage
+    from convzoo.data.transforms import cpu_stage
 
     assert cpu_stage._storage_refs is not None, "torch no longer exposes storage use counts"
     dest = tmp_path / "raw"
@@ -261,7 +261,7 @@ MODERN_IDS = ["trivial-mix", "randaug-jitter-erase-cutmix-elem", "rrc-autoaug-er
 
 
 def _stage(cfg, images, kind="channel", seed=3):
-    from convzoo.data.stage import Stage
+    from convzoo.data.transforms.stage import Stage
     pre = fit_preprocessor(PreprocessConfig(kind=kind), images)
     return Stage(pre, build_train_augment(cfg, seed=seed, num_classes=5), seed=seed)
 

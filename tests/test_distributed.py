@@ -31,7 +31,7 @@ def test_ranks_draw_their_own_augmentation_reproducibly(tmp_path: Path) -> None:
     stream (today's bug: every rank drew the same augmentation for a batch position), and
     equal what the same pipeline builds for that rank in a single process."""
     from convzoo import config as C
-    from convzoo.data.pipeline import build_pipeline
+    from convzoo.data.loading.pipeline import build_pipeline
 
     script = Path(__file__).with_name("dist_batches.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

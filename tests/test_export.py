@@ -10,7 +10,7 @@ import torch
 from convzoo import config as C
 from convzoo import saved as ckpt_io
 from convzoo.cli import main
-from convzoo.data.augment import build_eval_transform
+from convzoo.data.transforms.augment import build_eval_transform
 from convzoo.saved import load_model_for_eval
 
 onnx = pytest.importorskip("onnx")

@@ -15,13 +15,13 @@ from convzoo import config as C
 from convzoo import saved as ckpt_io
 from convzoo.api import load, read_image
 from convzoo.cli import main
-from convzoo.data import pipeline
-from convzoo.data.digits import load_digits
 from convzoo.data.images import Geometry
-from convzoo.data.loaders import StreamLoader
-from convzoo.data.pack import pack
-from convzoo.data.packed import load_packed, open_packed
-from convzoo.data.sources import load_dataset
+from convzoo.data.loading import pipeline
+from convzoo.data.loading.loaders import StreamLoader
+from convzoo.data.loading.registry import load_dataset
+from convzoo.data.packs.reader import load_packed, open_packed
+from convzoo.data.packs.writer import pack
+from convzoo.data.sources.digits import load_digits
 from convzoo.saved import checkpoint_geometry
 
 QUIET = ["--set", "train.loggers=[]", "--set", "train.threads=1", "--device", "cpu",

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from convzoo import config as C
-from convzoo.data.mixing import MixUpCutMix
+from convzoo.data.transforms.mixing import MixUpCutMix
 from convzoo.runtime import resolve_runtime
 from convzoo.training.loop import train_one_epoch
 from convzoo.training.setup import build_run

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from convzoo.data.mixing import Mixed, MixUpCutMix, cutmix_boxes
+from convzoo.data.transforms.mixing import Mixed, MixUpCutMix, cutmix_boxes
 from convzoo.errors import ConvzooError
 
 timm_mixup = pytest.importorskip("timm.data.mixup")

@@ -240,7 +240,7 @@ def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every atomic write fails as a full disk does, after filling its temp file (so the temp
     must be removed), and so does every pack shard write."""
     from convzoo import files
-    from convzoo.data import pack
+    from convzoo.data.packs import writer as pack
 
     real = files.atomic_write
 
@@ -317,8 +317,8 @@ def test_a_pack_never_replaces_a_destination_that_appeared_while_it_was_written(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two packs racing into one new name: the one that finishes second fails with one line,
     and the first one's pack is left complete."""
-    from convzoo.data import pack as packing
-    from convzoo.data.packed import is_packed, read_index
+    from convzoo.data.packs import writer as packing
+    from convzoo.data.packs.reader import is_packed, read_index
 
     user_home(tmp_path)
     other = tmp_path / "other"
@@ -344,7 +344,7 @@ def test_stale_pack_temps_are_removed_but_look_alikes_of_the_user_are_not(
         tmp_path: Path) -> None:
     """A killed pack's temp folders (marked, or a renamed old pack) are removed by the next pack
     into the same place; a user's file or folder that only matches the name pattern is not."""
-    from convzoo.data import pack as packing
+    from convzoo.data.packs import writer as packing
 
     user_home(tmp_path)
     dest = tmp_path / "out.pack"
@@ -365,8 +365,8 @@ def test_stale_pack_temps_are_removed_but_look_alikes_of_the_user_are_not(
 
 def test_pack_overwrite_replaces_a_pack_only_once_the_new_one_is_complete(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from convzoo.data import pack as packing
-    from convzoo.data.packed import read_index
+    from convzoo.data.packs import writer as packing
+    from convzoo.data.packs.reader import read_index
 
     user_home(tmp_path)
     dest = tmp_path / "out.pack"

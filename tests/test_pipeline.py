@@ -10,9 +10,9 @@ from safetensors.torch import load_file
 
 from convzoo import config as C
 from convzoo.cli import main
-from convzoo.data import pipeline
-from convzoo.data.digits import load_digits
-from convzoo.data.pack import pack
+from convzoo.data.loading import pipeline
+from convzoo.data.packs.writer import pack
+from convzoo.data.sources.digits import load_digits
 
 TINY = ["--model", "resnet20", "--batch-size", "32", "--set", "train.eval_batch_size=100",
         "--set", "augment.pad=1", "--set", "augment.flip=false", "--set", "train.loggers=[]",

@@ -12,7 +12,7 @@ import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import v2
 from torchvision.transforms.v2._utils import _setup_fill_arg
 
-from convzoo.data import policies as P
+from convzoo.data.transforms import policies as P
 from convzoo.errors import ConvzooError
 
 

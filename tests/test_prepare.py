@@ -24,11 +24,12 @@ import torch
 from PIL import Image
 
 from convzoo.config import DataConfig
-from convzoo.data import images, sources
+from convzoo.data import images
 from convzoo.data.images import DecodeError, Limits, decode
-from convzoo.data.pack import extract_tree, pack
-from convzoo.data.prepare import verified
-from convzoo.data.sources import load_dataset
+from convzoo.data.loading import registry as sources
+from convzoo.data.loading.registry import load_dataset
+from convzoo.data.packs.writer import extract_tree, pack
+from convzoo.data.sources.download import verified
 from convzoo.errors import ConvzooError
 
 
@@ -77,8 +78,8 @@ PREPARE = """
 import sys, time
 from pathlib import Path
 from convzoo.config import DataConfig
-from convzoo.data import sources
-from convzoo.data.sources import load_dataset
+from convzoo.data.loading import registry as sources
+from convzoo.data.loading.registry import load_dataset
 url, md5, root, sync, me = sys.argv[1:6]
 folder, name, _, _ = sources._OFFICIAL["cifar10"]
 sources._OFFICIAL["cifar10"] = (folder, name, url, md5)
@@ -301,7 +302,8 @@ def test_tar_extraction_without_the_data_filter_is_refused(tmp_path: Path,
 
 def test_a_killed_pack_leaves_no_temp_folder_after_the_next_run(tmp_path: Path) -> None:
     tree = _tree(tmp_path / "t", n=200)
-    script = ("import sys, time; from convzoo.data import pack as P; real = P._encode_file\n"
+    script = ("import sys, time; from convzoo.data.packs import writer as P\n"
+              "real = P._encode_file\n"
               "def slow(task):\n    time.sleep(0.05); return real(task)\n"
               "P._encode_file = slow\n"
               "P.pack(sys.argv[1], sys.argv[2], workers=1, progress=False)\n")

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from convzoo.config import PreprocessConfig
-from convzoo.data.preprocess import KINDS, Preprocessor, fit_preprocessor
+from convzoo.data.transforms.preprocess import KINDS, Preprocessor, fit_preprocessor
 from convzoo.errors import ConvzooError
 
 SEED_E_MEAN = [125.307, 122.95, 113.865]

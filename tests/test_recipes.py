@@ -18,7 +18,7 @@ from PIL import Image
 from convzoo import config as C
 from convzoo import report
 from convzoo.cli import main
-from convzoo.data.augment import build_eval_transform, build_train_augment
+from convzoo.data.transforms.augment import build_eval_transform, build_train_augment
 from convzoo.models import create_model
 from convzoo.training.loop import stage_plan
 from convzoo.training.optim import OPTIMIZERS

@@ -1,4 +1,4 @@
-"""Packed record datasets (`convzoo pack`, `convzoo.data.packed`) and the streaming loader."""
+"""Packed record datasets (`convzoo pack`, `convzoo.data.packs.reader`) and the streaming loader."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ import pytest
 import torch
 from PIL import Image
 
-from convzoo.data import pack as pack_module
-from convzoo.data import packed as packed_module
 from convzoo.data.images import Geometry
-from convzoo.data.loaders import StreamLoader
-from convzoo.data.pack import pack
-from convzoo.data.packed import is_packed, load_packed, open_packed
+from convzoo.data.loading.loaders import StreamLoader
+from convzoo.data.packs import reader as packed_module
+from convzoo.data.packs import writer as pack_module
+from convzoo.data.packs.reader import is_packed, load_packed, open_packed
+from convzoo.data.packs.writer import pack
 from convzoo.errors import ConvzooError
 
 CIFAR_JPEG = Path(os.environ.get(
@@ -437,8 +437,8 @@ def test_stream_loader_on_cuda_matches_the_cpu_loader(large_folder: Path, tmp_pa
     levels); training batches come in the same order (augmentation draws come from a CUDA
     generator there, so their values differ)."""
     from convzoo.config import AugmentConfig, PreprocessConfig
-    from convzoo.data.augment import build_eval_transform, build_train_augment
-    from convzoo.data.preprocess import fit_preprocessor
+    from convzoo.data.transforms.augment import build_eval_transform, build_train_augment
+    from convzoo.data.transforms.preprocess import fit_preprocessor
 
     dest = tmp_path / "jpeg"
     pack(large_folder, dest, fmt="jpeg", workers=1, progress=False)
@@ -466,7 +466,7 @@ def test_stream_loader_on_cuda_matches_the_cpu_loader(large_folder: Path, tmp_pa
 def test_decoded_batches_go_into_the_given_buffer_or_a_fresh_one(packed_small: Path) -> None:
     """The CUDA path's worker output (uint8 (B, H, W, C)), written into a reusable buffer."""
     from convzoo.data.images import DEFAULT_LIMITS
-    from convzoo.data.loaders import _BatchReader
+    from convzoo.data.loading.loaders import _BatchReader
 
     split = open_packed(packed_small).splits["train"]
     reader = _BatchReader(split, None, DEFAULT_LIMITS, "decoded")

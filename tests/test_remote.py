@@ -15,10 +15,10 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from convzoo.cli import main
-from convzoo.data import remote
-from convzoo.data.loaders import StreamLoader
-from convzoo.data.pack import pack
-from convzoo.data.packed import open_packed
+from convzoo.data.loading.loaders import StreamLoader
+from convzoo.data.packs import remote
+from convzoo.data.packs.reader import open_packed
+from convzoo.data.packs.writer import pack
 from convzoo.errors import ConvzooError
 
 RECORD = 4 * 4 * 3  # a raw 4x4 RGB record

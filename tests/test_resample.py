@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import v2
 
-from convzoo.data.resample import random_resized_crop, resize_boxes, rrc_boxes
+from convzoo.data.transforms.resample import random_resized_crop, resize_boxes, rrc_boxes
 
 
 def gen(seed: int = 0) -> torch.Generator:

@@ -12,12 +12,12 @@ from PIL import Image
 
 from convzoo.config import AugmentConfig
 from convzoo.data import sampler
-from convzoo.data.augment import build_train_augment
 from convzoo.data.dataset import Split
-from convzoo.data.loaders import ResidentLoader, StreamLoader
-from convzoo.data.pack import pack
-from convzoo.data.packed import open_packed
+from convzoo.data.loading.loaders import ResidentLoader, StreamLoader
+from convzoo.data.packs.reader import open_packed
+from convzoo.data.packs.writer import pack
 from convzoo.data.sampler import EpochPlan, stream_seed
+from convzoo.data.transforms.augment import build_train_augment
 
 
 def _batches(loader, epoch: int) -> list[list[int]]:

@@ -28,7 +28,7 @@ from torch import nn
 from convzoo import config as C
 from convzoo.api import load
 from convzoo.data.dataset import Split
-from convzoo.data.loaders import ResidentLoader
+from convzoo.data.loading.loaders import ResidentLoader
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
 from convzoo.training.distributed import check_global_batch
@@ -310,7 +310,7 @@ def test_lr_scaling_follows_the_global_batch_not_the_world_size() -> None:
 
 
 def one_epoch_run(cfg: C.Config) -> Any:
-    from convzoo.data.pipeline import build_pipeline
+    from convzoo.data.loading.pipeline import build_pipeline
     from convzoo.runtime import Runtime
     from convzoo.training.setup import build_run
 

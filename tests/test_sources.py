@@ -17,10 +17,12 @@ import torch
 from PIL import Image
 
 from convzoo.config import DataConfig
-from convzoo.data import download, sources
-from convzoo.data.cifar import load_cifar
-from convzoo.data.digits import load_digits
-from convzoo.data.sources import load_dataset, load_tree
+from convzoo.data.loading import registry as sources
+from convzoo.data.loading.registry import load_dataset
+from convzoo.data.sources import download
+from convzoo.data.sources.cifar import load_cifar
+from convzoo.data.sources.digits import load_digits
+from convzoo.data.sources.folders import load_tree
 from convzoo.errors import ConvzooError
 
 CIFAR10_JPEG = Path(

@@ -386,7 +386,7 @@ def test_head_and_backbone_params_split():
 
 
 def test_load_weights_file_of_a_run_and_an_export(run_dir, tmp_path):
-    from convzoo.data.preprocess import Preprocessor
+    from convzoo.data.transforms.preprocess import Preprocessor
     from convzoo.saved import load_model_for_eval
 
     ckpt = ckpt_io.load_checkpoint(run_dir)

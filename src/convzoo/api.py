@@ -40,7 +40,7 @@ from convzoo.data.images import (
     decode_file,
     from_pil,
 )
-from convzoo.data.preprocess import Preprocessor
+from convzoo.data.transforms.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
 from convzoo.predictor import Predictor, tta_views_of
@@ -257,7 +257,12 @@ class Classifier:
             TensorBoard when the run keeps one. The result then has ``report`` (the folder)
             and ``ece``. topk: classes per row of predictions.csv.
         """
-        from convzoo.data.pipeline import heldout_split, make_loader, open_source, remap_classes
+        from convzoo.data.loading.pipeline import (
+            heldout_split,
+            make_loader,
+            open_source,
+            remap_classes,
+        )
 
         if data is None and not self.data_recorded:
             raise ConvzooError(f"{self.source} does not record the data it was trained on (an "
@@ -325,14 +330,8 @@ class Classifier:
 
         probs = torch.cat([p for p, _ in outputs])
         labels = torch.cat([y for _, y in outputs])
-        data = source.splits[split]
-        if source.kind == "memory":
-            images: Any = data.images
-            names = data.names
-        else:
-            images, names = _DecodedSplit(data, source.geometry, source.limits), None
-        files = write_report(out, probs, labels, self.classes, images=images, names=names,
-                             topk=topk)
+        files = write_report(out, probs, labels, self.classes, images=source.view(split),
+                             names=source.splits[split].names, topk=topk)
         ece = expected_calibration_error(probs.double().numpy(), labels.numpy())
         run_dir = _run_dir(self.source)
         if run_dir is not None:
@@ -344,20 +343,6 @@ class Classifier:
                               out, {"top1": figures["top1"], "ece": ece})
             logged.close(None)
         return {"report": str(out), "ece": ece}
-
-
-class _DecodedSplit:
-    """A packed split as ``images[i]`` -> uint8 (H, W, C), decoded on demand (the report reads
-    only the images of its mistakes grid)."""
-
-    def __init__(self, split: Any, geometry: Geometry, limits: Limits) -> None:
-        self.split, self.geometry, self.limits = split, geometry, limits
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.split.decode([i], self.geometry, limits=self.limits)[0]
 
 
 def _pixels(x: torch.Tensor | np.ndarray, i: int) -> torch.Tensor:

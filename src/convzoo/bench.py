@@ -31,6 +31,7 @@ import logging
 import platform
 import resource
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -41,9 +42,10 @@ from torch import nn
 
 from convzoo import config as C
 from convzoo import report
-from convzoo.data.augment import EVAL_CROP_FRACTION, build_train_augment
-from convzoo.data.preprocess import fit_preprocessor
-from convzoo.data.stage import Stage
+from convzoo.data.images import resolve_geometry
+from convzoo.data.transforms.augment import EVAL_CROP_FRACTION, build_train_augment
+from convzoo.data.transforms.preprocess import fit_preprocessor
+from convzoo.data.transforms.stage import Stage
 from convzoo.errors import ConvzooError
 from convzoo.log import format_seconds
 from convzoo.models import get_entry
@@ -116,8 +118,9 @@ def data_facts(cfg: C.Config, *, model_default: bool = False) -> DataFacts:
     published figures; a packed data set uses its index.json. With ``model_default`` (a bare
     ``--model``), or a source that cannot be identified, the model's registry defaults are used:
     its input size and class count, and 50,000 training images for inputs up to 64 px (CIFAR)
-    or 1,281,167 above (ImageNet). ``data.image_size``, ``channels``, ``limit`` and
-    ``val_fraction`` are applied as ``load_dataset`` would.
+    or 1,281,167 above (ImageNet). ``data.image_size`` and ``channels`` are applied by the
+    one geometry rule (`convzoo.data.images.resolve_geometry`), ``limit`` and ``val_fraction``
+    as ``load_dataset`` would.
     """
     entry = get_entry(cfg.model.name)
     name = None if model_default else _known_name(cfg.data.source)
@@ -144,16 +147,15 @@ def data_facts(cfg: C.Config, *, model_default: bool = False) -> DataFacts:
             rrc = cfg.augment.random_resized_crop
             side = round(rrc / EVAL_CROP_FRACTION) if rrc else entry.input_size[1]
             shape = (entry.input_size[0], side, side)
-    channels, height, width = shape
-    if cfg.data.channels:
-        channels = cfg.data.channels
-    if cfg.data.image_size:
-        height = width = cfg.data.image_size
+    c, h, w = shape
+    geometry = resolve_geometry(c, Counter({(h, w): 1}), channels=cfg.data.channels,
+                                image_size=cfg.data.image_size, resize=cfg.data.resize,
+                                name=name)
     if cfg.data.limit:
         train = min(train, cfg.data.limit)
     if cfg.data.val_fraction:
         train -= round(cfg.data.val_fraction * train)
-    return DataFacts(name, classes, (channels, height, width), train)
+    return DataFacts(name, classes, geometry.shape, train)
 
 
 # ----------------------------------------------------------------------------- memory

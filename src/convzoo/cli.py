@@ -408,7 +408,7 @@ def argv_tail(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from convzoo.data.pack import pack
+    from convzoo.data.packs.writer import pack
 
     report = pack(Path(args.src), Path(args.dest), fmt=args.format, resize=args.resize,
                   quality=args.quality, workers=args.workers, skip_bad=args.skip_bad,

@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from convzoo import config as C
-from convzoo.data.augment import build_eval_transform, tta_views
-from convzoo.data.preprocess import Preprocessor
+from convzoo.data.transforms.augment import build_eval_transform, tta_views
+from convzoo.data.transforms.preprocess import Preprocessor
 from convzoo.runtime import Runtime, autocast
 from convzoo.saved import load_model_for_eval
 

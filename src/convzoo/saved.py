@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from convzoo import config as C
 from convzoo import files
 from convzoo.data.images import RESIZE_RULES, SPLITS, Geometry
-from convzoo.data.preprocess import KINDS, Preprocessor, state_shapes
+from convzoo.data.transforms.preprocess import KINDS, Preprocessor, state_shapes
 from convzoo.errors import ConvzooError
 from convzoo.integrity import check_finite, content_digest, named_tensors, regular_file
 from convzoo.jsonio import dumps_json, loads_json

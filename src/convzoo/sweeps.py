@@ -283,7 +283,7 @@ def definition(sweep: SweepConfig) -> dict[str, Any]:
 
 def check_validation_split(cfg: C.Config) -> None:
     """A sweep tunes on the validation split: refuse data without one (before any trial)."""
-    from convzoo.data.pipeline import open_source
+    from convzoo.data.loading.pipeline import open_source
 
     if cfg.data.val_fraction:
         return

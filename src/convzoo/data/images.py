@@ -47,7 +47,6 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
-from convzoo.data.dataset import Split
 from convzoo.data.progress import progress
 from convzoo.errors import ConvzooError
 from convzoo.integrity import read_regular, regular_file
@@ -640,19 +639,21 @@ def shape_counts(chunks: list[Chunk]) -> Counter:
     return counts
 
 
-def target_geometry(shapes: Counter, *, channels: int, image_size: int, resize: str,
-                    name: str) -> Geometry:
-    """The geometry a set of decoded shapes is brought to: ``channels`` (0 = gray only if every
-    image is gray), ``image_size`` x ``image_size`` (0 = the most common size, with a warning
-    when there are several)."""
-    if not shapes:
-        raise ConvzooError(f"{name}: no readable images")
-    out_channels = channels or (3 if any(s[0] == 3 for s in shapes) else 1)
+def resolve_geometry(stored_channels: int, sizes: Counter, *, channels: int, image_size: int,
+                     resize: str, name: str) -> Geometry:
+    """What every image of a set becomes: the one rule, for folders, archives, CIFAR, digits,
+    packs (in memory or streamed) and `convzoo bench`'s estimate alike.
+
+    ``channels`` (0 = `stored_channels`: 1 if every stored image is gray, else 3) x
+    ``image_size`` x ``image_size`` (0 = the most common stored size of `sizes`, a Counter of
+    (height, width) -> images, with a warning when there are several), by ``resize``. `sizes`
+    is read only when ``image_size`` is 0.
+    """
+    out_channels = channels or stored_channels
     if image_size:
         return Geometry(out_channels, image_size, image_size, resize)
-    sizes: Counter = Counter()
-    for (_, h, w), n in shapes.items():
-        sizes[(h, w)] += n
+    if not sizes:
+        raise ConvzooError(f"{name}: no readable images")
     h, w = sizes.most_common(1)[0][0]
     if len(sizes) > 1:
         log.warning(f"{name}: images have {len(sizes)} different sizes; bringing all to the "
@@ -679,14 +680,19 @@ def assemble(chunks: list[Chunk], geometry: Geometry) -> torch.Tensor:
     return out
 
 
+# One decoded split: uint8 (N, C, H, W) images of one geometry, int64 (N,) labels and each
+# image's name (what `convzoo.data.dataset.Split` holds; built there, which imports this module).
+DecodedSplit = tuple[torch.Tensor, torch.Tensor, list[str]]
+
+
 def decode_splits(name: str, files: dict[str, SplitFiles], inputs: dict[str, list[str | bytes]],
                   show: Callable[[str], str], *, limits: Limits, workers: int, skip_bad: bool,
                   geometry: Geometry | None, channels: int = 0, image_size: int = 0,
-                  resize: str = "crop") -> tuple[dict[str, Split], list[str], Geometry]:
-    """Decode every split (`inputs`: paths or bytes per split) into uint8 Splits of one geometry
-    (the given one, or `target_geometry` of what was decoded). `show(key)` names a file in
-    messages and is each image's entry in ``Split.names``. Returns (splits, skipped files,
-    geometry)."""
+                  resize: str = "crop") -> tuple[dict[str, DecodedSplit], list[str], Geometry]:
+    """Decode every split (`inputs`: paths or bytes per split) into uint8 images of one geometry
+    (the given one, or `resolve_geometry` of what was decoded). `show(key)` names a file in
+    messages and is each image's entry in the names. Returns ({split: (images, labels,
+    names)}, skipped files, geometry)."""
     names = list(files)
     decoded = decode_many([inputs[n] for n in names], limits, workers)
     failures = {n: chunk_failures(files[n].keys, d) for n, d in zip(names, decoded)}
@@ -698,15 +704,21 @@ def decode_splits(name: str, files: dict[str, SplitFiles], inputs: dict[str, lis
         log.warning(f"{name}: skipped {len(skipped)} unreadable image(s), first: {skipped[0]}")
     if geometry is None:
         shapes = sum((shape_counts(d) for d in decoded), Counter())
-        geometry = target_geometry(shapes, channels=channels, image_size=image_size,
-                                   resize=resize, name=name)
-    splits: dict[str, Split] = {}
+        if not shapes:
+            raise ConvzooError(f"{name}: no readable images")
+        sizes: Counter = Counter()
+        for (_, h, w), n in shapes.items():
+            sizes[(h, w)] += n
+        geometry = resolve_geometry(3 if any(s[0] == 3 for s in shapes) else 1, sizes,
+                                    channels=channels, image_size=image_size, resize=resize,
+                                    name=name)
+    splits: dict[str, DecodedSplit] = {}
     for split, chunks in zip(names, decoded):
         bad = {k for k, _ in failures[split]}
         kept = [(k, lab) for k, lab in zip(files[split].keys, files[split].labels) if k not in bad]
         if not kept:
             raise ConvzooError(f"{name}: no readable images in split '{split}'")
-        splits[split] = Split(assemble(chunks, geometry),
-                              torch.tensor([lab for _, lab in kept], dtype=torch.int64),
-                              [show(k) for k, _ in kept])
+        splits[split] = (assemble(chunks, geometry),
+                         torch.tensor([lab for _, lab in kept], dtype=torch.int64),
+                         [show(k) for k, _ in kept])
     return splits, skipped, geometry

@@ -12,11 +12,13 @@ twice:
   then free).
 
 Nothing half-made is ever used: downloads land under a temporary name and are renamed after
-their MD5 matched; an archive already present is verified before use (once: a stamp file
-records the size and mtime it was verified at) and fetched again when it does not match
-(with ``data.download=false`` it is the user's own file: used as it is, with a warning); a
-decode cache carries a digest of its tensors and is rebuilt when it does not match. A cache that
-cannot be written (read-only or full disk) is a warning, never an error.
+their MD5 matched, and an archive already present is verified before use
+(`convzoo.data.sources.download.fetch_archive`, under `node_lock`); a decode cache carries a
+digest of its tensors and is rebuilt when it does not match. A cache that cannot be written
+(read-only or full disk) is a warning, never an error (`write_quietly`).
+
+This module is at the base of ``convzoo.data``: the sources, the pack cache of remote packs and
+the pipeline all prepare through it, and it imports none of them.
 """
 
 from __future__ import annotations
@@ -32,8 +34,6 @@ from typing import Any, TypeVar
 import torch
 from filelock import FileLock
 
-from convzoo.data import download
-from convzoo.errors import ConvzooError
 from convzoo.integrity import content_digest
 
 log = logging.getLogger("convzoo")
@@ -84,58 +84,6 @@ def once_per_node(fn: Callable[[], T]) -> T:
     return fn()
 
 
-# ----------------------------------------------------------------------------- archives
-
-
-def _stamp(path: Path) -> Path:
-    return path.with_name(path.name + ".verified")
-
-
-def _stamp_text(path: Path, md5: str) -> str:
-    st = path.stat()
-    return f"{md5.lower()} {st.st_size} {st.st_mtime_ns}\n"
-
-
-def verified(path: Path, md5: str) -> bool:
-    """Whether `path` exists with MD5 `md5` (a matching stamp spares re-hashing it)."""
-    if not path.is_file():
-        return False
-    stamp = _stamp(path)
-    try:
-        if stamp.read_text() == _stamp_text(path, md5):
-            return True
-    except OSError:
-        pass
-    if not download.check_md5(path, md5):
-        return False
-    _write_quietly(stamp, _stamp_text(path, md5).encode())
-    return True
-
-
-def fetch_archive(url: str, dest: Path, md5: str, *, allow_download: bool, name: str) -> Path:
-    """`dest`, verified against `md5`; downloaded (under the lock) when missing or corrupt."""
-    with node_lock(dest):
-        if verified(dest, md5):
-            return dest
-        if dest.exists():
-            if not allow_download:  # the user's own file, to be used as it is
-                log.warning(f"{dest}: MD5 differs from the official {name} archive's ({md5}); "
-                            "using it as it is (data.download=false)")
-                return dest
-            # A download lands only once its MD5 matched (download_url), so this file is not
-            # one convzoo wrote: never replace it.
-            raise ConvzooError(f"{dest}: MD5 differs from the official {name} archive's "
-                               f"({md5}); convzoo does not replace a file it did not download: "
-                               "move it away to download the archive, or set "
-                               "data.download=false to use it as it is")
-        elif not allow_download:
-            raise ConvzooError(f"{name}: {dest} does not exist (set data.download=true, or put "
-                               f"{dest.name} there)")
-        download.download_url(url, dest, md5)
-        _write_quietly(_stamp(dest), _stamp_text(dest, md5).encode())
-        return dest
-
-
 # ----------------------------------------------------------------------------- decode caches
 
 
@@ -177,7 +125,7 @@ def write_cache(path: Path, payload: dict[str, Any]) -> bool:
     nbytes = sum(t.numel() * t.element_size() for t in _payload_tensors(payload))
     log.info(f"writing decode cache {path} ({nbytes / 2**20:,.0f} MB)")
     buffer = _serialise(payload)
-    if not _write_quietly(path, buffer):
+    if not write_quietly(path, buffer):
         return False
     for old in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.pt"):
         if old != path:
@@ -193,7 +141,7 @@ def _serialise(payload: dict[str, Any]) -> Any:
     return buf.getbuffer()
 
 
-def _write_quietly(path: Path, data: Any) -> bool:
+def write_quietly(path: Path, data: Any) -> bool:
     """temp file + fsync + rename; an OSError (read-only, disk full) is a warning, and leaves
     nothing behind."""
     tmp = None

@@ -29,9 +29,9 @@ import torch
 from convzoo import config as C
 from convzoo import runconfig, trackers
 from convzoo import saved as ckpt_io
-from convzoo.data.augment import mixes
-from convzoo.data.pipeline import Loader, build_pipeline
+from convzoo.data.loading.pipeline import Loader, build_pipeline
 from convzoo.data.sampler import torch_seed
+from convzoo.data.transforms.augment import mixes
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
 from convzoo.log import format_seconds, log

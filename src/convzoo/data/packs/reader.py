@@ -1,5 +1,5 @@
 """Packed record datasets, the format and its reader: a few large shard files of encoded
-images plus an index (the writer, ``convzoo pack``, is `convzoo.data.pack`).
+images plus an index (the writer, ``convzoo pack``, is `convzoo.data.packs.writer`).
 
 The idea is MXNet's RecordIO: instead of thousands of small files, each split is written as
 concatenated payloads in shard files of a few hundred MB, and a table of
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from convzoo.data import images
-from convzoo.data.dataset import Dataset, Split
+from convzoo.data.dataset import Dataset, Split, from_decoded
 from convzoo.data.images import DEFAULT_LIMITS, Geometry, Limits
 from convzoo.errors import ConvzooError
 from convzoo.integrity import read_regular, regular_file
@@ -169,6 +169,11 @@ class PackedSplit:
         """(N,) int64 labels in record order."""
         return torch.from_numpy(self.table[:, 3].copy())
 
+    @property
+    def names(self) -> None:
+        """A pack keeps no file names (`convzoo.data.dataset.ImageSplit`)."""
+        return None
+
     def _fd(self, shard: int) -> int:
         if self._fds is None:
             self._fds = [os.open(p, os.O_RDONLY) for p in self.shard_paths]
@@ -233,6 +238,14 @@ class PackedSplit:
         return stack_images(self.decode_images(indices, geometry, limits), where=self.where,
                             out=out)
 
+    def images_at(self, indices: Sequence[int] | torch.Tensor | None = None,
+                  geometry: Geometry | None = None,
+                  limits: Limits = DEFAULT_LIMITS) -> torch.Tensor:
+        """uint8 (n, C, H, W) images of the records at `indices` (None: all), decoded and brought
+        to `geometry` (`convzoo.data.dataset.ImageSplit`): a channels-last view of `decode`."""
+        index = range(len(self)) if indices is None else indices
+        return self.decode(list(index), geometry, limits=limits).permute(0, 3, 1, 2)
+
     def close(self) -> None:
         if self._fds is not None:
             for fd in self._fds:
@@ -277,22 +290,58 @@ class PackedDataset:
         except (TypeError, ValueError):
             raise ConvzooError(f"{self.root / INDEX_NAME}: malformed 'sizes'") from None
 
-    def geometry(self, *, channels: int, image_size: int, resize: str) -> Geometry:
-        """The geometry of `channels` / `image_size` / `resize` (0 = the pack's own: its
-        channels; its most common size, from the index or else from record 0 of train)."""
-        if image_size:
-            return Geometry(channels or self.channels, image_size, image_size, resize)
-        sizes = self.sizes()
-        if sizes:
-            shapes = Counter({(self.channels, h, w): n for (h, w), n in sizes.items()})
-            geo = images.target_geometry(shapes, channels=channels, image_size=0,
-                                         resize=resize, name=str(self.root))
-            return geo
+    def geometry_for(self, *, channels: int, image_size: int, resize: str) -> Geometry:
+        """What its images become under ``data.channels`` / ``image_size`` / ``resize``
+        (`images.resolve_geometry`: 0 = the pack's channels; its most common size, from the
+        index, or, for an index written without sizes, from record 0 of train)."""
+        sizes: Counter = Counter()
+        if not image_size:  # the size matters: read it
+            sizes = self.sizes() or self._first_size()
+        return images.resolve_geometry(self.channels, sizes, channels=channels,
+                                       image_size=image_size, resize=resize,
+                                       name=str(self.root))
+
+    def _first_size(self) -> Counter:
+        """{(height, width): 1} of record 0 of train (or of the first split), decoded."""
         split = self.splits.get("train") or next(iter(self.splits.values()))
         if len(split) == 0:
             raise ConvzooError(f"{self.root}: split '{split.name}' is empty")
         _, h, w = split.decode_images([0])[0].shape
-        return Geometry(channels or self.channels, h, w, resize)
+        return Counter({(h, w): 1})
+
+    def load(self, *, geometry: Geometry | None = None, image_size: int = 0, channels: int = 0,
+             resize: str = "crop", limits: Limits = DEFAULT_LIMITS,
+             workers: int | None = None) -> Dataset:
+        """Everything decoded into memory as a ``Dataset`` of uint8 (N, C, H, W).
+
+        Raw packs are a reshape of the shard bytes; JPEG packs are decoded in parallel
+        (``workers`` processes, default: all cores) by the same decoder as image folders, and
+        brought to `geometry` (default: that of ``channels``/``image_size``/``resize``, where 0
+        means the pack's channels and most common size, as for a folder).
+        """
+        geo = geometry
+        if geo is None and (image_size or self.image_format == "raw" or self.sizes()):
+            geo = self.geometry_for(channels=channels, image_size=image_size, resize=resize)
+        if self.image_format == "raw":
+            assert geo is not None
+            splits = {n: Split(geo.apply(_read_raw(s)).contiguous(), s.labels)
+                      for n, s in self.splits.items()}
+            return Dataset(self.name, self.classes, splits, geo)
+        files: dict[str, images.SplitFiles] = {}
+        inputs: dict[str, list[str | bytes]] = {}
+        for name, split in self.splits.items():
+            payloads: list[str | bytes] = []
+            for i in range(0, len(split), _READ_CHUNK):
+                data, lengths = split.read_many(range(i, min(i + _READ_CHUNK, len(split))))
+                payloads += [bytes(p.numpy()) for p in torch.split(data, lengths.tolist())]
+            files[name] = images.SplitFiles([str(i) for i in range(len(split))],
+                                            split.labels.tolist())
+            inputs[name] = payloads
+        decoded, skipped, geo = images.decode_splits(
+            self.name, files, inputs, lambda k: f"{self.root}: record {k}", limits=limits,
+            workers=workers or images.default_workers(), skip_bad=False, geometry=geo,
+            channels=channels, resize=resize)
+        return Dataset(self.name, self.classes, from_decoded(decoded), geo, skipped)
 
     def close(self) -> None:
         for split in self.splits.values():
@@ -303,7 +352,7 @@ def open_packed(path: Path | str, root: str | Path = "~/.cache/convzoo") -> Pack
     """Open a packed dataset directory (reads the index and tables, not the images), or a
     pack behind an fsspec URL (``s3://...``: ``data.remote``, its index cached under ``root``,
     ``data.root``)."""
-    from convzoo.data import remote as remote_io
+    from convzoo.data.packs import remote as remote_io
 
     opened = remote_io.fetch_metadata(str(path), root) if remote_io.is_url(path) else None
     location = str(path)
@@ -361,37 +410,11 @@ def _read_raw(split: PackedSplit) -> torch.Tensor:
 def load_packed(path: Path | str, *, geometry: Geometry | None = None, image_size: int = 0,
                 channels: int = 0, resize: str = "crop", limits: Limits = DEFAULT_LIMITS,
                 workers: int | None = None, root: str | Path = "~/.cache/convzoo") -> Dataset:
-    """Decode a whole packed dataset into memory as a ``Dataset`` of uint8 (N, C, H, W).
-
-    Raw packs are a reshape of the shard bytes; JPEG packs are decoded in parallel
-    (``workers`` processes, default: all cores) by the same decoder as image folders, and
-    brought to `geometry` (default: that of ``channels``/``image_size``/``resize``, where 0
-    means the pack's channels and most common size, as for a folder).
-    """
+    """Open the pack at `path` (a folder or an fsspec URL; `root` as `open_packed`) and decode
+    it whole into memory (`PackedDataset.load`)."""
     pack = open_packed(path, root)
     try:
-        geo = geometry
-        if geo is None and (image_size or pack.image_format == "raw" or pack.sizes()):
-            geo = pack.geometry(channels=channels, image_size=image_size, resize=resize)
-        if pack.image_format == "raw":
-            assert geo is not None
-            splits = {n: Split(geo.apply(_read_raw(s)).contiguous(), s.labels)
-                      for n, s in pack.splits.items()}
-            return Dataset(pack.name, pack.classes, splits, geo)
-        files: dict[str, images.SplitFiles] = {}
-        inputs: dict[str, list[str | bytes]] = {}
-        for name, split in pack.splits.items():
-            payloads: list[str | bytes] = []
-            for i in range(0, len(split), _READ_CHUNK):
-                data, lengths = split.read_many(range(i, min(i + _READ_CHUNK, len(split))))
-                payloads += [bytes(p.numpy()) for p in torch.split(data, lengths.tolist())]
-            files[name] = images.SplitFiles([str(i) for i in range(len(split))],
-                                            split.labels.tolist())
-            inputs[name] = payloads
-        decoded, skipped, geo = images.decode_splits(
-            pack.name, files, inputs, lambda k: f"{pack.root}: record {k}", limits=limits,
-            workers=workers or images.default_workers(), skip_bad=False, geometry=geo,
-            channels=channels, resize=resize)
-        return Dataset(pack.name, pack.classes, decoded, geo, skipped)
+        return pack.load(geometry=geometry, image_size=image_size, channels=channels,
+                         resize=resize, limits=limits, workers=workers)
     finally:
         pack.close()

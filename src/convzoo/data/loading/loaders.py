@@ -7,8 +7,9 @@
   bytes to be decoded by nvJPEG).
 
 Both take their batches from one `EpochPlan` (`convzoo.data.sampler`: order, rank shards,
-remainders) and apply one `Stage` (`convzoo.data.stage`: preprocess, then augment or the eval
-view, with one generator per batch), so for the same images they yield the same batches.
+remainders) and apply one `Stage` (`convzoo.data.transforms.stage`: preprocess, then augment or
+the eval view, with one generator per batch), so for the same images they yield the same
+batches.
 Both yield ``(images float (B, C, H, W), targets)`` on the device: int64 (B,) labels, or
 (B, num_classes) float class probabilities when the augmentation mixes images (mixup/cutmix),
 and have ``set_epoch(e, start=0)`` (``start``: the first batch to make), ``len()``,
@@ -16,9 +17,9 @@ and have ``set_epoch(e, start=0)`` (``start``: the first batch to make), ``len()
 
 Where the stage runs: on the training device, except for the streaming loader on a CPU, where
 the workers run it (the "device" is the same cores, and the workers share the work) into
-reused shared-memory buffers (`convzoo.data.cpu_stage.Slots`). On CUDA, worker batches stay
-uint8 until they reach the GPU (4x fewer bytes to copy than float), as (B, H, W, C) viewed as
-(B, C, H, W) with channels-last strides.
+reused shared-memory buffers (`convzoo.data.transforms.cpu_stage.Slots`). On CUDA, worker
+batches stay uint8 until they reach the GPU (4x fewer bytes to copy than float), as
+(B, H, W, C) viewed as (B, C, H, W) with channels-last strides.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from convzoo.data.cpu_stage import Slots
 from convzoo.data.dataset import Split
 from convzoo.data.images import (
     DEFAULT_LIMITS,
@@ -41,9 +41,10 @@ from convzoo.data.images import (
     convert_channels,
     decode_jpegs,
 )
-from convzoo.data.packed import PackedSplit, stack_images
+from convzoo.data.packs.reader import PackedSplit, stack_images
 from convzoo.data.sampler import EpochPlan
-from convzoo.data.stage import Stage
+from convzoo.data.transforms.cpu_stage import Slots
+from convzoo.data.transforms.stage import Stage
 from convzoo.errors import ConvzooError
 
 
@@ -292,8 +293,7 @@ class StreamLoader(_Loader):
     def head(self, n: int) -> torch.Tensor:
         """The first `n` records of the split (0 = all), uint8 (n, C, H, W) on the device."""
         n = min(n or len(self.split), len(self.split))
-        x = self.split.decode(list(range(n)), self.geometry, limits=self.limits)  # (n, H, W, C)
-        return x.permute(0, 3, 1, 2).to(self.device)
+        return self.split.images_at(range(n), self.geometry, self.limits).to(self.device)
 
     def _on_device(self, item: tuple[torch.Tensor, ...], epoch: int,
                    batch: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
-from convzoo.data.mixing import box_masks
+from convzoo.data.transforms.mixing import box_masks
 from convzoo.errors import ConvzooError
 
 MAX = 255.0  # the pixel scale these ops work on

@@ -23,7 +23,7 @@ positions [i, i + 1) * box / S):
 
 `rrc_boxes` draws boxes exactly as that former RRC did (same generator calls, same order), and
 `random_resized_crop` = ``resize_boxes(x, *rrc_boxes(...), size)`` is the training stage's RRC
-step (`convzoo.data.augment`).
+step (`convzoo.data.transforms.augment`).
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def resize_boxes(
 
 def _rand(n: int, generator: torch.Generator, device: torch.device) -> Tensor:
     """(n,) float32 uniform in [0, 1) drawn on the generator's device, returned on `device`
-    (the convention of `convzoo.data.augment`)."""
+    (the convention of `convzoo.data.transforms.augment`)."""
     return torch.rand(n, generator=generator, device=generator.device).to(device)
 
 

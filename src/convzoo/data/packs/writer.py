@@ -1,5 +1,5 @@
 """``convzoo pack``: write an image folder (or a tar archive of one) or a CIFAR archive as a
-packed record dataset (the format and its reader are `convzoo.data.packed`).
+packed record dataset (the format and its reader are `convzoo.data.packs.reader`).
 
 Images are read by the one scanner and decoded by the one decoder of `convzoo.data.images`
 (so a 16-bit PNG packs as it trains), optionally resized (shorter side, bilinear with
@@ -33,7 +33,7 @@ import torch
 
 from convzoo.data import images
 from convzoo.data.images import DEFAULT_LIMITS, DecodeError, Limits
-from convzoo.data.packed import FORMAT_NAME, FORMAT_VERSION, INDEX_NAME, TABLE_COLUMNS
+from convzoo.data.packs.reader import FORMAT_NAME, FORMAT_VERSION, INDEX_NAME, TABLE_COLUMNS
 from convzoo.data.progress import progress
 from convzoo.errors import ConvzooError
 
@@ -66,7 +66,7 @@ class PackReport:
 
 def _is_cifar_source(src: Path) -> bool:
     """An official CIFAR python archive (.tar.gz) or its extracted folder."""
-    from convzoo.data.cifar import is_cifar_archive, is_cifar_dir
+    from convzoo.data.sources.cifar import is_cifar_archive, is_cifar_dir
 
     return is_cifar_dir(src) if src.is_dir() else is_cifar_archive(src)
 
@@ -319,7 +319,7 @@ def _pack_folder(src: Path, tmp: Path, report: PackReport, *, fmt: str, resize: 
 def _pack_cifar(src: Path, tmp: Path, report: PackReport, *, fmt: str, resize: int,
                 quality: int, shard_bytes: int, pool: Any, show: bool,
                 limits: Limits) -> dict[str, Any]:
-    from convzoo.data.cifar import load_cifar
+    from convzoo.data.sources.cifar import load_cifar
 
     if resize:
         raise ConvzooError(f"{src}: resize is not supported for CIFAR archives (32x32 images)")

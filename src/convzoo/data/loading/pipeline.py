@@ -2,7 +2,7 @@
 
 ``build_pipeline`` decides where the images live:
 
-- ``memory``: ``sources.load_dataset`` decodes every split into one uint8 tensor, which
+- ``memory``: ``registry.load_dataset`` decodes every split into one uint8 tensor, which
   ``ResidentLoader`` keeps on the training device (CIFAR, digits, folders, small packs).
 - ``stream``: a packed dataset (``convzoo pack``) stays on disk; ``StreamLoader`` reads and
   decodes each batch in worker processes (or on the GPU with nvJPEG).
@@ -20,20 +20,27 @@ preprocessing is fitted on the training split (a seeded, stratified sample of
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from convzoo import config as C
-from convzoo.data import packed as packed_io
-from convzoo.data.augment import build_eval_transform, build_train_augment
+from convzoo.data.dataset import (
+    ImageSplit,
+    Indices,
+    SplitImages,
+    carve_val,
+    limit_splits,
+    stratified_pick,
+)
 from convzoo.data.images import Geometry, Limits
-from convzoo.data.loaders import ResidentLoader, StreamLoader
+from convzoo.data.loading.loaders import ResidentLoader, StreamLoader
+from convzoo.data.loading.registry import load_dataset, packed_path
+from convzoo.data.packs import reader as packed_io
+from convzoo.data.packs.remote import fetch_metadata, is_url
 from convzoo.data.prepare import once_per_node
-from convzoo.data.preprocess import Preprocessor, fit_preprocessor
-from convzoo.data.remote import fetch_metadata, is_url
-from convzoo.data.sources import carve_val, limit_splits, load_dataset, stratified_pick
+from convzoo.data.transforms.augment import build_eval_transform, build_train_augment
+from convzoo.data.transforms.preprocess import Preprocessor, fit_preprocessor
 from convzoo.errors import ConvzooError
 
 MEMORY_BUDGET_BYTES = 8 * 2**30  # decoded uint8 train split that `auto` still keeps in memory
@@ -88,33 +95,27 @@ def heldout_split(available: list[str]) -> str:
     return sorted(available)[0]
 
 
-def packed_path(source: str) -> Path | str | None:
-    """The directory of a packed dataset named by `source`, or its fsspec URL (a URL source is
-    always a pack: ``data.remote``), or None if it is not one."""
-    if is_url(source):
-        return source
-    path = Path(source).expanduser()
-    return path if (path / packed_io.INDEX_NAME).is_file() else None
-
-
-def choose_loader(cfg: C.DataConfig) -> str:
-    """``memory`` or ``stream`` for ``cfg.loader`` (see the module docstring)."""
-    packed = packed_path(cfg.source)
-    if cfg.loader == "stream" and packed is None:
+def choose_loader(cfg: C.DataConfig, pack: packed_io.PackedDataset | None = None) -> str:
+    """``memory`` or ``stream`` for ``cfg.loader`` (see the module docstring). `pack`: the
+    source already opened (`open_source` opens a pack once, to size it here and then to read
+    it); without it a pack is opened here to be sized."""
+    path = packed_path(cfg.source)
+    if cfg.loader == "stream" and path is None:
         raise ConvzooError(f"data.loader=stream needs a packed dataset (made by `convzoo pack`); "
                            f"'{cfg.source}' is not one")
-    if cfg.loader != "auto" or packed is None:
+    if cfg.loader != "auto" or path is None:
         return "memory" if cfg.loader == "auto" else cfg.loader
-    ds = packed_io.open_packed(packed, cfg.root)
+    opened = pack if pack is not None else packed_io.open_packed(path, cfg.root)
     try:
-        train = ds.splits.get("train")
+        train = opened.splits.get("train")
         if train is None:
-            raise ConvzooError(f"{packed}: packed dataset has no train split")
-        c, h, w = ds.geometry(channels=cfg.channels, image_size=cfg.image_size,
-                              resize=cfg.resize).shape
+            raise ConvzooError(f"{path}: packed dataset has no train split")
+        c, h, w = opened.geometry_for(channels=cfg.channels, image_size=cfg.image_size,
+                                      resize=cfg.resize).shape
         return "stream" if len(train) * c * h * w > MEMORY_BUDGET_BYTES else "memory"
     finally:
-        ds.close()
+        if opened is not pack:
+            opened.close()
 
 
 # ----------------------------------------------------------------------------- building
@@ -122,39 +123,62 @@ def choose_loader(cfg: C.DataConfig) -> str:
 
 @dataclass
 class Source:
-    """The opened data: in-memory ``Split``s or packed ``PackedSplit`` views, by split name."""
+    """The data of one run, opened: in-memory ``Split``s or packed ``PackedSplit`` views by
+    split name (`convzoo.data.dataset.ImageSet`), with ``limit`` and ``val_fraction``
+    applied, the `geometry` every image is brought to and the decoding `limits`. `kind` is the
+    loader chosen for it: ``memory`` (resident) or ``stream``."""
 
     name: str
     classes: list[str]
-    splits: dict[str, Any]
+    splits: dict[str, ImageSplit]
     kind: str  # "memory" | "stream"
     geometry: Geometry
     limits: Limits
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def images(self, split: str, indices: Indices | None = None) -> torch.Tensor:
+        """uint8 (n, C, H, W) images of `split` at `indices` (None: all), at the source's
+        geometry: the split's own (in memory: a view; packed: decoded now)."""
+        return self.splits[split].images_at(indices, self.geometry, self.limits)
+
+    def view(self, split: str) -> SplitImages:
+        """``view[i]`` -> uint8 (C, H, W) image i of `split`, read when asked (a report)."""
+        return SplitImages(self.splits[split], self.geometry, self.limits)
 
 
 def open_source(cfg: C.Config, geometry: Geometry | None = None) -> Source:
     """Load (memory) or open (stream) ``cfg.data`` with ``limit`` and ``val_fraction`` applied,
     brought to `geometry` (default: the one ``cfg.data`` describes). Under torchrun, local
-    rank 0 prepares (downloads, decodes, caches) before the node's other ranks."""
+    rank 0 prepares (downloads, decodes, caches) before the node's other ranks. A pack is
+    opened once: sized for ``data.loader=auto``, then streamed or decoded into memory."""
     if is_url(cfg.data.source):  # the remote index into this node's cache, once per node
         once_per_node(lambda: fetch_metadata(cfg.data.source, cfg.data.root))
-    kind = choose_loader(cfg.data)
     limits = Limits.from_config(cfg.data)
+    path = packed_path(cfg.data.source)
+    pack = packed_io.open_packed(path, cfg.data.root) if path is not None else None
+    kind = choose_loader(cfg.data, pack)
     if kind == "memory":
-        ds = once_per_node(lambda: load_dataset(cfg.data, seed=cfg.train.seed,
-                                                geometry=geometry))
+        try:
+            ds = once_per_node(lambda: load_dataset(cfg.data, seed=cfg.train.seed,
+                                                    geometry=geometry, pack=pack))
+        finally:
+            if pack is not None:
+                pack.close()  # decoded into memory: its shard files are done with
         assert ds.geometry is not None
         return Source(ds.name, list(ds.classes), dict(ds.splits), kind, ds.geometry, limits)
-    pack = packed_io.open_packed(packed_path(cfg.data.source), cfg.data.root)  # type: ignore[arg-type]
-    splits = dict(pack.splits)
+    assert pack is not None  # only a pack streams (choose_loader)
+    splits: dict[str, ImageSplit] = dict(pack.splits)
     if "train" not in splits and geometry is None:
         raise ConvzooError(f"{cfg.data.source}: packed dataset has no train split")
     if cfg.data.limit:
         limit_splits(splits, cfg.data.limit, cfg.train.seed)
     if cfg.data.val_fraction:
         carve_val(splits, cfg.data.val_fraction, cfg.train.seed, cfg.data.source)
-    geo = geometry or pack.geometry(channels=cfg.data.channels, image_size=cfg.data.image_size,
-                                    resize=cfg.data.resize)
+    geo = geometry or pack.geometry_for(channels=cfg.data.channels,
+                                        image_size=cfg.data.image_size, resize=cfg.data.resize)
     return Source(pack.name, list(pack.classes), splits, kind, geo, limits)
 
 
@@ -170,12 +194,7 @@ def remap_classes(source: Source, classes: list[str]) -> Source:
         raise ConvzooError(f"{source.name}: class '{unknown[0]}' is not one the model knows "
                            f"(its {len(classes)} classes: {shown})")
     mapping = torch.tensor([index[c] for c in source.classes], dtype=torch.int64)
-    splits = {}
-    for name, split in source.splits.items():
-        if source.kind == "memory":
-            splits[name] = type(split)(split.images, mapping[split.labels], split.names)
-        else:
-            splits[name] = split.relabel(mapping)
+    splits = {name: split.relabel(mapping) for name, split in source.splits.items()}
     return replace(source, classes=list(classes), splits=splits)
 
 
@@ -195,25 +214,23 @@ def make_loader(source: Source, split: str, cfg: C.Config, device: torch.device,
     else:
         common.update(eval_transform=build_eval_transform(cfg.augment))
         batch = batch_size or cfg.train.eval_batch_size
-    if source.kind == "memory":
-        return ResidentLoader(source.splits[split], batch, **common)
-    return StreamLoader(source.splits[split], batch, workers=cfg.data.workers or None,
-                        geometry=source.geometry, limits=source.limits, **common)
+    if source.kind == "stream":
+        return StreamLoader(source.splits[split], batch,  # type: ignore[arg-type]
+                            workers=cfg.data.workers or None, geometry=source.geometry,
+                            limits=source.limits, **common)
+    return ResidentLoader(source.splits[split], batch, **common)  # type: ignore[arg-type]
 
 
 def fit_on_train(cfg: C.Config, source: Source) -> Preprocessor:
-    """Fit ``cfg.preprocess`` on the training split (all of it, or a stratified sample)."""
+    """Fit ``cfg.preprocess`` on the training split: all of it, or a stratified sample of
+    ``preprocess.fit_images`` (default when streaming: `STREAM_FIT_IMAGES`, each one decoded
+    for the fit)."""
     train = source.splits["train"]
-    n = cfg.preprocess.fit_images or (0 if source.kind == "memory" else STREAM_FIT_IMAGES)
+    n = cfg.preprocess.fit_images or (STREAM_FIT_IMAGES if source.kind == "stream" else 0)
     pick = None
     if 0 < n < len(train):
         pick = stratified_pick(train.labels, n, torch.Generator().manual_seed(cfg.train.seed))
-    if source.kind == "memory":
-        return fit_preprocessor(cfg.preprocess, train.images if pick is None else
-                                train.images[pick])
-    indices = list(range(len(train))) if pick is None else pick.tolist()
-    sample = train.decode(indices, source.geometry, limits=source.limits).permute(0, 3, 1, 2)
-    return fit_preprocessor(cfg.preprocess, sample)
+    return fit_preprocessor(cfg.preprocess, source.images("train", pick))
 
 
 def build_pipeline(cfg: C.Config, device: torch.device, *, rank: int = 0, world_size: int = 1,

@@ -3,6 +3,11 @@
 A download streams into a new hidden file ``.<dest>.<random>.part``, is verified against its
 MD5, and only then is renamed to ``dest`` with ``os.replace`` (atomic on one file system). An interrupted or
 corrupted download therefore never leaves a file at ``dest`` that would be taken as good.
+
+`fetch_archive` is how a source asks for one: under the node's file lock, an archive already
+present is verified before use (once: a stamp file records the size and mtime it was verified
+at) and fetched again when it does not match (with ``data.download=false`` it is the user's own
+file: used as it is, with a warning).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from convzoo.data.prepare import node_lock, write_quietly
 from convzoo.errors import ConvzooError
 
 log = logging.getLogger("convzoo")
@@ -85,3 +91,55 @@ def download_url(url: str, dest: Path, md5: str) -> Path:
         raise ConvzooError(f"download of {url} has MD5 {got}, expected {md5}; file discarded")
     os.replace(part, dest)
     return dest
+
+
+# ----------------------------------------------------------------------------- verified archives
+
+
+def _stamp(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _stamp_text(path: Path, md5: str) -> str:
+    st = path.stat()
+    return f"{md5.lower()} {st.st_size} {st.st_mtime_ns}\n"
+
+
+def verified(path: Path, md5: str) -> bool:
+    """Whether `path` exists with MD5 `md5` (a matching stamp spares re-hashing it)."""
+    if not path.is_file():
+        return False
+    stamp = _stamp(path)
+    try:
+        if stamp.read_text() == _stamp_text(path, md5):
+            return True
+    except OSError:
+        pass
+    if not check_md5(path, md5):
+        return False
+    write_quietly(stamp, _stamp_text(path, md5).encode())
+    return True
+
+
+def fetch_archive(url: str, dest: Path, md5: str, *, allow_download: bool, name: str) -> Path:
+    """`dest`, verified against `md5`; downloaded (under the lock) when missing or corrupt."""
+    with node_lock(dest):
+        if verified(dest, md5):
+            return dest
+        if dest.exists():
+            if not allow_download:  # the user's own file, to be used as it is
+                log.warning(f"{dest}: MD5 differs from the official {name} archive's ({md5}); "
+                            "using it as it is (data.download=false)")
+                return dest
+            # A download lands only once its MD5 matched (download_url), so this file is not
+            # one convzoo wrote: never replace it.
+            raise ConvzooError(f"{dest}: MD5 differs from the official {name} archive's "
+                               f"({md5}); convzoo does not replace a file it did not download: "
+                               "move it away to download the archive, or set "
+                               "data.download=false to use it as it is")
+        elif not allow_download:
+            raise ConvzooError(f"{name}: {dest} does not exist (set data.download=true, or put "
+                               f"{dest.name} there)")
+        download_url(url, dest, md5)
+        write_quietly(_stamp(dest), _stamp_text(dest, md5).encode())
+        return dest

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from convzoo.data.prepare import _write_quietly, node_lock
+from convzoo.data.prepare import node_lock, write_quietly
 from convzoo.errors import ConvzooError
 
 log = logging.getLogger("convzoo")
@@ -120,11 +120,11 @@ def fetch_metadata(url: str, root: str | Path) -> Remote:
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 raise ConvzooError(f"{url}/{INDEX_NAME}: malformed index ({e!r})") from None
             for name in tables:
-                if not _write_quietly(cache / name, fs.cat_file(f"{base.rstrip('/')}/{name}")):
+                if not write_quietly(cache / name, fs.cat_file(f"{base.rstrip('/')}/{name}")):
                     raise ConvzooError(f"cannot write the index tables of {url} into {cache} "
                                        "(set data.root to a writable folder)")
-            _write_quietly(cache / INDEX_NAME, index)
-            _write_quietly(stamp_file, stamp.encode())  # last: the cache is complete
+            write_quietly(cache / INDEX_NAME, index)
+            write_quietly(stamp_file, stamp.encode())  # last: the cache is complete
     _OPENED[key] = Remote(url, fs, base, cache, sizes)
     return _OPENED[key]
 
@@ -188,7 +188,7 @@ class RemoteShards:
             if len(blob) != self._length(k, b):
                 raise ConvzooError(f"{self.names[k]}: short read at byte {b * self.block}")
             self.fetched_bytes += len(blob)
-            if not _write_quietly(self._file(k, b), blob):  # no cache space: serve from memory
+            if not write_quietly(self._file(k, b), blob):  # no cache space: serve from memory
                 self._uncached[(k, b)] = blob
 
     def readinto(self, k: int, view: memoryview, offset: int) -> int:

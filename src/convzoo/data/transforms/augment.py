@@ -1,28 +1,36 @@
 """Batched augmentation on the batch's own device: no per-image Python loops.
 
-Every function takes a float (B, C, H, W) batch that has already been preprocessed (so 0 is "the
-mean", see `convzoo.data.preprocess`), and draws its randomness from a passed `torch.Generator`,
-so a run is reproducible under a seed. Numbers are drawn on the generator's device and moved to
-the batch's device: a CUDA generator for a CUDA batch costs no host sync, and a CPU generator
-gives the same draws whatever device the batch is on.
+Every function takes a float (B, C, H, W) batch that has already been preprocessed (so 0 is
+"the mean", see `convzoo.data.transforms.preprocess`), and draws its randomness from a passed
+`torch.Generator`, so a run is reproducible under a seed. Numbers are drawn on the generator's
+device and moved to the batch's device: a CUDA generator for a CUDA batch costs no host sync,
+and a CPU generator gives the same draws whatever device the batch is on.
 
-Train (`Augment`, three steps the stage runs around preprocessing): the policy and colour jitter
-on the 0-255 pixels (`convzoo.data.policies`), then random_resized_crop -> crop -> pad ->
-translate -> affine -> flip -> cutout on the preprocessed batch, then random erasing and
-mixup/cutmix (`convzoo.data.mixing`) with the labels; docs/augmentation.md. Eval:
-`build_eval_transform` (deterministic centre crops / resize) and `tta_views`.
+Train (`Augment`, three steps the stage runs around preprocessing): the policy and colour
+jitter on the 0-255 pixels (`convzoo.data.transforms.policies`), then random_resized_crop ->
+crop -> pad -> translate -> affine -> flip -> cutout on the preprocessed batch, then random
+erasing and mixup/cutmix (`convzoo.data.transforms.mixing`) with the labels;
+docs/augmentation.md. The config chooses the ops once, as the op lists of a `Plan`, which the
+stage (`convzoo.data.transforms.stage`) runs. Eval: `build_eval_transform` (deterministic
+centre crops / resize) and `tta_views`.
+
+A new op is a function here (or in `policies`) drawing from the passed generator, a method of
+`Augment` that calls it with its config keys, and one entry in the list of its step in
+`Augment.__init__`, at its place in the order; if it is integer geometry it also needs its
+draws in `Augment._windows`, else it makes that step resample (no `Windows` plan).
 
 The integer-geometry ops (crop, zero pad-and-crop, translate, flip, cutout) compose into one
-per-image `Windows` plan (`convzoo.data.cpu_stage`): on a CPU, large images are then built image
-by image in one pass (`apply_windows`), which can also read the uint8 source and normalise on
-the way. Both paths draw the same numbers in the same order and give exactly the same batch.
+per-image `Windows` plan (`convzoo.data.transforms.cpu_stage`): on a CPU, large images are then
+built image by image in one pass (`apply_windows`), which can also read the uint8 source and
+normalise on the way. Both paths draw the same numbers in the same order and give exactly the
+same batch.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -31,9 +39,9 @@ import torchvision.transforms.v2.functional as TF
 from torch import Tensor
 
 from convzoo.config import AugmentConfig
-from convzoo.data import policies, resample
-from convzoo.data.cpu_stage import Windows, apply_windows, per_image
-from convzoo.data.mixing import MixUpCutMix
+from convzoo.data.transforms import policies, resample
+from convzoo.data.transforms.cpu_stage import Windows, apply_windows, per_image
+from convzoo.data.transforms.mixing import MixUpCutMix
 from convzoo.errors import ConvzooError
 
 PAD_MODES = ("zeros", "reflect")
@@ -298,9 +306,76 @@ def build_policy(cfg: AugmentConfig) -> Policy | None:
     return None
 
 
+# ----------------------------------------------------------------------------- the stage's plan
+
+
+PixelOp = Callable[[Tensor, torch.Generator], Tensor]  # (x, generator) on the 0-255 pixels
+ImageOp = Callable[[Tensor, torch.Generator, int, Any], Tensor]  # (x, generator, epoch, index)
+WindowsOp = Callable[[tuple[int, ...], torch.Generator, int, Any], "Windows | None"]
+FinishOp = Callable[[Tensor, Tensor, torch.Generator], tuple[Tensor, Tensor]]  # with labels
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the stage (`convzoo.data.transforms.stage`) does to a batch, as ordered lists of ops
+    built once from the config (`Augment.plan`, `EvalTransform.plan`, `build_plan`). Every op
+    draws from the batch's one generator, in this order:
+
+    - ``pixels``: on the 0-255 pixels, before preprocessing: to float32 (checking the policy's
+      fill), the random-resized crop when it moved here, the policy, colour jitter. Empty: the
+      pixels go to preprocessing as they are (uint8).
+    - ``geometric``: on the preprocessed batch: rrc, crop, pad, translate, affine, flip, cutout
+      in training, or the eval view.
+    - ``windows``: the same draws as one per-image `Windows` plan (`cpu_stage`), when the
+      geometric ops are integer geometry; None when they resample. It
+      may also return None for a batch it does not cover (the resizing eval view), drawing
+      nothing.
+    - ``finish``: with the labels: random erasing, then mixup/cutmix; (images, targets).
+
+    ``rrc_first``: whether the random-resized crop runs in ``pixels``.
+    """
+
+    pixels: tuple[PixelOp, ...] = ()
+    geometric: tuple[ImageOp, ...] = ()
+    windows: WindowsOp | None = None
+    finish: tuple[FinishOp, ...] = ()
+    rrc_first: bool = False
+
+    def run_pixels(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        for op in self.pixels:
+            x = op(x, generator)
+        return x
+
+    def run_geometric(self, x: Tensor, generator: torch.Generator, epoch: int = 0,
+                      index: Tensor | None = None) -> Tensor:
+        """The geometric ops on a float (B, C, H, W) batch: on a CPU, for large images of
+        integer geometry, image by image in one pass (`per_image`: the same values, the same
+        draws), else batched."""
+        if self.windows is not None and per_image(x.shape, x.device):
+            plan = self.windows(tuple(x.shape), generator, epoch, index)
+            if plan is not None:
+                return apply_windows(x, plan)
+        for op in self.geometric:
+            x = op(x, generator, epoch, index)
+        return x
+
+    def run_finish(self, x: Tensor, labels: Tensor, generator: torch.Generator
+                   ) -> tuple[Tensor, Tensor]:
+        targets = labels
+        for op in self.finish:
+            x, targets = op(x, targets, generator)
+        return x, targets
+
+
+def _ops(*candidates: tuple[Callable[..., Any], Any]) -> tuple[Callable[..., Any], ...]:
+    """The ops whose condition holds, in the order given."""
+    return tuple(op for op, on in candidates if on)
+
+
 class Augment:
     """The train-time augmentation of an `AugmentConfig`, as the steps the stage
-    (`convzoo.data.stage`) runs around preprocessing, in this order (docs/augmentation.md):
+    (`convzoo.data.transforms.stage`) runs around preprocessing, in this order
+    (docs/augmentation.md):
 
     1. `pixels`: on the 0-255 pixels, before preprocessing: the random-resized crop when it
        moves here (``rrc=True``: the stage moves it when a policy or jitter is on and the
@@ -311,7 +386,11 @@ class Augment:
        affine, flip, cutout, in the order of the config's fields (fill 0 = the mean).
     3. `finish`: random erasing, then mixup/cutmix with the labels: (images, targets), the
        targets the int64 labels, or (B, num_classes) float32 class probabilities when the run
-       mixes (`convzoo.data.mixing`).
+       mixes (`convzoo.data.transforms.mixing`).
+
+    The ops of each step are chosen once, here, from the config: `plan` gives the stage the
+    `Plan` (op lists) for its preprocessing, and the three methods above run the same lists
+    (``rrc`` picks the list with the crop in step 1 or in step 2).
 
     Every step draws from the one passed generator, in this order, so a batch is a function of
     the generator's seed (exact resume; both loaders give the same batch). `seed` fixes which
@@ -322,7 +401,7 @@ class Augment:
 
     def __init__(self, cfg: AugmentConfig, seed: int = 0, num_classes: int = 0,
                  channels: int | None = None) -> None:
-        self.cfg = cfg
+        self.cfg = c = cfg
         self.seed = seed
         self.policy = build_policy(cfg)
         if channels is not None:
@@ -339,55 +418,119 @@ class Augment:
             self.mixing = MixUpCutMix(cfg.mixup_alpha, cfg.cutmix_alpha, cfg.mix_prob,
                                       cfg.mix_switch_prob, cfg.mix_mode)
         self.num_classes = num_classes
-        # only integer geometry (no resampling, no reflection): step 2 is one `Windows` plan
-        # (with rrc in step 2, and with rrc moved to step 1)
-        resamples = cfg.rotate or cfg.shear or cfg.scale is not None
-        integer = not resamples and (cfg.pad_mode == "zeros" or not cfg.pad)
-        self._integer = {True: integer and not cfg.random_resized_crop, False: integer}
-        self.integer_only = self._integer[True]
 
-    @property
-    def pixel_ops(self) -> bool:
-        """Whether step 1 has a policy or colour jitter."""
-        return self.policy is not None or self.jitter is not None
+        # The op lists of the three steps, in their order.
+        colour = _ops((self._policy, self.policy is not None),
+                      (self._jitter, self.jitter is not None))
+        rrc = _ops((self._rrc, c.random_resized_crop))
+        geometric = _ops((self._crop, c.crop), (self._pad, c.pad),
+                         (self._translate, c.translate),
+                         (self._affine, c.rotate or c.shear or c.scale is not None),
+                         (self._alternate_flip if c.flip_mode == "alternate"
+                          else self._random_flip, c.flip),
+                         (self._cutout, c.cutout))
+        finish = _ops((self._erase, self.erasing is not None),
+                      (self._mix, self.mixing is not None))
+        # only integer geometry (no resampling, no reflection): step 2 is one `Windows` plan
+        resamples = c.rotate or c.shear or c.scale is not None
+        integer = not resamples and (c.pad_mode == "zeros" or not c.pad)
+        self._plans: dict[bool, Plan] = {}
+        for moved in (False, True):  # the random-resized crop in step 1 (moved) or in step 2
+            pixels = (*rrc, *colour) if moved else colour
+            self._plans[moved] = Plan(
+                pixels=(self._to_float, *pixels) if pixels else (),
+                geometric=geometric if moved else (*rrc, *geometric),
+                windows=self._windows if integer and (moved or not rrc) else None,
+                finish=finish, rrc_first=moved)
 
     def rrc_first(self, pixelwise: bool) -> bool:
         """Whether the random-resized crop moves to step 1: with a policy or jitter on, for a
         pixelwise preprocessing (bilinear resampling commutes with it; a mean image or ZCA is
         fitted at the stored size and needs the stored size)."""
-        return bool(self.cfg.random_resized_crop) and self.pixel_ops and pixelwise
+        return bool(self.cfg.random_resized_crop) and bool(self._plans[False].pixels) and pixelwise
+
+    def plan(self, pixelwise: bool) -> Plan:
+        """The stage's plan for a preprocessing that is pixelwise or not (`rrc_first`)."""
+        return self._plans[self.rrc_first(pixelwise)]
 
     def pixels(self, x: Tensor, generator: torch.Generator, rrc: bool = False) -> Tensor:
         """Step 1: (B, C, H, W) uint8 or float on the 0-255 scale -> float32 on that scale (the
         input itself when there is nothing to do)."""
-        c = self.cfg
-        if not (self.pixel_ops or rrc):
-            return x
-        self._check_fill(x.shape[1])
-        # NCHW float: the ops loop over channels, slow on channels-last data (C = 3 innermost)
-        x = x.contiguous().float()
-        if rrc:
-            x = resample.random_resized_crop(x, c.random_resized_crop, generator, scale=c.rrc_scale,
-                                    ratio=c.rrc_ratio, antialias=c.rrc_antialias)
-        if self.policy is not None:
-            x = self.policy(x, generator)
-        if self.jitter is not None:
-            x = self.jitter(x, generator)
-        return x
-
-    def _check_fill(self, channels: int) -> None:
-        fill = self.cfg.policy_fill
-        if self.policy is not None and fill is not None and len(fill) not in (1, channels):
-            raise ConvzooError(f"augment.policy_fill={fill} has {len(fill)} values but the images "
-                               f"have {channels} channel(s): give 1 or {channels}")
+        return self._plans[rrc].run_pixels(x, generator)
 
     def windows(self, shape: torch.Size | tuple[int, ...], generator: torch.Generator,
                 epoch: int = 0, index: Tensor | None = None, rrc: bool = True) -> Windows | None:
         """Step 2's draws for a (B, C, H, W) batch as a `Windows` plan (the same numbers
         `__call__` draws, in the same order), or None if it resamples (rrc, affine, reflect).
         ``rrc=False``: the random-resized crop ran in step 1."""
-        if not self._integer[rrc]:
-            return None
+        plan = self._plans[not rrc].windows
+        return plan(tuple(shape), generator, epoch, index) if plan is not None else None
+
+    def __call__(
+        self,
+        x: Tensor,
+        generator: torch.Generator,
+        epoch: int = 0,
+        index: Tensor | None = None,
+        rrc: bool = True,
+    ) -> Tensor:
+        """Step 2: (B, C, H, W) float -> augmented float batch (H, W change only with
+        rrc/crop). ``rrc=False``: the random-resized crop ran in step 1."""
+        return self._plans[not rrc].run_geometric(x, generator, epoch, index)
+
+    def finish(self, x: Tensor, labels: Tensor, generator: torch.Generator
+               ) -> tuple[Tensor, Tensor]:
+        """Step 3, on the whole batch: random erasing, then mixup/cutmix. Returns (images,
+        targets): int64 (B,) labels, or float32 (B, num_classes) probabilities when mixing."""
+        return self._plans[False].run_finish(x, labels, generator)
+
+    # The ops. Each reads its part of the config (and `policy`, `jitter`, `erasing`, `mixing`)
+    # when it runs.
+
+    def _to_float(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        self._check_fill(x.shape[1])
+        # NCHW float: the ops loop over channels, slow on channels-last data (C = 3 innermost)
+        return x.contiguous().float()
+
+    def _rrc(self, x: Tensor, generator: torch.Generator, *_: Any) -> Tensor:
+        c = self.cfg
+        return resample.random_resized_crop(x, c.random_resized_crop, generator,
+                                            scale=c.rrc_scale, ratio=c.rrc_ratio,
+                                            antialias=c.rrc_antialias)
+
+    def _policy(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        return self.policy(x, generator)  # type: ignore[misc]
+
+    def _jitter(self, x: Tensor, generator: torch.Generator) -> Tensor:
+        return self.jitter(x, generator)  # type: ignore[misc]
+
+    def _crop(self, x: Tensor, generator: torch.Generator, epoch: int, index: Any) -> Tensor:
+        return random_crop(x, self.cfg.crop, generator)
+
+    def _pad(self, x: Tensor, generator: torch.Generator, epoch: int, index: Any) -> Tensor:
+        return pad_random_crop(x, self.cfg.pad, self.cfg.pad_mode, generator)
+
+    def _translate(self, x: Tensor, generator: torch.Generator, epoch: int, index: Any) -> Tensor:
+        return random_translate(x, self.cfg.translate, generator)
+
+    def _affine(self, x: Tensor, generator: torch.Generator, epoch: int, index: Any) -> Tensor:
+        c = self.cfg
+        return random_affine(x, generator, degrees=c.rotate, shear=c.shear, scale=c.scale)
+
+    def _alternate_flip(self, x: Tensor, generator: torch.Generator, epoch: int,
+                        index: Any) -> Tensor:
+        return alternate_flip(x, epoch, index, self.seed)
+
+    def _random_flip(self, x: Tensor, generator: torch.Generator, epoch: int,
+                     index: Any) -> Tensor:
+        return random_flip(x, generator)
+
+    def _cutout(self, x: Tensor, generator: torch.Generator, epoch: int, index: Any) -> Tensor:
+        return cutout(x, self.cfg.cutout, generator)
+
+    def _windows(self, shape: tuple[int, ...], generator: torch.Generator, epoch: int,
+                 index: Tensor | None) -> Windows:
+        """The integer geometric ops' draws as one per-image plan, drawn as they draw them."""
         c = self.cfg
         B, _, H, W = shape
         cpu = torch.device("cpu")
@@ -410,49 +553,20 @@ class Augment:
                            cut_at=_cutout_draws((B, 0, *plan.size), c.cutout, generator, cpu))
         return plan
 
-    def __call__(
-        self,
-        x: Tensor,
-        generator: torch.Generator,
-        epoch: int = 0,
-        index: Tensor | None = None,
-        rrc: bool = True,
-    ) -> Tensor:
-        """Step 2: (B, C, H, W) float -> augmented float batch (H, W change only with
-        rrc/crop). ``rrc=False``: the random-resized crop ran in step 1."""
-        c = self.cfg
-        if self._integer[rrc] and per_image(x.shape, x.device):
-            return apply_windows(x, self.windows(x.shape, generator, epoch, index, rrc))
-        if c.random_resized_crop and rrc:
-            x = resample.random_resized_crop(x, c.random_resized_crop, generator, scale=c.rrc_scale,
-                                    ratio=c.rrc_ratio, antialias=c.rrc_antialias)
-        if c.crop:
-            x = random_crop(x, c.crop, generator)
-        if c.pad:
-            x = pad_random_crop(x, c.pad, c.pad_mode, generator)
-        if c.translate:
-            x = random_translate(x, c.translate, generator)
-        if c.rotate or c.shear or c.scale is not None:
-            x = random_affine(x, generator, degrees=c.rotate, shear=c.shear, scale=c.scale)
-        if c.flip:
-            if c.flip_mode == "alternate":
-                x = alternate_flip(x, epoch, index, self.seed)  # type: ignore[arg-type]
-            else:
-                x = random_flip(x, generator)
-        if c.cutout:
-            x = cutout(x, c.cutout, generator)
-        return x
-
-    def finish(self, x: Tensor, labels: Tensor, generator: torch.Generator
+    def _erase(self, x: Tensor, targets: Tensor, generator: torch.Generator
                ) -> tuple[Tensor, Tensor]:
-        """Step 3, on the whole batch: random erasing, then mixup/cutmix. Returns (images,
-        targets): int64 (B,) labels, or float32 (B, num_classes) probabilities when mixing."""
-        if self.erasing is not None:
-            x = self.erasing(x, generator)
-        if self.mixing is None:
-            return x, labels
-        mixed = self.mixing(x, labels, generator)
+        return self.erasing(x, generator), targets  # type: ignore[misc]
+
+    def _mix(self, x: Tensor, labels: Tensor, generator: torch.Generator
+             ) -> tuple[Tensor, Tensor]:
+        mixed = self.mixing(x, labels, generator)  # type: ignore[misc]
         return mixed.images, mixed.targets(self.num_classes)
+
+    def _check_fill(self, channels: int) -> None:
+        fill = self.cfg.policy_fill
+        if self.policy is not None and fill is not None and len(fill) not in (1, channels):
+            raise ConvzooError(f"augment.policy_fill={fill} has {len(fill)} values but the images "
+                               f"have {channels} channel(s): give 1 or {channels}")
 
     def __repr__(self) -> str:
         return f"Augment({self.cfg})"
@@ -497,9 +611,22 @@ class EvalTransform:
 
     def __init__(self, cfg: AugmentConfig) -> None:
         self.cfg = cfg
+        self._plan = Plan(geometric=(self._view,), windows=self._windows)
 
     def __call__(self, x: Tensor) -> Tensor:
         return _eval_view(x, self.cfg)
+
+    def plan(self) -> Plan:
+        """The stage's plan: the view as its geometric step (and as a `Windows` plan where it
+        is a centre crop or the identity)."""
+        return self._plan
+
+    def _view(self, x: Tensor, generator: torch.Generator, epoch: int, index: Any) -> Tensor:
+        return _eval_view(x, self.cfg)
+
+    def _windows(self, shape: tuple[int, ...], generator: torch.Generator, epoch: int,
+                 index: Any) -> Windows | None:
+        return self.windows(shape)
 
     def windows(self, shape: torch.Size | tuple[int, ...]) -> Windows | None:
         """The view as a `Windows` plan (a centre crop or the identity), or None if it resizes."""
@@ -522,6 +649,29 @@ class EvalTransform:
 def build_eval_transform(cfg: AugmentConfig) -> EvalTransform:
     """The eval view of `cfg` (validated): see `EvalTransform`."""
     return EvalTransform(cfg)
+
+
+def _identity_windows(shape: tuple[int, ...], generator: torch.Generator, epoch: int,
+                      index: Any) -> Windows:
+    return Windows.identity(shape[0], *shape[2:])
+
+
+def build_plan(augment: Callable[..., Tensor] | None,
+               eval_transform: Callable[[Tensor], Tensor] | None, *, pixelwise: bool) -> Plan:
+    """The plan a stage runs for its ``augment`` or ``eval_transform`` (at most one): an
+    `Augment`'s for a preprocessing that is `pixelwise` or not, an `EvalTransform`'s; a plain
+    callable ``augment(x, generator, epoch, index)`` or ``eval_transform(x)`` is the geometric
+    step alone; with neither, the identity (which a CPU builds image by image too)."""
+    if isinstance(augment, Augment):
+        return augment.plan(pixelwise)
+    if augment is not None:
+        return Plan(geometric=(augment,))
+    if isinstance(eval_transform, EvalTransform):
+        return eval_transform.plan()
+    if eval_transform is not None:
+        view = eval_transform
+        return Plan(geometric=(lambda x, generator, epoch, index: view(x),))
+    return Plan(windows=_identity_windows)
 
 
 def five_crops(x: Tensor, size: int | tuple[int, int]) -> list[Tensor]:
