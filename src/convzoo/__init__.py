@@ -15,6 +15,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 
+# The imports below stay inside functions: every one of those modules imports torch (5.8 s
+# measured here), and the CLI imports this package for __version__ on every call.
+
+
 def __getattr__(name: str) -> Any:
     """The public API, imported on first use: each name from the module that holds it."""
     if name == "train":

@@ -43,6 +43,7 @@ from convzoo.data.images import (
 from convzoo.data.transforms.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
+from convzoo.outputs import check_output_dir
 from convzoo.predictor import Predictor, tta_views_of
 from convzoo.runtime import Runtime, resolve_runtime
 from convzoo.saved import checkpoint_geometry, read_checkpoint, select_weights
@@ -257,6 +258,8 @@ class Classifier:
             TensorBoard when the run keeps one. The result then has ``report`` (the folder)
             and ``ece``. topk: classes per row of predictions.csv.
         """
+        # Imported here: the data pipeline (its sources pull in scikit-learn: 2.7 s measured on
+        # top of this module) is for evaluating; load() and predict() never pay for it.
         from convzoo.data.loading.pipeline import (
             heldout_split,
             make_loader,
@@ -314,8 +317,9 @@ class Classifier:
             out = run_dir / "report"
         else:
             out = self.source.with_name(f"{self.source.stem}-report")
+        # Imported here: the report's module brings matplotlib and scikit-learn (3.9 s measured
+        # on top of this module), which only a report needs.
         from convzoo.eval_report import is_report_dir
-        from convzoo.outputs import check_output_dir
 
         inputs = [self.source] + ([Path(data)] if isinstance(data, (str, Path)) else [])
         return check_output_dir(out, option="--report", what="an evaluation report",
@@ -326,7 +330,7 @@ class Classifier:
         """``write_report`` of the collected probabilities, with the split's uint8 images (the
         grid of mistakes) and file names where the data has them; to the run's loggers too
         (TensorBoard, MLflow, W&B: ``trackers.open_for_report``)."""
-        from convzoo.eval_report import expected_calibration_error, write_report
+        from convzoo.eval_report import expected_calibration_error, write_report  # as above
 
         probs = torch.cat([p for p, _ in outputs])
         labels = torch.cat([y for _, y in outputs])
@@ -335,7 +339,7 @@ class Classifier:
         ece = expected_calibration_error(probs.double().numpy(), labels.numpy())
         run_dir = _run_dir(self.source)
         if run_dir is not None:
-            from convzoo import trackers
+            from convzoo import trackers  # imports matplotlib (report.py): only for a report
 
             figures = json.loads(files["report_json"].read_text())
             logged = trackers.open_for_report(self.config, run_dir)

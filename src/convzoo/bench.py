@@ -50,6 +50,7 @@ from convzoo.errors import ConvzooError
 from convzoo.log import format_seconds
 from convzoo.models import get_entry
 from convzoo.models.info import default_num_classes
+from convzoo.outputs import write_output
 from convzoo.runtime import configure_backends, resolve_runtime
 from convzoo.training.loop import train_one_epoch
 from convzoo.training.setup import build_run
@@ -500,8 +501,6 @@ def write_outputs(rows: list[dict[str, Any]], out_md: str | Path | None = None,
                   out_csv: str | Path | None = None) -> list[Path]:
     """Write the Markdown table and/or the CSV (raw values, via ``report.write_bench_csv``),
     each checked and written atomically (``outputs.write_output``)."""
-    from convzoo.outputs import write_output
-
     written = []
     if out_md:
         text = markdown(rows)

@@ -17,10 +17,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from convzoo import __version__
+from convzoo import __version__, files
 from convzoo import config as C
+from convzoo.configdoc import commented_yaml, sections_help
 from convzoo.errors import ConvzooError
 from convzoo.jsonio import dumps_json, loads_json
+from convzoo.log import log, setup_logging
+from convzoo.outputs import check_output_file, kind_of, write_output
+
+# The modules a command runs are imported inside it ("# heavy" below): each imports torch
+# (5.8 s measured on this machine) or matplotlib (2.1 s), so that --help, --version, recipes and
+# config answer without either (tests/test_cli_errors.py: test_the_light_commands_import_no_torch).
 
 # ----------------------------------------------------------------------------- train
 
@@ -43,7 +50,7 @@ def explicit_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def build_train_config(args: argparse.Namespace) -> C.Config:
     """Defaults <- recipe <- CLI shortcuts <- --set overrides, validated
     (``runconfig.train_config``, the Python API's path too)."""
-    from convzoo.runconfig import train_config
+    from convzoo.runconfig import train_config  # heavy
 
     return train_config(args.recipe, explicit_overrides(args))
 
@@ -51,7 +58,7 @@ def build_train_config(args: argparse.Namespace) -> C.Config:
 def resume_config(args: argparse.Namespace) -> tuple[C.Config, dict[str, Any] | None]:
     """The run's config.yaml with this command's overrides as a new stage and the run's last
     checkpoint (``runconfig.resume_run_config``, the Python API's path too)."""
-    from convzoo.runconfig import resume_run_config
+    from convzoo.runconfig import resume_run_config  # heavy
 
     if args.recipe:
         raise ConvzooError("--resume continues a run with its own config; drop --recipe (or use "
@@ -64,12 +71,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     ``resume_run_config``, ``auto_run``), then ``fit`` — the one path of both."""
     import yaml
 
-    from convzoo.log import log
-    from convzoo.training.loop import check, describe, fit
+    from convzoo.training.loop import check, describe, fit  # heavy
 
     ckpt, claim = None, None
     if args.resume == "auto":  # continue the run in train.out/NAME if there is one, else start it
-        from convzoo.runconfig import auto_run
+        from convzoo.runconfig import auto_run  # heavy
 
         cfg, run_dir, continuing, ckpt = auto_run(build_train_config(args),
                                                   explicit_overrides(args))
@@ -131,7 +137,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from convzoo.sweeps import Interrupted, sweep
+    from convzoo.sweeps import Interrupted, sweep  # heavy
 
     try:
         result = sweep(args.file, resume=args.resume, **sweep_keys(args))
@@ -155,7 +161,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from convzoo.api import load
+    from convzoo.api import load  # heavy
 
     clf = load(args.run, which=args.checkpoint, weights=args.weights, device=args.device)
     result = clf.evaluate(args.data, split=args.split, tta=args.tta, batch_size=args.batch_size,
@@ -183,8 +189,6 @@ def write_predictions(rows: list[dict[str, Any]], out: Path,
     import csv
     import io
 
-    from convzoo.outputs import write_output
-
     if out.suffix.lower() == ".json":
         text = dumps_json(rows, indent=1) + "\n"
     else:
@@ -202,8 +206,7 @@ def write_predictions(rows: list[dict[str, Any]], out: Path,
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from convzoo.api import load
-    from convzoo.outputs import check_output_file
+    from convzoo.api import load  # heavy
 
     out, inputs = None, [args.run, *args.images]
     if args.out:  # checked before any work
@@ -230,8 +233,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     """The zoo's table; named models / patterns (zoo or timm:) with their figures; with
     --all and no names, timm's architectures by name after the table (figures for one cost a
     model build on the meta device, so ask for them by name or pattern)."""
-    from convzoo.models import get_entry, list_models
-    from convzoo.models.info import format_table, model_info
+    from convzoo.models import get_entry, list_models  # heavy
+    from convzoo.models.info import format_table, model_info  # heavy
 
     if args.names:
         names: list[str] = []
@@ -328,7 +331,7 @@ def show_recipe(name: str, measured: dict[str, Any] | None, args: argparse.Names
     epochs = cfg.stages[-1].epochs if cfg.stages else cfg.train.epochs
     yours = None
     if args.run:
-        from convzoo.report import read_summary
+        from convzoo.report import read_summary  # heavy
 
         run = Path(args.run)
         summary = read_summary(run)
@@ -363,8 +366,6 @@ def show_recipe(name: str, measured: dict[str, Any] | None, args: argparse.Names
 def cmd_config(args: argparse.Namespace) -> int:
     """The resolved config as a commented recipe; with ``--where``, each key's origin (the
     defaults, a recipe or one of its bases, a run's config.yaml, or the command line)."""
-    from convzoo.configdoc import commented_yaml
-
     layers: list[tuple[str, dict[str, Any]]] = []
     for name in args.recipe:
         run_config = Path(name) / "config.yaml"
@@ -408,7 +409,7 @@ def argv_tail(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from convzoo.data.packs.writer import pack
+    from convzoo.data.packs.writer import pack  # heavy
 
     report = pack(Path(args.src), Path(args.dest), fmt=args.format, resize=args.resize,
                   quality=args.quality, workers=args.workers, skip_bad=args.skip_bad,
@@ -422,8 +423,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from convzoo import report
-    from convzoo.outputs import check_output_file, kind_of, write_output
+    from convzoo import report  # heavy
 
     runs = [Path(r) for r in args.runs]
     for r in runs:
@@ -433,8 +433,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
         out = runs[0] / "curves.png"
         if kind_of(out) not in (None, "file"):
             raise ConvzooError(f"{out}: is {kind_of(out)}; convzoo replaces only a regular file")
-        from convzoo import files
-
         files.atomic_write(out, lambda tmp: report.plot_curves(runs[0], out=tmp))
     else:
         options = dict(option="--out", suffixes=PLOT_FORMATS, inputs=runs)
@@ -451,8 +449,7 @@ PLOT_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # what matplotlib's Ag
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from convzoo import bench
-    from convzoo.outputs import check_output_file
+    from convzoo import bench  # heavy
 
     if args.out_md:  # checked before any work
         check_output_file(args.out_md, option="--out-md", suffixes=(".md",))
@@ -478,7 +475,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from convzoo.export import export
+    from convzoo.export import export  # heavy
 
     result = export(args.run, args.format, out=args.out, which=args.checkpoint,
                     opset=args.opset, check=args.check, weights=args.weights)
@@ -577,8 +574,6 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def train_epilog() -> str:
-    from convzoo.configdoc import sections_help
-
     return ("Every config key can be given with --set SECTION.KEY=VALUE (repeatable; the value is "
             "YAML:\n  --set optim.weight_decay=5e-4 --set schedule.milestones=[90,135] "
             "--set train.channels_last=auto).\n"
@@ -829,8 +824,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from convzoo.log import setup_logging
-
     try:
         args = build_parser().parse_args(argv)
     except ConvzooError as e:

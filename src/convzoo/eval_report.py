@@ -24,7 +24,7 @@ confidence of a prediction is its top-1 probability; the confidences are cut int
 of NumPy) because neither scikit-learn nor torch has the multi-class ECE.
 
 ``convzoo eval RUN --report`` also sends the figures, the ECE/top-1 and the per-class table to
-the run's loggers (``train/trackers.py``: TensorBoard, MLflow, W&B). Plots use matplotlib's Agg
+the run's loggers (``trackers.py``: TensorBoard, MLflow, W&B). Plots use matplotlib's Agg
 canvas directly (no pyplot), like ``convzoo.report``.
 """
 
@@ -46,6 +46,7 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from convzoo.errors import ConvzooError
 from convzoo.files import is_temp_name, write_file
 from convzoo.jsonio import dumps_json
+from convzoo.outputs import check_output_dir
 
 ECE_BINS = 15
 MISTAKES = 25  # cells of the confident-mistakes grid (5 x 5)
@@ -338,8 +339,6 @@ def write_report(
     if images is not None:
         wrong = confident_mistakes(p, y)
         figures["confident_mistakes"] = plot_mistakes(wrong, p, y, classes, images, names)
-
-    from convzoo.outputs import check_output_dir
 
     out = check_output_dir(out_dir, option="report folder", what="an evaluation report",
                            is_ours=is_report_dir)

@@ -54,7 +54,14 @@ from typing import Annotated, Any, Literal
 import yaml
 
 from convzoo import config as C
+from convzoo.data.loading.pipeline import open_source
 from convzoo.errors import ConvzooError
+from convzoo.files import write_file, write_text
+from convzoo.report import read_summary
+from convzoo.trackers import check_installed, installed, sqlite_lock
+from convzoo.training.loop import fit
+from convzoo.training.preempt import EXIT_PREEMPTED, Preempted
+from convzoo.training.runlock import Holder
 
 log = logging.getLogger("convzoo")
 
@@ -283,8 +290,6 @@ def definition(sweep: SweepConfig) -> dict[str, Any]:
 
 def check_validation_split(cfg: C.Config) -> None:
     """A sweep tunes on the validation split: refuse data without one (before any trial)."""
-    from convzoo.data.loading.pipeline import open_source
-
     if cfg.data.val_fraction:
         return
     splits = open_source(cfg).splits
@@ -343,8 +348,6 @@ def open_study(sweep: SweepConfig, queue: list[dict[str, Any]], base: C.Config, 
     """The study (created with the trials of ``queue`` first, or joined when it exists) and
     whether this process created it."""
     import optuna
-
-    from convzoo.trackers import sqlite_lock
 
     url, name = storage_url(sweep), study_name(sweep)
     mine = definition(sweep)
@@ -405,8 +408,6 @@ def fail_dead_trials(study: Any) -> list[int]:
     """RUNNING trials whose owner ran on this host and is gone (killed): FAIL now. Trials of
     other hosts are left to the heartbeat (their liveness cannot be checked from here)."""
     from optuna.trial import TrialState
-
-    from convzoo.training.runlock import Holder
 
     me = socket.gethostname()
     failed = []
@@ -483,10 +484,6 @@ class Objective:
 
     def __call__(self, trial: Any) -> float:
         import optuna
-
-        from convzoo.report import read_summary
-        from convzoo.training.loop import fit
-        from convzoo.training.runlock import Holder
 
         trial.set_user_attr("owner", asdict(Holder.this_process()))
         if self.sweep.trials and counted(trial.study, below=trial.number) >= self.sweep.trials:
@@ -573,8 +570,6 @@ def record_error(objective: Objective) -> Any:
             trial.set_user_attr("error", str(e))
             raise
         except Exception as e:
-            from convzoo.training.preempt import Preempted
-
             trial.set_user_attr("error", f"interrupted: {e}" if isinstance(
                 e, (Preempted, Interrupted)) else f"{type(e).__name__}: {e}")
             raise
@@ -638,8 +633,6 @@ def trial_rows(study: Any) -> list[TrialRow]:
 
 
 def write_table(rows: list[TrialRow], space: list[Param], path: Path) -> None:
-    from convzoo.files import write_text
-
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     keys = [p.key for p in space]
@@ -655,8 +648,6 @@ def write_plots(study: Any, folder: Path, metric: str) -> list[Path]:
     """Optuna's matplotlib plots of the study (those it has the trials for) as PNG."""
     import matplotlib.pyplot as plt  # Optuna's plots are pyplot figures: closed once saved
     from optuna.visualization import matplotlib as plots
-
-    from convzoo.files import write_file
 
     done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
     reported = [t for t in study.get_trials(deepcopy=False) if t.intermediate_values]
@@ -738,14 +729,10 @@ def sweep(spec: str | Path | dict[str, Any] | SweepConfig | None = None, *,
         mappings): ``convzoo.sweep(recipe="quickstart", params={"optim.lr":
         "loguniform:1e-3:1"}, trials=12, val_fraction=0.1)``.
     """
-    from convzoo.trackers import check_installed, installed
-
     if not installed("optuna"):
         raise ConvzooError("convzoo sweep needs optuna, which is not installed: pip install "
                            "'convzoo[sweep]'")
     import optuna
-
-    from convzoo.training.preempt import EXIT_PREEMPTED, Preempted
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConvzooError("convzoo sweep runs each trial in one process: start one sweep "
@@ -767,8 +754,6 @@ def sweep(spec: str | Path | dict[str, Any] | SweepConfig | None = None, *,
     try:
         study, created = open_study(cfg, queue, probe, resume=resume is not None)
         if created or not (folder / SWEEP_FILE).is_file():
-            from convzoo.files import write_text
-
             write_text(folder / SWEEP_FILE, yaml.safe_dump(C.to_dict(cfg), sort_keys=False))
         fail_dead_trials(study)
         log.info(f"sweep {study.study_name}: {direction(cfg)} {cfg.metric} over "

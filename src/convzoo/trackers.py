@@ -50,7 +50,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from convzoo import config as C
-from convzoo import files
+from convzoo import files, report
 from convzoo.errors import ConvzooError
 
 log = logging.getLogger("convzoo")
@@ -209,8 +209,6 @@ class CsvTracker(Tracker):
         files.append_line(self.path, ",".join(f"{row.get(c, '')}" for c in STEP_COLUMNS) + "\n")
 
     def log_epoch(self, step: int, row: dict[str, Any]) -> None:
-        from convzoo import report
-
         files.write_file(self.run_dir / "metrics.csv",
                           lambda tmp: report.write_metrics_csv(self.run_dir, out=tmp))
 
@@ -519,10 +517,8 @@ def discard_wandb(run_dir: Path) -> list[str]:
 def step_of_epoch(run_dir: Path, epoch: int) -> int:
     """The run's optimizer step at the end of ``epoch`` (its metrics row's ``step``; the epoch
     itself for a run logged before rows had one)."""
-    from convzoo.report import read_metrics
-
     try:
-        rows = read_metrics(run_dir)
+        rows = report.read_metrics(run_dir)
     except ConvzooError:
         return epoch
     return next((int(r["step"]) for r in rows if r.get("epoch") == epoch and "step" in r), epoch)

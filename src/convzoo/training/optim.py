@@ -17,6 +17,8 @@ from torch import nn
 
 from convzoo.config import OptimConfig
 from convzoo.errors import ConvzooError
+from convzoo.models.heads import head_and_backbone_params
+from convzoo.training.muon import Muon
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
 
@@ -125,8 +127,6 @@ def param_groups(model: nn.Module, cfg: OptimConfig,
     parts = ("",)
     head: set[str] = set()
     if cfg.backbone_lr_scale != 1:
-        from convzoo.models.heads import head_and_backbone_params
-
         parts = ("head:", "backbone:")
         head = set(head_and_backbone_params(model)[0])
 
@@ -168,8 +168,6 @@ def build_optimizer(
         freeze_bn_scale(model)
     groups = param_groups(model, cfg)
     if name == "muon":
-        from convzoo.training.muon import Muon
-
         optimizer: Any = Muon(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                               ns_dtype=None if device_type == "cuda" else torch.float32)
     else:

@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from convzoo import saved as ckpt_io
+from convzoo.errors import ConvzooError
 
 log = logging.getLogger("convzoo")
 
@@ -237,8 +238,6 @@ def position_from(ckpt: dict[str, Any] | None, rank: int, world_size: int,
     """
     if ckpt is None or not ckpt.get("step"):
         return None
-    from convzoo.errors import ConvzooError
-
     step, saved = int(ckpt["step"]), int(ckpt["steps_per_epoch"])
     if saved != steps:
         raise ConvzooError(f"last.pt was written in epoch {ckpt['epoch'] + 1} after step "

@@ -57,11 +57,13 @@ import torch
 import yaml
 
 from convzoo import config as C
-from convzoo import files
+from convzoo import files, report
 from convzoo import saved as ckpt_io
 from convzoo.errors import ConvzooError
 from convzoo.files import write_file, write_text
 from convzoo.jsonio import dumps_json
+from convzoo.models import create_model
+from convzoo.outputs import kind_of
 from convzoo.trackers import discard_wandb
 from convzoo.training.divergence import Diverged, check_losses, weights_finite
 from convzoo.training.runlock import LOCK_FILE, Holder, RunLock, create_lock, entries
@@ -113,13 +115,11 @@ class MetricsLog:
         self.path = Path(run_dir) / METRICS_FILE
         if not self.path.exists():
             return
-        from convzoo.report import read_metrics_file
-
         try:
             text = self.path.read_text()
         except OSError as e:
             raise ConvzooError(f"cannot read {self.path}: {e.strerror}") from None
-        rows = read_metrics_file(self.path, text)
+        rows = report.read_metrics_file(self.path, text)
         kept = [r for r in rows if int(r["epoch"]) <= keep_through]
         if len(kept) != len(rows) or (text and not text.endswith("\n")):
             write_text(self.path, "".join(dumps_json(r) + "\n" for r in kept))
@@ -281,8 +281,6 @@ def _pct(v: Any) -> str:
 def _write_reports(run_dir: Path, which: Iterable[str] = ("metrics.csv", "curves.png")) -> None:
     """metrics.csv and curves.png from metrics.jsonl. A full or read-only disk is an error like
     any other write; anything else (a plotting problem) only a warning."""
-    from convzoo import report
-
     writers: dict[str, Callable[[Path], Any]] = {
         "metrics.csv": lambda tmp: report.write_metrics_csv(run_dir, out=tmp),
         "curves.png": lambda tmp: report.plot_curves(run_dir, out=tmp),
@@ -304,14 +302,12 @@ def complete(run_dir: Path, ckpt: dict[str, Any], device: str) -> list[str]:
     process's, and the file says ``"rebuilt": true``), metrics.csv and curves.png; logs what it
     did and returns the rebuilt names.
     """
-    from convzoo.report import read_summary
-
     done: list[str] = []
     if not (run_dir / "model.safetensors").is_file():
         save_weights(ckpt, run_dir / "model.safetensors")
         done.append("model.safetensors")
     try:
-        stale = read_summary(run_dir).get("epochs") != ckpt["epoch"]
+        stale = report.read_summary(run_dir).get("epochs") != ckpt["epoch"]
     except ConvzooError:  # e.g. a 0-byte file from a torn write by an older convzoo
         stale = True
     if stale:
@@ -331,8 +327,6 @@ def complete(run_dir: Path, ckpt: dict[str, Any], device: str) -> list[str]:
 
 def _count_params(ckpt: dict[str, Any]) -> int:
     """Trainable parameters of the checkpoint's model, built on the meta device (no memory)."""
-    from convzoo.models import create_model
-
     with torch.device("meta"):
         model = create_model(ckpt["model_name"], num_classes=ckpt["num_classes"],
                              in_chans=ckpt["in_chans"], **ckpt["model_kwargs"])
@@ -358,8 +352,6 @@ def _only_ours(run_dir: Path) -> bool:
 def _check_claimable(run_dir: Path) -> None:
     """A fresh run may start in an existing folder only when it is a folder (a link to one is
     followed) holding nothing a convzoo run did not leave there (``_only_ours``)."""
-    from convzoo.outputs import kind_of
-
     kind = kind_of(run_dir)
     if kind is None:
         return

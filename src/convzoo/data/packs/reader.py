@@ -37,6 +37,7 @@ import torch
 from convzoo.data import images
 from convzoo.data.dataset import Dataset, Split, from_decoded
 from convzoo.data.images import DEFAULT_LIMITS, Geometry, Limits
+from convzoo.data.packs import remote as remote_io
 from convzoo.errors import ConvzooError
 from convzoo.integrity import read_regular, regular_file
 from convzoo.jsonio import loads_json
@@ -352,8 +353,6 @@ def open_packed(path: Path | str, root: str | Path = "~/.cache/convzoo") -> Pack
     """Open a packed dataset directory (reads the index and tables, not the images), or a
     pack behind an fsspec URL (``s3://...``: ``data.remote``, its index cached under ``root``,
     ``data.root``)."""
-    from convzoo.data.packs import remote as remote_io
-
     opened = remote_io.fetch_metadata(str(path), root) if remote_io.is_url(path) else None
     location = str(path)
     path = opened.cache if opened is not None else Path(path).expanduser()

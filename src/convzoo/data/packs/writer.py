@@ -35,7 +35,9 @@ from convzoo.data import images
 from convzoo.data.images import DEFAULT_LIMITS, DecodeError, Limits
 from convzoo.data.packs.reader import FORMAT_NAME, FORMAT_VERSION, INDEX_NAME, TABLE_COLUMNS
 from convzoo.data.progress import progress
+from convzoo.data.sources.cifar import is_cifar_archive, is_cifar_dir, load_cifar
 from convzoo.errors import ConvzooError
+from convzoo.outputs import kind_of
 
 RAW_MAX_SIDE = 64  # auto format: same-size images up to this many pixels are stored raw
 
@@ -66,8 +68,6 @@ class PackReport:
 
 def _is_cifar_source(src: Path) -> bool:
     """An official CIFAR python archive (.tar.gz) or its extracted folder."""
-    from convzoo.data.sources.cifar import is_cifar_archive, is_cifar_dir
-
     return is_cifar_dir(src) if src.is_dir() else is_cifar_archive(src)
 
 
@@ -319,8 +319,6 @@ def _pack_folder(src: Path, tmp: Path, report: PackReport, *, fmt: str, resize: 
 def _pack_cifar(src: Path, tmp: Path, report: PackReport, *, fmt: str, resize: int,
                 quality: int, shard_bytes: int, pool: Any, show: bool,
                 limits: Limits) -> dict[str, Any]:
-    from convzoo.data.sources.cifar import load_cifar
-
     if resize:
         raise ConvzooError(f"{src}: resize is not supported for CIFAR archives (32x32 images)")
     dataset = load_cifar(src, limits=limits)
@@ -415,8 +413,6 @@ def remove_stale_temps(dest: Path) -> list[Path]:
 def _check_destination(src: Path, dest: Path, overwrite: bool) -> None:
     """``dest`` may receive the pack: not the source, inside it or around it; not a link, a
     file or a node; new, empty, or (with ``overwrite``) a convzoo pack."""
-    from convzoo.outputs import kind_of
-
     a, b = src.resolve(), dest.resolve()
     if a == b or a in b.parents or b in a.parents:
         where = "is" if a == b else "is inside" if a in b.parents else "contains"
