@@ -1,4 +1,4 @@
-"""What the per-step stop agreement of ``train/preempt.py`` costs: ``StepControl.after_step``
+"""What the per-step stop agreement of ``training/preempt.py`` costs: ``StepControl.after_step``
 (wait for the previous step's non-blocking 8-byte all-reduce on its own gloo group, start the
 next one) between steps of a fixed CPU workload, in W processes on this machine.
 

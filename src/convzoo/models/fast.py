@@ -109,7 +109,7 @@ class FastNet(nn.Module):
     """See the module docstring."""
 
     # set_epoch stops training the whitening bias after a few epochs: the parameters of a step
-    # change, which DDP must be told of (train/distributed.py)
+    # change, which DDP must be told of (training/distributed.py)
     dynamic_graph = True
 
     def __init__(

@@ -151,7 +151,7 @@ class ResNetCifar(nn.Module):
             raise ValueError(f"init must be 'kaiming' or 'chainer', got {init!r}")
         n = (depth - 2) // 6
         # Stochastic depth skips whole blocks in some steps (and on some ranks): DDP must look
-        # for unused parameters every step (train/distributed.py).
+        # for unused parameters every step (training/distributed.py).
         self.dynamic_graph = drop_path > 0.0
         self.depth, self.num_classes, self.init_rule = depth, num_classes, init
         self.blocks_per_stage = n

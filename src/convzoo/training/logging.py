@@ -122,7 +122,7 @@ class Progress:
 class MetricsWriter:
     """The run's one metrics writer (rank 0): each epoch's row to metrics.jsonl
     (``rundir.MetricsLog``: appended, fsync'd) and everything to the loggers of
-    ``train.loggers`` (``train/trackers.py``): per-step values, rows, the summary and figures at
+    ``train.loggers`` (``trackers.py``): per-step values, rows, the summary and figures at
     a stage's end. ``resume_step``: the optimizer step a continuing run resumes after (None: a
     new run)."""
 

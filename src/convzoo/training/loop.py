@@ -2,11 +2,11 @@
 epoch loop, ``train_one_epoch`` the steps, ``evaluate_run`` the per-epoch evaluation.
 
 Read it top to bottom: there are no callbacks and no trainer class. What a stage is built from
-(model, optimizer, schedule, scaler, EMA) lives in ``train/setup.py`` and is shared with
+(model, optimizer, schedule, scaler, EMA) lives in ``training/setup.py`` and is shared with
 ``convzoo bench``. Exact resume works because everything random in epoch ``e`` is seeded from
 ``(seed, e)`` (``data/sampler.py``: the table of random streams) and all other state is in ``last.pt``, written atomically.
 
-Every file of a run directory is written by ``train/rundir.py``: config.yaml when a stage
+Every file of a run directory is written by ``training/rundir.py``: config.yaml when a stage
 starts, and after each epoch the metrics row, weights, best.pt, (at a stage's end) the summary,
 then last.pt, in the order that survives a kill at any point. ``fit`` owns the directory
 (``runlock.RunLock``) from start to exit.
@@ -79,7 +79,7 @@ def train_one_epoch(run: Run, loader: Loader, lrs: list[float],
     batch); under DDP only the last one all-reduces. ``start``/``sums``: the epoch continues
     from its step ``start`` (the loader set to it) with this rank's running (loss sum, correct,
     mixed, count) so far (a mid-epoch checkpoint). ``after_step(step, *those sums)`` runs
-    after each step (1-based; ``train/preempt.py``: checkpoints and stop requests).
+    after each step (1-based; ``training/preempt.py``: checkpoints and stop requests).
 
     A non-finite loss raises ``divergence.Diverged`` (epoch, step, lr) at the next progress read or
     at the epoch end, before anything of the epoch is saved."""
@@ -452,7 +452,7 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
     """Train ``run`` from its state's epoch (and step, ``run.position``) to its config's last
     one (or an early stop); returns the last epoch's checkpoint dict. ``control`` decides after
     each step, the same on every rank, whether to write a mid-epoch checkpoint or to stop
-    (``train/preempt.py``): a stop writes a checkpoint at that step and raises
+    (``training/preempt.py``): a stop writes a checkpoint at that step and raises
     ``preempt.Preempted``. ``epoch_end(row)`` True ends the run at that epoch (``halted``)."""
     cfg, rt, s = run.cfg, run.rt, run.state
     if control is None:

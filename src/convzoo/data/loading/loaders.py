@@ -222,7 +222,7 @@ def _default_workers() -> int:
 
 def _ignore_sigint(worker_id: int) -> None:
     """A Ctrl-C at a terminal reaches the whole process group: the decode workers ignore it,
-    and the trainer decides (a checkpoint at the current step, ``train/preempt.py``)."""
+    and the trainer decides (a checkpoint at the current step, ``training/preempt.py``)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
