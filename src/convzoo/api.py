@@ -108,7 +108,6 @@ class Classifier:
     source: Path  # what was loaded
     epoch: int  # epochs the weights were trained for
     eval_split: str  # the split the run evaluated on
-    data_recorded: bool = True  # False for an older export that does not name its data
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict[str, Any], *, weights: str = "auto",
@@ -120,7 +119,7 @@ class Classifier:
         _, used = select_weights(ckpt, weights)
         return cls(Predictor.from_checkpoint(ckpt, rt, weights), checkpoint_geometry(ckpt),
                    list(ckpt["classes"]), cfg, used, Path(source), int(ckpt["epoch"]),
-                   str(ckpt["eval_split"]), ckpt.get("config_recorded", True))
+                   str(ckpt["eval_split"]))
 
     @property
     def model(self) -> nn.Module:
@@ -267,9 +266,6 @@ class Classifier:
             remap_classes,
         )
 
-        if data is None and not self.data_recorded:
-            raise ConvzooError(f"{self.source} does not record the data it was trained on (an "
-                               "older export); name the data to evaluate on (--data)")
         cfg = self.config
         data_cfg = _trusted_data(cfg.data, data_root)
         if data is not None:  # other data: no carving, no limit — evaluate what is there

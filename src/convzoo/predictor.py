@@ -12,8 +12,7 @@ have already preprocessed and cropped each batch (the stage does it, on the CPU 
 too), so it calls :meth:`Predictor.scores`; ``api.Classifier`` (``predict``,
 ``probabilities``: images in, :meth:`Predictor.probabilities`); and ``convzoo export``, whose
 ONNX graph is :meth:`Predictor.forward`: preprocess, eval view and model, without TTA and
-without autocast, as the graph has always been exported. Before this module the three wrote
-the chain out each in its own way, and the TTA function three times (:func:`tta_views_of`).
+without autocast. The TTA views of a config are :func:`tta_views_of`, for all three.
 """
 
 from __future__ import annotations

@@ -68,8 +68,7 @@ def read_metrics_file(path: Path, text: str) -> list[dict[str, Any]]:
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     """Per-epoch records of a run (``run_dir`` or its metrics.jsonl), sorted by epoch.
 
-    When an epoch appears more than once (a log written by an older convzoo, resumed from a
-    checkpoint older than its last logged epoch) the last record wins. A torn last line (a kill
+    When an epoch appears more than once the last record wins. A torn last line (a kill
     mid-append) is skipped; see :func:`read_metrics_file`.
     """
     path = _metrics_path(run_dir)

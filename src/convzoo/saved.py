@@ -284,22 +284,16 @@ def read_checkpoint(path: str | Path, which: str = "last", weights: str = "auto"
     check_file_weights(p, meta, weights)
     if meta["preprocess"] is None:
         raise ConvzooError(f"{p}: its preprocessing statistics are not in the file (too large "
-                           "for metadata, e.g. ZCA, or written by an older convzoo); use the "
-                           "run's last.pt or best.pt")
+                           "for metadata, e.g. ZCA); use the run's last.pt or best.pt")
     geometry = meta["geometry"]
     if geometry is None and meta["image_shape"] is None:
-        raise ConvzooError(f"{p}: no input geometry in its metadata (written by an older "
-                           "convzoo); use the run's last.pt or best.pt")
+        raise ConvzooError(f"{p}: no input geometry in its metadata; use the run's last.pt or "
+                           "best.pt")
     config = meta["config"]
-    if config is None:  # an older export: the eval view from its metadata, no data recorded
-        view = meta["eval_view"] or {}
-        config = C.to_dict(C.Config(
-            model=C.ModelConfig(meta["model"], meta["model_kwargs"]),
-            augment=C.AugmentConfig(crop=int(view.get("crop", 0)), random_resized_crop=int(
-                view.get("random_resized_crop", 0)))))
+    if config is None:
+        raise ConvzooError(f"{p}: no config in its metadata; use the run's last.pt or best.pt")
     state = model.state_dict()
     return {"format": FORMAT, "weights_file": str(p), "config": config,
-            "config_recorded": meta["config"] is not None,
             "model_name": meta["model"], "model_kwargs": meta["model_kwargs"],
             "num_classes": meta["num_classes"], "in_chans": meta["in_chans"],
             "classes": meta["classes"] or [str(i) for i in range(meta["num_classes"])],

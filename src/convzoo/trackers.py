@@ -516,9 +516,9 @@ def discard_wandb(run_dir: Path) -> list[str]:
 
 def step_of_epoch(run_dir: Path, epoch: int) -> int:
     """The run's optimizer step at the end of ``epoch`` (its metrics row's ``step``; the epoch
-    itself for a run logged before rows had one)."""
+    itself when the run's metrics cannot be read or lack that epoch)."""
     try:
         rows = report.read_metrics(run_dir)
     except ConvzooError:
         return epoch
-    return next((int(r["step"]) for r in rows if r.get("epoch") == epoch and "step" in r), epoch)
+    return next((int(r["step"]) for r in rows if r.get("epoch") == epoch), epoch)

@@ -308,7 +308,7 @@ def complete(run_dir: Path, ckpt: dict[str, Any], device: str) -> list[str]:
         done.append("model.safetensors")
     try:
         stale = report.read_summary(run_dir).get("epochs") != ckpt["epoch"]
-    except ConvzooError:  # e.g. a 0-byte file from a torn write by an older convzoo
+    except ConvzooError:  # unreadable (a 0-byte file, say): rebuilt
         stale = True
     if stale:
         figures = summary(ckpt, _count_params(ckpt), ckpt["metrics"].get("peak_memory_mb", 0.0),

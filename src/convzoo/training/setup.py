@@ -232,8 +232,7 @@ def restore(run: Run, ckpt: dict[str, Any]) -> None:
             run.stopper.bad_epochs = 0
     ckpt_io.set_rng_state(ckpt["rng"])
     run.state = RunState(ckpt["epoch"], ckpt["best_top1"], ckpt["train_seconds"],
-                         ckpt["train_images"], ckpt.get("init_seconds", 0.0),
-                         ckpt.get("compile_seconds", 0.0))
+                         ckpt["train_images"], ckpt["init_seconds"], ckpt["compile_seconds"])
     # Checkpoints before the loggers' step count: the steps of this stage's epoch length.
     run.state.steps = ckpt.get("steps", ckpt["epoch"] * len(run.data.train))
     best_metric = ckpt.get("best_metric", "val_top1")  # older checkpoints: best by top-1

@@ -10,8 +10,8 @@ positions [i, i + 1) * box / S):
 
 - ``antialias=False``: the box is sampled at the S output pixel centres, i.e. at source position
   ``top + (i + 0.5) * h / S - 0.5``, clamped to the *image* (not the box): the
-  sampling of the former `affine_grid` RRC (its reference is in tests/test_resample.py), the
-  same values up to float32 rounding of the coordinates (tested). It also equals `torchvision.transforms.v2.functional.resized_crop(...,
+  sampling of an `affine_grid` + `grid_sample` RRC (the reference in tests/test_resample.py),
+  the same values up to float32 rounding of the coordinates (tested). It also equals `torchvision.transforms.v2.functional.resized_crop(...,
   antialias=False)` wherever that position lies inside the box (torchvision crops first, so
   near the edges of an upscaled box it clamps to the box instead). The two per-axis vectors are
   broadcast into a `grid_sample` grid: one fused bilinear kernel reads the source once, which
@@ -104,7 +104,7 @@ def rrc_boxes(
     RandomResizedCrop box per image of a (B, C, H, W) batch: area fraction uniform in `scale`,
     aspect ratio log-uniform in `ratio`, the first of `attempts` draws that fits, else the whole
     image with its ratio clamped into `ratio`, centred. Draws the same numbers in the same order
-    as the former `affine_grid` RRC (tests/test_resample.py)."""
+    as the `affine_grid` reference RRC of tests/test_resample.py."""
     B, _, H, W = shape
     dev = torch.device(device)
     area = (scale[0] + _rand(B * attempts, generator, dev) * (scale[1] - scale[0])) * (H * W)
@@ -143,6 +143,7 @@ def random_resized_crop(
 ) -> Tensor:
     """Random-resized crop of each image of a float (B, C, H, W) batch to `size`: `rrc_boxes`
     then `resize_boxes`; the training stage's RRC step. With antialias=False the same numbers
-    as the former `affine_grid` RRC under the same generator state."""
+    as the `affine_grid` reference RRC (tests/test_resample.py) under the same generator
+    state."""
     boxes = rrc_boxes(x.shape, generator, scale, ratio, attempts, device=x.device)
     return resize_boxes(x, *boxes, size, antialias=antialias)
