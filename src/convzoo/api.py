@@ -40,6 +40,7 @@ from convzoo.data.images import (
     decode_file,
     from_pil,
 )
+from convzoo.data.progress import progress
 from convzoo.data.transforms.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
@@ -203,10 +204,11 @@ class Classifier:
             raise ConvzooError(f"batch_size={batch}: must be at least 1")
         predictor = self._with_tta(tta)
         chunks = []
-        with predictor.in_eval_mode():
+        with predictor.in_eval_mode(), progress(len(items), "predicting", unit="img") as bar:
             for start in range(0, len(items), batch):
                 x = torch.stack([read() for _, read in items[start:start + batch]])
                 chunks.append(predictor.probabilities(x))
+                bar.update(x.shape[0])
         return [name for name, _ in items], torch.cat(chunks)
 
     def _with_tta(self, tta: str | None) -> Predictor:
@@ -288,7 +290,8 @@ class Classifier:
             [] if report_dir is not None else None)
         try:  # the loader preprocesses and takes the eval view; the predictor does the rest
             result = evaluate(self._with_tta(tta), loader, outputs=outputs,
-                              world_size=rt.world_size)
+                              world_size=rt.world_size, progress=f"evaluating {split}",
+                              total=len(source.splits[split]) // rt.world_size)
         finally:
             loader.close()
         if outputs is not None and rt.world_size > 1:  # the report covers every rank's share

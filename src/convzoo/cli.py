@@ -21,6 +21,7 @@ from convzoo import __version__
 from convzoo import config as C
 from convzoo.errors import ConvzooError
 from convzoo.jsonio import dumps_json, loads_json
+from convzoo.tables import UNLIMITED, WIDTH, fit_table
 
 # ----------------------------------------------------------------------------- train
 
@@ -244,14 +245,14 @@ def cmd_models(args: argparse.Namespace) -> int:
                                    f"{'' if args.all else ' --all'}`)")
             names += [n for n in matched if n not in names]
         rows = [model_info(name) for name in names]
-        print(dumps_json(rows, indent=2) if args.json else format_table(rows))
+        print(dumps_json(rows, indent=2) if args.json else format_table(rows, wide=args.wide))
         return 0
     rows = [model_info(name) for name in list_models()]
     timm_names = list_models("timm:*") if args.all else []
     if args.json:
         print(dumps_json(rows + [{"name": n, "source": "timm"} for n in timm_names], indent=2))
         return 0
-    print(format_table(rows))
+    print(format_table(rows, wide=args.wide))
     if timm_names:
         print(f"\ntimm ({len(timm_names)} architectures; `convzoo models timm:NAME` for "
               "parameters and FLOPs):")
@@ -274,27 +275,6 @@ def measured_text(m: dict[str, Any] | None) -> str:
     return f"{m['top1']:.2f}% {m['split']}{seeds}"
 
 
-def fit_columns(rows: list[dict[str, Any]], cols: list[str], width: int,
-                shrink: tuple[str, ...] = ()) -> str:
-    """A plain-text table no wider than ``width``: the ``shrink`` columns, widest first, are
-    shortened (with "...") until it fits; the others keep their width."""
-    cells = [[str(r[c]) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    movable = [i for i, c in enumerate(cols) if c in shrink]
-    while sum(widths) + 2 * (len(cols) - 1) > width and movable:
-        i = max(movable, key=lambda j: widths[j])
-        if widths[i] <= 12:
-            break
-        widths[i] -= 1
-
-    def cell(text: str, w: int) -> str:
-        return (text if len(text) <= w else text[:w - 3] + "...").ljust(w)
-
-    lines = ["  ".join(cell(c, w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(cell(t, w) for t, w in zip(row, widths)) for row in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def cmd_recipes(args: argparse.Namespace) -> int:
     figures = measured_figures()
     if args.name:
@@ -315,7 +295,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     cols = ["name", "epochs", "seed reported", "measured"]
     if args.wide:
         cols = ["name", "source", "model", "data", "epochs", "seed reported", "measured"]
-    print(fit_columns(rows, cols, 10_000 if args.wide else 100, shrink=("seed reported",)))
+    print(fit_table([[str(r[c]) for c in cols] for r in rows], cols,
+                    UNLIMITED if args.wide else WIDTH, shrink=("seed reported",),
+                    right=("epochs",)))
     print("\nconvzoo recipes NAME: one recipe, its runs (--run RUN: yours beside them); "
           "--wide: all")
     return 0
@@ -473,7 +455,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps_json(rows, indent=2))
     else:
-        print(bench.markdown(rows), end="")
+        print(bench.text(rows, wide=args.wide))
     return 0
 
 
@@ -748,6 +730,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "('resnet*', 'timm:convnext_*')")
     p.add_argument("--all", action="store_true",
                    help="include timm's architectures as timm:NAME (needs convzoo[timm])")
+    p.add_argument("--wide", action="store_true", help="every column, at full width")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
@@ -811,6 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config key of every timed row (repeatable)")
     p.add_argument("--out-md", dest="out_md", metavar="FILE", help="also write the Markdown")
     p.add_argument("--out-csv", dest="out_csv", metavar="FILE", help="also write a CSV")
+    p.add_argument("--wide", action="store_true", help="every column, at full width")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_bench)
 

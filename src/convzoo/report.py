@@ -370,10 +370,10 @@ BENCH_COLUMNS: list[tuple[str, str, tuple[str, ...]]] = [
     ("images_per_second", "images/s", ("img_per_s",)),
     ("error", "error (%)", ()),
 ]
-_TEXT_COLUMNS = {"model", "source", "input", "memory_kind"}
+TEXT_COLUMNS = {"model", "source", "input", "memory_kind"}
 
 
-def _bench_value(row: dict[str, Any], key: str, aliases: tuple[str, ...]) -> Any:
+def bench_value(row: dict[str, Any], key: str, aliases: tuple[str, ...]) -> Any:
     for k in (key, *aliases):
         if row.get(k) is not None and row.get(k) != "":
             return row[k]
@@ -382,7 +382,7 @@ def _bench_value(row: dict[str, Any], key: str, aliases: tuple[str, ...]) -> Any
     return None
 
 
-def _fmt(key: str, v: Any) -> str:
+def format_bench_value(key: str, v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if key in ("params", "train_images", "batch_size") and isinstance(v, (int, float)):
@@ -404,10 +404,10 @@ def bench_table(rows: list[dict[str, Any]]) -> str:
     (percent; or top1, from which error = 100 - top1).
     """
     headers = [h for _, h, _ in BENCH_COLUMNS]
-    align = ["---" if k in _TEXT_COLUMNS else "---:" for k, _, _ in BENCH_COLUMNS]
+    align = ["---" if k in TEXT_COLUMNS else "---:" for k, _, _ in BENCH_COLUMNS]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(k, _bench_value(row, k, a))
+        lines.append("| " + " | ".join(format_bench_value(k, bench_value(row, k, a))
                                        for k, _, a in BENCH_COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
@@ -425,7 +425,7 @@ def write_bench_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
         writer = csv.writer(f)
         writer.writerow(columns + extra)
         for row in rows:
-            values = [_bench_value(row, k, a) for k, _, a in BENCH_COLUMNS]
+            values = [bench_value(row, k, a) for k, _, a in BENCH_COLUMNS]
             values += [row.get(k) for k in extra]
             writer.writerow(["" if v is None else v for v in values])
     return path

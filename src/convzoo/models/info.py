@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from convzoo.models.registry import get_entry
+from convzoo.tables import UNLIMITED, WIDTH, fit_table
 
 
 def count_params(model: nn.Module) -> int:
@@ -92,28 +93,18 @@ def _human(n: float) -> str:
     return str(int(n))
 
 
-def format_table(rows: list[dict]) -> str:
-    """Aligned plain-text table of `model_info` rows (numbers right-aligned)."""
-    header = ["name", "source", "classes", "params", "bn_running", "flops", "input"]
-    body = [
-        [
-            r["name"],
-            r["source"],
-            str(r.get("num_classes", "")),
-            f"{r['params']:,}",
-            f"{r['bn_running']:,}",
-            _human(r["flops"]),
-            "x".join(str(d) for d in r["input_size"]),
-        ]
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    right = {2, 3, 4, 5}
-    lines = []
-    for row in [header, *body]:
-        cells = [
-            cell.rjust(w) if i in right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths))
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
+def format_table(rows: list[dict], *, wide: bool = False) -> str:
+    """`model_info` rows as an aligned table (numbers right-aligned) within 100 columns: the
+    source column is shortened to fit; ``wide``: every column (BN running values too) in full."""
+    header = ["name", "source", "classes", "params", "flops", "input"]
+    if wide:
+        header.insert(4, "bn_running")
+    cells = {
+        "name": lambda r: r["name"], "source": lambda r: r["source"],
+        "classes": lambda r: str(r.get("num_classes", "")), "params": lambda r: f"{r['params']:,}",
+        "bn_running": lambda r: f"{r['bn_running']:,}", "flops": lambda r: _human(r["flops"]),
+        "input": lambda r: "x".join(str(d) for d in r["input_size"]),
+    }
+    body = [[cells[h](r) for h in header] for r in rows]
+    return fit_table(body, header, UNLIMITED if wide else WIDTH, shrink=("source",),
+                     right=("classes", "params", "bn_running", "flops"))
