@@ -332,7 +332,7 @@ def test_report_on_a_10_class_run_with_file_names_and_tensorboard(digit_files, t
     assert main(["eval", str(run), "--data", str(digit_files), "--report", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     folder = run / "report"
-    assert result["report"] == str(folder) and 0 <= result["ece"] <= 1
+    assert result["report"] == str(folder) and 0 <= result["ece"] <= 100  # percent
     _check_report(folder, 10, result["count"], result["top1"])
     with open(folder / "predictions.csv") as f:
         first = next(csv.DictReader(f))

@@ -335,7 +335,8 @@ class Classifier:
         labels = torch.cat([y for _, y in outputs])
         files = write_report(out, probs, labels, self.classes, images=source.view(split),
                              names=source.splits[split].names, topk=topk)
-        ece = expected_calibration_error(probs.double().numpy(), labels.numpy())
+        # percent, like top1 and the text ("ECE 9.66%"): one unit for every rate in the JSON
+        ece = 100 * expected_calibration_error(probs.double().numpy(), labels.numpy())
         run_dir = _run_dir(self.source)
         if run_dir is not None:
             from convzoo import trackers

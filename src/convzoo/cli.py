@@ -170,7 +170,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"[{result['split']}, {result['count']} images]: top1 {result['top1']:.2f}%  "
               f"top5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
         if "report" in result:
-            print(f"report (ECE {100 * result['ece']:.2f}%): {result['report']}")
+            print(f"report (ECE {result['ece']:.2f}%): {result['report']}")
     return 0
 
 
