@@ -436,3 +436,24 @@ def test_pack_overwrite(tmp_path, capsys):
     assert len(pack.splits["train"]) == 5
     pack.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pack", "tree"]
+
+
+def test_a_folder_without_splits_is_evaluated_as_all_of_it(run_dir, tmp_path, capsys):
+    """It was reported as the "train" split, and --split test was refused."""
+    for c in ("0", "1"):
+        (tmp_path / "flat" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(
+                tmp_path / "flat" / c / f"{i}.png")
+    flat = str(tmp_path / "flat")
+    figures = []
+    for split in ([], ["--split", "test"], ["--split", "all"]):
+        assert main(["eval", str(run_dir), "--data", flat, *split, "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["split"] == "all" and result["count"] == 6
+        figures.append(result["top1"])
+    assert len(set(figures)) == 1
+    assert main(["eval", str(run_dir), "--data", flat]) == 0
+    assert "[all, 6 images]" in capsys.readouterr().out
+    assert main(["eval", str(run_dir), "--data", flat, "--split", "tset"]) == 2
+    assert "without splits" in capsys.readouterr().err

@@ -34,6 +34,7 @@ from torch import nn
 from convzoo import config as C
 from convzoo.data.images import (
     DEFAULT_LIMITS,
+    SPLITS,
     Geometry,
     Limits,
     collect_files,
@@ -278,8 +279,17 @@ class Classifier:
         cfg = C.replace(cfg, data=data_cfg, augment=augment_cfg)
         report_dir = self._report_dir(report, data)  # checked before any work
         source = remap_classes(open_source(cfg, geometry=self.geometry), self.classes)
+        # A split-less folder (<class>/*) loads as one split named "train"; evaluated, it is
+        # all of the folder, whatever split the user calls it: say "all", accept any name.
+        flat = (data is not None and list(source.splits) == ["train"] and Path(data).is_dir()
+                and not (Path(data) / "train").is_dir())
+        if flat and split in (None, "all", *SPLITS):
+            split = "train"
         if split is None:
             split = self.eval_split if data is None else heldout_split(list(source.splits))
+        if flat and split not in source.splits:
+            raise ConvzooError(f"--split {split}: {data} is a folder without splits "
+                               "(<class>/*): omit --split, or --split all")
         if split not in source.splits:
             raise ConvzooError(f"--split {split}: data source {cfg.data.source} has splits "
                                f"{', '.join(sorted(source.splits))}")
@@ -299,7 +309,8 @@ class Classifier:
             torch.distributed.all_gather_object(shares, outputs)
             outputs = [batch for share in shares for batch in share]
         params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        out = {"model": self.model_name, "data": cfg.data.source, "split": split,
+        out = {"model": self.model_name, "data": cfg.data.source,
+               "split": "all" if flat else split,
                "epoch": self.epoch, "params": params, "tta": augment_cfg.tta,
                "weights": self.weights, **result}
         if report_dir is not None and rt.is_main:  # under torchrun: one writer
