@@ -457,3 +457,13 @@ def test_a_folder_without_splits_is_evaluated_as_all_of_it(run_dir, tmp_path, ca
     assert "[all, 6 images]" in capsys.readouterr().out
     assert main(["eval", str(run_dir), "--data", flat, "--split", "tset"]) == 2
     assert "without splits" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("mode", ["L", "1", "I;16", "RGBA", "P"])
+def test_predict_on_pil_images_of_every_mode_warns_nothing(run_dir, mode):
+    """A grayscale PIL image raised torch's "non-writable NumPy array" warning."""
+    pixels = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    image = Image.fromarray(pixels, "L").convert(mode)
+    (row,) = convzoo.load(run_dir).predict(image, topk=1)
+    assert 0 <= row["top"][0]["prob"] <= 1
