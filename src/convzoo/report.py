@@ -166,7 +166,11 @@ def _split_name(records: list[dict[str, Any]]) -> str:
 
 
 def _best(records: list[dict[str, Any]]) -> tuple[int, float] | None:
-    xs, ys = series(records, "eval_error")
+    """(epoch, error) of the lowest evaluated error of the weights the run goes by (the EMA's
+    when it keeps one, as best.pt does)."""
+    xs, ys = series(records, "ema_eval_error")
+    if not ys:
+        xs, ys = series(records, "eval_error")
     if not ys:
         return None
     i = min(range(len(ys)), key=ys.__getitem__)
@@ -174,11 +178,15 @@ def _best(records: list[dict[str, Any]]) -> tuple[int, float] | None:
 
 
 def _zoom_limits(
-    curves: list[tuple[list[int], list[float]]], last_epoch: int
+    curves: list[tuple[list[int], list[float]]], last_epoch: int, also: float | None = None
 ) -> tuple[tuple[float, float], tuple[float, float] | None]:
-    """x range: the last third of training (>= 2 epochs); y range: the values inside it."""
+    """x range: the last third of training (>= 2 epochs); y range: the values inside it and
+    ``also`` (the best error's line, which may come from an earlier epoch: it was drawn out of
+    view)."""
     x0 = max(1, math.floor(last_epoch - max(2.0, last_epoch / 3.0)))
     inside = [y for xs, ys in curves for x, y in zip(xs, ys) if x >= x0]
+    if inside and also is not None:
+        inside.append(also)
     if not inside:
         return (x0 - 0.2, last_epoch + 0.2), None
     lo, hi = min(inside), max(inside)
@@ -269,7 +277,7 @@ def plot_curves(run_dir: str | Path, out: Path | None = None) -> Path:
     _style(ax_lr, "Learning rate (log scale)", "learning rate")
 
     best = _best(records)
-    xlim, ylim = _zoom_limits(eval_curves, n)
+    xlim, ylim = _zoom_limits(eval_curves, n, best[1] if best is not None else None)
     if best is not None:
         ax_zoom.axhline(
             best[1],
