@@ -455,3 +455,16 @@ def test_listings_fit_a_terminal_and_wide_shows_every_column(capsys):
     assert "bn_running" in wide.splitlines()[0] and "bn_running" not in narrow.splitlines()[0]
     full = "convzoo fast family (after airbench, arXiv 2404.00498)"
     assert full in wide and full not in narrow and "convzoo fast family (after" in narrow
+
+
+@pytest.mark.parametrize(("model", "size"), [("cnn_bn", 8), ("fast94", 8), ("vgg_c", 16)])
+def test_an_input_a_model_cannot_take_is_one_line_before_any_work(model, size, tmp_path, capsys):
+    """It was an internal error at the first step (a fixed classifier after flattening, or
+    pooling below one pixel); now a meta-device forward refuses it before the run exists."""
+    code = main(["train", "--data", "digits", "--model", model, "--set",
+                 f"data.image_size={size}", "--set", "data.limit=100", "--batch-size", "16",
+                 "--epochs", "1", "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"model {model} cannot take 3x{size}x{size} images" in err[0]
+    assert "native input is 3x32x32" in err[0] and not (tmp_path / "runs").exists()

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from convzoo.errors import ConvzooError
 from convzoo.models.registry import get_entry
 from convzoo.tables import UNLIMITED, WIDTH, fit_table
 
@@ -67,6 +69,35 @@ def _info(name: str, num_classes: int) -> tuple:
         count_bn_running(model),
         count_flops(model, entry.input_size),
     )
+
+
+def check_input_shape(name: str, shape: tuple[int, int, int], num_classes: int,
+                      **kwargs: Any) -> None:
+    """Refuse, in one line, an input shape (C, H, W) that model ``name`` cannot take (a fixed
+    classifier after flattening, pooling below 1 px): a forward on the ``meta`` device, which
+    computes nothing, before any training (it was an internal error at the first step)."""
+    from convzoo.models.registry import create_model
+
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes, in_chans=shape[0], **kwargs)
+    model.eval()
+
+    def forward(hw: tuple[int, ...]) -> None:
+        with torch.no_grad():
+            model(torch.empty((2, shape[0], *hw), device="meta"))
+
+    try:
+        forward(shape[1:])
+    except (RuntimeError, ValueError) as e:
+        native = "x".join(str(d) for d in get_entry(name).input_size)
+        try:  # a model whose forward the meta device cannot run at all: no verdict
+            forward(tuple(get_entry(name).input_size[1:]))
+        except Exception:
+            return
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ConvzooError(
+            f"model {name} cannot take {shape[0]}x{shape[1]}x{shape[2]} images ({reason}); its "
+            f"native input is {native}: set data.image_size (and data.channels) to fit") from None
 
 
 def model_info(name: str, num_classes: int | None = None) -> dict:

@@ -21,7 +21,7 @@ from convzoo import saved as ckpt_io
 from convzoo.errors import ConvzooError
 from convzoo.models import create_model
 from convzoo.models.freeze import freeze, frozen_parameter_names
-from convzoo.models.info import count_params
+from convzoo.models.info import check_input_shape, count_params
 from convzoo.models.registry import check_stored_kwargs
 from convzoo.models.weights import InitReport
 from convzoo.predictor import tta_views_of
@@ -145,6 +145,8 @@ def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | N
                     "epoch; lower train.batch_size to use them all")
     # What a run keeps in its files, a file may pass back: refused here, before training
     check_stored_kwargs(cfg.model.name, dict(cfg.model.kwargs), "model.kwargs")
+    check_input_shape(cfg.model.name, tuple(data.image_shape), len(data.classes),
+                      **cfg.model.kwargs)
     torch.manual_seed(cfg.train.seed)
     model = create_model(cfg.model.name, num_classes=len(data.classes),
                          in_chans=data.image_shape[0], **cfg.model.kwargs)
