@@ -332,7 +332,7 @@ def test_report_on_a_10_class_run_with_file_names_and_tensorboard(digit_files, t
     assert main(["eval", str(run), "--data", str(digit_files), "--report", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     folder = run / "report"
-    assert result["report"] == str(folder) and 0 <= result["ece"] <= 1
+    assert result["report"] == str(folder) and 0 <= result["ece"] <= 100  # percent
     _check_report(folder, 10, result["count"], result["top1"])
     with open(folder / "predictions.csv") as f:
         first = next(csv.DictReader(f))
@@ -436,3 +436,34 @@ def test_pack_overwrite(tmp_path, capsys):
     assert len(pack.splits["train"]) == 5
     pack.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pack", "tree"]
+
+
+def test_a_folder_without_splits_is_evaluated_as_all_of_it(run_dir, tmp_path, capsys):
+    """It was reported as the "train" split, and --split test was refused."""
+    for c in ("0", "1"):
+        (tmp_path / "flat" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(
+                tmp_path / "flat" / c / f"{i}.png")
+    flat = str(tmp_path / "flat")
+    figures = []
+    for split in ([], ["--split", "test"], ["--split", "all"]):
+        assert main(["eval", str(run_dir), "--data", flat, *split, "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["split"] == "all" and result["count"] == 6
+        figures.append(result["top1"])
+    assert len(set(figures)) == 1
+    assert main(["eval", str(run_dir), "--data", flat]) == 0
+    assert "[all, 6 images]" in capsys.readouterr().out
+    assert main(["eval", str(run_dir), "--data", flat, "--split", "tset"]) == 2
+    assert "without splits" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("mode", ["L", "1", "I;16", "RGBA", "P"])
+def test_predict_on_pil_images_of_every_mode_warns_nothing(run_dir, mode):
+    """A grayscale PIL image raised torch's "non-writable NumPy array" warning."""
+    pixels = np.arange(64, dtype=np.uint8).reshape(8, 8)
+    image = Image.fromarray(pixels, "L").convert(mode)
+    (row,) = convzoo.load(run_dir).predict(image, topk=1)
+    assert 0 <= row["top"][0]["prob"] <= 1

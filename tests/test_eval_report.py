@@ -139,7 +139,7 @@ def test_per_class_csv_matches_the_confusion_matrix(tmp_path, k, classes):
     assert counts.tolist() == cm.sum(0).tolist()
     summary = json.loads(files["report_json"].read_text())
     assert summary["top1"] == pytest.approx(100 * np.trace(cm) / cm.sum())
-    assert summary["ece"] == pytest.approx(expected_calibration_error(probs, labels))
+    assert summary["ece"] == pytest.approx(100 * expected_calibration_error(probs, labels))
     assert summary["count"] == len(labels) and summary["ece_bins"] == 15
     for name in ("confusion_matrix", "reliability", "confident_mistakes"):
         with Image.open(files[name]) as im:
@@ -203,3 +203,20 @@ def test_bad_input_is_one_error_and_writes_nothing(tmp_path):
             write_report(out, p, y, classes, **kwargs)
         assert "\n" not in str(err.value)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_one_unit_per_kind_of_number_across_the_json_outputs(run_dir, tmp_path, capsys):
+    """Rates are percent everywhere: eval --json, report.json and summary.json agree on top1,
+    and ECE is the percent the text prints (it was a fraction beside a percent top-1)."""
+    from convzoo.cli import main
+    from convzoo.jsonio import loads_json
+
+    report = tmp_path / "report"
+    assert main(["eval", str(run_dir), "--report", str(report), "--json"]) == 0
+    result = loads_json(capsys.readouterr().out)
+    saved = loads_json((report / "report.json").read_text())
+    summary = loads_json((run_dir / "summary.json").read_text())
+    assert result["top1"] == pytest.approx(saved["top1"]) == pytest.approx(summary["top1"])
+    assert result["ece"] == pytest.approx(saved["ece"]) and saved["ece"] > 1  # percent
+    assert main(["eval", str(run_dir), "--report", str(report)]) == 0
+    assert f"ECE {result['ece']:.2f}%" in capsys.readouterr().out

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convzoo.cli import main
 from convzoo.errors import ConvzooError
 from convzoo.models import (
     create_model,
@@ -438,3 +439,32 @@ def test_fc_bn_head_is_linear_plus_logit_norm():
     model.reset_classifier(0)
     model.reset_classifier(6)  # the logit norm comes back with a head
     assert isinstance(model.fc_bn, nn.BatchNorm1d) and model.fc_bn.num_features == 6
+
+
+def test_listings_fit_a_terminal_and_wide_shows_every_column(capsys):
+    """`models` and `recipes` fit 100 columns (long sources shortened with "..."); --wide gives
+    every column in full (and --json everything)."""
+    for args in (["models"], ["recipes"]):
+        assert main(args) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert max(len(line) for line in lines) <= 100, args
+    assert main(["models"]) == 0
+    narrow = capsys.readouterr().out
+    assert main(["models", "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert "bn_running" in wide.splitlines()[0] and "bn_running" not in narrow.splitlines()[0]
+    full = "convzoo fast family (after airbench, arXiv 2404.00498)"
+    assert full in wide and full not in narrow and "convzoo fast family (after" in narrow
+
+
+@pytest.mark.parametrize(("model", "size"), [("cnn_bn", 8), ("fast94", 8), ("vgg_c", 16)])
+def test_an_input_a_model_cannot_take_is_one_line_before_any_work(model, size, tmp_path, capsys):
+    """It was an internal error at the first step (a fixed classifier after flattening, or
+    pooling below one pixel); now a meta-device forward refuses it before the run exists."""
+    code = main(["train", "--data", "digits", "--model", model, "--set",
+                 f"data.image_size={size}", "--set", "data.limit=100", "--batch-size", "16",
+                 "--epochs", "1", "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert f"model {model} cannot take 3x{size}x{size} images" in err[0]
+    assert "native input is 3x32x32" in err[0] and not (tmp_path / "runs").exists()

@@ -1,10 +1,18 @@
-"""Progress off a terminal: log lines by step and by time, and the run's ETA."""
+"""Progress off a terminal: log lines by step and by time, and the run's ETA; and every other
+command that can take a while (decode, eval, predict, pack) shows progress the same way, while
+a few seconds of work stays quiet."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import numpy as np
 import pytest
+from PIL import Image
 
 from convzoo.cli import main
+from convzoo.data import progress as progress_module
 from convzoo.log import format_seconds, setup_logging
 from convzoo.training.logging import Eta, Progress
 
@@ -93,3 +101,81 @@ def test_training_and_bench_report_time_left(tmp_path, capsys):
     lines = logged(capsys)
     assert any(line.startswith("bench 1/2: defaults (resnet20") for line in lines)
     assert any(line.startswith("bench 1/2:") and "left" in line for line in lines)
+
+
+# ----------------------------------------------------------------------------- other commands
+
+TRAIN = ["--set", "data.image_size=8", "--epochs", "1", "--batch-size", "8", "--seed", "0",
+         "--device", "cpu", "--set", "train.loggers=[]", "--set", "train.threads=1"]
+
+
+def folder(root: Path, n: int = 6) -> Path:
+    for split in ("train", "test"):
+        for c, cls in enumerate(("ant", "bee")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                pixels = np.full((10, 10, 3), (37 * i + 90 * c) % 256, dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / cls / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def every_update(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+                 ) -> pytest.LogCaptureFixture:
+    """Progress lines at every update (the waits are seconds in real use); not a terminal."""
+    monkeypatch.setattr(progress_module, "FIRST_SECONDS", 0.0)
+    monkeypatch.setattr(progress_module, "LOG_SECONDS", 0.0)
+    caplog.set_level("INFO", logger="convzoo")
+    return caplog
+
+
+def lines(caplog: pytest.LogCaptureFixture, desc: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(desc + ":")]
+
+
+def test_decode_train_eval_predict_and_pack_show_progress_off_a_terminal(
+    tmp_path: Path, every_update: pytest.LogCaptureFixture
+) -> None:
+    data = folder(tmp_path / "imgs")
+    assert main(["train", "--data", str(data), *TRAIN, "--out", str(tmp_path / "runs"),
+                 "--name", "r", "--set", f"data.root={tmp_path / 'root'}"]) == 0
+    decoding = [m for m in (r.getMessage() for r in every_update.records)
+                if re.match(r"\S*decod", m)]
+    assert decoding, "the first decode of a folder shows progress"
+    every_update.clear()
+
+    run = tmp_path / "runs" / "r"
+    assert main(["eval", str(run), "--data", str(data), "--batch-size", "4"]) == 0
+    shown = lines(every_update, "evaluating test")
+    assert shown and re.search(r"\d+/12 img \(.*/s, ETA", shown[0])  # count/total, rate, ETA
+    every_update.clear()
+
+    assert main(["predict", str(run), str(data / "test"), "--batch-size", "5"]) == 0
+    shown = lines(every_update, "predicting")
+    assert [re.match(r"predicting: (\d+)/12", m).group(1) for m in shown[:3]] == ["5", "10", "12"]
+    every_update.clear()
+
+    assert main(["pack", str(data), str(tmp_path / "packed"), "--workers", "1"]) == 0
+    assert any("img" in m for m in (r.getMessage() for r in every_update.records)
+               if "pack" in m.lower() or "encod" in m.lower())
+    every_update.clear()
+
+    # at the real waits, the same 12-image eval prints its result and no progress line
+    progress_module.FIRST_SECONDS, progress_module.LOG_SECONDS = 5.0, 30.0
+    assert main(["eval", str(run), "--data", str(data)]) == 0
+    assert not lines(every_update, "evaluating test")
+
+
+def test_progress_lines_wait_first_then_come_at_the_interval(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = iter([0.0, 1.0, 4.9, 5.0, 20.0, 34.9, 35.0, 36.0, 37.0]).__next__
+    monkeypatch.setattr(progress_module.time, "perf_counter", clock)
+    caplog.set_level("INFO", logger="convzoo")
+    with progress_module.progress(100, "working", unit="img") as bar:
+        for _ in range(7):
+            bar.update(10)
+    shown = [r.getMessage() for r in caplog.records]
+    # first line at 5 s (not before), the next 30 s after it, then the closing line
+    assert shown == ["working: 30/100 img (6/s, ETA 12s)", "working: 60/100 img (2/s, ETA 23s)",
+                     "working: 70 img in 37.0s"]

@@ -171,3 +171,20 @@ def test_curves_mark_where_each_stage_began(tmp_path):
     assert stage_starts(run) == [3, 6]
     b = plot_curves(run, tmp_path / "b.png")
     assert png_size(a) == png_size(b) and a.read_bytes() != b.read_bytes()
+
+
+def test_the_zoom_panel_keeps_the_best_line_in_view():
+    """curves.png: the best error, reached before the zoomed window, was drawn out of view; and
+    it is the judged weights' best (the EMA's when there is one, as for best.pt)."""
+    from convzoo.report import _best, _zoom_limits
+
+    records = [{"epoch": e, "eval_top1": 100 - raw, "ema_eval_top1": 100 - ema}
+               for e, raw, ema in [(1, 12.0, 20.0), (2, 40.0, 15.0), (3, 35.0, 14.0),
+                                   (4, 33.0, 13.5), (5, 32.0, 13.2), (6, 31.0, 13.1)]]
+    assert _best(records) == (6, pytest.approx(13.1))
+    raw_only = [{k: v for k, v in r.items() if not k.startswith("ema")} for r in records]
+    epoch, error = _best(raw_only)
+    assert epoch == 1 and error == pytest.approx(12.0)
+    curve = ([r["epoch"] for r in raw_only], [100 - r["eval_top1"] for r in raw_only])
+    _, (lo, hi) = _zoom_limits([curve], 6, also=error)
+    assert lo < 12.0 < 31.0 < hi  # the best line and the window's values, all in view

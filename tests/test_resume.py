@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -84,3 +85,16 @@ def test_sigkill_at_any_moment_then_resume_is_bit_identical(tmp_path):
         assert torch.equal(value, cb["ema"]["module"][key]), key
     for key, value in ca["model"].items():
         assert torch.equal(value, cb["model"][key]), key
+
+
+@pytest.mark.parametrize(("ours", "theirs", "said"), [
+    (["a", "b", "c", "d", "e"], ["a", "b", "c", "d", "x"],
+     "5 vs 5 classes; only here: 'e'; only in the run: 'x'"),
+    (["a", "b"], ["b", "a"], "the same 2 names in another order: class 0 is 'a' here, 'b' in"),
+    ([str(i) for i in range(8)], ["0"], "8 vs 1 classes; only here: '1', '2', '3' and 4 more"),
+])
+def test_a_resume_onto_other_classes_says_which(ours, theirs, said):
+    """It said "(5 vs 5 classes)" for five renamed classes: now the names that differ."""
+    from convzoo.training.setup import class_difference
+
+    assert class_difference(ours, theirs).startswith(said)

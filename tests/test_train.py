@@ -64,6 +64,8 @@ def test_run_directory_has_every_artifact_and_eval_agrees(tmp_path, capsys):
     assert summary["train_images_per_epoch"] == STEPS * 32  # drop_last batches of 32
     assert summary["weights"] == "raw" and summary["precision"] == "fp32"
     assert summary["best_split"] == "test" and "test split" in summary["best_note"]
+    # the headline is the final epoch's figure, not best.pt's (chosen on the split it reports)
+    assert summary["headline"] == "final epoch" and summary["top1"] == rows[-1]["eval_top1"]
     # model.safetensors holds exactly the final weights of last.pt
     weights = load_file(run / "model.safetensors")
     state = torch.load(run / "last.pt", weights_only=True)["model"]

@@ -203,6 +203,35 @@ def test_named_timm_weights_offline(monkeypatch):
         load_init(create_model("resnet18"), "timm:resnet18_nope")
 
 
+def test_offline_named_weights_fail_at_once_without_touching_the_network(monkeypatch):
+    """Offline, timm's hub download retried for 62 s before its error: now the host is asked
+    once (or HF_HUB_OFFLINE says so) and an uncached download is refused before it starts."""
+    timm = pytest.importorskip("timm")
+    import torchvision.models._api as tv_api
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: pytest.fail("went to the hub"))
+    monkeypatch.setattr(tv_api, "load_state_dict_from_url",
+                        lambda *a, **k: pytest.fail("went to the network"))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: "/nonexistent-hub-dir")  # nothing cached
+    for spec in ("timm:resnet18.a1_in1k", "torchvision:DEFAULT"):
+        with pytest.raises(ConvzooError, match="no network.*offline"):
+            load_init(create_model("resnet18"), spec, arch="resnet18")
+
+
+def test_reachable_asks_the_host_once():
+    import socket
+
+    from convzoo.models.weights import reachable
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert reachable(f"https://127.0.0.1:{port}/weights.pth")
+    assert not reachable(f"https://127.0.0.1:{port}/weights.pth", timeout=1)  # closed now
+
+
 def test_bad_init_sources_are_one_line_errors(tmp_path, run_dir):
     model = create_model("resnet20")
     cases = []

@@ -34,12 +34,14 @@ from torch import nn
 from convzoo import config as C
 from convzoo.data.images import (
     DEFAULT_LIMITS,
+    SPLITS,
     Geometry,
     Limits,
     collect_files,
     decode_file,
     from_pil,
 )
+from convzoo.data.progress import progress
 from convzoo.data.transforms.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
@@ -203,10 +205,11 @@ class Classifier:
             raise ConvzooError(f"batch_size={batch}: must be at least 1")
         predictor = self._with_tta(tta)
         chunks = []
-        with predictor.in_eval_mode():
+        with predictor.in_eval_mode(), progress(len(items), "predicting", unit="img") as bar:
             for start in range(0, len(items), batch):
                 x = torch.stack([read() for _, read in items[start:start + batch]])
                 chunks.append(predictor.probabilities(x))
+                bar.update(x.shape[0])
         return [name for name, _ in items], torch.cat(chunks)
 
     def _with_tta(self, tta: str | None) -> Predictor:
@@ -275,8 +278,17 @@ class Classifier:
         cfg = C.replace(cfg, data=data_cfg, augment=augment_cfg)
         report_dir = self._report_dir(report, data)  # checked before any work
         source = remap_classes(open_source(cfg, geometry=self.geometry), self.classes)
+        # A split-less folder (<class>/*) loads as one split named "train"; evaluated, it is
+        # all of the folder, whatever split the user calls it: say "all", accept any name.
+        flat = (data is not None and list(source.splits) == ["train"] and Path(data).is_dir()
+                and not (Path(data) / "train").is_dir())
+        if flat and split in (None, "all", *SPLITS):
+            split = "train"
         if split is None:
             split = self.eval_split if data is None else heldout_split(list(source.splits))
+        if flat and split not in source.splits:
+            raise ConvzooError(f"--split {split}: {data} is a folder without splits "
+                               "(<class>/*): omit --split, or --split all")
         if split not in source.splits:
             raise ConvzooError(f"--split {split}: data source {cfg.data.source} has splits "
                                f"{', '.join(sorted(source.splits))}")
@@ -287,7 +299,8 @@ class Classifier:
             [] if report_dir is not None else None)
         try:  # the loader preprocesses and takes the eval view; the predictor does the rest
             result = evaluate(self._with_tta(tta), loader, outputs=outputs,
-                              world_size=rt.world_size)
+                              world_size=rt.world_size, progress=f"evaluating {split}",
+                              total=len(source.splits[split]) // rt.world_size)
         finally:
             loader.close()
         if outputs is not None and rt.world_size > 1:  # the report covers every rank's share
@@ -295,7 +308,8 @@ class Classifier:
             torch.distributed.all_gather_object(shares, outputs)
             outputs = [batch for share in shares for batch in share]
         params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        out = {"model": self.model_name, "data": cfg.data.source, "split": split,
+        out = {"model": self.model_name, "data": cfg.data.source,
+               "split": "all" if flat else split,
                "epoch": self.epoch, "params": params, "tta": augment_cfg.tta,
                "weights": self.weights, **result}
         if report_dir is not None and rt.is_main:  # under torchrun: one writer
@@ -332,7 +346,8 @@ class Classifier:
         labels = torch.cat([y for _, y in outputs])
         files = write_report(out, probs, labels, self.classes, images=source.view(split),
                              names=source.splits[split].names, topk=topk)
-        ece = expected_calibration_error(probs.double().numpy(), labels.numpy())
+        # percent, like top1 and the text ("ECE 9.66%"): one unit for every rate in the JSON
+        ece = 100 * expected_calibration_error(probs.double().numpy(), labels.numpy())
         run_dir = _run_dir(self.source)
         if run_dir is not None:
             from convzoo import trackers  # imports matplotlib (report.py): only for a report

@@ -30,6 +30,7 @@ import json
 import logging
 import platform
 import resource
+import textwrap
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ from convzoo.models import get_entry
 from convzoo.models.info import default_num_classes
 from convzoo.outputs import write_output
 from convzoo.runtime import configure_backends, resolve_runtime
+from convzoo.tables import UNLIMITED, WIDTH, fit_table
 from convzoo.training.loop import train_one_epoch
 from convzoo.training.setup import build_run
 
@@ -495,6 +497,36 @@ def environment(rows: list[dict[str, Any]]) -> str:
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The header line, then the Markdown table (one line per row, '-' where unknown)."""
     return environment(rows) + "\n\n" + report.bench_table(rows)
+
+
+# Columns that, when every row has the same value, a terminal table states once in its header
+# line instead (they cost 35 columns; the Markdown of --out-md keeps them).
+SHARED_COLUMNS = {"memory_kind": "memory", "train_images": "images/epoch"}
+
+
+def text(rows: list[dict[str, Any]], *, wide: bool = False) -> str:
+    """The header line, then the table for a terminal: within 100 columns (``SHARED_COLUMNS``
+    said once in the header line, long sources and models shortened; --out-md keeps the full
+    Markdown), every column with ``wide``."""
+    columns = list(report.BENCH_COLUMNS)
+    shared = []
+    for key, label in SHARED_COLUMNS.items():
+        spec = next(c for c in columns if c[0] == key)
+        values = {report.format_bench_value(key, report.bench_value(r, key, spec[2]))
+                  for r in rows}
+        if not wide and len(values) == 1:
+            columns.remove(spec)
+            shared.append(f"{label}: {values.pop()}")
+    header = [h for _, h, _ in columns]
+    body = [[report.format_bench_value(k, report.bench_value(row, k, a)) for k, _, a in columns]
+            for row in rows]
+    numbers = [h for k, h, _ in columns if k not in report.TEXT_COLUMNS]
+    table = fit_table(body, header, UNLIMITED if wide else WIDTH, shrink=("source", "model"),
+                      right=numbers)
+    head = [environment(rows)] + (["; ".join(shared)] if shared else [])
+    if not wide:
+        head = [line for text in head for line in textwrap.wrap(text, WIDTH)]
+    return "\n".join(head) + "\n\n" + table
 
 
 def write_outputs(rows: list[dict[str, Any]], out_md: str | Path | None = None,

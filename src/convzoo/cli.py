@@ -24,6 +24,7 @@ from convzoo.errors import ConvzooError
 from convzoo.jsonio import dumps_json, loads_json
 from convzoo.log import log, setup_logging
 from convzoo.outputs import check_output_file, kind_of, write_output
+from convzoo.tables import UNLIMITED, WIDTH, fit_table
 
 # The modules a command runs are imported inside it ("# heavy" below): each imports torch
 # (5.8 s measured on this machine) or matplotlib (2.1 s), so that --help, --version, recipes and
@@ -175,7 +176,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
               f"[{result['split']}, {result['count']} images]: top1 {result['top1']:.2f}%  "
               f"top5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
         if "report" in result:
-            print(f"report (ECE {100 * result['ece']:.2f}%): {result['report']}")
+            print(f"report (ECE {result['ece']:.2f}%): {result['report']}")
     return 0
 
 
@@ -247,14 +248,14 @@ def cmd_models(args: argparse.Namespace) -> int:
                                    f"{'' if args.all else ' --all'}`)")
             names += [n for n in matched if n not in names]
         rows = [model_info(name) for name in names]
-        print(dumps_json(rows, indent=2) if args.json else format_table(rows))
+        print(dumps_json(rows, indent=2) if args.json else format_table(rows, wide=args.wide))
         return 0
     rows = [model_info(name) for name in list_models()]
     timm_names = list_models("timm:*") if args.all else []
     if args.json:
         print(dumps_json(rows + [{"name": n, "source": "timm"} for n in timm_names], indent=2))
         return 0
-    print(format_table(rows))
+    print(format_table(rows, wide=args.wide))
     if timm_names:
         print(f"\ntimm ({len(timm_names)} architectures; `convzoo models timm:NAME` for "
               "parameters and FLOPs):")
@@ -277,27 +278,6 @@ def measured_text(m: dict[str, Any] | None) -> str:
     return f"{m['top1']:.2f}% {m['split']}{seeds}"
 
 
-def fit_columns(rows: list[dict[str, Any]], cols: list[str], width: int,
-                shrink: tuple[str, ...] = ()) -> str:
-    """A plain-text table no wider than ``width``: the ``shrink`` columns, widest first, are
-    shortened (with "...") until it fits; the others keep their width."""
-    cells = [[str(r[c]) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    movable = [i for i, c in enumerate(cols) if c in shrink]
-    while sum(widths) + 2 * (len(cols) - 1) > width and movable:
-        i = max(movable, key=lambda j: widths[j])
-        if widths[i] <= 12:
-            break
-        widths[i] -= 1
-
-    def cell(text: str, w: int) -> str:
-        return (text if len(text) <= w else text[:w - 3] + "...").ljust(w)
-
-    lines = ["  ".join(cell(c, w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(cell(t, w) for t, w in zip(row, widths)) for row in cells]
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def cmd_recipes(args: argparse.Namespace) -> int:
     figures = measured_figures()
     if args.name:
@@ -318,7 +298,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     cols = ["name", "epochs", "seed reported", "measured"]
     if args.wide:
         cols = ["name", "source", "model", "data", "epochs", "seed reported", "measured"]
-    print(fit_columns(rows, cols, 10_000 if args.wide else 100, shrink=("seed reported",)))
+    print(fit_table([[str(r[c]) for c in cols] for r in rows], cols,
+                    UNLIMITED if args.wide else WIDTH, shrink=("seed reported",),
+                    right=("epochs",)))
     print("\nconvzoo recipes NAME: one recipe, its runs (--run RUN: yours beside them); "
           "--wide: all")
     return 0
@@ -470,7 +452,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps_json(rows, indent=2))
     else:
-        print(bench.markdown(rows), end="")
+        print(bench.text(rows, wide=args.wide))
     return 0
 
 
@@ -743,6 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "('resnet*', 'timm:convnext_*')")
     p.add_argument("--all", action="store_true",
                    help="include timm's architectures as timm:NAME (needs convzoo[timm])")
+    p.add_argument("--wide", action="store_true", help="every column, at full width")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
 
@@ -806,6 +789,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config key of every timed row (repeatable)")
     p.add_argument("--out-md", dest="out_md", metavar="FILE", help="also write the Markdown")
     p.add_argument("--out-csv", dest="out_csv", metavar="FILE", help="also write a CSV")
+    p.add_argument("--wide", action="store_true", help="every column, at full width")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_bench)
 

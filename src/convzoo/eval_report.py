@@ -377,7 +377,7 @@ def write_report(
 
     topk_acc = float(np.mean([y[i] in order[i] for i in range(n)]))
     summary = {"count": n, "classes": k, "top1": float((preds == y).mean() * 100),
-               f"top{kk}": topk_acc * 100, "ece": ece, "ece_bins": ECE_BINS,
+               f"top{kk}": topk_acc * 100, "ece": ece * 100, "ece_bins": ECE_BINS,
                "macro_f1": table[-2]["f1"], "files": {key: p_.name for key, p_ in files.items()}}
     text = dumps_json(summary, indent=2) + "\n"
     files["report_json"] = _put(out / "report.json", lambda tmp: tmp.write_text(text))

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from convzoo.data.progress import progress as show_progress
 from convzoo.predictor import Predictor
 from convzoo.runtime import Runtime
 
@@ -29,6 +30,8 @@ def evaluate(
     views: Callable[[torch.Tensor], list[torch.Tensor]] | None = None,
     world_size: int = 1,
     outputs: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    progress: str | None = None,
+    total: int | None = None,
 ) -> dict[str, float]:
     """Mean cross-entropy and top-1/top-5 accuracy (percent) of `model` over `batches`.
 
@@ -50,13 +53,19 @@ def evaluate(
     (whole batches of the one-process batching, ``data.sampler``). Every rank gathers every
     rank's per-batch sums and returns the figures over the whole split, equal bit for bit to
     one process evaluating it alone.
+
+    `progress`: a description, to show progress over `total` images (``convzoo eval``: a bar on
+    a terminal, log lines otherwise; training's per-epoch evaluation passes None: its epoch
+    line says enough). Counting images reads batch shapes only, never the device.
     """
     predictor = model if isinstance(model, Predictor) else Predictor(
         model, Runtime(device or torch.device("cpu"), amp_dtype, channels_last), views=views)
     device = predictor.runtime.device
     rows: list[torch.Tensor] = []  # per batch: (loss sum, top-1 hits, top-5 hits, images), float64
-    with predictor.in_eval_mode():
+    with predictor.in_eval_mode(), show_progress(total, progress or "", unit="img",
+                                                 enabled=progress is not None) as bar:
         for x, y in batches:
+            bar.update(y.shape[0])
             scores, are_probabilities = predictor.scores(x)
             if are_probabilities:  # TTA: the log of the averaged probability of the true class
                 loss = F.nll_loss(scores.clamp_min(1e-12).log(), y, reduction="sum")

@@ -165,7 +165,11 @@ def _split_name(records: list[dict[str, Any]]) -> str:
 
 
 def _best(records: list[dict[str, Any]]) -> tuple[int, float] | None:
-    xs, ys = series(records, "eval_error")
+    """(epoch, error) of the lowest evaluated error of the weights the run goes by (the EMA's
+    when it keeps one, as best.pt does)."""
+    xs, ys = series(records, "ema_eval_error")
+    if not ys:
+        xs, ys = series(records, "eval_error")
     if not ys:
         return None
     i = min(range(len(ys)), key=ys.__getitem__)
@@ -173,11 +177,15 @@ def _best(records: list[dict[str, Any]]) -> tuple[int, float] | None:
 
 
 def _zoom_limits(
-    curves: list[tuple[list[int], list[float]]], last_epoch: int
+    curves: list[tuple[list[int], list[float]]], last_epoch: int, also: float | None = None
 ) -> tuple[tuple[float, float], tuple[float, float] | None]:
-    """x range: the last third of training (>= 2 epochs); y range: the values inside it."""
+    """x range: the last third of training (>= 2 epochs); y range: the values inside it and
+    ``also`` (the best error's line, which may come from an earlier epoch: it was drawn out of
+    view)."""
     x0 = max(1, math.floor(last_epoch - max(2.0, last_epoch / 3.0)))
     inside = [y for xs, ys in curves for x, y in zip(xs, ys) if x >= x0]
+    if inside and also is not None:
+        inside.append(also)
     if not inside:
         return (x0 - 0.2, last_epoch + 0.2), None
     lo, hi = min(inside), max(inside)
@@ -268,7 +276,7 @@ def plot_curves(run_dir: str | Path, out: Path | None = None) -> Path:
     _style(ax_lr, "Learning rate (log scale)", "learning rate")
 
     best = _best(records)
-    xlim, ylim = _zoom_limits(eval_curves, n)
+    xlim, ylim = _zoom_limits(eval_curves, n, best[1] if best is not None else None)
     if best is not None:
         ax_zoom.axhline(
             best[1],
@@ -369,10 +377,10 @@ BENCH_COLUMNS: list[tuple[str, str, tuple[str, ...]]] = [
     ("images_per_second", "images/s", ("img_per_s",)),
     ("error", "error (%)", ()),
 ]
-_TEXT_COLUMNS = {"model", "source", "input", "memory_kind"}
+TEXT_COLUMNS = {"model", "source", "input", "memory_kind"}
 
 
-def _bench_value(row: dict[str, Any], key: str, aliases: tuple[str, ...]) -> Any:
+def bench_value(row: dict[str, Any], key: str, aliases: tuple[str, ...]) -> Any:
     for k in (key, *aliases):
         if row.get(k) is not None and row.get(k) != "":
             return row[k]
@@ -381,7 +389,7 @@ def _bench_value(row: dict[str, Any], key: str, aliases: tuple[str, ...]) -> Any
     return None
 
 
-def _fmt(key: str, v: Any) -> str:
+def format_bench_value(key: str, v: Any) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     if key in ("params", "train_images", "batch_size") and isinstance(v, (int, float)):
@@ -403,10 +411,10 @@ def bench_table(rows: list[dict[str, Any]]) -> str:
     (percent; or top1, from which error = 100 - top1).
     """
     headers = [h for _, h, _ in BENCH_COLUMNS]
-    align = ["---" if k in _TEXT_COLUMNS else "---:" for k, _, _ in BENCH_COLUMNS]
+    align = ["---" if k in TEXT_COLUMNS else "---:" for k, _, _ in BENCH_COLUMNS]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(align) + "|"]
     for row in rows:
-        lines.append("| " + " | ".join(_fmt(k, _bench_value(row, k, a))
+        lines.append("| " + " | ".join(format_bench_value(k, bench_value(row, k, a))
                                        for k, _, a in BENCH_COLUMNS) + " |")
     return "\n".join(lines) + "\n"
 
@@ -424,7 +432,7 @@ def write_bench_csv(rows: list[dict[str, Any]], path: str | Path) -> Path:
         writer = csv.writer(f)
         writer.writerow(columns + extra)
         for row in rows:
-            values = [_bench_value(row, k, a) for k, _, a in BENCH_COLUMNS]
+            values = [bench_value(row, k, a) for k, _, a in BENCH_COLUMNS]
             values += [row.get(k) for k in extra]
             writer.writerow(["" if v is None else v for v in values])
     return path

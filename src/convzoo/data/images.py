@@ -290,7 +290,8 @@ def from_pil(im: Image.Image) -> torch.Tensor:
         arr = np.asarray(im, dtype=np.int32).clip(0, 65535)
         return _to_uint8(torch.from_numpy(arr.astype(np.float32)))[None]
     arr = np.asarray(im.convert("L" if im.mode in GRAY_PIL_MODES else "RGB"))
-    t = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
+    # np.asarray of a Pillow image is read-only: copy it (torch warns on a read-only array)
+    t = torch.from_numpy(arr[None].copy() if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
     return t.contiguous()
 
 

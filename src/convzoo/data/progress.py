@@ -1,8 +1,11 @@
 """Progress of data preparation (decoding, caching, packing, fitting), on stderr.
 
-On a terminal: a tqdm bar (rate and ETA). Otherwise (logs, CI): a log line when the work
-starts and then at most every ``LOG_SECONDS`` with the count, rate and ETA. Quiet on every
-torchrun rank but 0.
+On a terminal or in a notebook: a tqdm bar (rate and ETA; ``tqdm.auto`` picks the notebook
+widget in Jupyter). Otherwise (logs, CI, nohup): a line with the count, rate and ETA once the work
+has taken ``FIRST_SECONDS`` (so a few seconds of work stays quiet), then at most every
+``LOG_SECONDS``, and one at the end. Quiet on every
+torchrun rank but 0. Training's per-step progress is ``training.logging.Progress``; this is
+everything else that takes a while: decoding, packing, fitting, eval, predict and bench.
 """
 
 from __future__ import annotations
@@ -13,14 +16,21 @@ import sys
 import time
 from types import TracebackType
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 log = logging.getLogger("convzoo")
+FIRST_SECONDS = 5.0
 LOG_SECONDS = 30.0
 
 
 def _is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def interactive() -> bool:
+    """A person watches the output: stderr is a terminal, or this is a Jupyter kernel (whose
+    stderr is a pipe, but where ``tqdm.auto`` draws a widget)."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
 class progress:  # noqa: N801 - used like tqdm, as a context manager
@@ -31,10 +41,10 @@ class progress:  # noqa: N801 - used like tqdm, as a context manager
         self.total, self.desc, self.unit = total, desc, unit
         self.enabled = enabled and _is_main_rank()
         self.bar: tqdm | None = None
-        if self.enabled and sys.stderr.isatty():
+        if self.enabled and interactive():
             self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
                             dynamic_ncols=True, leave=False)
-        self.done = 0
+        self.done, self.logged = 0, False
         self.start = self.last = time.perf_counter()
 
     def update(self, n: int = 1) -> None:
@@ -43,7 +53,9 @@ class progress:  # noqa: N801 - used like tqdm, as a context manager
             self.bar.update(n)
             return
         now = time.perf_counter()
-        if self.enabled and now - self.last >= LOG_SECONDS:
+        wait = LOG_SECONDS if self.logged else FIRST_SECONDS
+        if self.enabled and now - self.last >= wait:
+            self.logged = True
             self.last = now
             rate = self.done / max(now - self.start, 1e-9)
             eta = ""

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import functools
 import inspect
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from convzoo.models.registry import get_entry
+from convzoo.errors import ConvzooError
+from convzoo.models.registry import create_model, get_entry
+from convzoo.tables import UNLIMITED, WIDTH, fit_table
 
 
 def count_params(model: nn.Module) -> int:
@@ -68,6 +71,34 @@ def _info(name: str, num_classes: int) -> tuple:
     )
 
 
+def check_input_shape(name: str, shape: tuple[int, int, int], num_classes: int,
+                      **kwargs: Any) -> None:
+    """Refuse, in one line, an input shape (C, H, W) that model ``name`` cannot take (a fixed
+    classifier after flattening, pooling below 1 px): a forward on the ``meta`` device, which
+    computes nothing, before any training (it was an internal error at the first step)."""
+
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes, in_chans=shape[0], **kwargs)
+    model.eval()
+
+    def forward(hw: tuple[int, ...]) -> None:
+        with torch.no_grad():
+            model(torch.empty((2, shape[0], *hw), device="meta"))
+
+    try:
+        forward(shape[1:])
+    except (RuntimeError, ValueError) as e:
+        native = "x".join(str(d) for d in get_entry(name).input_size)
+        try:  # a model whose forward the meta device cannot run at all: no verdict
+            forward(tuple(get_entry(name).input_size[1:]))
+        except Exception:
+            return
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ConvzooError(
+            f"model {name} cannot take {shape[0]}x{shape[1]}x{shape[2]} images ({reason}); its "
+            f"native input is {native}: set data.image_size (and data.channels) to fit") from None
+
+
 def model_info(name: str, num_classes: int | None = None) -> dict:
     """Name, source, trainable params, BN running values, forward FLOPs, input size, description."""
     entry = get_entry(name)
@@ -92,28 +123,18 @@ def _human(n: float) -> str:
     return str(int(n))
 
 
-def format_table(rows: list[dict]) -> str:
-    """Aligned plain-text table of `model_info` rows (numbers right-aligned)."""
-    header = ["name", "source", "classes", "params", "bn_running", "flops", "input"]
-    body = [
-        [
-            r["name"],
-            r["source"],
-            str(r.get("num_classes", "")),
-            f"{r['params']:,}",
-            f"{r['bn_running']:,}",
-            _human(r["flops"]),
-            "x".join(str(d) for d in r["input_size"]),
-        ]
-        for r in rows
-    ]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    right = {2, 3, 4, 5}
-    lines = []
-    for row in [header, *body]:
-        cells = [
-            cell.rjust(w) if i in right else cell.ljust(w)
-            for i, (cell, w) in enumerate(zip(row, widths))
-        ]
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines)
+def format_table(rows: list[dict], *, wide: bool = False) -> str:
+    """`model_info` rows as an aligned table (numbers right-aligned) within 100 columns: the
+    source column is shortened to fit; ``wide``: every column (BN running values too) in full."""
+    header = ["name", "source", "classes", "params", "flops", "input"]
+    if wide:
+        header.insert(4, "bn_running")
+    cells = {
+        "name": lambda r: r["name"], "source": lambda r: r["source"],
+        "classes": lambda r: str(r.get("num_classes", "")), "params": lambda r: f"{r['params']:,}",
+        "bn_running": lambda r: f"{r['bn_running']:,}", "flops": lambda r: _human(r["flops"]),
+        "input": lambda r: "x".join(str(d) for d in r["input_size"]),
+    }
+    body = [[cells[h](r) for h in header] for r in rows]
+    return fit_table(body, header, UNLIMITED if wide else WIDTH, shrink=("source",),
+                     right=("classes", "params", "bn_running", "flops"))

@@ -30,12 +30,18 @@ and ``strict=True`` makes either (outside the head) an error.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import socket
 import urllib.error
-from collections.abc import Mapping, Sequence
+import urllib.parse
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from torch import Tensor, nn
 
 from convzoo.errors import ConvzooError
@@ -121,6 +127,39 @@ def _offline_hint(what: str, url: str, reason: Exception) -> ConvzooError:
         f"--set model.init=/path/to/{filename}")
 
 
+OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether ``url``'s host answers on its port within ``timeout`` seconds (False when
+    HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set). Asked before a download, because offline
+    the libraries retry for a minute (timm via the hub: 62 s measured) before they fail."""
+    if any(os.environ.get(k, "").strip().lower() in ("1", "on", "yes", "true")
+           for k in OFFLINE_ENV):
+        return False
+    parts = urllib.parse.urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "", parts.port or 443), timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """The Hugging Face hub in offline mode for the block: files come from the local cache,
+    with no network round trips (``huggingface_hub.constants.HF_HUB_OFFLINE``, read at call
+    time; the environment variable is read only when the library is imported)."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
 def _read_torchvision(spec: str, arch: str | None) -> WeightsSource:
     import torchvision.models as tvm
 
@@ -136,6 +175,9 @@ def _read_torchvision(spec: str, arch: str | None) -> WeightsSource:
     except (KeyError, ValueError, AttributeError) as e:
         raise ConvzooError(f"{spec}: unknown torchvision weights ({e}); see "
                            "torchvision.models.list_models() and get_model_weights(name)") from None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / w.url.rsplit("/", 1)[-1]
+    if not cached.is_file() and not reachable(w.url):
+        raise _offline_hint(f"torchvision weights {w}", w.url, OSError("no network")) from None
     try:
         state = w.get_state_dict(progress=False, check_hash=True)
     except (urllib.error.URLError, OSError, RuntimeError) as e:
@@ -156,8 +198,14 @@ def _read_timm(spec: str) -> WeightsSource:
     if not url:
         raise ConvzooError(f"{spec}: timm has no pretrained weights for this name "
                            "(name a tag, e.g. timm:resnet18.a1_in1k)")
+    offline = contextlib.nullcontext()
+    if not reachable(url):  # the cache, or one line now (not a minute of retries)
+        if not _in_hub_cache(cfg):
+            raise _offline_hint(f"timm weights {name}", url, OSError("no network")) from None
+        offline = hub_offline()
     try:
-        source_model = timm.create_model(name, pretrained=True)
+        with offline:
+            source_model = timm.create_model(name, pretrained=True)
     except (OSError, RuntimeError, ValueError) as e:  # hub/URL errors are OSErrors
         raise _offline_hint(f"timm weights {name}", url, e) from None
     label_names = getattr(source_model, "pretrained_cfg", {}).get("label_names")
@@ -165,6 +213,17 @@ def _read_timm(spec: str) -> WeightsSource:
                  "delete the cached download")
     return WeightsSource(source_model.state_dict(), f"timm {name} ({url})",
                    list(label_names) if label_names else None)
+
+
+def _in_hub_cache(cfg: Any) -> bool:
+    """Whether timm's weights for pretrained config ``cfg`` are in the local hub cache."""
+    if cfg is None or not cfg.hf_hub_id:
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    repo = cfg.hf_hub_id.split("@")[0]
+    return any(isinstance(try_to_load_from_cache(repo, f), str)
+               for f in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"))
 
 
 def foreign_state(obj: Any, where: str) -> WeightsSource:

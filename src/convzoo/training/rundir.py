@@ -208,8 +208,11 @@ def summary(ckpt: dict[str, Any], params: int, peak_memory_mb: float, device: st
             precision: str | None = None) -> dict[str, Any]:
     """summary.json's figures, from the stage's last checkpoint and its final metrics row.
 
-    ``top1``/``top5``/``loss`` are those of ``weights`` (EMA when the run keeps one; the trained
-    weights' figures are then ``raw_*``); ``best_split`` says where best.pt was chosen.
+    ``top1``/``top5``/``loss`` are the run's headline: the final epoch's figures (``headline``)
+    of ``weights`` (EMA when the run keeps one; the trained weights' figures are then
+    ``raw_*``), never the best epoch's, since picking the best of several epochs on the split
+    that reports it flatters the figure. ``best_split`` says where best.pt was chosen; chosen
+    on the test split (no validation split), ``best_note`` says its figure is not a result.
     """
     cfg = ckpt["config"]
     row = ckpt["metrics"]
@@ -226,6 +229,7 @@ def summary(ckpt: dict[str, Any], params: int, peak_memory_mb: float, device: st
         "epochs": ckpt["epoch"],
         "split": ckpt["eval_split"],
         "weights": weights,
+        "headline": "final epoch",
         "top1": row.get(prefix + "top1"),
         "top5": row.get(prefix + "top5"),
         "loss": row.get(prefix + "loss"),
@@ -269,7 +273,8 @@ def write_summary(run_dir: Path, figures: dict[str, Any]) -> None:
         log.warning(f"note: {figures['best_note']}")
     log.info(
         f"done: {figures['model']} {figures['split']} top1 {_pct(top1)} top5 {_pct(top5)} "
-        f"({figures.get('weights', 'raw')} weights) in {figures['train_seconds']:.1f}s "
+        f"(final epoch, {figures.get('weights', 'raw')} weights) in "
+        f"{figures['train_seconds']:.1f}s "
         f"-> {run_dir}"
     )
 

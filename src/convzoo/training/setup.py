@@ -21,7 +21,7 @@ from convzoo import saved as ckpt_io
 from convzoo.errors import ConvzooError
 from convzoo.models import create_model
 from convzoo.models.freeze import freeze, frozen_parameter_names
-from convzoo.models.info import count_params
+from convzoo.models.info import check_input_shape, count_params
 from convzoo.models.registry import check_stored_kwargs
 from convzoo.models.weights import InitReport
 from convzoo.predictor import tta_views_of
@@ -145,6 +145,8 @@ def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | N
                     "epoch; lower train.batch_size to use them all")
     # What a run keeps in its files, a file may pass back: refused here, before training
     check_stored_kwargs(cfg.model.name, dict(cfg.model.kwargs), "model.kwargs")
+    check_input_shape(cfg.model.name, tuple(data.image_shape), len(data.classes),
+                      **cfg.model.kwargs)
     torch.manual_seed(cfg.train.seed)
     model = create_model(cfg.model.name, num_classes=len(data.classes),
                          in_chans=data.image_shape[0], **cfg.model.kwargs)
@@ -183,6 +185,26 @@ def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | N
                views, state, init_report=init_report, frozen=frozen)
 
 
+def class_difference(ours: list[str], theirs: list[str], shown: int = 3) -> str:
+    """How the class lists differ, in words: names only in one of them (a few), or the same
+    names in another order (the first position that differs)."""
+    if set(ours) == set(theirs):
+        i = next(i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b)
+        return (f"the same {len(ours)} names in another order: class {i} is {ours[i]!r} here, "
+                f"{theirs[i]!r} in the run")
+
+    def few(names: list[str]) -> str:
+        more = f" and {len(names) - shown} more" if len(names) > shown else ""
+        return ", ".join(repr(n) for n in names[:shown]) + more
+
+    parts = []
+    if extra := [c for c in ours if c not in set(theirs)]:
+        parts.append(f"only here: {few(extra)}")
+    if missing := [c for c in theirs if c not in set(ours)]:
+        parts.append(f"only in the run: {few(missing)}")
+    return f"{len(ours)} vs {len(theirs)} classes; " + "; ".join(parts)
+
+
 def check_checkpoint_fits(cfg: C.Config, data: Any, ckpt: dict[str, Any]) -> None:
     """A resume continues the same task with the same model: say so when it would not."""
     if ckpt["model_name"] != cfg.model.name or dict(ckpt["model_kwargs"]) != dict(
@@ -193,9 +215,10 @@ def check_checkpoint_fits(cfg: C.Config, data: Any, ckpt: dict[str, Any]) -> Non
             "(start a new run from these weights with model.init)")
     if list(ckpt["classes"]) != list(data.classes):
         raise ConvzooError(
-            f"data {cfg.data.source}: its classes differ from the run's ({len(data.classes)} vs "
-            f"{len(ckpt['classes'])} classes); a resume continues the same task (to train on "
-            "these classes from this run's weights, start a new run with model.init)")
+            f"data {cfg.data.source}: its classes differ from the run's "
+            f"({class_difference(list(data.classes), list(ckpt['classes']))}); a resume "
+            "continues the same task (to train on these classes from this run's weights, start "
+            "a new run with model.init)")
     if ckpt["in_chans"] != data.image_shape[0]:
         raise ConvzooError(f"data {cfg.data.source}: {data.image_shape[0]}-channel images, the "
                            f"run's model takes {ckpt['in_chans']}; a resume keeps the model")
