@@ -76,7 +76,6 @@ def check_input_shape(name: str, shape: tuple[int, int, int], num_classes: int,
     """Refuse, in one line, an input shape (C, H, W) that model ``name`` cannot take (a fixed
     classifier after flattening, pooling below 1 px): a forward on the ``meta`` device, which
     computes nothing, before any training (it was an internal error at the first step)."""
-
     with torch.device("meta"):
         model = create_model(name, num_classes=num_classes, in_chans=shape[0], **kwargs)
     model.eval()
