@@ -129,10 +129,18 @@ def test_two_processes_taking_over_one_stale_lock_exactly_one_wins(tmp_path: Pat
                 try:
                     RunLock.acquire(run)
                 except ConvzooError:
+                    with (run / "losers").open("a") as f:
+                        f.write(f"{os.getpid()}\n")
                     os._exit(2)
                 with (run / "winners").open("a") as f:
                     f.write(f"{os.getpid()}\n")
-                time.sleep(0.5)  # hold it while the others look
+                # Hold it until the seven others have looked: under load a process may first
+                # run after a fixed hold has ended, and then the winner's lock is rightly stale.
+                deadline = time.time() + 60
+                while time.time() < deadline and (
+                        not (run / "losers").exists()
+                        or len((run / "losers").read_text().split()) < 7):
+                    time.sleep(0.01)
                 os._exit(0)
             pids.append(pid)
         codes = sorted(os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids)
