@@ -479,6 +479,10 @@ def cache_source_text(label: dict[str, Any]) -> str:
 CACHE_WIDTH = 100  # columns of `cache list` and `cache clear` (a normal terminal)
 
 
+def mb_text(mb: float) -> str:
+    return f"{mb:,.2f}" if mb < 10 else f"{mb:,.1f}"  # a folder of thumbnails is not "0.0"
+
+
 def cache_table(entries: list[Any]) -> str:
     """`cache list`'s table, at most CACHE_WIDTH columns: the source path is shortened from
     the left; numbers are right-aligned."""
@@ -486,7 +490,7 @@ def cache_table(entries: list[Any]) -> str:
 
     cols = ["SOURCE", "GEOMETRY", "IMAGES", "MB", "LAST USED", "STATE"]
     rows = [{"SOURCE": cache_source_text(e.label), "GEOMETRY": geometry_text(e.label["geometry"]),
-             "IMAGES": f"{e.label.get('images', 0):,}", "MB": f"{e.mb:,.1f}",
+             "IMAGES": f"{e.label.get('images', 0):,}", "MB": mb_text(e.mb),
              "LAST USED": time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used)),
              "STATE": e.state} for e in entries]
     for c in ("IMAGES", "MB"):
@@ -514,7 +518,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
         else:
             print(cache_table(entries))
             stale = sum(e.stale for e in entries)
-            head = f"{len(entries)} cache(s), {total:,.1f} MB" + (
+            head = f"{len(entries)} cache(s), {mb_text(total)} MB" + (
                 f", {stale} stale (`convzoo cache clear --stale`)" if stale else "") + " in "
             print(head + shorten_left(str(folder), CACHE_WIDTH - len(head)))
         return 0
@@ -530,13 +534,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
     removed, busy = caches.clear(folder, picked, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for e in removed:
-        head = f"{verb} {geometry_text(e.label['geometry'])}  {e.mb:,.1f} MB  "
+        head = f"{verb} {geometry_text(e.label['geometry'])}  {mb_text(e.mb)} MB  "
         print(head + shorten_left(cache_source_text(e.label), CACHE_WIDTH - len(head)))
     for e in busy:
         head = "skipped (another process is writing this source's cache)  "
         print(head + shorten_left(cache_source_text(e.label), CACHE_WIDTH - len(head)))
     mb = sum(e.mb for e in removed)
-    print(f"{verb} {len(removed)} cache(s), {mb:,.1f} MB "
+    print(f"{verb} {len(removed)} cache(s), {mb_text(mb)} MB "
           f"{'to reclaim' if args.dry_run else 'reclaimed'}"
           + (f"; {len(busy)} in use, kept" if busy else ""))
     return 0
