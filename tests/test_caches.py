@@ -220,6 +220,8 @@ def test_cache_clear_removes_only_convzoo_caches(tmp_path: Path,
     torch.save({"w": torch.ones(3)}, mine[1])
     torch.save({"format": "something-else"}, mine[2])
     mine[3].write_text("{}")
+    orphan = folder / f"folder-{'d' * 12}-{'e' * 10}-{'f' * 16}.json"  # its cache deleted by hand
+    orphan.write_text(json.dumps({"format": caches.CACHE_FORMAT}))
     rc, out, _ = _cli(["cache", "clear", "--all", "--dry-run", "--root", str(root)], capsys)
     assert rc == 0 and "would remove 2 cache(s)" in out and len(_pt(folder)) == 4
     rc, out, _ = _cli(["cache", "clear", "--all", "--root", str(root)], capsys)
@@ -227,7 +229,7 @@ def test_cache_clear_removes_only_convzoo_caches(tmp_path: Path,
     lines = out.splitlines()
     assert len(lines) == 3 and all(line.startswith("removed ") for line in lines)
     assert "removed 2 cache(s)" in lines[-1] and "MB reclaimed" in lines[-1]
-    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in mine)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in mine)  # orphan label gone
     rc, out, _ = _cli(["cache", "list", "--root", str(root)], capsys)
     assert rc == 0 and out.startswith("no decode caches in")
 

@@ -531,7 +531,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
                         for e in entries):
         raise ConvzooError(f"--source {args.source}: no such path, and no decode cache of it "
                            "(`convzoo cache list` shows the sources)")
-    removed, busy = caches.clear(folder, picked, dry_run=args.dry_run)
+    removed, busy = caches.clear(folder, picked, dry_run=args.dry_run, labels=args.all)
     verb = "would remove" if args.dry_run else "removed"
     for e in removed:
         head = f"{verb} {geometry_text(e.label['geometry'])}  {mb_text(e.mb)} MB  "

@@ -429,11 +429,17 @@ def _source_names(source: Path) -> set[str]:
     return names
 
 
-def clear(folder: Path, picked: list[Entry], dry_run: bool = False
+def clear(folder: Path, picked: list[Entry], dry_run: bool = False, labels: bool = False
           ) -> tuple[list[Entry], list[Entry]]:
     """Remove the `picked` caches of `folder`: (removed, skipped because a process is writing
-    that source now). A source's lock file goes with its last cache."""
+    that source now). A source's lock file goes with its last cache; with `labels`, so do the
+    labels whose cache file is gone (removed by hand, say)."""
     removed, busy = [], []
+    if labels and not dry_run:
+        for path in folder.glob("*.json"):
+            if NAME.match(path.with_suffix(".pt").name) and not path.with_suffix(".pt").exists() \
+                    and _read_label(path) is not None:
+                path.unlink(missing_ok=True)
     by_lock: dict[Path | None, list[Entry]] = {}
     for e in picked:
         by_lock.setdefault(None if e.legacy else e.lock, []).append(e)
