@@ -64,7 +64,6 @@ log = logging.getLogger("convzoo")
 CACHE_FORMAT = "convzoo-decode-cache"
 CACHE_VERSION = 5  # bump when the decoded layout or the decoding rules change (3: file names,
 #                   4: the digest covers every value, 5: one key per content and geometry)
-KINDS = ("folder", "archive")
 # v5 names, and the v4 names (``folder-<source>-<options>.pt``, one per source) they replace.
 NAME = re.compile(r"^(folder|archive)-([0-9a-f]{12})-([0-9a-f]{10})-([0-9a-f]{16})\.pt$")
 LEGACY_NAME = re.compile(r"^folder-([0-9a-f]{12})-([0-9a-f]{20})\.pt$")
