@@ -2,7 +2,7 @@
 inside functions and under ``TYPE_CHECKING`` included), has no cycle, imports nothing from a
 higher layer of convzoo, and each room imports only the rooms below it (docs/architecture.md):
 
-    base        images, dataset, prepare, sampler, progress   (the shared modules of data/)
+    base        images, dataset, prepare, caches, sampler, progress   (data/'s own)
     sources     cifar, digits, folders, download              -> base
     packs       reader, writer, remote                        -> base, sources
     transforms  preprocess, policies, ..., augment, stage     -> base

@@ -1,5 +1,5 @@
 """The ``convzoo`` command line: train, sweep, eval, predict, models, recipes, config, pack, plot,
-bench, export.
+bench, export, cache.
 
 Every user-input problem surfaces as one line ``convzoo: error: ...`` and exit status 2: bad
 flags and values the parser sees (``Parser.error``), and every ConvzooError raised later.
@@ -427,6 +427,105 @@ def cmd_plot(args: argparse.Namespace) -> int:
 PLOT_FORMATS = (".png", ".pdf", ".svg", ".jpg", ".jpeg")  # what matplotlib's Agg/PDF/SVG write
 
 
+def cache_folder_arg(args: argparse.Namespace) -> Path:
+    """The decode-cache folder of ``--root`` (a ``data.root``, or that cache folder itself);
+    without it, the default ``data.root``'s, which may not exist yet."""
+    from convzoo.data.caches import NAME, cache_folder
+
+    if args.root is None:
+        return cache_folder(C.DataConfig().root)
+    root = Path(args.root).expanduser()
+    if cache_folder(root).is_dir():
+        return cache_folder(root)
+    if root.is_dir() and any(NAME.match(p.name) for p in root.iterdir()):
+        return root
+    raise ConvzooError(f"--root {args.root}: no decode caches there (expected a data.root "
+                       "holding cache/, as data.root=... gave train; default ~/.cache/convzoo)")
+
+
+def shorten_left(text: str, width: int) -> str:
+    """`text` in at most `width` characters, keeping its end (a path's most telling part)."""
+    return text if len(text) <= width else "..." + text[len(text) - width + 3:]
+
+
+def geometry_text(g: dict[str, Any] | None) -> str:
+    return "?" if not g else f"{g['channels']}x{g['height']}x{g['width']} {g['resize']}"
+
+
+def cache_source_text(label: dict[str, Any]) -> str:
+    return label.get("source") or f"(old cache of '{label.get('name')}')"
+
+
+CACHE_WIDTH = 100  # columns of `cache list` and `cache clear` (a normal terminal)
+
+
+def mb_text(mb: float) -> str:
+    return f"{mb:,.2f}" if mb < 10 else f"{mb:,.1f}"  # a folder of thumbnails is not "0.0"
+
+
+def cache_table(entries: list[Any]) -> str:
+    """`cache list`'s table, at most CACHE_WIDTH columns: the source path is shortened from
+    the left; numbers are right-aligned."""
+    import time
+
+    cols = ["SOURCE", "GEOMETRY", "IMAGES", "MB", "LAST USED", "STATE"]
+    rows = [{"SOURCE": cache_source_text(e.label), "GEOMETRY": geometry_text(e.label["geometry"]),
+             "IMAGES": f"{e.label.get('images', 0):,}", "MB": mb_text(e.mb),
+             "LAST USED": time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used)),
+             "STATE": e.state} for e in entries]
+    for c in ("IMAGES", "MB"):
+        w = max(len(c), *(len(r[c]) for r in rows))
+        for r in rows:
+            r[c] = r[c].rjust(w)
+    others = sum(max(len(c), *(len(r[c]) for r in rows)) + 2 for c in cols[1:])
+    for r in rows:
+        r["SOURCE"] = shorten_left(r["SOURCE"], max(12, CACHE_WIDTH - others))
+    return fit_columns(rows, cols, CACHE_WIDTH, shrink=("SOURCE",))
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from convzoo.data import caches
+
+    folder = cache_folder_arg(args)
+    if args.action == "list":
+        entries = caches.scan(folder)
+        total = sum(e.mb for e in entries)
+        if args.json:
+            print(dumps_json({"folder": str(folder), "size_mb": round(total, 3),
+                              "caches": [e.public() for e in entries]}, indent=2))
+        elif not entries:
+            print("no decode caches in " + shorten_left(str(folder), CACHE_WIDTH - 20))
+        else:
+            print(cache_table(entries))
+            stale = sum(e.stale for e in entries)
+            head = f"{len(entries)} cache(s), {mb_text(total)} MB" + (
+                f", {stale} stale (`convzoo cache clear --stale`)" if stale else "") + " in "
+            print(head + shorten_left(str(folder), CACHE_WIDTH - len(head)))
+        return 0
+    source = Path(args.source) if args.source is not None else None
+    entries = caches.scan(folder, check_sources=args.stale)
+    picked = caches.select(entries, source=source, older_than_days=args.older_than,
+                           stale=args.stale, every=args.all)
+    if source is not None and not picked and not source.expanduser().exists() \
+            and not any(e.label.get("source") == str(source.expanduser().resolve())
+                        for e in entries):
+        raise ConvzooError(f"--source {args.source}: no such path, and no decode cache of it "
+                           "(`convzoo cache list` shows the sources)")
+    removed, busy = caches.clear(folder, picked, dry_run=args.dry_run, labels=args.all)
+    verb = "would remove" if args.dry_run else "removed"
+    for e in removed:
+        head = f"{verb} {geometry_text(e.label['geometry'])}  {mb_text(e.mb)} MB  "
+        print(head + shorten_left(cache_source_text(e.label), CACHE_WIDTH - len(head)))
+    for e in busy:
+        head = "skipped (another process is writing this source's cache)  "
+        print(head + shorten_left(cache_source_text(e.label), CACHE_WIDTH - len(head)))
+    mb = sum(e.mb for e in removed)
+    print(f"{verb} {len(removed)} cache(s), {mb_text(mb)} MB "
+          f"{'to reclaim' if args.dry_run else 'reclaimed'}"
+          + (f"; {len(busy)} in use, kept" if busy else ""))
+    return 0
+
+
 # ----------------------------------------------------------------------------- bench / export
 
 
@@ -792,6 +891,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wide", action="store_true", help="every column, at full width")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("cache", help="list or clear decode caches (image folders and archives "
+                                     "decoded once, shared by every command)",
+                       description="Decode caches live in DATA_ROOT/cache (data.root, default "
+                                   "~/.cache/convzoo), one per (source content, geometry).")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = actions.add_parser("list", help="each cache: source, geometry, images, MB, last use, "
+                                        "state (ok / changed / missing source)")
+    q.add_argument("--json", action="store_true", help="print the caches as JSON")
+    cache_actions = [q]
+    q = actions.add_parser("clear", help="remove decode caches (only files convzoo made)",
+                           description="Remove the decode caches every given condition picks "
+                                       "(at least one), with their labels and locks. Only "
+                                       "files carrying convzoo's cache format are removed.")
+    q.add_argument("--source", metavar="PATH", help="the caches of this folder or archive")
+    q.add_argument("--older-than", type=number_in("[0, inf)", integer=False),
+                   dest="older_than", metavar="DAYS", help="caches not used for DAYS days")
+    q.add_argument("--stale", action="store_true",
+                   help="caches whose source changed or is gone (and old-format caches)")
+    q.add_argument("--all", action="store_true", help="every decode cache")
+    q.add_argument("--dry-run", action="store_true", dest="dry_run",
+                   help="print what would be removed; remove nothing")
+    cache_actions.append(q)
+    for q in cache_actions:
+        q.add_argument("--root", metavar="DATA_ROOT",
+                       help="the data.root whose cache/ to use (default ~/.cache/convzoo)")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("export", help="export a trained model: ONNX (with preprocessing) or "
                                       "safetensors")

@@ -4,8 +4,8 @@ A few shared modules and four rooms, lowest first (an import only points down; s
 docs/architecture.md, "The data layer", and tests/test_data_layers.py):
 
 - base: ``images`` (decode, `Geometry`, the geometry rule, scanning), ``dataset`` (`Split`,
-  `Dataset`, the split/set interface), ``prepare`` (once per node), ``sampler`` (order and
-  random streams), ``progress``;
+  `Dataset`, the split/set interface), ``prepare`` (once per node), ``caches`` (decode
+  caches), ``sampler`` (order and random streams), ``progress``;
 - ``sources``: CIFAR, digits, image folders and archives, downloads;
 - ``packs``: the packed record format, its reader, writer and remote cache;
 - ``transforms``: preprocessing, augmentation (as a `Plan` of ops) and the stage that runs it;

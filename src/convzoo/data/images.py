@@ -640,6 +640,15 @@ def shape_counts(chunks: list[Chunk]) -> Counter:
     return counts
 
 
+def stored_facts(shapes: Counter) -> tuple[int, Counter]:
+    """(channels, Counter of (height, width) -> images) of a `shape_counts` Counter: what
+    `resolve_geometry` reads of a set (channels 3 if any stored image has three, else 1)."""
+    sizes: Counter = Counter()
+    for (_, h, w), n in shapes.items():
+        sizes[(h, w)] += n
+    return (3 if any(s[0] == 3 for s in shapes) else 1), sizes
+
+
 def resolve_geometry(stored_channels: int, sizes: Counter, *, channels: int, image_size: int,
                      resize: str, name: str) -> Geometry:
     """What every image of a set becomes: the one rule, for folders, archives, CIFAR, digits,
@@ -689,11 +698,12 @@ DecodedSplit = tuple[torch.Tensor, torch.Tensor, list[str]]
 def decode_splits(name: str, files: dict[str, SplitFiles], inputs: dict[str, list[str | bytes]],
                   show: Callable[[str], str], *, limits: Limits, workers: int, skip_bad: bool,
                   geometry: Geometry | None, channels: int = 0, image_size: int = 0,
-                  resize: str = "crop") -> tuple[dict[str, DecodedSplit], list[str], Geometry]:
+                  resize: str = "crop"
+                  ) -> tuple[dict[str, DecodedSplit], list[str], Geometry, Counter]:
     """Decode every split (`inputs`: paths or bytes per split) into uint8 images of one geometry
     (the given one, or `resolve_geometry` of what was decoded). `show(key)` names a file in
     messages and is each image's entry in the names. Returns ({split: (images, labels,
-    names)}, skipped files, geometry)."""
+    names)}, skipped files, geometry, the `shape_counts` of the readable images as stored)."""
     names = list(files)
     decoded = decode_many([inputs[n] for n in names], limits, workers)
     failures = {n: chunk_failures(files[n].keys, d) for n, d in zip(names, decoded)}
@@ -703,16 +713,13 @@ def decode_splits(name: str, files: dict[str, SplitFiles], inputs: dict[str, lis
         raise ConvzooError(f"cannot decode image {show(key)}: {why}")
     if skipped:
         log.warning(f"{name}: skipped {len(skipped)} unreadable image(s), first: {skipped[0]}")
+    shapes = sum((shape_counts(d) for d in decoded), Counter())
     if geometry is None:
-        shapes = sum((shape_counts(d) for d in decoded), Counter())
         if not shapes:
             raise ConvzooError(f"{name}: no readable images")
-        sizes: Counter = Counter()
-        for (_, h, w), n in shapes.items():
-            sizes[(h, w)] += n
-        geometry = resolve_geometry(3 if any(s[0] == 3 for s in shapes) else 1, sizes,
-                                    channels=channels, image_size=image_size, resize=resize,
-                                    name=name)
+        stored_channels, sizes = stored_facts(shapes)
+        geometry = resolve_geometry(stored_channels, sizes, channels=channels,
+                                    image_size=image_size, resize=resize, name=name)
     splits: dict[str, DecodedSplit] = {}
     for split, chunks in zip(names, decoded):
         bad = {k for k, _ in failures[split]}
@@ -722,4 +729,4 @@ def decode_splits(name: str, files: dict[str, SplitFiles], inputs: dict[str, lis
         splits[split] = (assemble(chunks, geometry),
                          torch.tensor([lab for _, lab in kept], dtype=torch.int64),
                          [show(k) for k, _ in kept])
-    return splits, skipped, geometry
+    return splits, skipped, geometry, shapes

@@ -13,12 +13,13 @@ twice:
 
 Nothing half-made is ever used: downloads land under a temporary name and are renamed after
 their MD5 matched, and an archive already present is verified before use
-(`convzoo.data.sources.download.fetch_archive`, under `node_lock`); a decode cache carries a
-digest of its tensors and is rebuilt when it does not match. A cache that cannot be written
-(read-only or full disk) is a warning, never an error (`write_quietly`).
+(`convzoo.data.sources.download.fetch_archive`, under `node_lock`); a decode cache
+(`convzoo.data.caches`) carries a digest of its tensors and is rebuilt when it does not match.
+A file that cannot be written (read-only or full disk) is a warning, never an error
+(`write_quietly`).
 
-This module is at the base of ``convzoo.data``: the sources, the pack cache of remote packs and
-the pipeline all prepare through it, and it imports none of them.
+This module is at the base of ``convzoo.data``: the decode caches, the sources, the pack cache
+of remote packs and the pipeline all prepare through it, and it imports none of them.
 """
 
 from __future__ import annotations
@@ -32,30 +33,31 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
-from filelock import FileLock
-
-from convzoo.integrity import content_digest
+from filelock import FileLock, Timeout
 
 log = logging.getLogger("convzoo")
 T = TypeVar("T")
-CACHE_FORMAT = "convzoo-decode-cache"
 
 
 @contextlib.contextmanager
-def node_lock(path: Path) -> Iterator[None]:
-    """Hold ``<path>.lock`` (blocking). Where no lock file can be made (a read-only folder),
-    nothing can be written there either, so the work goes ahead unlocked."""
+def node_lock(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold ``<path>.lock``; yields True. Where no lock file can be made (a read-only folder),
+    nothing can be written there either, so the work goes ahead unlocked (True too). With
+    ``wait=False`` a lock another process holds is not waited for: yields False."""
     lock_path = Path(str(path) + ".lock")
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(lock_path))
-        lock.acquire()
+        lock.acquire(timeout=-1 if wait else 0)
+    except Timeout:
+        yield False
+        return
     except OSError as e:
         log.warning(f"cannot lock {lock_path} ({e.strerror or e}); preparing without a lock")
-        yield
+        yield True
         return
     try:
-        yield
+        yield True
     finally:
         lock.release()
 
@@ -82,63 +84,6 @@ def once_per_node(fn: Callable[[], T]) -> T:
         return result
     dist.barrier()
     return fn()
-
-
-# ----------------------------------------------------------------------------- decode caches
-
-
-def _digest(payload: dict[str, Any]) -> str:
-    """The cache's ``integrity.content_digest`` (every value but the digest itself): detects a
-    damaged cache, which ``torch.load`` alone does not (it reads a flipped byte back
-    silently)."""
-    return content_digest({k: v for k, v in payload.items() if k != "digest"})
-
-
-def _payload_tensors(payload: dict[str, Any]) -> list[torch.Tensor]:
-    return [t for name in sorted(payload["splits"])
-            for t in (payload["splits"][name]["images"], payload["splits"][name]["labels"])]
-
-
-def read_cache(path: Path) -> dict[str, Any] | None:
-    """The payload `write_cache` stored at `path`, or None when it is missing, unreadable or
-    fails its digest (it is then rebuilt)."""
-    if not path.is_file():
-        return None
-    try:
-        payload = torch.load(path, weights_only=True)
-        ok = (isinstance(payload, dict) and payload.get("format") == CACHE_FORMAT
-              and payload.get("digest") == _digest(payload))
-    except Exception as e:  # a damaged cache is rebuilt, never fatal
-        log.warning(f"ignoring unreadable cache {path} ({type(e).__name__}); rebuilding it")
-        return None
-    if not ok:
-        log.warning(f"ignoring damaged cache {path} (digest mismatch); rebuilding it")
-        return None
-    return payload
-
-
-def write_cache(path: Path, payload: dict[str, Any]) -> bool:
-    """Write `payload` (with its digest) atomically; a write that fails is a warning. Older
-    caches of the same source (``<stem>-*.pt``) are removed once the new one is in place."""
-    payload = {**payload, "format": CACHE_FORMAT}
-    payload["digest"] = _digest(payload)
-    nbytes = sum(t.numel() * t.element_size() for t in _payload_tensors(payload))
-    log.info(f"writing decode cache {path} ({nbytes / 2**20:,.0f} MB)")
-    buffer = _serialise(payload)
-    if not write_quietly(path, buffer):
-        return False
-    for old in path.parent.glob(f"{path.name.rsplit('-', 1)[0]}-*.pt"):
-        if old != path:
-            old.unlink(missing_ok=True)
-    return True
-
-
-def _serialise(payload: dict[str, Any]) -> Any:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return buf.getbuffer()
 
 
 def write_quietly(path: Path, data: Any) -> bool:

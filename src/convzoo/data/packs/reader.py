@@ -338,7 +338,7 @@ class PackedDataset:
             files[name] = images.SplitFiles([str(i) for i in range(len(split))],
                                             split.labels.tolist())
             inputs[name] = payloads
-        decoded, skipped, geo = images.decode_splits(
+        decoded, skipped, geo, _ = images.decode_splits(
             self.name, files, inputs, lambda k: f"{self.root}: record {k}", limits=limits,
             workers=workers or images.default_workers(), skip_bad=False, geometry=geo,
             channels=channels, resize=resize)

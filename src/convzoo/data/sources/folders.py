@@ -4,37 +4,24 @@ A folder is ``root/{train,val,test}/<class>/*`` or a split-less ``root/<class>/*
 layouts of `convzoo.data.images`); an archive (``.tar``, ``.tar.gz``, ``.tgz``) holds the same
 tree and is read member by member, never extracted. Every image goes through the one decoder
 and is brought to one `Geometry` (`images.decode_splits`). The decoded splits are cached in
-``data.root/cache`` under a key of the files' paths, sizes and mtimes (or the archive's), the
-decoding options and `CACHE_VERSION`, made once per node under a file lock
-(`convzoo.data.prepare`).
+``data.root/cache`` under one key per (content, geometry) that every command shares
+(`convzoo.data.caches`), made once per node under a file lock.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
 from convzoo.config import DataConfig
-from convzoo.data import images
+from convzoo.data import caches, images
+from convzoo.data.caches import Source, archive_line, cache_folder, fingerprint
 from convzoo.data.dataset import Dataset, Split, from_decoded
 from convzoo.data.images import Geometry, Limits
-from convzoo.data.prepare import node_lock, read_cache, write_cache
 from convzoo.errors import ConvzooError
 
 log = logging.getLogger("convzoo")
-
-CACHE_VERSION = 4  # bump when the decoded layout or the decoding rules change (3: file names,
-#                   4: the digest covers every value)
-
-
-def _cache_path(cache_dir: Path, source: Path, lines: list[str], options: str) -> Path:
-    """Cache file for `source`, keyed by the decoding options and `lines` (files, stats)."""
-    tag = hashlib.sha256(str(source).encode()).hexdigest()[:12]
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{source}|{options}\n".encode())
-    h.update("\n".join(lines).encode())
-    return cache_dir / f"folder-{tag}-{h.hexdigest()[:20]}.pt"
 
 
 def _from_cache(payload: dict[str, Any], skip_bad: bool, path: Path) -> Dataset:
@@ -53,27 +40,37 @@ def _from_cache(payload: dict[str, Any], skip_bad: bool, path: Path) -> Dataset:
 
 
 def load_tree(path: Path, cfg: DataConfig, geometry: Geometry | None = None) -> Dataset:
-    """An image folder, or a tar archive of one, decoded into memory (cached in
-    ``cfg.root/cache`` under a key of the files' paths, sizes and mtimes, or the archive's)."""
+    """An image folder, or a tar archive of one, decoded into memory at `geometry` (None: the
+    one ``cfg.channels``/``image_size``/``resize`` give it), through its decode cache in
+    ``cfg.root/cache`` (`convzoo.data.caches`)."""
     limits = Limits.from_config(cfg)
     path = path.expanduser().resolve()
-    options = (f"{cfg.channels}|{cfg.image_size}|{cfg.resize}|{limits.max_pixels}|"
-               f"{geometry.state() if geometry else None}")
-    cache_dir = Path(cfg.root).expanduser() / "cache"
+    folder = cache_folder(cfg.root)
     if not path.exists():
         raise ConvzooError(f"image folder not found: {path}")
     if path.is_dir():
         root, tree, lines = images.scan_folder(path)
         classes, files = images.index_tree(tree, lambda rel: str(root / rel))
-        cache = _cache_path(cache_dir, root, lines, options)
+        source = Source(root, "folder", fingerprint(lines), limits.max_pixels)
     else:
-        st = path.stat()
         root, tree = path, None
-        cache = _cache_path(cache_dir, path, [f"{st.st_size}|{st.st_mtime_ns}"], options)
-    with node_lock(cache):
-        payload = read_cache(cache)
-        if payload is not None:
-            return _from_cache(payload, cfg.skip_bad, cache)
+        source = Source(path, "archive", fingerprint([archive_line(path)]), limits.max_pixels)
+    options = dict(channels=cfg.channels, image_size=cfg.image_size, resize=cfg.resize,
+                   name=root.name)
+
+    def cached() -> Dataset | None:
+        target = geometry or caches.geometry_for(folder, source, **options)
+        payload = None if target is None else caches.read(folder, source, target)
+        return None if payload is None else _from_cache(payload, cfg.skip_bad,
+                                                        caches.file_of(folder, source, target))
+
+    ds = cached()  # no lock to read: a cache is only ever renamed into place
+    if ds is not None:
+        return ds
+    with caches.source_lock(folder, source):
+        ds = cached()  # another process may have made it while this one waited
+        if ds is not None:
+            return ds
         if tree is None:  # an archive: read it only when there is no cache
             prefix, tree, data = images.scan_tar(path, limits)
             classes, files = images.index_tree(tree, lambda rel: f"{path}:{prefix}{rel}")
@@ -85,15 +82,16 @@ def load_tree(path: Path, cfg: DataConfig, geometry: Geometry | None = None) -> 
         else:
             inputs = {n: list(f.keys) for n, f in files.items()}
             name, show = root.name, str
-        decoded, skipped, geo = images.decode_splits(
+        target = geometry or caches.geometry_for(folder, source, **options)
+        decoded, skipped, geo, stored = images.decode_splits(
             name, files, inputs, show, limits=limits,
             workers=cfg.workers or images.default_workers(), skip_bad=cfg.skip_bad,
-            geometry=geometry, channels=cfg.channels, image_size=cfg.image_size,
+            geometry=target, channels=cfg.channels, image_size=cfg.image_size,
             resize=cfg.resize)
         splits = from_decoded(decoded)
         ds = Dataset(name, classes, splits, geo, skipped)
-        write_cache(cache, {"name": ds.name, "classes": ds.classes, "skipped": skipped,
-                            "geometry": geo.state(),
-                            "splits": {k: {"images": s.images, "labels": s.labels,
-                                           "names": s.names} for k, s in splits.items()}})
+        caches.write(folder, source, {
+            "name": ds.name, "classes": ds.classes, "skipped": skipped, "geometry": geo.state(),
+            "splits": {k: {"images": s.images, "labels": s.labels, "names": s.names}
+                       for k, s in splits.items()}}, stored)
     return ds
