@@ -36,6 +36,7 @@ LAZY = {
     ("convzoo.cli", "convzoo.models"): TORCH,
     ("convzoo.cli", "convzoo.models.info"): TORCH,
     ("convzoo.cli", "convzoo.data.packs.writer"): TORCH,
+    ("convzoo.cli", "convzoo.data.caches"): TORCH,
     ("convzoo.cli", "convzoo.bench"): TORCH,
     ("convzoo.cli", "convzoo.export"): TORCH,
     ("convzoo.cli", "convzoo.report"): "imports matplotlib (2.1 s): only plot and recipes --run",

@@ -456,31 +456,25 @@ def cache_source_text(label: dict[str, Any]) -> str:
     return label.get("source") or f"(old cache of '{label.get('name')}')"
 
 
-CACHE_WIDTH = 100  # columns of `cache list` and `cache clear` (a normal terminal)
-
-
 def mb_text(mb: float) -> str:
     return f"{mb:,.2f}" if mb < 10 else f"{mb:,.1f}"  # a folder of thumbnails is not "0.0"
 
 
 def cache_table(entries: list[Any]) -> str:
-    """`cache list`'s table, at most CACHE_WIDTH columns: the source path is shortened from
-    the left; numbers are right-aligned."""
+    """`cache list`'s table within 100 columns: the source path is shortened from the left
+    (its end names the folder); numbers are right-aligned."""
     import time
 
     cols = ["SOURCE", "GEOMETRY", "IMAGES", "MB", "LAST USED", "STATE"]
-    rows = [{"SOURCE": cache_source_text(e.label), "GEOMETRY": geometry_text(e.label["geometry"]),
-             "IMAGES": f"{e.label.get('images', 0):,}", "MB": mb_text(e.mb),
-             "LAST USED": time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used)),
-             "STATE": e.state} for e in entries]
-    for c in ("IMAGES", "MB"):
-        w = max(len(c), *(len(r[c]) for r in rows))
-        for r in rows:
-            r[c] = r[c].rjust(w)
-    others = sum(max(len(c), *(len(r[c]) for r in rows)) + 2 for c in cols[1:])
-    for r in rows:
-        r["SOURCE"] = shorten_left(r["SOURCE"], max(12, CACHE_WIDTH - others))
-    return fit_columns(rows, cols, CACHE_WIDTH, shrink=("SOURCE",))
+    body = [[cache_source_text(e.label), geometry_text(e.label["geometry"]),
+             f"{e.label.get('images', 0):,}", mb_text(e.mb),
+             time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used)), e.state]
+            for e in entries]
+    others = sum(max(len(c), *(len(row[i]) for row in body)) + 2
+                 for i, c in enumerate(cols) if i > 0)
+    for row in body:
+        row[0] = shorten_left(row[0], max(12, WIDTH - others))
+    return fit_table(body, cols, WIDTH, right=("IMAGES", "MB"))
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
@@ -494,13 +488,13 @@ def cmd_cache(args: argparse.Namespace) -> int:
             print(dumps_json({"folder": str(folder), "size_mb": round(total, 3),
                               "caches": [e.public() for e in entries]}, indent=2))
         elif not entries:
-            print("no decode caches in " + shorten_left(str(folder), CACHE_WIDTH - 20))
+            print("no decode caches in " + shorten_left(str(folder), WIDTH - 20))
         else:
             print(cache_table(entries))
             stale = sum(e.stale for e in entries)
             head = f"{len(entries)} cache(s), {mb_text(total)} MB" + (
                 f", {stale} stale (`convzoo cache clear --stale`)" if stale else "") + " in "
-            print(head + shorten_left(str(folder), CACHE_WIDTH - len(head)))
+            print(head + shorten_left(str(folder), WIDTH - len(head)))
         return 0
     source = Path(args.source) if args.source is not None else None
     entries = caches.scan(folder, check_sources=args.stale)
@@ -515,10 +509,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
     verb = "would remove" if args.dry_run else "removed"
     for e in removed:
         head = f"{verb} {geometry_text(e.label['geometry'])}  {mb_text(e.mb)} MB  "
-        print(head + shorten_left(cache_source_text(e.label), CACHE_WIDTH - len(head)))
+        print(head + shorten_left(cache_source_text(e.label), WIDTH - len(head)))
     for e in busy:
         head = "skipped (another process is writing this source's cache)  "
-        print(head + shorten_left(cache_source_text(e.label), CACHE_WIDTH - len(head)))
+        print(head + shorten_left(cache_source_text(e.label), WIDTH - len(head)))
     mb = sum(e.mb for e in removed)
     print(f"{verb} {len(removed)} cache(s), {mb_text(mb)} MB "
           f"{'to reclaim' if args.dry_run else 'reclaimed'}"

@@ -56,8 +56,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from convzoo.data import images
+from convzoo.data.images import Geometry, resolve_geometry, stored_facts, tree_root
 from convzoo.data.prepare import node_lock, write_quietly
 from convzoo.errors import ConvzooError
+from convzoo.integrity import content_digest
 
 log = logging.getLogger("convzoo")
 
@@ -141,7 +144,6 @@ def geometry_for(folder: Path, source: Source, *, channels: int, image_size: int
     """The `Geometry` these options give `source` (`images.resolve_geometry`), without
     decoding: from the options alone when they fix it, else from the stored channels and sizes
     a label of this content records. None when only decoding can tell."""
-    from convzoo.data.images import Geometry, resolve_geometry
 
     if channels and image_size:
         return Geometry(channels, image_size, image_size, resize)
@@ -166,7 +168,6 @@ def _digest(payload: dict[str, Any]) -> str:
     """The cache's ``integrity.content_digest`` (every value but the digest itself): detects a
     damaged cache, which ``torch.load`` alone does not (it reads a flipped byte back
     silently)."""
-    from convzoo.integrity import content_digest
 
     return content_digest({k: v for k, v in payload.items() if k != "digest"})
 
@@ -212,7 +213,6 @@ def write(folder: Path, source: Source, payload: dict[str, Any], stored: Counter
     Call it holding `source_lock`."""
     import torch
 
-    from convzoo.data.images import Geometry, stored_facts
 
     geometry = Geometry.from_state(payload["geometry"])
     path = file_of(folder, source, geometry)
@@ -361,7 +361,6 @@ def _legacy_label(payload: dict[str, Any]) -> dict[str, Any]:
 
 def _source_fingerprint(path: Path, kind: str) -> str:
     """The fingerprint `path` has now, or "missing"."""
-    from convzoo.data import images
 
     try:
         if kind == "archive":
@@ -418,7 +417,6 @@ def select(entries: list[Entry], *, source: Path | None = None,
 def _source_names(source: Path) -> set[str]:
     """The recorded source paths `source` (as the user typed it) may stand for: its resolved
     path, and the folder holding its splits (`images.tree_root`) when that is another."""
-    from convzoo.data.images import tree_root
 
     resolved = source.expanduser().resolve()
     names = {str(resolved)}
