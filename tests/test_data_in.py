@@ -1,0 +1,407 @@
+"""Data in (issue 23, item 1): label files, Hugging Face datasets, WebDataset shards and data
+passed from Python train like the image folder holding the same PNG files, as ``--data`` and
+as ``convzoo pack`` inputs; bad input of each is one line and exit code 2."""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from convzoo.cli import main
+from convzoo.config import DataConfig
+from convzoo.data.loading.registry import load_dataset
+from convzoo.data.packs.reader import open_packed
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+TRAIN_ARGS = ["--model", "resnet20", "--epochs", "1", "--batch-size", "32", "--set",
+              "train.loggers=[]", "--set", "train.eval_batch_size=64", "--set", "augment.pad=1",
+              "--seed", "3"]
+FORMATS = ["folder", "csv", "hf_saved", "parquet", "webdataset"]
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def digit_set(per_split: dict[str, int], names: list[str] = NAMES, seed: int = 0
+              ) -> dict[str, list[tuple[str, str, bytes]]]:
+    """{split: [(file stem, class name, PNG bytes)]} of 8x8 digits, in the order an image folder
+    loads them (class folders sorted, then file names): what every format below is written in."""
+    bunch = load_digits()
+    pixels = np.rint(bunch.images * (255 / 16)).clip(0, 255).astype(np.uint8)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(pixels))
+    out: dict[str, list[tuple[str, str, bytes]]] = {}
+    at = 0
+    for split, n in per_split.items():
+        rows = []
+        for j in order[at:at + n]:
+            cls = names[int(j) % len(names)] if len(names) != 10 else names[bunch.target[j]]
+            rows.append((f"{split}{int(j):04d}", cls, png(pixels[j])))
+        at += n
+        out[split] = sorted(rows, key=lambda r: (r[1], r[0]))
+    return out
+
+
+def write_folder(root: Path, data) -> Path:
+    for split, rows in data.items():
+        for stem, cls, blob in rows:
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            (root / split / cls / f"{stem}.png").write_bytes(blob)
+    return root
+
+
+def write_csv(root: Path, data, delimiter: str = ",", suffix: str = ".csv") -> Path:
+    (root / "images").mkdir(parents=True)
+    lines = [delimiter.join(["filename", "class", "split"])]
+    for split, rows in data.items():
+        for stem, cls, blob in rows:
+            (root / "images" / f"{stem}.png").write_bytes(blob)
+            lines.append(delimiter.join([f"images/{stem}.png", cls, split]))
+    path = root / f"labels{suffix}"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def hf_dict(data, names: list[str]):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"image": datasets.Image(),
+                                  "label": datasets.ClassLabel(names=names)})
+    return datasets.DatasetDict({
+        ("validation" if s == "val" else s): datasets.Dataset.from_dict(
+            {"image": [{"bytes": b, "path": None} for _, _, b in rows],
+             "label": [names.index(c) for _, c, _ in rows]}, features=features)
+        for s, rows in data.items()})
+
+
+def write_hf_saved(root: Path, data, names: list[str]) -> Path:
+    hf_dict(data, names).save_to_disk(str(root))
+    return root
+
+
+def write_parquet(root: Path, data, names: list[str]) -> Path:
+    (root / "data").mkdir(parents=True)
+    for split, ds in hf_dict(data, names).items():
+        ds.to_parquet(str(root / "data" / f"{split}-00000-of-00001.parquet"))
+    return root
+
+
+def write_shards(root: Path, data, names: list[str] | None, shards: int = 2,
+                 label: str = "cls") -> str:
+    """WebDataset shards ``digits-{split}-{000..shards-1}.tar``; ``classes.txt`` beside them
+    when `names` is given (then the label is the class index), else text labels."""
+    root.mkdir(parents=True, exist_ok=True)
+    for split, rows in data.items():
+        per = -(-len(rows) // shards)
+        for k in range(shards):
+            with tarfile.open(root / f"digits-{split}-{k:03d}.tar", "w") as tar:
+                for stem, cls, blob in rows[k * per:(k + 1) * per]:
+                    value = str(names.index(cls)) if names else cls
+                    fields = {"png": blob, label: value.encode()}
+                    if label == "json":
+                        fields[label] = json.dumps({"label": names.index(cls) if names
+                                                    else cls}).encode()
+                    for field, payload in fields.items():
+                        info = tarfile.TarInfo(f"{stem}.{field}")
+                        info.size = len(payload)
+                        tar.addfile(info, io.BytesIO(payload))
+    if names:
+        (root / "classes.txt").write_text("\n".join(names) + "\n")
+    splits = ",".join(data)
+    return str(root / f"digits-{{{splits}}}-{{000..{shards - 1:03d}}}.tar")
+
+
+def write_format(kind: str, root: Path, data, names: list[str]) -> str:
+    if kind == "folder":
+        return str(write_folder(root, data))
+    if kind == "csv":
+        return str(write_csv(root, data))
+    if kind == "hf_saved":
+        return str(write_hf_saved(root, data, names))
+    if kind == "parquet":
+        return str(write_parquet(root, data, names))
+    return write_shards(root, data, names)
+
+
+def loaded(source: str, tmp: Path):
+    return load_dataset(DataConfig(source=source, root=str(tmp / "cache"), workers=1))
+
+
+@pytest.fixture(scope="module")
+def digits_sources(tmp_path_factory) -> dict[str, str]:
+    """The same 160 + 48 digit PNGs written in every format."""
+    pytest.importorskip("datasets")
+    root = tmp_path_factory.mktemp("formats")
+    data = digit_set({"train": 160, "test": 48})
+    names = sorted(NAMES)
+    return {kind: write_format(kind, root / kind, data, names) for kind in FORMATS}
+
+
+# ----------------------------------------------------------------------------- equivalence
+
+
+def test_every_format_loads_the_same_images_classes_and_splits(digits_sources, tmp_path):
+    reference = loaded(digits_sources["folder"], tmp_path)
+    assert reference.classes == sorted(NAMES)
+    for kind, source in digits_sources.items():
+        ds = loaded(source, tmp_path)
+        assert ds.classes == reference.classes, kind
+        assert {s: len(v) for s, v in ds.splits.items()} == {"train": 160, "test": 48}, kind
+        assert ds.geometry == reference.geometry, kind
+        for split in ("train", "test"):
+            assert torch.equal(ds.splits[split].images, reference.splits[split].images), kind
+            assert torch.equal(ds.splits[split].labels, reference.splits[split].labels), kind
+
+
+def _train(source: str, out: Path, name: str) -> dict:
+    assert main(["train", "--data", source, *TRAIN_ARGS, "--out", str(out), "--name", name]) == 0
+    return json.loads((out / name / "summary.json").read_text())
+
+
+def test_every_format_and_its_pack_train_to_the_same_top1(digits_sources, tmp_path):
+    """One epoch from each format, and from `convzoo pack` of each, on the same seed: the same
+    decoded bytes in the same order give the same loss and top-1, to the last bit."""
+    figures = {}
+    for kind, source in digits_sources.items():
+        s = _train(source, tmp_path, kind)
+        figures[kind] = (s["top1"], s["loss"], s["train_images_per_epoch"])
+        if kind == "folder":
+            continue
+        dest = tmp_path / f"{kind}.pack"
+        assert main(["pack", source, str(dest), "--workers", "1", "--format", "raw"]) == 0
+        pack = open_packed(dest)
+        assert pack.classes == sorted(NAMES)
+        assert {s: len(v) for s, v in pack.splits.items()} == {"train": 160, "test": 48}
+        pack.close()
+        s = _train(str(dest), tmp_path, f"{kind}-pack")
+        figures[f"{kind}-pack"] = (s["top1"], s["loss"], s["train_images_per_epoch"])
+    assert len(set(figures.values())) == 1, figures
+
+
+# ----------------------------------------------------------------------------- class order
+
+
+def test_hundred_classes_keep_each_formats_class_order(tmp_path):
+    """100 classes: folders and label files sort the names; a ClassLabel and a classes.txt
+    keep their own order; shards with text labels and no classes.txt sort them."""
+    pytest.importorskip("datasets")
+    names = [f"k{i:03d}" for i in range(100)]
+    own = names[:]
+    random.Random(1).shuffle(own)  # a ClassLabel / classes.txt order that is not sorted
+    data = digit_set({"train": 200, "test": 100}, names=names)
+    expected = {"folder": sorted(names), "csv": sorted(names), "hf_saved": own, "parquet": own,
+                "webdataset": own}
+    for kind in FORMATS:
+        source = write_format(kind, tmp_path / kind, data, own)
+        ds = loaded(source, tmp_path)
+        assert ds.classes == expected[kind], kind
+        # the label of each image is its class, whatever the numbering
+        stems = {stem: cls for rows in data.values() for stem, cls, _ in rows}
+        train = ds.splits["train"]
+        if train.names is not None:
+            for name, label in zip(train.names[:20], train.labels[:20].tolist()):
+                stem = Path(name.split(":")[-1]).name.split(".")[0].split("/")[-1]
+                if stem in stems:
+                    assert ds.classes[label] == stems[stem], (kind, name)
+    text = write_shards(tmp_path / "wds-text", data, None, label="cls.txt")
+    assert loaded(text, tmp_path).classes == sorted(names)
+    as_json = write_shards(tmp_path / "wds-json", data, own, label="json")
+    assert loaded(as_json, tmp_path).classes == own
+
+
+def test_integer_labels_without_names_keep_their_numbers(tmp_path):
+    (tmp_path / "a.png").write_bytes(png(np.zeros((8, 8), np.uint8)))
+    (tmp_path / "b.png").write_bytes(png(np.full((8, 8), 255, np.uint8)))
+    f = tmp_path / "l.tsv"
+    f.write_text("path\tlabel\tsplit\na.png\t2\ttrain\nb.png\t0\ttest\na.png\t10\ttrain\n")
+    ds = loaded(str(f), tmp_path)
+    assert ds.classes == [str(i) for i in range(11)]
+    assert ds.splits["train"].labels.tolist() == [2, 10]
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+def _one_line_exit_2(capsys, args: list[str], *words: str) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
+@pytest.mark.parametrize("command", ["train", "pack"])
+def test_bad_label_files_are_one_line(tmp_path, capsys, command):
+    (tmp_path / "a.png").write_bytes(png(np.zeros((8, 8), np.uint8)))
+
+    def run(text: str, *words: str) -> None:
+        f = tmp_path / "labels.csv"
+        f.write_text(text)
+        args = (["train", "--data", str(f), *TRAIN_ARGS, "--out", str(tmp_path / "r")]
+                if command == "train" else ["pack", str(f), str(tmp_path / "p")])
+        _one_line_exit_2(capsys, args, *words)
+
+    run("file,split\na.png,train\n", "no label column", "labels.csv")
+    run("path,label\na.png,cat\nmissing.png,dog\n", "row 3", "missing.png", "not found")
+    run("path,label,split\na.png,cat,train\na.png,,test\n", "row 3", "empty label")
+    run("path,label,split\na.png,cat,train\na.png,dog,holdout\n", "row 3", "holdout",
+        "unknown split")
+    run("path,label\n", "no rows", "empty dataset")
+
+
+@pytest.mark.parametrize("command", ["train", "pack"])
+def test_bad_hf_and_shards_are_one_line(tmp_path, capsys, command):
+    datasets = pytest.importorskip("datasets")
+    data = digit_set({"train": 12, "test": 4})
+    good = write_shards(tmp_path / "wds", data, sorted(NAMES))
+
+    def run(source: str, *words: str) -> None:
+        args = (["train", "--data", source, *TRAIN_ARGS, "--out", str(tmp_path / "r")]
+                if command == "train" else ["pack", source, str(tmp_path / "p")])
+        _one_line_exit_2(capsys, args, *words)
+
+    # a missing column
+    nolabel = datasets.Dataset.from_dict({"image": [b for _, _, b in data["train"]]},
+                                         features=datasets.Features({"image": datasets.Image()}))
+    nolabel.save_to_disk(str(tmp_path / "nolabel"))
+    run(str(tmp_path / "nolabel"), "no label column")
+    # a missing image file behind a path column
+    missing = datasets.Dataset.from_dict({"image": ["gone.png"], "label": [0]})
+    missing.to_parquet(str(tmp_path / "missing.parquet"))
+    run(str(tmp_path / "missing.parquet"), "gone.png", "not found", "row 0")
+    # a bad split name
+    odd = datasets.DatasetDict({"train": nolabel, "unsupervised": nolabel})
+    odd.save_to_disk(str(tmp_path / "odd"))
+    run(str(tmp_path / "odd"), "unknown split 'unsupervised'")
+    # an empty dataset
+    empty = datasets.Dataset.from_dict({"image": [], "label": []},
+                                       features=datasets.Features({"image": datasets.Image(),
+                                                                   "label": datasets.Value("int64")}))
+    empty.to_parquet(str(tmp_path / "empty.parquet"))
+    run(str(tmp_path / "empty.parquet"), "empty dataset")
+    # a corrupt parquet file
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    run(str(tmp_path / "bad.parquet"), "cannot read", "bad.parquet")
+    # a corrupt shard: the second train shard cut in half
+    shard = tmp_path / "wds" / "digits-train-001.tar"
+    shard.write_bytes(shard.read_bytes()[:700])
+    run(good, "digits-train-001.tar")
+    # a missing shard, an empty one, a sample without a label
+    run(str(tmp_path / "wds" / "digits-train-{000..007}.tar"), "shard not found",
+        "digits-train-002.tar")
+    with tarfile.open(tmp_path / "none-000.tar", "w"):
+        pass
+    run(str(tmp_path / "none-{000..000}.tar"), "no samples", "empty dataset")
+    with tarfile.open(tmp_path / "nolab-000.tar", "w") as tar:
+        info = tarfile.TarInfo("x.png")
+        info.size = len(data["train"][0][2])
+        tar.addfile(info, io.BytesIO(data["train"][0][2]))
+    run(str(tmp_path / "nolab-{000..000}.tar"), "x", "no readable label")
+
+
+def test_hub_name_offline_is_one_fast_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    _one_line_exit_2(capsys, ["train", "--data", "hf://datasets/someone/digits", *TRAIN_ARGS,
+                              "--out", str(tmp_path)], "hf://datasets/someone/digits",
+                     "network", "save_to_disk")
+
+
+def test_missing_datasets_library_is_one_line_with_the_install_command(tmp_path, capsys,
+                                                                        monkeypatch):
+    import sys
+
+    (tmp_path / "t.parquet").write_bytes(b"PAR1")
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    _one_line_exit_2(capsys, ["train", "--data", str(tmp_path / "t.parquet"), *TRAIN_ARGS,
+                              "--out", str(tmp_path)], "pip install 'convzoo[hf]'")
+
+
+# ----------------------------------------------------------------------------- from Python
+
+
+def test_arrays_and_a_dataset_train_from_python(tmp_path, capsys):
+    import convzoo
+
+    data = digit_set({"train": 160, "test": 48})
+    folder = write_folder(tmp_path / "folder", data)
+    classes = sorted(NAMES)
+
+    def arrays(split):
+        x = np.stack([np.asarray(Image.open(io.BytesIO(b))) for _, _, b in data[split]])
+        y = np.array([classes.index(c) for _, c, _ in data[split]])
+        return x, y  # (N, 8, 8) uint8, (N,) int
+
+    class Digits(torch.utils.data.Dataset):
+        def __init__(self, split):
+            self.rows, self.classes = data[split], classes
+
+        def __len__(self):
+            return len(self.rows)
+
+        def __getitem__(self, i):
+            _, c, b = self.rows[i]
+            return Image.open(io.BytesIO(b)), classes.index(c)
+
+    kw = {"model": "resnet20", "epochs": 1, "batch_size": 32, "seed": 3, "out": str(tmp_path),
+          "train.loggers": [], "train.eval_batch_size": 64, "augment.pad": 1}
+    ref = json.loads((convzoo.train(data=str(folder), name="folder", **kw)
+                      / "summary.json").read_text())
+    run = convzoo.train(data={"train": arrays("train"), "test": arrays("test")}, classes=classes,
+                        name="arrays", **kw)
+    got = json.loads((run / "summary.json").read_text())
+    assert (got["top1"], got["loss"]) == (ref["top1"], ref["loss"])
+    config = (run / "config.yaml").read_text()
+    assert "python:ndarray(160x8x8),test=ndarray(48x8x8)" in config
+    run2 = convzoo.train(data={"train": Digits("train"), "test": Digits("test")}, name="ds", **kw)
+    got2 = json.loads((run2 / "summary.json").read_text())
+    assert (got2["top1"], got2["loss"]) == (ref["top1"], ref["loss"])
+    assert convzoo.load(run2).classes == classes  # from the Dataset's classes attribute
+    # (images, labels) with torch tensors, one split carved by val_fraction
+    x, y = arrays("train")
+    run3 = convzoo.train(data=(torch.from_numpy(x), torch.from_numpy(y)), name="t",
+                         **{**kw, "data.val_fraction": 0.25})
+    assert json.loads((run3 / "summary.json").read_text())["split"] == "val"
+
+
+def test_resuming_a_python_data_run_in_a_new_process_says_to_pass_the_data(tmp_path, capsys):
+    import convzoo
+    from convzoo.data.sources import inmemory
+
+    x = np.random.default_rng(0).integers(0, 256, (40, 8, 8), dtype=np.uint8)
+    y = np.arange(40) % 4
+    run = convzoo.train(data=(x, y), name="p", out=str(tmp_path), model="resnet20", epochs=1,
+                        batch_size=16, **{"data.val_fraction": 0.25, "train.loggers": []})
+    inmemory._HELD.clear()  # what a new process holds
+    _one_line_exit_2(capsys, ["train", "--resume", str(run), "--epochs", "2"],
+                     "passed from Python", "convzoo.train(resume=RUN, data=...)")
+    # passed again: the run continues
+    again = convzoo.train(resume=run, data=(x, y), epochs=2)
+    assert json.loads((again / "summary.json").read_text())["epochs"] == 2
+
+
+def test_bad_python_data_is_one_line():
+    import convzoo
+    from convzoo.errors import ConvzooError
+
+    with pytest.raises(ConvzooError, match="uint8"):
+        convzoo.train(data=(np.zeros((4, 8, 8), np.float32), np.zeros(4, int)))
+    with pytest.raises(ConvzooError, match=r"labels must be \(4,\)"):
+        convzoo.train(data=(np.zeros((4, 8, 8), np.uint8), np.zeros(5, int)))
+    with pytest.raises(ConvzooError, match="unknown split 'holdout'"):
+        convzoo.train(data={"train": (np.zeros((4, 8, 8), np.uint8), np.zeros(4, int)),
+                            "holdout": (np.zeros((4, 8, 8), np.uint8), np.zeros(4, int))})
