@@ -289,7 +289,8 @@ def from_pil(im: Image.Image) -> torch.Tensor:
     if im.mode in _SIXTEEN_BIT_PIL_MODES:
         arr = np.asarray(im, dtype=np.int32).clip(0, 65535)
         return _to_uint8(torch.from_numpy(arr.astype(np.float32)))[None]
-    arr = np.asarray(im.convert("L" if im.mode in GRAY_PIL_MODES else "RGB"))
+    # np.array, not asarray: a view of Pillow's buffer is read-only, which torch warns about
+    arr = np.array(im.convert("L" if im.mode in GRAY_PIL_MODES else "RGB"))
     t = torch.from_numpy(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1).copy())
     return t.contiguous()
 
