@@ -237,3 +237,33 @@ def test_integer_labels_without_names_keep_their_numbers(tmp_path):
     ds = loaded(str(f), tmp_path)
     assert ds.classes == [str(i) for i in range(11)]
     assert ds.splits["train"].labels.tolist() == [2, 10]
+
+
+def test_eval_reads_every_format_as_the_folder(digits_sources, tmp_path, capsys):
+    """`convzoo eval --data` of each format gives the folder's figures (its held-out split,
+    through the run's geometry)."""
+    run = tmp_path / "r"
+    assert main(["train", "--data", digits_sources["folder"], *TRAIN_ARGS, "--out", str(tmp_path),
+                 "--name", "r"]) == 0
+    capsys.readouterr()
+    results = {}
+    for kind, source in digits_sources.items():
+        assert main(["eval", str(run), "--data", source, "--json"]) == 0
+        r = json.loads(capsys.readouterr().out)
+        results[kind] = (r["top1"], r["loss"], r["split"])
+    assert len(set(results.values())) == 1, results
+
+
+def test_shards_behind_an_fsspec_url_read_as_local_ones(digits_sources, tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    local = Path(digits_sources["webdataset"]).parent
+    for f in local.iterdir():
+        fs.pipe(f"/wds-{tmp_path.name}/{f.name}", f.read_bytes())
+    url = f"memory://wds-{tmp_path.name}/" + Path(digits_sources["webdataset"]).name
+    remote, here = loaded(url, tmp_path), loaded(digits_sources["webdataset"], tmp_path)
+    assert remote.classes == here.classes == sorted(NAMES)
+    for split in ("train", "test"):
+        assert torch.equal(remote.splits[split].images, here.splits[split].images)
+        assert torch.equal(remote.splits[split].labels, here.splits[split].labels)
