@@ -237,6 +237,11 @@ def test_integer_labels_without_names_keep_their_numbers(tmp_path):
     ds = loaded(str(f), tmp_path)
     assert ds.classes == [str(i) for i in range(11)]
     assert ds.splits["train"].labels.tolist() == [2, 10]
+    semi = tmp_path / "semicolons.csv"  # a spreadsheet's CSV in a comma-decimal locale
+    semi.write_text("file;target;subset\na.png;dog;train\nb.png;cat;train\nb.png;cat;val\n")
+    ds = loaded(str(semi), tmp_path)
+    assert ds.classes == ["cat", "dog"] and ds.splits["train"].labels.tolist() == [1, 0]
+    assert len(ds.splits["val"]) == 1
 
 
 def test_eval_reads_every_format_as_the_folder(digits_sources, tmp_path, capsys):

@@ -42,6 +42,7 @@ def test_bad_label_files_are_one_line(tmp_path, capsys, command):
     run("path,label,split\na.png,cat,train\na.png,dog,holdout\n", "row 3", "holdout",
         "unknown split")
     run("path,label\n", "no rows", "empty dataset")
+    run("path,label\na.png,-1\n", "row 2", "negative label -1")
 
 
 @pytest.mark.parametrize("command", ["train", "pack"])

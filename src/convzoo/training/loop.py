@@ -373,7 +373,7 @@ def train(config_or_recipe: str | Path | C.Config | dict[str, Any] | None = None
     classes: the class names of data held in Python (default: the Dataset's ``classes``
         attribute, else "0", "1", ...).
     """
-    if inmemory.is_python_source(overrides.get("data", "")):
+    if overrides.get("data") is not None and inmemory.is_python_source(overrides["data"]):
         overrides["data"] = inmemory.register(overrides["data"], classes)
         if resume is not None and (Path(resume) / "config.yaml").is_file() and \
                 C.load_config(Path(resume) / "config.yaml").data.source == overrides["data"]:

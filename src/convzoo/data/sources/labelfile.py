@@ -4,8 +4,9 @@
     images/cat_001.png,cat,train
     images/dog_017.png,dog,test
 
-- The delimiter: a tab for ``.tsv``/``.tab``, a comma for ``.csv``, else sniffed
-  (``csv.Sniffer``: comma, tab, semicolon or bar).
+- The delimiter: a tab for ``.tsv``/``.tab``; a comma when the first line has one; else
+  sniffed (``csv.Sniffer``: tab, semicolon or bar, as spreadsheets in comma-decimal locales
+  write ``.csv`` files).
 - A header row names the columns: the path is the first of ``path, file, filename, image,
   filepath, image_path``, the label the first of ``label, class, target, category, y``
   (case-insensitive), the split ``split`` or ``subset``. Without a header the columns are
@@ -45,9 +46,10 @@ def is_label_file(path: Path) -> bool:
 def _dialect(path: Path, text: str) -> str:
     if path.suffix.lower() in (".tsv", ".tab"):
         return "\t"
-    if path.suffix.lower() == ".csv":
+    if "," in text.split("\n", 1)[0]:
         return ","
-    try:
+    try:  # a .csv written with ';' (a spreadsheet in a comma-decimal locale) or '|'
+
         return csv.Sniffer().sniff(text[:65536], delimiters=",\t;|").delimiter
     except csv.Error:
         return ","
@@ -111,6 +113,9 @@ def read_label_file(path: Path) -> Records:
             raise ConvzooError(f"{where}: empty path")
         if not label:
             raise ConvzooError(f"{where}: empty label for '{file}'")
+        if label.startswith("-") and label[1:].isdigit():
+            raise ConvzooError(f"{where}: negative label {label} for '{file}' (integer labels "
+                               "are class numbers 0, 1, ...)")
         split = "train" if split_col is None else split_name(row[split_col], where)
         image = (path.parent / file).expanduser()
         if not image.is_file():
