@@ -259,7 +259,7 @@ def test_eval_reads_every_format_as_the_folder(digits_sources, tmp_path, capsys)
     assert len(set(results.values())) == 1, results
 
 
-def test_shards_behind_an_fsspec_url_read_as_local_ones(digits_sources, tmp_path):
+def test_shards_behind_an_fsspec_url_read_and_pack_as_local_ones(digits_sources, tmp_path):
     import fsspec
 
     fs = fsspec.filesystem("memory")
@@ -269,6 +269,9 @@ def test_shards_behind_an_fsspec_url_read_as_local_ones(digits_sources, tmp_path
     url = f"memory://wds-{tmp_path.name}/" + Path(digits_sources["webdataset"]).name
     remote, here = loaded(url, tmp_path), loaded(digits_sources["webdataset"], tmp_path)
     assert remote.classes == here.classes == sorted(NAMES)
+    assert main(["pack", url, str(tmp_path / "remote.pack"), "--workers", "1"]) == 0
+    packed = loaded(str(tmp_path / "remote.pack"), tmp_path)
     for split in ("train", "test"):
-        assert torch.equal(remote.splits[split].images, here.splits[split].images)
-        assert torch.equal(remote.splits[split].labels, here.splits[split].labels)
+        for ds in (remote, packed):
+            assert torch.equal(ds.splits[split].images, here.splits[split].images)
+            assert torch.equal(ds.splits[split].labels, here.splits[split].labels)

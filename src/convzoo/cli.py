@@ -410,7 +410,7 @@ def argv_tail(args: argparse.Namespace) -> list[str]:
 def cmd_pack(args: argparse.Namespace) -> int:
     from convzoo.data.packs.writer import pack
 
-    report = pack(Path(args.src), Path(args.dest), fmt=args.format, resize=args.resize,
+    report = pack(args.src, Path(args.dest), fmt=args.format, resize=args.resize,
                   quality=args.quality, workers=args.workers, skip_bad=args.skip_bad,
                   overwrite=args.overwrite)
     for path, reason in report.skipped[:20]:
