@@ -46,10 +46,9 @@ def test_bad_label_files_are_one_line(tmp_path, capsys, command):
 
 
 @pytest.mark.parametrize("command", ["train", "pack"])
-def test_bad_hf_and_shards_are_one_line(tmp_path, capsys, command):
+def test_bad_hf_datasets_are_one_line(tmp_path, capsys, command):
     datasets = pytest.importorskip("datasets")
     data = digit_set({"train": 12, "test": 4})
-    good = write_shards(tmp_path / "wds", data, sorted(NAMES))
 
     def run(source: str, *words: str) -> None:
         args = (["train", "--data", source, *TRAIN_ARGS, "--out", str(tmp_path / "r")]
@@ -78,6 +77,18 @@ def test_bad_hf_and_shards_are_one_line(tmp_path, capsys, command):
     # a corrupt parquet file
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
     run(str(tmp_path / "bad.parquet"), "cannot read", "bad.parquet")
+
+
+@pytest.mark.parametrize("command", ["train", "pack"])
+def test_bad_shards_are_one_line(tmp_path, capsys, command):
+    data = digit_set({"train": 12, "test": 4})
+    good = write_shards(tmp_path / "wds", data, sorted(NAMES))
+
+    def run(source: str, *words: str) -> None:
+        args = (["train", "--data", source, *TRAIN_ARGS, "--out", str(tmp_path / "r")]
+                if command == "train" else ["pack", source, str(tmp_path / "p")])
+        _one_line_exit_2(capsys, args, *words)
+
     # a missing shard, a corrupt one (the second train shard cut short), an empty one, a
     # sample without a label
     run(str(tmp_path / "wds" / "digits-train-{000..007}.tar"), "shard not found",
