@@ -16,11 +16,10 @@ is the first of train / val / test found in its file name (``imagenet-train-0001
 else ``train``. Class names: ``classes.txt`` (one per line) or ``classes.json`` (a list)
 beside the first shard, else the sorted distinct labels (integers keep their numbers).
 
-Written over ``tarfile`` + fsspec rather than with the ``webdataset`` package: that package
-could not be installed where convzoo is developed and tested (its ``braceexpand`` dependency is
-not in the offline package index there), reading the format needs only what the standard
-library and fsspec (already dependencies) give, and the samples go to convzoo's own decoder
-and pack writer rather than through webdataset's pipeline. Where the package is installed,
+Written over ``tarfile`` + fsspec rather than with the ``webdataset`` package: reading the
+format needs only what the standard library and fsspec (already dependencies) give, the
+samples go to convzoo's own decoder and pack writer rather than through webdataset's pipeline,
+and the package is not in the development environment convzoo is tested in. Where the package is installed,
 tests/test_data_in.py checks that both read the same samples, in the same order, with the
 same images and labels.
 """
