@@ -294,3 +294,10 @@ def test_shards_read_as_the_webdataset_package_reads_them(digits_sources, tmp_pa
     from convzoo.data.images import decode
 
     assert all(torch.equal(decode(blob), image) for (_, _, blob), image in zip(theirs, decoded))
+
+
+def test_one_local_tar_is_a_shard_when_it_holds_samples(digits_sources, tmp_path):
+    shard = Path(digits_sources["webdataset"]).parent / "digits-train-000.tar"
+    ds = load_dataset(DataConfig(source=str(shard), root=str(tmp_path), workers=1,
+                                 val_fraction=0.25))
+    assert ds.classes == sorted(NAMES) and len(ds.splits["train"]) + len(ds.splits["val"]) == 80

@@ -86,6 +86,8 @@ def test_bad_python_data_is_one_line():
         convzoo.train(data=(np.zeros((4, 8, 8), np.float32), np.zeros(4, int)))
     with pytest.raises(ConvzooError, match=r"labels must be \(4,\)"):
         convzoo.train(data=(np.zeros((4, 8, 8), np.uint8), np.zeros(5, int)))
+    with pytest.raises(ConvzooError, match="'train' is empty"):
+        convzoo.train(data=(np.zeros((0, 8, 8), np.uint8), np.zeros(0, int)))
     with pytest.raises(ConvzooError, match="unknown split 'holdout'"):
         convzoo.train(data={"train": (np.zeros((4, 8, 8), np.uint8), np.zeros(4, int)),
                             "holdout": (np.zeros((4, 8, 8), np.uint8), np.zeros(4, int))})

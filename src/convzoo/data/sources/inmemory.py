@@ -43,7 +43,11 @@ _HELD: dict[str, tuple[dict[str, tuple[list[np.ndarray], np.ndarray]], list[str]
 
 
 def is_python_source(source: object) -> bool:
-    """Whether ``data=`` is an object to register rather than a source name or path."""
+    """Whether ``data=`` is an object to register rather than a source name or path, or a
+    section of ``data.`` keys (``data={"limit": 100}``): a dict is data when a key is a split
+    name (no ``data.`` key is one)."""
+    if isinstance(source, Mapping):
+        return any(str(k).lower() in SPLIT_ALIASES for k in source)
     return not isinstance(source, (str, bytes)) and not hasattr(source, "__fspath__")
 
 
@@ -159,7 +163,10 @@ def register(data: Any, classes: Sequence[str] | None = None) -> str:
         source = data.get("train") if isinstance(data, Mapping) else data
         found = getattr(source, "classes", None)
         classes = list(found) if found is not None else None
-    top = max(int(lab.max()) for _, lab, _ in parts.values() if len(lab))
+    for split, (_, lab, _) in parts.items():
+        if not len(lab):
+            raise ConvzooError(f"data: split '{split}' is empty (an empty dataset)")
+    top = max(int(lab.max()) for _, lab, _ in parts.values())
     if classes is None:
         classes = [str(i) for i in range(top + 1)]
     classes = [str(c) for c in classes]
