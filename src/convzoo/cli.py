@@ -393,7 +393,7 @@ def argv_tail(args: argparse.Namespace) -> list[str]:
 def cmd_pack(args: argparse.Namespace) -> int:
     from convzoo.data.packs.writer import pack  # heavy
 
-    report = pack(Path(args.src), Path(args.dest), fmt=args.format, resize=args.resize,
+    report = pack(args.src, Path(args.dest), fmt=args.format, resize=args.resize,
                   quality=args.quality, workers=args.workers, skip_bad=args.skip_bad,
                   overwrite=args.overwrite)
     for path, reason in report.skipped[:20]:
@@ -614,8 +614,10 @@ def onnx_opset(text: str) -> int:
 def add_config_args(p: argparse.ArgumentParser) -> None:
     """Shortcuts for the most used keys, and --set for every key (values checked by config)."""
     p.add_argument("--model", help="model name (see `convzoo models`) = model.name")
-    p.add_argument("--data", help="cifar10 | cifar100 | digits | path to archive/folder/pack "
-                                  "= data.source")
+    p.add_argument("--data", help="cifar10 | cifar100 | digits | path to archive/folder/pack, "
+                                  "a .csv/.tsv label file, a Hugging Face dataset (folder, "
+                                  ".parquet, hf://datasets/...), WebDataset shards "
+                                  "('s-{000..009}.tar') = data.source")
     p.add_argument("--epochs", help="total epochs to train to = train.epochs")
     p.add_argument("--batch-size", dest="batch_size", help="= train.batch_size")
     p.add_argument("--lr", help="peak learning rate = optim.lr")
@@ -839,10 +841,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p)
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("pack", help="pack an image folder (or a tar archive of one) or a CIFAR "
-                                    "archive into record files")
+    p = sub.add_parser("pack", help="pack an image folder (or a tar archive of one), a CIFAR "
+                                    "archive, a label file, a Hugging Face dataset or "
+                                    "WebDataset shards into record files")
     p.add_argument("src", help="image-folder tree (train/<class>/*, optional val/ and test/), "
-                               "a .tar/.tar.gz of one, or cifar-10/100-python.tar.gz")
+                               "a .tar/.tar.gz of one, cifar-10/100-python.tar.gz, a .csv/.tsv "
+                               "label file, a save_to_disk folder or .parquet/.arrow files, or "
+                               "WebDataset shards ('shards-{000..009}.tar', local or a URL)")
     p.add_argument("dest", help="directory to create")
     p.add_argument("--format", default="auto", choices=["auto", "jpeg", "raw"])
     p.add_argument("--resize", type=number_in("[0, 8192]"), default=0,

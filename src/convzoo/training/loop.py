@@ -18,7 +18,7 @@ import contextlib
 import math
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from convzoo import runconfig, trackers
 from convzoo import saved as ckpt_io
 from convzoo.data.loading.pipeline import Loader, build_pipeline
 from convzoo.data.sampler import torch_seed
+from convzoo.data.sources import inmemory
 from convzoo.data.transforms.augment import mixes
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
@@ -353,7 +354,8 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
 
 
 def train(config_or_recipe: str | Path | C.Config | dict[str, Any] | None = None, *,
-          resume: str | Path | None = None, **overrides: Any) -> Path:
+          resume: str | Path | None = None, classes: Sequence[str] | None = None,
+          **overrides: Any) -> Path:
     """Train, as ``convzoo train`` does, and return the run directory: ``convzoo.train``, the
     Python API's entry (its config built by ``runconfig``, as the command line's is).
 
@@ -363,7 +365,22 @@ def train(config_or_recipe: str | Path | C.Config | dict[str, Any] | None = None
         ``out``, ``name``, ``device``, ``seed``), sections (``optim={"momentum": 0.8}``) and
         dotted keys (``**{"model.init": "runs/a"}``), checked like ``--set``.
     resume: continue this run directory instead (overrides then start a new stage).
+    data: besides a source name or path, data held in Python
+        (`convzoo.data.sources.inmemory`): ``(images, labels)`` uint8 arrays or tensors
+        ``(N, H, W[, C])``, a ``torch.utils.data.Dataset`` of ``(image, label)``, or a dict of
+        them by split; recorded as ``data.source: python:...``. A resume of such a run (in a
+        new process) needs the data passed again.
+    classes: the class names of data held in Python (default: the Dataset's ``classes``
+        attribute, else "0", "1", ...).
     """
+    if overrides.get("data") is not None and inmemory.is_python_source(overrides["data"]):
+        overrides["data"] = inmemory.register(overrides["data"], classes)
+        if resume is not None and (Path(resume) / "config.yaml").is_file() and \
+                C.load_config(Path(resume) / "config.yaml").data.source == overrides["data"]:
+            del overrides["data"]  # the run's own data, passed again: not a new stage
+    elif classes is not None:
+        raise ConvzooError("classes= names the classes of data passed from Python (arrays or a "
+                           "Dataset); other sources carry their own")
     nested = runconfig.overrides_from_keywords(overrides)
     if resume is not None:
         if config_or_recipe is not None:

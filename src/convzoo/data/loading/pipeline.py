@@ -154,10 +154,10 @@ def open_source(cfg: C.Config, geometry: Geometry | None = None) -> Source:
     brought to `geometry` (default: the one ``cfg.data`` describes). Under torchrun, local
     rank 0 prepares (downloads, decodes, caches) before the node's other ranks. A pack is
     opened once: sized for ``data.loader=auto``, then streamed or decoded into memory."""
-    if is_url(cfg.data.source):  # the remote index into this node's cache, once per node
+    path = packed_path(cfg.data.source)
+    if path is not None and is_url(path):  # the remote index into this node's cache, once
         once_per_node(lambda: fetch_metadata(cfg.data.source, cfg.data.root))
     limits = Limits.from_config(cfg.data)
-    path = packed_path(cfg.data.source)
     pack = packed_io.open_packed(path, cfg.data.root) if path is not None else None
     kind = choose_loader(cfg.data, pack)
     if kind == "memory":

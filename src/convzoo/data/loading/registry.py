@@ -10,6 +10,11 @@ one `Geometry` (``data.channels``, ``data.image_size``, ``data.resize``, or a ru
 geometry when one is given). `convzoo.data.loading.pipeline` streams a pack instead when it
 does not fit (``data.loader``).
 
+Label files (CSV/TSV), Hugging Face datasets (saved folders, parquet/arrow files, ``hf://``
+Hub names) and WebDataset shards are read as encoded `Records` (`open_records`, shared with
+``convzoo pack``) and decoded by the folder rules; data passed from Python
+(``convzoo.train(data=...)``) is held in the process under a ``python:...`` name.
+
 A new kind of source is a reader in `convzoo.data.sources` that returns a `Dataset`, plus its
 branch here (a name in `NAMES`, or a test of the path in `_from_path`).
 
@@ -31,10 +36,12 @@ from convzoo.data.dataset import Dataset, Split, carve_val, limit_splits
 from convzoo.data.images import Geometry, Limits
 from convzoo.data.packs import reader as packed
 from convzoo.data.packs.remote import is_url
-from convzoo.data.sources import cifar, download
+from convzoo.data.sources import cifar, download, hf, inmemory, webdataset
 from convzoo.data.sources.digits import load_digits
 from convzoo.data.sources.download import fetch_archive
 from convzoo.data.sources.folders import load_tree
+from convzoo.data.sources.labelled import open_records
+from convzoo.data.sources.records import load_records
 from convzoo.errors import ConvzooError
 from convzoo.integrity import regular_file
 
@@ -52,13 +59,21 @@ TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
 def _valid_sources() -> str:
     return (f"{', '.join(NAMES)}, or a path to a CIFAR python archive/folder, an image folder "
-            f"(train/ + val/ or test/, or <class>/*), a .tar.gz of one, or a packed dataset")
+            f"(train/ + val/ or test/, or <class>/*), a .tar.gz of one, a label file (.csv, "
+            f".tsv), a Hugging Face dataset (save_to_disk folder, .parquet, .arrow, "
+            f"hf://datasets/OWNER/NAME), WebDataset shards (shards-{{000..009}}.tar), or a "
+            f"packed dataset")
 
 
 def packed_path(source: str) -> Path | str | None:
     """The directory of a packed dataset named by `source`, or its fsspec URL (a URL source is
-    always a pack: ``data.remote``), or None if it is not one."""
+    a pack, ``data.remote``, unless it names WebDataset shards or a Hugging Face Hub dataset),
+    or None if it is not one."""
     if is_url(source):
+        if webdataset.looks_like_shards(source):
+            return None
+        if hf.hub_dataset_id(source) is not None and not hf.hub_is_pack(source):
+            return None
         return source
     path = Path(source).expanduser()
     return path if (path / packed.INDEX_NAME).is_file() else None
@@ -89,6 +104,9 @@ def _pack_in_memory(pack: packed.PackedDataset, cfg: DataConfig,
 
 def _from_path(path: Path, cfg: DataConfig, geometry: Geometry | None) -> Dataset:
     limits = Limits.from_config(cfg)
+    records = open_records(str(path), limits)
+    if records is not None:
+        return load_records(records, cfg, geometry)
     if path.is_dir():
         if (path / packed.INDEX_NAME).is_file():
             with contextlib.closing(packed.open_packed(path)) as pack:
@@ -124,9 +142,15 @@ def load_dataset(cfg: DataConfig, seed: int = 0, geometry: Geometry | None = Non
         ds = load_digits(image_size=side, channels=cfg.channels or 3, seed=seed)
     elif source in NAMES:
         ds = _official(source, cfg)
-    elif is_url(source):  # a pack behind an fsspec URL (data.remote)
-        with contextlib.closing(packed.open_packed(source, cfg.root)) as opened:
-            ds = _pack_in_memory(opened, cfg, geometry)
+    elif source.startswith(inmemory.PREFIX):  # convzoo.train(data=arrays or a Dataset)
+        ds = inmemory.load(source, cfg, geometry)
+    elif is_url(source) or webdataset.looks_like_shards(source):
+        records = open_records(source, Limits.from_config(cfg))
+        if records is not None:  # WebDataset shards, or a Hub dataset
+            ds = load_records(records, cfg, geometry)
+        else:  # a pack behind an fsspec URL (data.remote)
+            with contextlib.closing(packed.open_packed(source, cfg.root)) as opened:
+                ds = _pack_in_memory(opened, cfg, geometry)
     else:
         path = Path(source).expanduser()
         if not path.exists():

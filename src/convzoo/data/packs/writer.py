@@ -1,4 +1,5 @@
-"""``convzoo pack``: write an image folder (or a tar archive of one) or a CIFAR archive as a
+"""``convzoo pack``: write an image folder (or a tar archive of one), a CIFAR archive, a label
+file, a Hugging Face dataset or WebDataset shards (`convzoo.data.sources.labelled`) as a
 packed record dataset (the format and its reader are `convzoo.data.packs.reader`).
 
 Images are read by the one scanner and decoded by the one decoder of `convzoo.data.images`
@@ -36,6 +37,7 @@ from convzoo.data.images import DEFAULT_LIMITS, DecodeError, Limits
 from convzoo.data.packs.reader import FORMAT_NAME, FORMAT_VERSION, INDEX_NAME, TABLE_COLUMNS
 from convzoo.data.progress import progress
 from convzoo.data.sources.cifar import is_cifar_archive, is_cifar_dir, load_cifar
+from convzoo.data.sources.labelled import open_records
 from convzoo.errors import ConvzooError
 from convzoo.outputs import kind_of
 
@@ -102,8 +104,13 @@ def extract_tree(archive: Path, into: Path, limits: Limits) -> None:
         raise ConvzooError(f"{archive}: cannot extract archive ({e})") from None
 
 
-def _scan(src: Path) -> tuple[str, list[str], dict[str, list[tuple[Path, int]]]]:
-    """(name, classes, {split: [(file, label)]}) by the one scanner of `convzoo.data.images`."""
+# What a pack is written from: {split: [(a file's path or its bytes, label, the name shown in
+# errors and the skipped list)]}, in order.
+Items = dict[str, list[tuple[str | bytes, int, str]]]
+
+
+def _scan(src: Path, name_of: Callable[[Path], str] = str) -> tuple[str, list[str], Items]:
+    """(name, classes, items) of a folder by the one scanner of `convzoo.data.images`."""
     if not src.is_dir():
         raise ConvzooError(f"{src}: not an image folder, a tar archive of one, or an official "
                            "CIFAR archive")
@@ -112,7 +119,8 @@ def _scan(src: Path) -> tuple[str, list[str], dict[str, list[tuple[Path, int]]]]
         raise ConvzooError(f"{src}: not an image-folder tree (no train/<class>/ folders) "
                            "and not a CIFAR archive")
     classes, files = images.index_tree(tree, lambda rel: str(root / rel))
-    items = {s: [(Path(k), lab) for k, lab in zip(f.keys, f.labels)] for s, f in files.items()}
+    items = {s: [(k, lab, name_of(Path(k))) for k, lab in zip(f.keys, f.labels)]
+             for s, f in files.items()}
     return root.name, classes, items
 
 
@@ -127,8 +135,9 @@ def _target_hw(h: int, w: int, resize: int) -> tuple[int, int]:
     return images.covering_size((h, w), (resize, resize))
 
 
-def _probe_file(task: tuple[str, Limits]) -> tuple[int, int, bool] | str:
-    """(height, width, gray) from the header, or an error message."""
+def _probe_file(task: tuple[str | bytes, Limits]) -> tuple[int, int, bool] | str:
+    """(height, width, gray) from the header of a file (path) or of its bytes, or an error
+    message."""
     path, limits = task
     try:
         with images.pil_open(path, limits) as im:
@@ -149,16 +158,17 @@ def _encode(image: torch.Tensor, fmt: str, quality: int) -> bytes:
         return bytes(encode_jpeg(image.contiguous(), quality=quality).numpy())
 
 
-def _encode_file(task: tuple[str, str, int, int, int, Limits]) -> tuple[bytes, int, int] | str:
+def _encode_file(task: tuple[str | bytes, str, int, int, int, Limits]
+                 ) -> tuple[bytes, int, int] | str:
     """Read one image file -> (payload, height, width) or an error message.
 
-    task = (path, image_format, channels, resize, quality, limits). JPEG files that need no
+    task = (path or the file's bytes, image_format, channels, resize, quality, limits). JPEG files that need no
     change are stored byte for byte (after a full decode to check them); others are decoded,
     converted to `channels`, resized and re-encoded.
     """
     path, fmt, channels, resize, quality, limits = task
     try:
-        data = images.read_file(path)
+        data = images.read_file(path) if isinstance(path, str) else path
         image = images.decode(data, limits)  # full decode: truncated or corrupt files fail here
     except (OSError, DecodeError) as e:
         return f"{type(e).__name__}: {e}"
@@ -236,8 +246,8 @@ def _map(fn: Any, tasks: Iterable[Any], pool: Any, total: int, desc: str,
             yield r
 
 
-def _image_shape_error(path: Path | str, got: tuple[int, int], want: tuple[int, int],
-                       first: Path | str) -> ConvzooError:
+def _image_shape_error(path: str, got: tuple[int, int], want: tuple[int, int],
+                       first: str) -> ConvzooError:
     return ConvzooError(
         f"{path}: image is {got[1]}x{got[0]} but a raw pack needs every image at "
         f"{want[1]}x{want[0]} (the size of {first}); pack with fmt='jpeg' or resize")
@@ -248,34 +258,33 @@ def _sizes_entry(writers: list[_ShardWriter]) -> list[list[int]]:
     return [[h, w, n] for (h, w), n in total.most_common()]
 
 
-def _pack_folder(src: Path, tmp: Path, report: PackReport, *, fmt: str, resize: int,
-                 quality: int, skip_bad: bool, shard_bytes: int, pool: Any, show: bool,
-                 limits: Limits, name_of: Callable[[Path], str] = str) -> dict[str, Any]:
-    """``name_of`` names a file in errors and the skipped list (an archive member's name for
-    a folder extracted from an archive)."""
-    name, classes, items = _scan(src)
-
+def _pack_items(src: Path | str, name: str, classes: list[str], items: Items, tmp: Path,
+                report: PackReport, *, fmt: str, resize: int, quality: int, skip_bad: bool,
+                shard_bytes: int, pool: Any, show: bool, limits: Limits) -> dict[str, Any]:
+    """Pack `items` (files of a folder, or the records of a label file, a Hugging Face
+    dataset or WebDataset shards)."""
     # Pass 1: headers only (cheap) -> bad files, channel count, sizes for the format choice.
-    sizes: dict[Path, tuple[int, int]] = {}
+    sizes: dict[str, tuple[int, int]] = {}
     grays: set[bool] = set()
-    all_files = [(split, f, label) for split, entries in items.items() for f, label in entries]
-    probes = _map(_probe_file, [(str(f), limits) for _, f, _ in all_files], pool,
+    all_files = [(split, f, label, shown) for split, entries in items.items()
+                 for f, label, shown in entries]
+    probes = _map(_probe_file, [(f, limits) for _, f, _, _ in all_files], pool,
                   len(all_files), "checking", show)
-    kept: dict[str, list[tuple[Path, int]]] = {s: [] for s in items}
-    for (split, f, label), probe in zip(all_files, probes):
+    kept: dict[str, list[tuple[str | bytes, int, str]]] = {s: [] for s in items}
+    for (split, f, label, shown), probe in zip(all_files, probes):
         if isinstance(probe, str):
             if not skip_bad:
-                raise ConvzooError(f"{name_of(f)}: cannot read image ({probe})")
-            report.skipped.append((name_of(f), probe))
+                raise ConvzooError(f"{shown}: cannot read image ({probe})")
+            report.skipped.append((shown, probe))
             continue
         h, w, gray = probe
-        sizes[f] = _target_hw(h, w, resize)
+        sizes[shown] = _target_hw(h, w, resize)
         grays.add(gray)
-        kept[split].append((f, label))
+        kept[split].append((f, label, shown))
     if not kept.get("train"):
         raise ConvzooError(f"{src}: no readable training images")
     channels = 1 if grays == {True} else 3
-    first = kept["train"][0][0]
+    first = kept["train"][0][2]
     if fmt == "auto":
         h, w = sizes[first]
         fmt = "raw" if len(set(sizes.values())) == 1 and max(h, w) <= RAW_MAX_SIDE else "jpeg"
@@ -284,7 +293,7 @@ def _pack_folder(src: Path, tmp: Path, report: PackReport, *, fmt: str, resize: 
         want = sizes[first]
         for f, got in sizes.items():
             if got != want:
-                raise _image_shape_error(name_of(f), got, want, name_of(first))
+                raise _image_shape_error(f, got, want, first)
         shape = (channels, *want)
 
     # Pass 2: decode, check, (resize, re-encode) and write in order.
@@ -295,17 +304,17 @@ def _pack_folder(src: Path, tmp: Path, report: PackReport, *, fmt: str, resize: 
             continue
         writer = _ShardWriter(tmp, split, shard_bytes)
         writers.append(writer)
-        tasks = [(str(f), fmt, channels, resize, quality, limits) for f, _ in entries]
-        for (f, label), out in zip(entries, _map(_encode_file, tasks, pool, len(tasks),
-                                                 f"packing {split}", show)):
+        tasks = [(f, fmt, channels, resize, quality, limits) for f, _, _ in entries]
+        for (_, label, shown), out in zip(entries, _map(_encode_file, tasks, pool, len(tasks),
+                                                        f"packing {split}", show)):
             if isinstance(out, str):
                 if not skip_bad:
-                    raise ConvzooError(f"{name_of(f)}: cannot read image ({out})")
-                report.skipped.append((name_of(f), out))
+                    raise ConvzooError(f"{shown}: cannot read image ({out})")
+                report.skipped.append((shown, out))
                 continue
             payload, h, w = out
             if shape is not None and (h, w) != shape[1:]:
-                raise _image_shape_error(name_of(f), (h, w), shape[1:], name_of(first))
+                raise _image_shape_error(shown, (h, w), shape[1:], first)
             writer.write(payload, label, (h, w))
         splits[split] = writer.finish()
         report.counts[split] = splits[split]["count"]
@@ -434,12 +443,14 @@ def _check_destination(src: Path, dest: Path, overwrite: bool) -> None:
                            "--overwrite will not replace it; name a new folder")
 
 
-def pack(src: Path, dest: Path, *, fmt: str = "auto", resize: int = 0, quality: int = 90,
+def pack(src: Path | str, dest: Path, *, fmt: str = "auto", resize: int = 0, quality: int = 90,
          workers: int = 0, skip_bad: bool = False, shard_size_mb: int = 256,
          overwrite: bool = False, progress: bool = True,
          limits: Limits = DEFAULT_LIMITS) -> PackReport:
-    """Pack an image-folder tree (a folder, or a tar archive of one) or a CIFAR archive at
-    ``src`` into record files at ``dest``.
+    """Pack an image-folder tree (a folder, or a tar archive of one), a CIFAR archive, a
+    label file (CSV/TSV), a Hugging Face dataset (``save_to_disk`` folder, parquet/arrow
+    files, ``hf://datasets/OWNER/NAME``) or WebDataset shards (``shards-{000..009}.tar``,
+    local or an fsspec URL) at ``src`` into record files at ``dest``.
 
     fmt: "jpeg" | "raw" | "auto" (raw for CIFAR archives and for folders whose images are all
     one size of at most 64 px, else jpeg). resize: scale the shorter side to this many pixels
@@ -449,6 +460,7 @@ def pack(src: Path, dest: Path, *, fmt: str = "auto", resize: int = 0, quality: 
     when complete.
     """
     start = time.perf_counter()
+    src_text = str(src)
     src, dest = Path(src).expanduser(), Path(dest).expanduser()
     if fmt not in ("auto", "jpeg", "raw"):
         raise ConvzooError(f"unknown pack format '{fmt}' (known: auto, jpeg, raw)")
@@ -457,7 +469,10 @@ def pack(src: Path, dest: Path, *, fmt: str = "auto", resize: int = 0, quality: 
     if resize < 0 or shard_size_mb <= 0:
         raise ConvzooError(f"resize must be >= 0 and shard size > 0, got {resize}, "
                            f"{shard_size_mb}")
-    if not src.exists():
+    # a label file, a Hugging Face dataset or WebDataset shards (brace patterns and URLs are
+    # not paths): read as training reads them
+    records = open_records(src_text, limits)
+    if records is None and not src.exists():
         raise ConvzooError(f"{src}: no such file or directory")
     _check_destination(src, dest, overwrite)
     try:
@@ -475,22 +490,27 @@ def pack(src: Path, dest: Path, *, fmt: str = "auto", resize: int = 0, quality: 
             pool = multiprocessing.get_context().Pool(workers)
         common = dict(fmt=fmt, resize=resize, quality=quality, shard_bytes=shard_bytes,
                       pool=pool, show=progress, limits=limits)
-        if _is_cifar_source(src):
+        if records is not None:
+            items = {s: records.items(s) for s in records.files}
+            info = _pack_items(src, records.name, records.classes, items, tmp, report,
+                               skip_bad=skip_bad, **common)
+        elif _is_cifar_source(src):
             info = _pack_cifar(src, tmp, report, **common)
         elif src.is_file() and _looks_like_tar(src):
             tree = _make_temp(dest, "src")
             try:
                 extract_tree(src, tree, limits)
-                info = _pack_folder(tree, tmp, report, skip_bad=skip_bad,
-                                    name_of=lambda f: f"{src}:{f.relative_to(tree)}", **common)
-                if info["name"] == tree.name:  # no wrapping folder in the archive
-                    info["name"] = src.name.split(".")[0]
+                name, classes, items = _scan(tree, lambda f: f"{src}:{f.relative_to(tree)}")
+                if name == tree.name:  # no wrapping folder in the archive
+                    name = src.name.split(".")[0]
+                info = _pack_items(src, name, classes, items, tmp, report, skip_bad=skip_bad,
+                                   **common)
             finally:
                 shutil.rmtree(tree, ignore_errors=True)
         else:
-            info = _pack_folder(src, tmp, report, skip_bad=skip_bad, **common)
+            info = _pack_items(src, *_scan(src), tmp, report, skip_bad=skip_bad, **common)
         info = {"format": FORMAT_NAME, "version": FORMAT_VERSION, **info,
-                "source": str(src), "resize": resize, "quality": quality,
+                "source": src_text, "resize": resize, "quality": quality,
                 "skipped": len(report.skipped),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         # index.json last: its presence marks a complete pack.
