@@ -119,14 +119,23 @@ def test_many_classes_are_shortened_and_a_val_split_is_named(run_dir: Path):
     assert "the test split was the only evaluation split" not in body
 
 
-@pytest.mark.parametrize("case", ["not_a_run", "unfinished"])
+@pytest.mark.parametrize("case", ["not_a_run", "unfinished", "link"])
 def test_card_of_what_is_not_a_finished_run_is_one_line(case, run: Path, tmp_path, capsys):
     target = tmp_path / "empty" if case == "not_a_run" else run
     target.mkdir(exist_ok=True)
+    victim = tmp_path / "victim.md"
+    victim.write_text("the user's own file\n")
     if case == "unfinished":
         (run / "summary.json").unlink()
+    if case == "link":  # a link in the card's place: neither it nor its target is replaced
+        (run / "README.md").unlink()
+        (run / "README.md").symlink_to(victim)
     assert main(["card", str(target)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     needle = {"not_a_run": "not a convzoo run directory",
-              "unfinished": "no summary.json, the run has not finished"}[case]
+              "unfinished": "no summary.json, the run has not finished",
+              "link": "README.md: is a symbolic link; convzoo replaces only a regular file"}[case]
     assert len(lines) == 1 and needle in lines[0]
+    assert victim.read_text() == "the user's own file\n"
+    if case == "link":
+        assert (run / "README.md").is_symlink()

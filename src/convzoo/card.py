@@ -287,7 +287,7 @@ def card_text(run_dir: Path, ckpt: dict[str, Any], figures: dict[str, Any],
     add("")
     best_metric = figures.get("best_metric", "val_top1")
     add(f"Which split chose the weights: `model.safetensors` holds the last epoch's weights, "
-        f"chosen by no split. `best.pt` (not published) is the epoch with the best "
+        f"chosen by no split. `best.pt` (in the run directory, not pushed) is the epoch with the best "
         f"`{best_metric}` on the **{split}** split: epoch {figures.get('best_epoch', 'n/a')}"
         + (f", {_num(figures.get('best_value'), 2)}" if figures.get("best_value") is not None
            else "") + ".")
@@ -392,11 +392,16 @@ def rebuild_card(run_dir: str | Path) -> Path:
     """``convzoo card RUN``: the card of a finished run from its last checkpoint (or its
     model.safetensors) and summary.json, rewritten while this process owns the run (a run
     still training refuses with the holder's name)."""
+    from convzoo.outputs import kind_of
     from convzoo.training.runlock import RunLock
 
     run = Path(run_dir)
     with RunLock.acquire(_run_dir(run)):
         ckpt, figures = finished_run(run)
+        kind = kind_of(run / CARD_FILE)
+        if kind not in (None, "file"):  # a link or node the user put there stays as it is
+            raise ConvzooError(f"{run / CARD_FILE}: is {kind}; convzoo replaces only a regular "
+                               "file")
         return write_card(run, ckpt, figures)
 
 
