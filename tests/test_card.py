@@ -94,6 +94,12 @@ def test_card_command_adds_the_eval_report(run: Path, capsys):
     assert (f"on `digits` (test split, raw weights of epoch 1): {report['count']} images, "
             f"top-1 {report['top1']:.2f}%, top-5 {report['top5']:.2f}%, expected calibration "
             f"error {100 * report['ece']:.2f}%") in body
+    meta, _ = front_matter(body)
+    (_, from_report) = meta["model-index"][0]["results"]  # the report's figure beside the run's
+    assert from_report["dataset"]["split"] == "test"
+    assert from_report["metrics"] == [{"type": "accuracy",
+                                       "name": "top-1 accuracy (test, eval report)",
+                                       "value": round(report["top1"], 4)}]
     links = re.findall(r"\]\(([^)]+)\)", body)
     assert {"curves.png", "report/per_class.md", "report/confusion_matrix.png",
             "report/reliability.png", "report/confident_mistakes.png"} <= set(links)

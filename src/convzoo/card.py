@@ -21,6 +21,7 @@ they show on the hub when pushed beside it (:func:`linked_files`).
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,17 @@ def card_text(run_dir: Path, ckpt: dict[str, Any], figures: dict[str, Any],
     if isinstance(figures.get("top5"), (int, float)):
         metrics.append({"type": "top_5_accuracy", "name": f"top-5 accuracy ({split})",
                         "value": round(float(figures["top5"]), 4)})
+    results = [{"task": {"type": "image-classification", "name": "Image Classification"},
+                "dataset": {"name": data_name, "type": data_name, "split": split},
+                "metrics": metrics}]
+    if report is not None and isinstance(report.get("top1"), (int, float)):
+        rsplit = str(report.get("split", "?"))
+        rdata = _data_name(str(report.get("data", source)))
+        results.append({"task": dict(results[0]["task"]),  # a copy: no YAML anchor
+                        "dataset": {"name": rdata, "type": rdata, "split": rsplit},
+                        "metrics": [{"type": "accuracy",
+                                     "name": f"top-1 accuracy ({rsplit}, eval report)",
+                                     "value": round(float(report["top1"]), 4)}]})
     front = {
         "library_name": "convzoo",
         "pipeline_tag": "image-classification",
@@ -210,10 +222,7 @@ def card_text(run_dir: Path, ckpt: dict[str, Any], figures: dict[str, Any],
         + (["timm"] if model.startswith("timm:") else []),
         "datasets": [data_name],
         "metrics": ["accuracy"],
-        "model-index": [{"name": title, "results": [{
-            "task": {"type": "image-classification", "name": "Image Classification"},
-            "dataset": {"name": data_name, "type": data_name, "split": split},
-            "metrics": metrics}]}],
+        "model-index": [{"name": title, "results": results}],
     }
     out = ["---", yaml.safe_dump(front, sort_keys=False, width=10**6).strip(), "---", ""]
     add = out.append
@@ -262,7 +271,7 @@ def card_text(run_dir: Path, ckpt: dict[str, Any], figures: dict[str, Any],
     add("## Recipe and overrides")
     add("")
     recipe = str(planned.get("name") or "")
-    add(f"- recipe: `{recipe}`" + (f" ({planned['description']})" if planned.get("description")
+    add(f"- recipe: `{recipe}`" + (f": {planned['description']}" if planned.get("description")
                                    else "") if recipe else "- recipe: none (convzoo's defaults)")
     argv, changed = reproduce_command(planned)
     if argv:
@@ -340,9 +349,12 @@ def card_text(run_dir: Path, ckpt: dict[str, Any], figures: dict[str, Any],
     add(f"- The figures above hold only for data like it (the same kind of images, "
         f"classes and {h}x{w} px geometry); measure on your own data before relying on it "
         "(`convzoo eval RUN --data YOUR_DATA`).")
-    if isinstance(eval_n, int) and eval_n < 1000:
-        add(f"- {eval_n} evaluated images: a top-1 figure from so few varies by several points "
-            "between samples.")
+    top1 = figures.get("top1")
+    if isinstance(eval_n, int) and eval_n > 0 and isinstance(top1, (int, float)):
+        p = min(max(top1 / 100, 0.0), 1.0)
+        error = 100 * math.sqrt(max(p * (1 - p), 1 / eval_n) / eval_n)  # binomial, >= 1 image
+        add(f"- {eval_n:,} evaluated images: the top-1 figure has a standard error of about "
+            f"{error:.1f} points (binomial); differences smaller than that are noise.")
     add("- No fairness, robustness or out-of-distribution evaluation was done.")
     add("")
 
