@@ -1,5 +1,7 @@
-"""The ``convzoo`` command line: train, sweep, eval, predict, models, recipes, config, pack, plot,
-bench, export, card, push.
+"""The convzoo command line: train, evaluate, export and share image classifiers.
+
+Subcommands: train, sweep, eval, predict, models, recipes, config, pack, plot, bench, export,
+card, push.
 
 Every user-input problem surfaces as one line ``convzoo: error: ...`` and exit status 2: bad
 flags and values the parser sees (``Parser.error``), and every ConvzooError raised later.
