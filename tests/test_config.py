@@ -468,6 +468,7 @@ CONTEXT = {
     "optim.momentum": {"optim.nesterov": "false"},
     "optim.nesterov": {"optim.momentum": "0.9"},
     "train.accum_steps": {"train.batch_size": "4000"},  # the batch divides into micro-batches
+    "train.compile_mode": {"train.compile": "true"},  # a mode applies only when compiling
 }
 # Lists whose elements have different ranges (a rule between them): their valid texts.
 LIST_VALUES = {

@@ -94,7 +94,7 @@ def test_the_last_epoch_writes_every_file_and_last_pt_last(ref: Reference) -> No
     tops = [r["ema_eval_top1"] for r in rows(ref.run)]
     assert tops[-1] > max(tops[:-1]), f"the reference's last epoch must be its best: {tops}"
     assert ref.writes == ["metrics.jsonl", "model.safetensors", "best.pt", "summary.json",
-                          "metrics.csv", "curves.png", "last.pt"]
+                          "metrics.csv", "curves.png", "README.md", "last.pt"]
 
 
 # ----------------------------------------------------------------------------- consistency
@@ -135,6 +135,10 @@ def assert_consistent_and_exact(run: Path, ref: Path) -> None:
     assert summary["top1"] == log[-1][judged + "top1"] and summary["loss"] == log[-1][judged + "loss"]
     assert (run / "metrics.csv").read_text().count("\n") == EPOCHS + 1
     assert (run / "curves.png").stat().st_size > 0
+    card = (run / "README.md").read_text()  # the model card, of the final epoch's figures
+    assert card.startswith("---\nlibrary_name: convzoo\n")
+    assert f"| {summary['split']} | {summary['weights']} | {EPOCHS} | {summary['top1']:.2f}% |" \
+        in card
     last = torch.load(run / "last.pt", weights_only=True)
     best = torch.load(run / "best.pt", weights_only=True)
     assert last["epoch"] == weights_epoch(run) == EPOCHS
@@ -256,8 +260,9 @@ def fail_at(mp: pytest.MonkeyPatch, k: int, err: int) -> None:
     mp.setattr(files, "append_line", append)
 
 
-CASES = [(k, errno.ENOSPC) for k in range(1, 8)] + [
-    (7, errno.EROFS), (7, errno.EDQUOT), (2, errno.EACCES), (1, errno.EROFS)]
+LAST = 8  # the last epoch's writes: metrics row ... README.md, last.pt (the list above)
+CASES = [(k, errno.ENOSPC) for k in range(1, LAST + 1)] + [
+    (LAST, errno.EROFS), (LAST, errno.EDQUOT), (2, errno.EACCES), (1, errno.EROFS)]
 
 
 @pytest.mark.parametrize("k,err", CASES, ids=[f"write{k}-{errno.errorcode[e]}" for k, e in CASES])

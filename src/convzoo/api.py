@@ -345,7 +345,9 @@ class Classifier:
         probs = torch.cat([p for p, _ in outputs])
         labels = torch.cat([y for _, y in outputs])
         files = write_report(out, probs, labels, self.classes, images=source.view(split),
-                             names=source.splits[split].names, topk=topk)
+                             names=source.splits[split].names, topk=topk,
+                             about={"data": source.name, "split": split,
+                                    "weights": self.weights, "epoch": self.epoch})
         # percent, like top1 and the text ("ECE 9.66%"): one unit for every rate in the JSON
         ece = 100 * expected_calibration_error(probs.double().numpy(), labels.numpy())
         run_dir = _run_dir(self.source)

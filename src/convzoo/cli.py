@@ -1,5 +1,7 @@
-"""The ``convzoo`` command line: train, sweep, eval, predict, models, recipes, config, pack, plot,
-bench, export, cache.
+"""The convzoo command line: train, evaluate, export and share image classifiers.
+
+Subcommands: train, sweep, eval, predict, models, recipes, config, pack, plot, bench, export,
+card, push, cache.
 
 Every user-input problem surfaces as one line ``convzoo: error: ...`` and exit status 2: bad
 flags and values the parser sees (``Parser.error``), and every ConvzooError raised later.
@@ -560,6 +562,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_card(args: argparse.Namespace) -> int:
+    from convzoo.training.rundir import rebuild_card
+
+    print(rebuild_card(args.run))
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from convzoo.push import push
+
+    result = push(args.run, args.repo, private=args.private, token=args.token,
+                  dry_run=args.dry_run)
+    for note in result.checks:
+        print(note, file=sys.stderr)
+    if result.url is None:
+        print(f"dry run: {len(result.files)} files staged, nothing uploaded: "
+              f"{', '.join(result.files)}", file=sys.stderr)
+        print(result.folder)
+    else:
+        print(result.url)
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 
@@ -918,17 +943,45 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the data.root whose cache/ to use (default ~/.cache/convzoo)")
     p.set_defaults(func=cmd_cache)
 
-    p = sub.add_parser("export", help="export a trained model: ONNX (with preprocessing) or "
-                                      "safetensors")
+    p = sub.add_parser("export", help="export a trained model: ONNX or torch.export (pt2), "
+                                      "with preprocessing, or safetensors")
     p.add_argument("run", metavar="RUN_DIR|CKPT")
-    p.add_argument("--format", required=True, metavar="onnx|safetensors")
+    p.add_argument("--format", required=True, metavar="onnx|pt2|safetensors")
     p.add_argument("--out", metavar="FILE", help="output file (default: RUN_DIR/<which>.<ext>)")
     p.add_argument("--checkpoint", default="last", choices=["last", "best"])
     p.add_argument("--opset", type=onnx_opset, help="ONNX opset (default: the exporter's)")
     p.add_argument("--check", action="store_true",
-                   help="validate the file (onnx.checker; onnxruntime comparison if installed)")
+                   help="validate the file: onnx.checker and onnxruntime's logits against "
+                        "PyTorch's; pt2: the loaded program's logits against PyTorch's")
     add_weights_arg(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("card", help="rewrite a finished run's model card (RUN_DIR/README.md), "
+                                    "e.g. after `convzoo eval RUN --report`",
+                       description="Rewrite RUN_DIR/README.md, the model card every finished "
+                                   "run writes: model, data and classes, recipe and overrides, "
+                                   "the figures with their split, the evaluation report in "
+                                   "RUN_DIR/report (when there is one), intended use and "
+                                   "limits, and the command that reproduces the run.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.set_defaults(func=cmd_card)
+
+    p = sub.add_parser("push", help="publish a finished run to a Hugging Face model repository",
+                       description="Upload the model card, model.safetensors, config.yaml and "
+                                   "an ONNX export (made now and checked), with the pictures "
+                                   "the card links, to the Hugging Face model repository "
+                                   "REPO (created when missing). Needs huggingface_hub: pip "
+                                   "install 'convzoo[hub]'.")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("repo", metavar="REPO", help="NAMESPACE/NAME, e.g. your-user/resnet20-digits")
+    p.add_argument("--private", action="store_true", help="create the repository private")
+    p.add_argument("--token", help="a Hugging Face token with write access (default: HF_TOKEN "
+                                   "or `hf auth login`'s; prefer those: a flag is visible in "
+                                   "the process list)")
+    p.add_argument("--dry-run", action="store_true", dest="dry_run",
+                   help="assemble the files in a new temporary folder, print its path and "
+                        "upload nothing")
+    p.set_defaults(func=cmd_push)
     return parser
 
 

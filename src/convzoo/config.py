@@ -359,6 +359,10 @@ class TrainConfig:
     # channels-last memory format: auto (null: yes, faster on CUDA and CPU) | true | false
     channels_last: bool | None = None
     compile: bool = False  # torch.compile the model (compile time reported separately)
+    # torch.compile's mode (with train.compile): null = torch's default | default |
+    # reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune",
+                          "max-autotune-no-cudagraphs"] | None = None
     # seeds data order, augmentation and init (numpy's range)
     seed: Annotated[int, In("[0, 4294967295]")] = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower)
@@ -715,6 +719,9 @@ def _check_joint(cfg: Config) -> None:
     if a.color_jitter[3] > 0.5:
         raise ConvzooError(f"augment.color_jitter={_show(a.color_jitter)}: the hue shift (4th "
                            "value) must be in [0, 0.5] turns")
+    if t.compile_mode is not None and not t.compile:
+        raise ConvzooError(f"train.compile_mode={t.compile_mode} applies only with "
+                           "train.compile=true (set both, or leave compile_mode null)")
     repeated = sorted({k for k in t.loggers if t.loggers.count(k) > 1})
     if repeated:
         raise ConvzooError(f"train.loggers={_show(t.loggers)}: {repeated[0]} is listed twice")

@@ -15,7 +15,8 @@ From softmax probabilities (N, K), true labels (N,) and class names it writes:
     confident_mistakes.png the most confident wrong predictions (only when ``images`` is given),
                            each titled with its true and predicted class and probability
     predictions.csv        file (or index), true class, top-k classes with probabilities
-    report.json            count, top-1, top-k, ECE, macro F1, file names
+    report.json            count, top-1, top-k, ECE, macro F1, file names (and what was
+                           evaluated: data, split, weights, epoch, when the caller says)
 
 Expected calibration error (Guo et al. 2017, "On Calibration of Modern Neural Networks"): the
 confidence of a prediction is its top-1 probability; the confidences are cut into
@@ -307,6 +308,7 @@ def write_report(
     images: Any = None,
     names: Sequence[str] | None = None,
     topk: int = 5,
+    about: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write the evaluation report (module docstring) into `out_dir`; returns {name: path}.
 
@@ -314,8 +316,9 @@ def write_report(
     images: anything indexable by sample (``images[i]`` -> (C, H, W) or (H, W, C), uint8 0-255
     or float 0-1: a tensor, array, or a dataset view that decodes on demand); needed only for
     the mistakes grid, and only the shown ones are read. names: per-sample file names for
-    predictions.csv and the grid (default: the index). Inputs are checked before anything is
-    written.
+    predictions.csv and the grid (default: the index). about: what was evaluated (data,
+    split, weights, epoch), recorded in report.json (the model card reads it). Inputs are
+    checked before anything is written.
     """
     p, y = check_inputs(probs, labels, classes)
     n, k = p.shape
@@ -376,7 +379,7 @@ def write_report(
         files[name] = _save(fig, out / f"{name}.png")
 
     topk_acc = float(np.mean([y[i] in order[i] for i in range(n)]))
-    summary = {"count": n, "classes": k, "top1": float((preds == y).mean() * 100),
+    summary = {**(about or {}), "count": n, "classes": k, "top1": float((preds == y).mean() * 100),
                f"top{kk}": topk_acc * 100, "ece": ece * 100, "ece_bins": ECE_BINS,
                "macro_f1": table[-2]["f1"], "files": {key: p_.name for key, p_ in files.items()}}
     text = dumps_json(summary, indent=2) + "\n"

@@ -1,4 +1,5 @@
-"""``convzoo export``: a trained model as ONNX (preprocessing folded in) or safetensors.
+"""``convzoo export``: a trained model as ONNX or a ``torch.export`` program (.pt2), both with
+the preprocessing folded in, or as safetensors.
 
 ONNX: the exported graph is ``predictor.Predictor`` in eval mode (its ``forward``, the
 composition ``convzoo eval``/``predict`` and the API run, without TTA): it takes float32 images
@@ -9,6 +10,11 @@ view (centre crop where the recipe crops), then the network, and returns logits 
 The batch axis is dynamic. Class names, the input geometry (channels, height, width and the
 resize rule a caller must apply first) and the preprocessing kind are stored in the ONNX
 model's ``metadata_props``.
+
+pt2: the same graph as ONNX (``Predictor.forward``: float32 0-255 images (B, C, H, W) in,
+logits out, preprocessing and eval view included, dynamic batch axis) as a ``torch.export``
+program saved with ``torch.export.save``; ``torch.export.load(path).module()`` runs it with no
+convzoo installed. The ONNX metadata goes into the archive as ``extra_files['convzoo.json']``.
 
 safetensors: the model's ``state_dict`` (loadable with ``model.load_state_dict``) with the
 metadata of the run's own ``model.safetensors`` (one format: ``saved.weights_metadata``):
@@ -44,7 +50,8 @@ from convzoo.saved import checkpoint_geometry, read_checkpoint, weights_metadata
 
 log = logging.getLogger("convzoo")
 
-FORMATS = {"onnx": ".onnx", "safetensors": ".safetensors"}
+FORMATS = {"onnx": ".onnx", "pt2": ".pt2", "safetensors": ".safetensors"}
+PT2_METADATA = "convzoo.json"  # the .pt2 archive's extra file holding onnx_metadata's fields
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
@@ -100,6 +107,12 @@ def export(path: str | Path, fmt: str, *, out: str | Path | None = None, which: 
         if check:
             result.checks.append(check_safetensors(target, wrapper.model))
         return result
+    if fmt == "pt2":
+        write(lambda tmp: export_pt2(wrapper, ckpt, tmp, weights=weights))
+        result = ExportResult(target, fmt, "torch.export")
+        if check:
+            result.checks.append(check_pt2(target, wrapper, checkpoint_geometry(ckpt).shape))
+        return result
     exporter: list[str] = []
     write(lambda tmp: exporter.append(export_onnx(wrapper, ckpt, tmp, opset=opset,
                                                   weights=weights)))
@@ -123,6 +136,49 @@ def check_safetensors(path: Path, model: nn.Module) -> str:
     if bad:
         raise ConvzooError(f"{path}: tensor '{bad[0]}' differs from the checkpoint")
     return f"safetensors: {len(tensors)} tensors reload identically"
+
+
+# ----------------------------------------------------------------------------- torch.export
+
+
+def export_pt2(wrapper: Predictor, ckpt: dict[str, Any], path: Path,
+               weights: str = "raw") -> None:
+    """``torch.export`` of ``wrapper`` (eval mode, a dynamic batch axis) saved to ``path``
+    with the ONNX export's metadata as the extra file :data:`PT2_METADATA`."""
+    shape = checkpoint_geometry(ckpt).shape
+    example = torch.randint(0, 256, (2, *shape)).float()  # (2, C, H, W) 0-255
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        with _quiet(), torch.no_grad():
+            program = torch.export.export(wrapper, (example,), dynamic_shapes=({0: batch},))
+    except Exception as e:  # torch.export raises many types (unsupported ops, guards)
+        raise ConvzooError(f"torch.export of {ckpt['model_name']} failed "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                           ) from None
+    meta = dumps_json(onnx_metadata(ckpt, wrapper, weights))
+    torch.export.save(program, str(path), extra_files={PT2_METADATA: meta})
+
+
+def check_pt2(path: Path, wrapper: Predictor, image_shape: tuple[int, ...],
+              atol: float = 1e-4, rtol: float = 1e-4) -> str:
+    """Load the file back (``torch.export.load(path).module()``) and compare its logits with
+    the PyTorch model's on 1 and 3 random images (batch sizes other than the traced one)."""
+    try:
+        module = torch.export.load(str(path)).module()
+    except Exception as e:
+        raise ConvzooError(f"{path}: torch.export.load failed ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    diff = 0.0
+    for n in (1, 3):
+        x = torch.randint(0, 256, (n, *image_shape), generator=torch.Generator().manual_seed(n))
+        x = x.float()
+        with torch.no_grad():
+            expected, got = wrapper(x).float(), module(x).float()
+        diff = max(diff, (got - expected).abs().max().item())
+        if got.shape != expected.shape or not torch.allclose(got, expected, atol=atol, rtol=rtol):
+            raise ConvzooError(f"{path}: the loaded program's logits differ from PyTorch's "
+                               f"by {diff:.2e}")
+    return f"torch.export: logits of the loaded program match PyTorch (max abs diff {diff:.1e})"
 
 
 # ----------------------------------------------------------------------------- onnx

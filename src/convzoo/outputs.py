@@ -39,7 +39,7 @@ from convzoo.errors import ConvzooError
 # The files of a run directory (training/rundir.py writes them): no output replaces one, whether
 # or not that run is an input of the command.
 RUN_FILES = ("config.yaml", "init.json", "metrics.jsonl", "metrics.csv", "summary.json",
-             "model.safetensors", "best.pt", "last.pt", "curves.png", ".lock")
+             "model.safetensors", "best.pt", "last.pt", "curves.png", "README.md", ".lock")
 
 
 def kind_of(path: Path) -> str | None:

@@ -552,6 +552,8 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
         if rt.is_main:  # metrics row, weights, best.pt, summary (stage end), then last.pt
             figures = rundir.summary(ckpt, run.params, peak_memory_mb(rt.device),
                                      str(rt.device), rt.precision) if end else None
+            if figures is not None:  # the split sizes (the model card says them)
+                figures.update(train_count=run.data.train_count, eval_count=run.data.eval_count)
             rundir.save_epoch(run_dir, ckpt, writer, best=improved, summary=figures,
                               checkpoint=save, keep_last=cfg.train.keep_last)
             if figures is not None and writer is not None:

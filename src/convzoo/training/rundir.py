@@ -10,6 +10,7 @@ Everything ``train`` writes into ``runs/<name>/`` goes through this module:
     best.pt             the checkpoint of the best evaluated epoch (train.best_metric)
     epoch-NNNN.pt       the checkpoints of the last train.keep_last saved epochs (when > 0)
     summary.json, metrics.csv, curves.png     written at the end of each stage
+    README.md           the model card (``convzoo/card.py``), after them at each stage end
     last.pt             the checkpoint ``--resume`` continues from
     tracking.json, steps.csv, tensorboard/, wandb/    the loggers' (``convzoo/trackers.py``)
 
@@ -21,7 +22,7 @@ What a reader can rely on after a kill at any point (SIGKILL, OOM, power loss):
   (a killed append); readers skip it and the next owner rewrites the file without it.
 * ``last.pt`` is the commit point and is written last in every epoch (:func:`save_epoch`):
   metrics row -> model.safetensors -> best.pt -> summary.json / metrics.csv / curves.png ->
-  epoch-NNNN.pt -> last.pt (then older epoch-NNNN.pt beyond ``keep_last`` go). So every other
+  README.md -> epoch-NNNN.pt -> last.pt (then older epoch-NNNN.pt beyond ``keep_last`` go). So every other
   file is at least as new as ``last.pt``, and once ``last.pt`` holds a stage's final epoch, that stage's best.pt and summary are already complete. Anything newer
   than ``last.pt`` belongs to an epoch that ``--resume`` trains again; since that replay is
   exact (same seed per epoch), it rewrites those files with the same content, and drops
@@ -37,8 +38,8 @@ What a reader can rely on after a kill at any point (SIGKILL, OOM, power loss):
 * At most one process trains in a directory (``runlock.RunLock``), created atomically
   (:func:`create`, :func:`claim`); a fresh run that fails before its first checkpoint removes
   exactly what it wrote (:func:`discard`). ``--resume`` of a finished run
-  rebuilds a missing summary.json / metrics.csv / curves.png / model.safetensors
-  (:func:`complete`) and says what it rebuilt.
+  rebuilds a missing summary.json / metrics.csv / curves.png / model.safetensors /
+  README.md (:func:`complete`) and says what it rebuilt.
 
 A write that fails (full or read-only disk) raises a one-line ``ConvzooError`` naming the file;
 the directory is then as a kill at that point would have left it.
@@ -56,8 +57,8 @@ from typing import Any
 import torch
 import yaml
 
+from convzoo import card, files, report
 from convzoo import config as C
-from convzoo import files, report
 from convzoo import saved as ckpt_io
 from convzoo.errors import ConvzooError
 from convzoo.files import write_file, write_text
@@ -148,7 +149,8 @@ def save_epoch(
     ``metrics`` has ``write(row)`` (``logging.MetricsWriter``: this module's MetricsLog plus
     the loggers of ``train.loggers``); the row is ``ckpt['metrics']``. ``checkpoint``: advance last.pt and
     model.safetensors; ``best``: this epoch is the best so far; ``summary``: the stage ends here
-    (summary.json, metrics.csv, curves.png are written before last.pt advances);
+    (summary.json, metrics.csv, curves.png and the README.md model card are written before
+    last.pt advances);
     ``keep_last``: also keep this checkpoint as epoch-NNNN.pt, and the last N of those
     (:func:`keep_epoch_checkpoints`).
     """
@@ -163,6 +165,7 @@ def save_epoch(
         save_checkpoint(ckpt, run_dir / "best.pt")
     if summary is not None:
         write_summary(run_dir, summary)
+        write_card(run_dir, ckpt, summary)
     if checkpoint and keep_last:
         save_checkpoint(ckpt, run_dir / epoch_checkpoint(ckpt["epoch"]))
     if checkpoint:
@@ -279,6 +282,18 @@ def write_summary(run_dir: Path, figures: dict[str, Any]) -> None:
     )
 
 
+def write_card(run_dir: Path, ckpt: dict[str, Any], figures: dict[str, Any]) -> None:
+    """README.md, the model card (``convzoo.card``), after the summary it reads. A disk problem
+    is an error like any other write; anything else only a warning: the card must never lose
+    a finished run."""
+    try:
+        card.write_card(run_dir, ckpt, figures)
+    except ConvzooError:
+        raise
+    except Exception as e:
+        log.warning(f"could not write {run_dir / card.CARD_FILE}: {type(e).__name__}: {e}")
+
+
 def _pct(v: Any) -> str:
     return f"{v:.2f}%" if isinstance(v, (int, float)) else "n/a"
 
@@ -304,8 +319,9 @@ def complete(run_dir: Path, ckpt: dict[str, Any], device: str) -> list[str]:
 
     Rebuilds model.safetensors (from last.pt), summary.json (missing, unreadable, or of an
     older epoch; its peak memory then comes from the last metrics row, ``device`` is this
-    process's, and the file says ``"rebuilt": true``), metrics.csv and curves.png; logs what it
-    did and returns the rebuilt names.
+    process's, and the file says ``"rebuilt": true``), metrics.csv, curves.png and the model
+    card README.md (missing, or its summary rebuilt); logs what it did and returns the rebuilt
+    names.
     """
     done: list[str] = []
     if not (run_dir / "model.safetensors").is_file():
@@ -325,6 +341,9 @@ def complete(run_dir: Path, ckpt: dict[str, Any], device: str) -> list[str]:
     if missing:
         _write_reports(run_dir, missing)
         done.extend(n for n in missing if (run_dir / n).is_file())
+    if stale or not (run_dir / "README.md").is_file():  # the card reads the summary
+        write_card(run_dir, ckpt, report.read_summary(run_dir))
+        done.append("README.md")
     what = f"rebuilt {', '.join(done)}" if done else "nothing to do"
     log.info(f"{run_dir}: already trained to epoch {ckpt['epoch']}; {what}")
     return done
@@ -447,7 +466,8 @@ def create(parent: Path, name: str) -> RunLock:
 
 # What a run writes into its directory (module docstring) and may therefore remove again.
 WRITTEN = ("config.yaml", INIT_FILE, METRICS_FILE, "metrics.csv", "summary.json",
-           "model.safetensors", "best.pt", "last.pt", "curves.png", "tracking.json", "steps.csv")
+           "model.safetensors", "best.pt", "last.pt", "curves.png", "README.md", "tracking.json",
+           "steps.csv")
 TENSORBOARD_PREFIX = "events.out.tfevents."
 
 
@@ -489,3 +509,17 @@ def discard(lock: RunLock) -> list[str]:
         except OSError:
             break  # not empty (the user's files, or another run's): it stays, and its parents
     return removed
+
+
+def rebuild_card(run_dir: str | Path) -> Path:
+    """``convzoo card RUN``: the card of a finished run from its last checkpoint (or its
+    model.safetensors) and summary.json, rewritten while this process owns the run (a run
+    still training refuses with the holder's name)."""
+    run = Path(run_dir)
+    with RunLock.acquire(card.run_dir_of(run)):
+        ckpt, figures = card.finished_run(run)
+        kind = kind_of(run / card.CARD_FILE)
+        if kind not in (None, "file"):  # a link or node the user put there stays as it is
+            raise ConvzooError(f"{run / card.CARD_FILE}: is {kind}; convzoo replaces only a regular "
+                               "file")
+        return card.write_card(run, ckpt, figures)

@@ -177,8 +177,10 @@ def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | N
             model = convert_sync_batchnorm(model, rt.device)
         step_model = wrap_ddp(model, cfg.train, rt.device)
     eval_model: nn.Module = model  # each rank evaluates its shard; evaluate() gathers
-    if cfg.train.compile:
-        step_model, eval_model = torch.compile(step_model), torch.compile(model)
+    if cfg.train.compile:  # mode None: torch's default
+        mode = cfg.train.compile_mode
+        step_model, eval_model = torch.compile(step_model, mode=mode), torch.compile(model,
+                                                                                     mode=mode)
     views = tta_views_of(cfg.augment)
     return Run(cfg, rt, data, model, step_model, eval_model, optimizer, schedule, scaler, ema,
                stopper, nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing), params,
