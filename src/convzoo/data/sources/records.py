@@ -91,7 +91,7 @@ def load_records(records: Records, cfg: DataConfig, geometry: Geometry | None = 
     for split, f in records.files.items():
         if not f.keys:
             raise ConvzooError(f"{records.name}: split '{split}' has no images")
-    decoded, skipped, geo = images.decode_splits(
+    decoded, skipped, geo, _ = images.decode_splits(
         records.name, records.files, records.inputs, records.show,
         limits=Limits.from_config(cfg), workers=cfg.workers or images.default_workers(),
         skip_bad=cfg.skip_bad, geometry=geometry, channels=cfg.channels,
