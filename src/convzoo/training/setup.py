@@ -22,7 +22,7 @@ from convzoo.errors import ConvzooError
 from convzoo.models import create_model
 from convzoo.models.freeze import freeze, frozen_parameter_names
 from convzoo.models.info import count_params
-from convzoo.models.registry import check_stored_kwargs
+from convzoo.models.registry import check_stored_kwargs, get_entry
 from convzoo.models.weights import InitReport
 from convzoo.predictor import tta_views_of
 from convzoo.runtime import Runtime
@@ -103,6 +103,30 @@ def data_dependent_init(model: nn.Module, loader: Any, device: torch.device) -> 
     return time.perf_counter() - t0
 
 
+def check_model_outputs(model: nn.Module, shape: tuple[int, ...], num_classes: int,
+                        name: str) -> None:
+    """One image of the run's (C, H, W) `shape` through a project's `model` (eval mode, no
+    gradient, on its device) must give (1, num_classes) logits; else one line saying what it
+    gave. It also materialises lazy modules (``nn.LazyLinear``) before the optimizer is built."""
+    param = next(model.parameters(), None)
+    x = torch.zeros((1, *shape), device=param.device if param is not None else "cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:
+        detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise ConvzooError(f"model {name}: an input of shape {tuple(x.shape)} (the data's images) "
+                           f"fails in its forward ({type(e).__name__}: {detail})") from None
+    finally:
+        model.train(was_training)
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != (1, num_classes):
+        raise ConvzooError(f"model {name}: an input of shape {tuple(x.shape)} gives {got}, not "
+                           f"logits (1, {num_classes}) for the data's {num_classes} classes")
+
+
 def init_model(model: nn.Module, cfg: C.ModelConfig, classes: list[str]) -> InitReport | None:
     """Load ``model.init`` into a freshly built ``model`` (``load_init``: the head replaced
     when the classes differ) and log what was loaded; None when the run has no ``model.init``."""
@@ -148,6 +172,8 @@ def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | N
     torch.manual_seed(cfg.train.seed)
     model = create_model(cfg.model.name, num_classes=len(data.classes),
                          in_chans=data.image_shape[0], **cfg.model.kwargs)
+    if not get_entry(cfg.model.name).zoo:  # a project's model: say now if it does not fit
+        check_model_outputs(model, tuple(data.image_shape), len(data.classes), cfg.model.name)
     init_report = init_model(model, cfg.model, list(data.classes)) if init_from_data else None
     model = model.to(rt.device)
     if rt.channels_last:
@@ -266,6 +292,7 @@ def checkpoint_state(run: Run, row: dict[str, Any]) -> dict[str, Any]:
         "config": C.to_dict(cfg),
         "model_name": cfg.model.name,
         "model_kwargs": dict(cfg.model.kwargs),
+        "model_module": get_entry(cfg.model.name).module,  # a project's model: the hint
         "num_classes": len(data.classes),
         "in_chans": data.image_shape[0],
         "classes": list(data.classes),
