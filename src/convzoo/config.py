@@ -314,6 +314,10 @@ class OptimConfig:
     # lr multiplier for the backbone (every parameter but the classifier head), e.g. 0.1 to
     # fine-tune trained weights gently while a new head learns at optim.lr
     backbone_lr_scale: Annotated[float, In("(0, inf)")] = 1.0
+    # layer-wise lr decay (BEiT, timm's layer_decay): the model's stages get lr *
+    # layer_decay**depth, depth counted from the head (head 0, last stage 1, ... stem N), times
+    # backbone_lr_scale; null = off. Needs a model that names its stages (zoo, timm)
+    layer_decay: Annotated[float | None, In("(0, 1]")] = None
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,16 @@ import sys
 import time
 from types import TracebackType
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 log = logging.getLogger("convzoo")
 LOG_SECONDS = 30.0
+
+
+def interactive() -> bool:
+    """Whether progress is drawn as a bar: stderr is a terminal, or this is a notebook's kernel
+    (where ``tqdm.auto`` draws a widget); otherwise progress is log lines."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
 def _is_main_rank() -> bool:
@@ -31,7 +37,7 @@ class progress:  # noqa: N801 - used like tqdm, as a context manager
         self.total, self.desc, self.unit = total, desc, unit
         self.enabled = enabled and _is_main_rank()
         self.bar: tqdm | None = None
-        if self.enabled and sys.stderr.isatty():
+        if self.enabled and interactive():
             self.bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
                             dynamic_ncols=True, leave=False)
         self.done = 0
