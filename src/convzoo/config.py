@@ -269,6 +269,9 @@ class ModelConfig:
     init_head: Literal["auto", "new", "keep"] = "auto"
     # which weights of a run in model.init: auto (the EMA when the run kept one) | ema | raw
     init_weights: Literal["auto", "ema", "raw"] = "auto"
+    # what model.init's source gave the keys this config left unset: model name and kwargs,
+    # input geometry, normalisation (a record, written by train; docs/models.md)
+    init_took: dict[str, Any] = field(default_factory=dict)
     # train only part of the model: none | backbone (only the classifier head: a linear probe)
     # | all_but_last_stage (the last stage and the head); frozen batch norms keep their stats
     freeze: Literal["none", "backbone", "all_but_last_stage"] = "none"

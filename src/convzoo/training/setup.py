@@ -138,7 +138,19 @@ def init_model(model: nn.Module, cfg: C.ModelConfig, classes: list[str]) -> Init
     report = load_init(model, source, classes=classes, arch=cfg.name, head=cfg.init_head,
                        weights=cfg.init_weights)
     log.info(report.summary())
+    report.took = dict(cfg.init_took)
+    if report.took:  # runconfig.take_init_shape: the source's shape, unless the config set it
+        log.info(f"model.init {cfg.init}: took " + ", ".join(
+            f"{k}={_short(v)}" for k, v in report.took.items())
+            + " from it (set them to choose otherwise); recorded in init.json")
     return report
+
+
+def _short(value: Any) -> str:
+    """A taken value for the log line: numbers to 4 digits."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | None = None,
