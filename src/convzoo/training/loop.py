@@ -401,6 +401,7 @@ def train(config_or_recipe: str | Path | C.Config | dict[str, Any] | None = None
     from convzoo.training.results import (
         TrainResult,
         callback_hook,
+        check_same_model,
         is_model_object,
         model_override,
     )
@@ -408,15 +409,15 @@ def train(config_or_recipe: str | Path | C.Config | dict[str, Any] | None = None
     hook = callback_hook(callbacks)
     model = overrides.pop("model") if is_model_object(overrides.get("model")) else None
     nested = runconfig.overrides_from_keywords(overrides)
-    if resume is not None:
-        if config_or_recipe is not None:
-            raise ConvzooError("--resume continues a run with its own config; drop the recipe")
-        cfg, ckpt = runconfig.resume_run_config(Path(resume), nested)
-        with (model_override(model, cfg.model.name) if model is not None
-              else contextlib.nullcontext()):
-            return TrainResult.read(fit(cfg, Path(resume), ckpt=ckpt, hook=hook))
-    with (model_override(model) if model is not None
+    if resume is not None and config_or_recipe is not None:
+        raise ConvzooError("--resume continues a run with its own config; drop the recipe")
+    with (model_override(model, resume is not None) if model is not None
           else contextlib.nullcontext()) as name:
+        if resume is not None:
+            cfg, ckpt = runconfig.resume_run_config(Path(resume), nested)
+            if name is not None:
+                check_same_model(name, cfg.model.name, model)
+            return TrainResult.read(fit(cfg, Path(resume), ckpt=ckpt, hook=hook))
         if name is not None:
             nested = C.merge(nested, {"model": {"name": name}})
         return TrainResult.read(fit(runconfig.train_config(config_or_recipe, nested), hook=hook))

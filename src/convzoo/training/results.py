@@ -103,17 +103,24 @@ def is_model_object(value: Any) -> bool:
 
 
 @contextlib.contextmanager
-def model_override(model: Any, run_name: str | None = None) -> Iterator[str]:
+def model_override(model: Any, resume: bool = False) -> Iterator[str]:
     """The model name a run records for ``model`` (a module or a factory) and, for the block,
     the registry resolving it: a registered factory is its name; anything else is
-    ``custom:<module>.<class>``, built from the object (``registry.supplied``). `run_name`: the
-    name a resumed run recorded, which the object must match."""
+    ``custom:<module>.<class>``, built from the object (``registry.supplied``; for a `resume`,
+    whatever ``custom:`` name the run recorded, as ``convzoo.load`` takes it: the weights must
+    fit the object)."""
     name = registered_name(model) or custom_name(model)
-    if run_name is not None and run_name != name:
-        raise ConvzooError(f"model={type(model).__name__}: the run's model is {run_name}, this "
-                           f"object is {name}; resume a run with the model it trained")
     if not name.startswith("custom:"):
         yield name
         return
-    with supplied(name, model):
+    with supplied("custom:" if resume else name, model):
         yield name
+
+
+def check_same_model(name: str, run_name: str, model: Any) -> None:
+    """A resume with ``model=``: the object must be the run's model (a registered name), or the
+    run's a module passed as an object."""
+    if run_name != name and not run_name.startswith("custom:"):
+        raise ConvzooError(f"model={getattr(model, '__name__', type(model).__name__)}: the "
+                           f"run's model is {run_name}, this object is {name}; resume a run "
+                           "with the model it trained")
