@@ -1,7 +1,8 @@
 """The training loop: ``fit(cfg)`` checks a run, then trains its stages; ``run_stage`` is the
 epoch loop, ``train_one_epoch`` the steps, ``evaluate_run`` the per-epoch evaluation.
 
-Read it top to bottom: there are no callbacks and no trainer class. What a stage is built from
+Read it top to bottom: there is one hook (:class:`Hook`: sweeps' pruning and
+``convzoo.train``'s callbacks) and no trainer class. What a stage is built from
 (model, optimizer, schedule, scaler, EMA) lives in ``train/setup.py`` and is shared with
 ``convzoo bench``. Exact resume works because everything random in epoch ``e`` is seeded from
 ``(seed, e)`` (``data/sampler.py``: the table of random streams) and all other state is in ``last.pt``, written atomically.
