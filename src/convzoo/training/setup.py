@@ -297,6 +297,7 @@ def checkpoint_state(run: Run, row: dict[str, Any]) -> dict[str, Any]:
     export) need, as a plain dict of tensors and primitives (loadable with
     ``weights_only=True``)."""
     cfg, data, s = run.cfg, run.data, run.state
+    entry = get_entry(cfg.model.name)
     return {
         "format": ckpt_io.FORMAT,
         "version": ckpt_io.VERSION,
@@ -304,7 +305,8 @@ def checkpoint_state(run: Run, row: dict[str, Any]) -> dict[str, Any]:
         "config": C.to_dict(cfg),
         "model_name": cfg.model.name,
         "model_kwargs": dict(cfg.model.kwargs),
-        "model_module": get_entry(cfg.model.name).module,  # a project's model: the hint
+        # a project's model: the module that registered it (the hint when it is not imported)
+        **({"model_module": entry.module} if not entry.zoo else {}),
         "num_classes": len(data.classes),
         "in_chans": data.image_shape[0],
         "classes": list(data.classes),
