@@ -101,6 +101,19 @@ def flip(path: Path, offset: int) -> None:
 # ----------------------------------------------------------------------------- offsets
 
 
+def text_byte(data: bytes, start: int) -> int:
+    """The first character of the first pickled text (a key or a value, opcode BINUNICODE
+    ``X`` + 4-byte length) at or after `start`: a byte that always means something, where the
+    exact middle may be an unused memo index, which loads the same values."""
+    i = start
+    while True:
+        i = data.index(b"X", i)
+        n = struct.unpack("<I", data[i + 1:i + 5])[0]
+        if 0 < n < 200 and data[i + 5:i + 5 + n].isalnum():
+            return i + 5
+        i += 1
+
+
 def pt_offsets(path: Path) -> dict[str, int]:
     """Offsets in a torch.save zip: its pickle (the header: keys, shapes, numbers), the data of
     three tensor records, and the central directory (a record's name, where a record lies)."""
@@ -116,7 +129,8 @@ def pt_offsets(path: Path) -> dict[str, int]:
     pkl = infos["archive/data.pkl"]
     storages = sorted((i for name, i in infos.items() if name.startswith("archive/data/")
                        and i.file_size >= 16), key=lambda i: i.header_offset)
-    out = {"pickle start": payload(pkl) + 2, "pickle middle": payload(pkl) + pkl.file_size // 2}
+    out = {"pickle start": payload(pkl) + 2, "pickle middle": text_byte(
+        data, payload(pkl) + pkl.file_size // 2)}
     for label, info in (("first tensor", storages[0]), ("middle tensor", storages[len(storages) // 2]),
                         ("last tensor", storages[-1])):
         out[label] = payload(info) + info.file_size // 2

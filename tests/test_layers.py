@@ -28,6 +28,8 @@ LAZY = {
     ("convzoo", "convzoo.api"): "convzoo.load / Classifier: imports torch (5.8 s)",
     ("convzoo", "convzoo.sweeps"): "convzoo.sweep: imports torch (5.8 s)",
     ("convzoo", "convzoo.models"): "convzoo.create_model / list_models: imports torch",
+    ("convzoo", "convzoo.models.registry"): "convzoo.register_model: imports torch (5.8 s)",
+    ("convzoo", "convzoo.training.results"): "convzoo.TrainResult: imports torch (5.8 s)",
     # The CLI imports what a command runs inside that command.
     ("convzoo.cli", "convzoo.runconfig"): TORCH,
     ("convzoo.cli", "convzoo.training.loop"): TORCH,

@@ -98,7 +98,7 @@ def test_bad_keyword_value_is_a_user_error():
 
 
 def test_duplicate_registration_raises():
-    with pytest.raises(ValueError, match="resnet20"):
+    with pytest.raises(ConvzooError, match="'resnet20' is already registered"):
 
         @register_model(source="x", input_size=(3, 32, 32))
         def resnet20(num_classes: int = 10, in_chans: int = 3) -> nn.Module:

@@ -2,11 +2,13 @@
 
     import convzoo
     clf = convzoo.load("runs/quickstart")        # -> convzoo.Classifier: predict, evaluate
-    run_dir = convzoo.train("quickstart", epochs=2)
+    result = convzoo.train("quickstart", epochs=2)  # -> TrainResult: run_dir, summary, history
     result = convzoo.sweep(recipe="quickstart", params={"optim.lr": "loguniform:1e-3:1"})
 
-``train``, ``load``, ``Classifier``, ``sweep`` and ``SweepResult`` are the functions and classes
-of ``convzoo.training.loop``, ``convzoo.api`` and ``convzoo.sweeps``, imported on first use
+``train``, ``TrainResult``, ``register_model``, ``load``, ``Classifier``, ``sweep`` and
+``SweepResult`` are the functions and classes of ``convzoo.training.loop``,
+``convzoo.training.results``, ``convzoo.models.registry``, ``convzoo.api`` and
+``convzoo.sweeps``, imported on first use
 (``__getattr__`` below), so ``import convzoo`` and the CLI stay light.
 """
 
@@ -25,6 +27,14 @@ def __getattr__(name: str) -> Any:
         from convzoo.training.loop import train
 
         return train
+    if name == "TrainResult":
+        from convzoo.training.results import TrainResult
+
+        return TrainResult
+    if name == "register_model":
+        from convzoo.models.registry import register_model
+
+        return register_model
     if name in ("load", "Classifier"):
         from convzoo import api
 

@@ -20,6 +20,7 @@ precision ``convzoo eval`` uses.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from convzoo.data.progress import progress
 from convzoo.data.transforms.preprocess import Preprocessor
 from convzoo.errors import ConvzooError
 from convzoo.evaluate import evaluate
+from convzoo.models.registry import CUSTOM_PREFIX, supplied
 from convzoo.outputs import check_output_dir
 from convzoo.predictor import Predictor, tta_views_of
 from convzoo.runtime import Runtime, resolve_runtime
@@ -57,7 +59,8 @@ ImageInput = str | Path | Image.Image | torch.Tensor | np.ndarray
 
 
 def load(run_or_ckpt: str | Path, *, which: str = "last", weights: str = "auto",
-         device: str = "auto") -> Classifier:
+         device: str = "auto", model: nn.Module | Callable[..., nn.Module] | None = None
+         ) -> Classifier:
     """A trained model, ready to predict and evaluate.
 
     run_or_ckpt: a run directory (its ``<which>.pt``; ``model.safetensors`` when last.pt is
@@ -67,12 +70,16 @@ def load(run_or_ckpt: str | Path, *, which: str = "last", weights: str = "auto",
     weights: ``auto`` (the EMA of the weights when the run kept one, as its figures), ``ema``
         or ``raw`` (the trained weights); a .safetensors file holds one of them.
     device: ``auto`` (CUDA when available) | ``cpu`` | ``cuda`` | ``cuda:N`` | ``mps``.
+    model: for a run of a module passed to ``convzoo.train(model=...)`` as an object (model
+        ``custom:...``, which no name rebuilds): the module to load the weights into, or its
+        factory ``callable(num_classes) -> nn.Module``.
     """
     if which not in ("last", "best"):
         raise ConvzooError(f"which={which!r}: choose last or best")
-    ckpt = read_checkpoint(run_or_ckpt, which, weights)
-    return Classifier.from_checkpoint(ckpt, weights=weights, device=device,
-                                      source=Path(run_or_ckpt))
+    with supplied(CUSTOM_PREFIX, model) if model is not None else contextlib.nullcontext():
+        ckpt = read_checkpoint(run_or_ckpt, which, weights)
+        return Classifier.from_checkpoint(ckpt, weights=weights, device=device,
+                                          source=Path(run_or_ckpt))
 
 
 def _trusted_data(cfg: C.DataConfig, data_root: str | None) -> C.DataConfig:

@@ -269,6 +269,9 @@ class ModelConfig:
     init_head: Literal["auto", "new", "keep"] = "auto"
     # which weights of a run in model.init: auto (the EMA when the run kept one) | ema | raw
     init_weights: Literal["auto", "ema", "raw"] = "auto"
+    # what model.init's source gave the keys this config left unset: model name and kwargs,
+    # input geometry, normalisation (a record, written by train; docs/models.md)
+    init_took: dict[str, Any] = field(default_factory=dict)
     # train only part of the model: none | backbone (only the classifier head: a linear probe)
     # | all_but_last_stage (the last stage and the head); frozen batch norms keep their stats
     freeze: Literal["none", "backbone", "all_but_last_stage"] = "none"
@@ -314,6 +317,10 @@ class OptimConfig:
     # lr multiplier for the backbone (every parameter but the classifier head), e.g. 0.1 to
     # fine-tune trained weights gently while a new head learns at optim.lr
     backbone_lr_scale: Annotated[float, In("(0, inf)")] = 1.0
+    # layer-wise lr decay (BEiT, timm's layer_decay): the model's stages get lr *
+    # layer_decay**depth, depth counted from the head (head 0, last stage 1, ... stem N), times
+    # backbone_lr_scale; null = off. Needs a model that names its stages (zoo, timm)
+    layer_decay: Annotated[float | None, In("(0, 1]")] = None
 
 
 @dataclass(frozen=True)

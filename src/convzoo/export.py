@@ -33,6 +33,7 @@ import inspect
 import io
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,7 @@ from torch import nn
 from convzoo import saved as ckpt_io
 from convzoo.errors import ConvzooError
 from convzoo.jsonio import dumps_json
+from convzoo.models.registry import CUSTOM_PREFIX, supplied
 from convzoo.outputs import check_output_file, write_output
 from convzoo.predictor import Predictor
 from convzoo.runtime import Runtime
@@ -81,9 +83,16 @@ def default_output(path: str | Path, which: str, fmt: str) -> Path:
 
 
 def export(path: str | Path, fmt: str, *, out: str | Path | None = None, which: str = "last",
-           opset: int | None = None, check: bool = False, weights: str = "auto") -> ExportResult:
+           opset: int | None = None, check: bool = False, weights: str = "auto",
+           model: nn.Module | Callable[..., nn.Module] | None = None) -> ExportResult:
     """Export the checkpoint at ``path`` (run directory or .pt file) to ``fmt``; ``weights``:
-    auto (the EMA when the run kept one), ema or raw (``checkpoint.select_weights``)."""
+    auto (the EMA when the run kept one), ema or raw (``checkpoint.select_weights``).
+    ``model``: the module (or its factory) of a run of a module passed to ``convzoo.train`` as
+    an object (``custom:...``), as ``convzoo.load`` takes it."""
+    if model is not None:
+        with supplied(CUSTOM_PREFIX, model):
+            return export(path, fmt, out=out, which=which, opset=opset, check=check,
+                          weights=weights)
     if fmt not in FORMATS:
         raise ConvzooError(f"unknown export format '{fmt}' (choose: {', '.join(FORMATS)})")
     if fmt != "onnx" and opset is not None:

@@ -25,7 +25,8 @@ from typing import Any
 
 from convzoo import config as C
 from convzoo.errors import ConvzooError
-from convzoo.saved import load_checkpoint
+from convzoo.models.registry import import_timm
+from convzoo.saved import checkpoint_geometry, load_checkpoint, read_checkpoint
 
 # What a resume may change without starting a new stage: how this process runs, not what it
 # trains.
@@ -76,7 +77,87 @@ def train_config(config_or_recipe: str | Path | list[str | Path] | C.Config | di
         base = C.load_recipe(str(config_or_recipe))
     else:
         base = {}
-    return C.from_dict(C.merge(base, overrides))
+    return C.from_dict(take_init_shape(C.merge(base, overrides)))
+
+
+# What model.init's source gives the keys a config leaves unset (take_init_shape), in order.
+INIT_KEYS = ("model.name", "model.kwargs", "data.image_size", "data.channels", "data.resize",
+             "preprocess.kind", "preprocess.mean", "preprocess.std")
+
+
+def _given(data: dict[str, Any], dotted: str) -> bool:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def init_shape(source: str) -> dict[str, Any]:
+    """The shape of what ``model.init`` names, as config keys (:data:`INIT_KEYS`): a convzoo
+    run directory (or its checkpoint / model.safetensors): its model name and kwargs, input
+    geometry (size, channels, crop or squash) and normalisation (its fitted per-channel mean
+    and std, or for other kinds the kind, refitted); ``timm:NAME``: timm's pretrained config
+    (no download): the architecture, its input size and mean/std (on the 0-255 scale). {} for
+    anything else (others' weight files have no shape to take)."""
+    if source.startswith("timm:"):
+        timm = import_timm(f"model.init {source!r}")
+        name = source.removeprefix("timm:")
+        cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True) \
+            if timm.is_model(name) else None
+        if cfg is None:
+            raise ConvzooError(f"model.init {source}: timm has no pretrained config by that "
+                               "name (name a tag, e.g. timm:resnet18.a1_in1k)")
+        c, h, _ = cfg.input_size
+        return {"model.name": "timm:" + name.split(".")[0], "data.image_size": int(h),
+                "data.channels": int(c), "preprocess.kind": "channel",
+                "preprocess.mean": [round(255 * float(v), 4) for v in cfg.mean][:c],
+                "preprocess.std": [round(255 * float(v), 4) for v in cfg.std][:c]}
+    path = Path(source).expanduser()
+    if not source or source.startswith("torchvision:") or not (
+            path.is_dir() or path.suffix in (".pt", ".safetensors")):
+        return {}
+    try:
+        ckpt = read_checkpoint(path, "last")
+    except ConvzooError:
+        if path.is_dir():
+            raise
+        return {}  # not convzoo's file: model.init reads it as foreign weights
+    geometry = checkpoint_geometry(ckpt)
+    pre = ckpt["preprocess"]
+    took: dict[str, Any] = {"model.name": ckpt["model_name"],
+                            "model.kwargs": dict(ckpt["model_kwargs"]),
+                            "data.image_size": geometry.height, "data.channels": geometry.channels,
+                            "data.resize": geometry.resize, "preprocess.kind": pre["kind"]}
+    if pre["kind"] == "channel":
+        took["preprocess.mean"] = [round(float(v), 4) for v in pre["mean"]]
+        took["preprocess.std"] = [round(float(v), 4) for v in pre["std"]]
+    return took
+
+
+def take_init_shape(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` (a config as the user gave it: recipes and overrides, before the defaults) with
+    the keys it does not set taken from ``model.init``'s source (:func:`init_shape`), recorded
+    in ``model.init_took``. A key the user set wins; the model's kwargs and the normalisation's
+    statistics come only with the model name and the kind they belong to."""
+    source = data.get("model", {}).get("init") if isinstance(data.get("model"), dict) else None
+    if not isinstance(source, str) or not source:
+        return data
+    shape = init_shape(source)
+    took: dict[str, Any] = {}
+    for key in INIT_KEYS:
+        if key not in shape or _given(data, key):
+            continue
+        owner = {"model.kwargs": "model.name", "preprocess.mean": "preprocess.kind",
+                 "preprocess.std": "preprocess.kind"}.get(key)
+        if owner is not None and owner not in took and _given(data, owner):
+            continue  # the user's own model or kind: the source's kwargs/statistics do not fit
+        took[key] = shape[key]
+    merged = data
+    for key, value in took.items():
+        merged = C.merge(merged, C.dotted_to_nested(key, value))
+    return C.merge(merged, {"model": {"init_took": took}})
 
 
 def resume_config(run_dir: Path, overrides: dict[str, Any],

@@ -153,6 +153,7 @@ def weights_metadata(ckpt: dict[str, Any], weights: str) -> dict[str, str]:
         "in_chans": str(ckpt["in_chans"]),
         "classes": dumps_json(list(ckpt["classes"])),
         "model_kwargs": dumps_json(dict(ckpt["model_kwargs"])),
+        **({"model_module": ckpt["model_module"]} if ckpt.get("model_module") else {}),
         "weights": weights,  # "ema" or "raw" (select_weights)
         "epoch": str(ckpt["epoch"]),
         "image_shape": dumps_json(list(geometry.shape)),
@@ -295,6 +296,7 @@ def read_checkpoint(path: str | Path, which: str = "last", weights: str = "auto"
     state = model.state_dict()
     return {"format": FORMAT, "weights_file": str(p), "config": config,
             "model_name": meta["model"], "model_kwargs": meta["model_kwargs"],
+            "model_module": meta["model_module"],
             "num_classes": meta["num_classes"], "in_chans": meta["in_chans"],
             "classes": meta["classes"] or [str(i) for i in range(meta["num_classes"])],
             "image_shape": meta["image_shape"], "geometry": geometry,
@@ -351,6 +353,7 @@ def load_weights_file(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         meta["num_classes"] = _integer(raw["num_classes"])
         meta["in_chans"] = _integer(raw["in_chans"])
         meta["model_kwargs"] = loads_json(raw.get("model_kwargs", "{}"))
+        meta["model_module"] = raw.get("model_module")
         meta["classes"] = _classes_from_meta(raw, str(path))
         for key in ("image_shape", "eval_view", "geometry", "config"):
             meta[key] = loads_json(raw[key]) if key in raw else None
@@ -562,8 +565,11 @@ def check_model_fields(fields: Mapping[str, Any], path: Path | str,
     name = value("model_name")
     _check(path, "model_name", name, isinstance(name, str) and 0 < len(name) <= 200,
            "a model name")
+    module = fields.get("model_module")  # who registered it (a project's model): the hint
+    _check(path, "model_module", module, module is None or (
+        isinstance(module, str) and len(module) <= 200), "a module name")
     try:
-        get_entry(name)
+        get_entry(name, registered_by=module)
     except ConvzooError as e:
         raise ConvzooError(f"{path}: stored model_name: {e}") from None
     check_stored_kwargs(name, value("model_kwargs"), str(path))

@@ -14,7 +14,7 @@ parameters): resumable with ``convzoo train --resume``, evaluable with ``convzoo
   value of a finished trial is its last epoch's, i.e. its ``summary.json`` figure, which
   ``convzoo eval TRIAL_DIR`` repeats.
 * Each evaluated epoch is reported to the trial (``trial.report(value, epoch)``) through
-  ``fit``'s ``epoch_end``; when the pruner (median, ASHA, Hyperband) says so, the run ends at
+  ``fit``'s hook; when the pruner (median, ASHA, Hyperband) says so, the run ends at
   that epoch as early stopping ends one (its directory stays consistent) and the trial is
   PRUNED.
 * Several processes on one or many machines share a study by pointing at the same storage and
@@ -61,6 +61,7 @@ from convzoo.report import read_summary
 from convzoo.trackers import check_installed, installed, sqlite_lock
 from convzoo.training.loop import fit
 from convzoo.training.preempt import EXIT_PREEMPTED, Preempted
+from convzoo.training.results import Event, Hook
 from convzoo.training.runlock import Holder
 
 log = logging.getLogger("convzoo")
@@ -452,14 +453,17 @@ class Interrupted(Exception):
 
 
 class Reporter:
-    """``fit``'s ``epoch_end`` for one trial: each evaluated epoch's value to the trial; True
-    (end the run) when the pruner says so, before the last epoch (which is the result)."""
+    """``fit``'s hook for one trial (``results.Hook``): each evaluated epoch's value to the
+    trial; True (end the run) when the pruner says so, before the last epoch (the result)."""
 
     def __init__(self, trial: Any, metric: str, last_epoch: int) -> None:
         self.trial, self.metric, self.last_epoch = trial, metric, last_epoch
         self.pruned_at: int | None = None
 
-    def __call__(self, row: dict[str, Any]) -> bool:
+    def __call__(self, event: Event) -> bool:
+        if event.name != "eval_end":
+            return False
+        row = event.metrics
         name = METRIC_FIELD[self.metric]
         value = row.get(f"ema_eval_{name}", row.get(f"eval_{name}"))
         if value is None or row.get("eval_split") != "val":
@@ -504,7 +508,7 @@ class Objective:
         reporter = Reporter(trial, self.sweep.metric,
                             cfg.stages[-1].epochs if cfg.stages else cfg.train.epochs)
         try:
-            fit(cfg, claim=run_dir, epoch_end=reporter)
+            fit(cfg, claim=run_dir, hook=Hook(reporter))
         except SystemExit as e:  # a signal before the loop (runlock.RunLock): not a result
             raise Interrupted(e.code if isinstance(e.code, int) else 1) from None
         figures = read_summary(run_dir)

@@ -23,14 +23,14 @@ FIRST_SECONDS = 5.0
 LOG_SECONDS = 30.0
 
 
+def interactive() -> bool:
+    """Whether progress is drawn as a bar: stderr is a terminal, or this is a notebook's kernel
+    (where ``tqdm.auto`` draws a widget); otherwise progress is log lines."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
 def _is_main_rank() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
-
-
-def interactive() -> bool:
-    """A person watches the output: stderr is a terminal, or this is a Jupyter kernel (whose
-    stderr is a pipe, but where ``tqdm.auto`` draws a widget)."""
-    return sys.stderr.isatty() or "ipykernel" in sys.modules
 
 
 class progress:  # noqa: N801 - used like tqdm, as a context manager

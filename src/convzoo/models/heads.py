@@ -51,7 +51,8 @@ def num_outputs(head: nn.Module) -> int:
 def _require_interface(model: nn.Module) -> None:
     if not callable(getattr(model, "get_classifier", None)):
         raise ConvzooError(f"{type(model).__name__} has no get_classifier(): not a convzoo "
-                           "or timm classifier")
+                           "or timm classifier (a model of your own needs get_classifier() and "
+                           "reset_classifier(k) for this; docs/models.md, your own model)")
 
 
 def head_state_keys(model: nn.Module) -> set[str]:

@@ -62,8 +62,13 @@ def default_num_classes(name: str) -> int:
 @functools.cache
 def _info(name: str, num_classes: int) -> tuple:
     entry = get_entry(name)
-    with torch.device("meta"):  # no memory, no init cost, no arithmetic
-        model = entry.factory(num_classes=num_classes, in_chans=entry.input_size[0])
+    try:
+        with torch.device("meta"):  # no memory, no init cost, no arithmetic
+            model = entry.build(num_classes, entry.input_size[0])
+    except Exception:  # a project's factory may compute while it builds: on the CPU then
+        if entry.zoo:
+            raise
+        model = entry.build(num_classes, entry.input_size[0])
     return (
         count_params(model),
         count_bn_running(model),

@@ -5,22 +5,33 @@
 
     model = create_model("resnet20", num_classes=100)
 
+A project registers its own architectures the same way (``convzoo.register_model(name,
+factory)``, or as a decorator); the name is then usable in recipes, ``--model`` and ``convzoo
+models``. A process that did not import the project's module imports the modules named in the
+environment variable ``CONVZOO_MODELS`` (comma-separated) on the first lookup of a name it does
+not know: a file never names code to run (docs/models.md).
+
 Names ``timm:<name>`` resolve to timm's architectures (``pip install 'convzoo[timm]'``),
 built with ``timm.create_model(name, pretrained=False, num_classes=, in_chans=, **kwargs)``
-(random init: trained weights come from ``convzoo.models.weights.load_init``). This module is
-the one place that resolves a model name, zoo or timm.
+(random init: trained weights come from ``convzoo.models.weights.load_init``). Names
+``custom:<module>.<class>`` are modules passed to ``convzoo.train(model=...)`` as objects: they
+resolve only while the caller supplies the object (:func:`supplied`). This module is the one
+place that resolves a model name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import fnmatch
 import functools
+import importlib
 import inspect
 import math
+import os
 import re
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +40,10 @@ from torch import nn
 from convzoo.errors import ConvzooError
 
 ModelFactory = Callable[..., nn.Module]
+
+MODULES_ENV = "CONVZOO_MODELS"  # modules that register a project's models, comma-separated
+CUSTOM_PREFIX = "custom:"  # a module passed as an object: convzoo.train(model=net)
+NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,99}")
 
 
 @dataclass(frozen=True)
@@ -40,25 +55,126 @@ class ModelEntry:
     source: str  # the system / paper whose structure it reproduces
     input_size: tuple[int, int, int]  # default (C, H, W)
     description: str = ""
+    module: str = ""  # the Python module that registered it (a project's, or convzoo's)
+
+    @property
+    def zoo(self) -> bool:
+        """One of convzoo's own models or timm's (not a project's)."""
+        return self.module.startswith("convzoo.") or self.source == "timm"
+
+    def build(self, num_classes: int, in_chans: int, **kwargs: Any) -> nn.Module:
+        """The factory called with what it takes: ``num_classes`` (by keyword, or as the first
+        argument of a factory that has no such keyword), ``in_chans`` where it accepts it."""
+        accepted = _accepted_keywords(self.factory)
+        if accepted is None or "in_chans" in accepted:
+            kwargs = {"in_chans": in_chans, **kwargs}
+        if accepted is None or "num_classes" in accepted:
+            return self.factory(num_classes=num_classes, **kwargs)
+        return self.factory(num_classes, **kwargs)
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_SUPPLIED: dict[str, ModelEntry] = {}  # custom:... names while their caller supplies them
 
 
-def register_model(
-    *, source: str, input_size: tuple[int, int, int], description: str = ""
-) -> Callable[[ModelFactory], ModelFactory]:
-    """Decorator registering a factory under its function name. Duplicate names raise."""
+def register_model(name: str | None = None, factory: ModelFactory | None = None, *,
+                   input_size: tuple[int, int, int] | None = None, source: str = "",
+                   description: str = "") -> Any:
+    """Register ``factory(num_classes[, in_chans, **kwargs]) -> nn.Module`` under ``name``.
 
-    def decorator(factory: ModelFactory) -> ModelFactory:
-        name = factory.__name__
-        if name in _REGISTRY:
-            raise ValueError(f"model {name!r} is already registered")
-        desc = description or (inspect.getdoc(factory) or "").split("\n")[0]
-        _REGISTRY[name] = ModelEntry(name, factory, source, tuple(input_size), desc)
-        return factory
+        convzoo.register_model("tinynet", make_tinynet, input_size=(3, 32, 32))
 
-    return decorator
+        @convzoo.register_model("tinynet")         # or @register_model(): the function's name
+        def make_tinynet(num_classes: int = 10, width: int = 16) -> nn.Module: ...
+
+    Returns the factory (or, without one, a decorator that registers and returns it).
+    input_size: the default (C, H, W) that ``convzoo models`` counts FLOPs at (default 3x32x32).
+    source / description: the table's columns (default: the module and the docstring's first
+    line). A factory's keyword parameters with plain default values are what ``model.kwargs``
+    may set (and a saved run may pass back). A name is taken once; registering the same
+    function again (a re-run notebook cell, a reloaded module) replaces it.
+    """
+
+    def decorator(fn: ModelFactory) -> ModelFactory:
+        key = name or fn.__name__
+        if not isinstance(key, str) or not NAME_PATTERN.fullmatch(key):
+            raise ConvzooError(f"register_model: name {key!r} must be a letter or _ followed by "
+                               "up to 99 letters, digits, '_', '.' or '-'")
+        if not callable(fn):
+            raise ConvzooError(f"register_model {key!r}: the factory is not callable")
+        old = _REGISTRY.get(key)
+        if old is not None and not _same_function(old.factory, fn):
+            raise ConvzooError(f"model {key!r} is already registered (by {old.module}); "
+                               "choose another name")
+        module = getattr(fn, "__module__", "") or ""
+        desc = description or (inspect.getdoc(fn) or "").split("\n")[0]
+        size = tuple(input_size) if input_size is not None else (3, 32, 32)
+        if len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size):
+            raise ConvzooError(f"register_model {key!r}: input_size={input_size!r} is not "
+                               "(channels, height, width)")
+        _REGISTRY[key] = ModelEntry(key, fn, source or module, size, desc, module)  # type: ignore[arg-type]
+        return fn
+
+    return decorator if factory is None else decorator(factory)
+
+
+def _same_function(a: Any, b: Any) -> bool:
+    """The same definition (module and qualified name): a re-run cell or a reloaded module."""
+    return all(getattr(a, k, None) == getattr(b, k, None) for k in ("__module__", "__qualname__"))
+
+
+_IMPORTED: set[str] = set()  # modules of CONVZOO_MODELS imported by this process
+
+
+def _import_user_modules() -> None:
+    """Import the modules named in ``CONVZOO_MODELS`` not imported yet: their imports register
+    a project's models. A module that cannot be imported is one line naming it."""
+    for name in filter(None, (m.strip() for m in os.environ.get(MODULES_ENV, "").split(","))):
+        if name in _IMPORTED:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as e:
+            detail = str(e).splitlines()[0][:120] if str(e) else ""
+            raise ConvzooError(f"{MODULES_ENV}: module {name!r} cannot be imported "
+                               f"({type(e).__name__}: {detail})") from None
+        _IMPORTED.add(name)
+
+
+def custom_name(obj: Any) -> str:
+    """The name a run records for a module (or factory) passed as an object:
+    ``custom:<module>.<class or function>``."""
+    target = obj if not isinstance(obj, nn.Module) else type(obj)
+    return f"{CUSTOM_PREFIX}{target.__module__}.{target.__qualname__}"[:200]
+
+
+def registered_name(factory: Any) -> str | None:
+    """The registered name of `factory` (by identity), if it is one."""
+    return next((e.name for e in _REGISTRY.values() if e.factory is factory), None)
+
+
+@contextlib.contextmanager
+def supplied(name: str, model: nn.Module | ModelFactory) -> Iterator[None]:
+    """Resolve ``custom:`` `name` (``custom:`` alone: every such name, as ``convzoo.load(RUN,
+    model=...)`` does) to `model` for the block: an ``nn.Module`` instance (every build returns
+    that object, so training trains it and loading loads into it) or a factory
+    ``callable(num_classes[, in_chans]) -> nn.Module``."""
+    if isinstance(model, nn.Module):
+        def factory(num_classes: int, in_chans: int = 3) -> nn.Module:
+            return model
+        module = type(model).__module__
+    else:
+        factory, module = model, getattr(model, "__module__", "")
+    previous = _SUPPLIED.get(name)
+    _SUPPLIED[name] = ModelEntry(name, factory, "your module", (3, 32, 32),
+                                 f"{type(model).__name__} passed as an object", module)
+    try:
+        yield
+    finally:
+        if previous is None:
+            _SUPPLIED.pop(name, None)
+        else:
+            _SUPPLIED[name] = previous
 
 
 TIMM_PREFIX = "timm:"
@@ -77,6 +193,7 @@ def import_timm(why: str) -> Any:
 def list_models(pattern: str = "*", *, include_timm: bool = False) -> list[str]:
     """Names of registered models matching the shell-style `pattern`, sorted; with
     `include_timm`, then timm's architectures as ``timm:<name>`` (needs timm)."""
+    _import_user_modules()
     names = [n for n in sorted(_REGISTRY) if fnmatch.fnmatchcase(n, pattern)]
     if include_timm or pattern.startswith(TIMM_PREFIX):
         timm = import_timm("listing timm's models")
@@ -106,18 +223,36 @@ def _timm_entry(name: str) -> ModelEntry:
     return ModelEntry(name, factory, "timm", input_size, f"timm {arch}")
 
 
-def get_entry(name: str) -> ModelEntry:
-    """The registry entry for `name`; unknown names raise ConvzooError listing close matches."""
+def get_entry(name: str, registered_by: str | None = None) -> ModelEntry:
+    """The registry entry for `name`; unknown names raise ConvzooError listing close matches
+    (a name of a project's, not yet registered in this process: after importing the modules of
+    ``CONVZOO_MODELS``). `registered_by`: the module a saved run recorded for it (the hint)."""
     if name.startswith(TIMM_PREFIX):
         return _timm_entry(name)
+    if name.startswith(CUSTOM_PREFIX):
+        if name in _SUPPLIED or CUSTOM_PREFIX in _SUPPLIED:  # that name, or any (a load)
+            return _SUPPLIED.get(name) or _SUPPLIED[CUSTOM_PREFIX]
+        cls = name.removeprefix(CUSTOM_PREFIX).rpartition(".")[2]
+        raise ConvzooError(f"model {name} was passed to convzoo.train as an object, so no "
+                           f"name rebuilds it: pass it again from Python (convzoo.load(RUN, "
+                           f"model={cls}(...)), convzoo.train(resume=RUN, model=...), "
+                           f"convzoo.export.export(RUN, 'onnx', model=...)), or register its "
+                           f"factory (convzoo.register_model) and set {MODULES_ENV}")
+    if name not in _REGISTRY:
+        _import_user_modules()
     try:
         return _REGISTRY[name]
     except KeyError:
+        if registered_by and not registered_by.startswith("convzoo."):
+            raise ConvzooError(f"unknown model {name!r}: it was registered by module "
+                               f"{registered_by}; import it first, e.g. "
+                               f"{MODULES_ENV}={registered_by}") from None
         close = difflib.get_close_matches(name, list(_REGISTRY), n=5, cutoff=0.5)
         hint = f"did you mean: {', '.join(close)}?" if close else (
             f"available: {', '.join(list_models())}"
         )
-        raise ConvzooError(f"unknown model {name!r}; {hint}") from None
+        raise ConvzooError(f"unknown model {name!r}; {hint} (a project's own model: set "
+                           f"{MODULES_ENV} to the module that registers it)") from None
 
 
 def _accepted_keywords(factory: ModelFactory) -> set[str] | None:
@@ -156,6 +291,8 @@ def stored_keywords(name: str) -> frozenset[str]:
     model is rebuilt from, so a run never stores what its own files may not pass back."""
     if name.startswith(TIMM_PREFIX):
         return TIMM_FILE_KEYWORDS
+    if name.startswith(CUSTOM_PREFIX):
+        return frozenset()  # an object's constructor arguments are not recorded
     factory = get_entry(name).factory
     target: Any = factory
     if _accepted_keywords(factory) is None:  # forwards **kwargs: to the class it returns
@@ -205,7 +342,7 @@ def create_model(name: str, num_classes: int = 10, in_chans: int = 3, **kwargs) 
                 f"model {name!r} does not take keyword {unknown[0]!r} (accepted: {options})"
             )
     try:
-        return entry.factory(num_classes=num_classes, in_chans=in_chans, **kwargs)
+        return entry.build(num_classes, in_chans, **kwargs)
     except ValueError as exc:  # a keyword with a bad value, e.g. shortcut="C"
         raise ConvzooError(f"model {name!r}: {exc}") from None
     except TypeError as exc:

@@ -68,6 +68,7 @@ class InitReport:
     adapted: list[str] = field(default_factory=list)  # first conv adapted to in_chans
     head_reason: str = ""  # why the head was re-initialised ("" = it was loaded)
     source_classes: list[str] | None = None  # class names stored with the weights, if any
+    took: dict[str, Any] = field(default_factory=dict)  # config keys taken from the source
 
     def summary(self) -> str:
         """One line for the log."""

@@ -1,6 +1,7 @@
 """Progress output and the metrics writer (metrics.jsonl and the loggers of ``train.loggers``).
 
-On a terminal a tqdm bar shows images/s; otherwise (CI, nohup, pipes) plain log lines are printed
+On a terminal or in a notebook a tqdm bar (``tqdm.auto``: a widget in Jupyter) shows images/s;
+otherwise (CI, nohup, pipes) plain log lines are printed
 every ``log_every`` steps and at least every 30 s, with the time left in the whole run. Loss
 values are read from the device only at those points, so the training step itself never waits
 on the host.
@@ -8,15 +9,15 @@ on the host.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from convzoo import config as C
+from convzoo.data.progress import interactive
 from convzoo.log import format_seconds, log
 from convzoo.trackers import open_trackers
 from convzoo.training.rundir import MetricsLog
@@ -77,7 +78,7 @@ class Progress:
         self.first_step = first_step
         self.enabled, self.eta, self.log_seconds, self.clock = enabled, eta, log_seconds, clock
         self.on_log = on_log
-        self.tty = enabled and sys.stderr.isatty()
+        self.tty = enabled and interactive()  # a terminal or a notebook: a bar
         self.bar = (
             tqdm(total=total, initial=first_step, desc=f"epoch {epoch}/{epochs}", unit="step",
                  leave=False, dynamic_ncols=True)

@@ -1,7 +1,8 @@
 """The training loop: ``fit(cfg)`` checks a run, then trains its stages; ``run_stage`` is the
 epoch loop, ``train_one_epoch`` the steps, ``evaluate_run`` the per-epoch evaluation.
 
-Read it top to bottom: there are no callbacks and no trainer class. What a stage is built from
+Read it top to bottom: there is one hook (:class:`Hook`: sweeps' pruning and
+``convzoo.train``'s callbacks) and no trainer class. What a stage is built from
 (model, optimizer, schedule, scaler, EMA) lives in ``training/setup.py`` and is shared with
 ``convzoo bench``. Exact resume works because everything random in epoch ``e`` is seeded from
 ``(seed, e)`` (``data/sampler.py``: the table of random streams) and all other state is in ``last.pt``, written atomically.
@@ -42,6 +43,15 @@ from convzoo.training import preempt, rundir
 from convzoo.training.distributed import all_ranks, broadcast_buffers, check_global_batch, no_sync
 from convzoo.training.divergence import Diverged, DivergenceCheck, check_losses
 from convzoo.training.logging import Eta, MetricsWriter, Progress
+from convzoo.training.results import (
+    Event,
+    Hook,
+    TrainResult,
+    callback_hook,
+    check_same_model,
+    is_model_object,
+    model_override,
+)
 from convzoo.training.runlock import RunLock
 from convzoo.training.schedule import monitor_mode, set_lr
 from convzoo.training.setup import (
@@ -308,14 +318,9 @@ def check(cfg: C.Config, resume: Path | None = None,
     return rt, todo, prepare_stage(todo[0], rt, ckpt) if todo else None
 
 
-# epoch_end(row): called on every rank with each evaluated epoch's metrics row, before its files
-# are written; True ends the whole run there, as early stopping ends a stage (a sweep's pruner)
-EpochEnd = Callable[[dict[str, Any]], bool]
-
-
 def fit(cfg: C.Config, resume: Path | None = None, *,
         ckpt: dict[str, Any] | None = None, claim: Path | None = None,
-        epoch_end: EpochEnd | None = None) -> Path:
+        hook: Hook | None = None) -> Path:
     """Train according to ``cfg`` (all stages) and return the run directory.
 
     With ``resume``, continue the run in that directory from ``last.pt`` (``ckpt``, if the
@@ -324,8 +329,8 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
     Rank 0 owns the run directory (``runlock.RunLock``) for the whole call: a resumed run's lock
     is taken before anything is read, a new run's directory is created only once everything
     has been validated, so bad input leaves no directory behind. ``claim``: start the new run
-    in exactly this directory (``--resume auto``), not in a fresh ``NAME-2``. ``epoch_end``:
-    see ``EpochEnd`` (``convzoo.sweep`` reports each epoch to its trial and prunes with it).
+    in exactly this directory (``--resume auto``), not in a fresh ``NAME-2``. ``hook``: see
+    :class:`Hook` (sweeps' pruning, ``convzoo.train``'s callbacks).
     """
     rt = resolve_runtime(cfg.train)  # under torchrun this joins the process group
     with contextlib.ExitStack() as owner:
@@ -349,21 +354,28 @@ def fit(cfg: C.Config, resume: Path | None = None, *,
             run_dir = Path(shared[0])  # type: ignore[arg-type]
         assert run_dir is not None
         train_stages(cfg, run_dir, rt, todo, run, fresh=resume is None, lock=lock,
-                     epoch_end=epoch_end)
+                     hook=hook)
         return run_dir
 
 
 def train(config_or_recipe: str | Path | C.Config | dict[str, Any] | None = None, *,
           resume: str | Path | None = None, classes: Sequence[str] | None = None,
-          **overrides: Any) -> Path:
-    """Train, as ``convzoo train`` does, and return the run directory: ``convzoo.train``, the
-    Python API's entry (its config built by ``runconfig``, as the command line's is).
+          callbacks: Sequence[Any] = (), **overrides: Any) -> TrainResult:
+    """Train, as ``convzoo train`` does: ``convzoo.train``, the Python API's entry (its config
+    built by ``runconfig``, as the command line's is). Returns a ``TrainResult`` (run
+    directory, summary, per-epoch history; it stands for the run directory as a path).
 
     config_or_recipe: a shipped recipe name (``"quickstart"``), a YAML file, a config dict or
         a ``Config`` (default: the defaults).
     overrides: the CLI's shortcuts (``model``, ``data``, ``epochs``, ``batch_size``, ``lr``,
         ``out``, ``name``, ``device``, ``seed``), sections (``optim={"momentum": 0.8}``) and
-        dotted keys (``**{"model.init": "runs/a"}``), checked like ``--set``.
+        dotted keys (``**{"model.init": "runs/a"}``), checked like ``--set``. ``model`` may
+        also be a module (``nn.Module``, trained in place) or a factory
+        ``callable(num_classes) -> nn.Module``: a registered factory runs under its name,
+        anything else as ``custom:<module>.<class>`` (docs/models.md: your own model).
+    callbacks: objects with any of ``on_step_end(info)``, ``on_epoch_end(info)``,
+        ``on_eval_end(info)`` (info: ``results.Event``: epoch, step, metrics, run_dir); one
+        returning True ends the run at that epoch's end, as a finished run.
     resume: continue this run directory instead (overrides then start a new stage).
     data: besides a source name or path, data held in Python
         (`convzoo.data.sources.inmemory`): ``(images, labels)`` uint8 arrays or tensors
@@ -381,18 +393,26 @@ def train(config_or_recipe: str | Path | C.Config | dict[str, Any] | None = None
     elif classes is not None:
         raise ConvzooError("classes= names the classes of data passed from Python (arrays or a "
                            "Dataset); other sources carry their own")
+    hook = callback_hook(callbacks)
+    model = overrides.pop("model") if is_model_object(overrides.get("model")) else None
     nested = runconfig.overrides_from_keywords(overrides)
-    if resume is not None:
-        if config_or_recipe is not None:
-            raise ConvzooError("--resume continues a run with its own config; drop the recipe")
-        cfg, ckpt = runconfig.resume_run_config(Path(resume), nested)
-        return fit(cfg, Path(resume), ckpt=ckpt)
-    return fit(runconfig.train_config(config_or_recipe, nested))
+    if resume is not None and config_or_recipe is not None:
+        raise ConvzooError("--resume continues a run with its own config; drop the recipe")
+    with (model_override(model, resume is not None) if model is not None
+          else contextlib.nullcontext()) as name:
+        if resume is not None:
+            cfg, ckpt = runconfig.resume_run_config(Path(resume), nested)
+            if name is not None:
+                check_same_model(name, cfg.model.name, model)
+            return TrainResult.read(fit(cfg, Path(resume), ckpt=ckpt, hook=hook))
+        if name is not None:
+            nested = C.merge(nested, {"model": {"name": name}})
+        return TrainResult.read(fit(runconfig.train_config(config_or_recipe, nested), hook=hook))
 
 
 def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], run: Run, *,
                  fresh: bool, lock: RunLock | None = None,
-                 epoch_end: EpochEnd | None = None) -> None:
+                 hook: Hook | None = None) -> None:
     """Train the stages ``todo`` in ``run_dir``, the first one already built (``run``).
     ``lock``: rank 0's ownership of the directory (a fresh run that fails is discarded)."""
     writer: MetricsWriter | None = None
@@ -421,8 +441,8 @@ def train_stages(cfg: C.Config, run_dir: Path, rt: Runtime, todo: list[Stage], r
                         writer = MetricsWriter(run_dir, cfg, resume_epoch=run.state.epoch,
                                                resume_step=None if fresh else
                                                run.state.steps + done_steps)
-                ckpt_out = run_stage(run, run_dir, writer, eta, control, epoch_end)
-                if run.halted:  # epoch_end ended the run: no later stage
+                ckpt_out = run_stage(run, run_dir, writer, eta, control, hook)
+                if run.halted:  # the hook ended the run: no later stage
                     break
         status = "finished"
     except BaseException as e:
@@ -465,12 +485,13 @@ def step_logger(writer: MetricsWriter | None, epoch: int, before: int, lrs: list
 
 def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
               control: preempt.StepControl | None = None,
-              epoch_end: EpochEnd | None = None) -> dict[str, Any]:
+              hook: Hook | None = None) -> dict[str, Any]:
     """Train ``run`` from its state's epoch (and step, ``run.position``) to its config's last
     one (or an early stop); returns the last epoch's checkpoint dict. ``control`` decides after
     each step, the same on every rank, whether to write a mid-epoch checkpoint or to stop
     (``training/preempt.py``): a stop writes a checkpoint at that step and raises
-    ``preempt.Preempted``. ``epoch_end(row)`` True ends the run at that epoch (``halted``)."""
+    ``preempt.Preempted``. ``hook`` (:class:`Hook`) True ends the run at that epoch
+    (``halted``)."""
     cfg, rt, s = run.cfg, run.rt, run.state
     if control is None:
         control = preempt.StepControl(preempt.StopSignals(), rt.world_size)
@@ -510,9 +531,10 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
                             rt.is_main, eta=eta, first_step=start,
                             on_log=step_logger(writer, epoch, s.steps, lrs, rt.world_size))
         t0 = time.perf_counter()
-        hook = MidEpoch(run, run_dir, control, epoch, len(lrs), progress, t0, before)
+        mid = MidEpoch(run, run_dir, control, epoch, len(lrs), progress, t0, before,
+                       hook if hook is not None and hook.steps else None, s.steps, lrs)
         stats = train_one_epoch(run, run.data.train, lrs, progress, epoch=epoch, start=start,
-                                sums=sums, after_step=hook)
+                                sums=sums, after_step=mid)
         if rt.device.type == "cuda":
             torch.cuda.synchronize(rt.device)
         seconds = before + time.perf_counter() - t0
@@ -528,12 +550,18 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
                                "train_loss": stats["loss"], "train_top1": stats["top1"]}
         if mixes(cfg.augment):  # train_top1 is then against the dominant label of mixed images
             row["train_mixed"] = stats["mixed"]
-        if epoch == cfg.train.epochs or epoch % cfg.train.eval_every == 0:
-            row.update(evaluate_run(run))
-            eta.done(evals=1, eval_seconds=row["eval_seconds"])
-            run.schedule.epoch_end(row)
+        halt = hook is not None and rank0_says(mid.halt, rt.world_size)  # a step's True
+        if epoch == cfg.train.epochs or epoch % cfg.train.eval_every == 0 or halt:
+            evaluate_epoch(run, row, eta)
         row.update({"seconds": seconds, "images_per_second": stats["count"] / seconds,
                     "peak_memory_mb": peak_memory_mb(rt.device)})
+        if hook is not None:
+            halt = "eval_top1" in row and tell(hook, "eval_end", row, run_dir)
+            halt = rank0_says(tell(hook, "epoch_end", row, run_dir) | halt | mid.halt,
+                              rt.world_size)
+            if halt and "eval_top1" not in row:  # the run ends here: with this epoch's figures
+                evaluate_epoch(run, row, eta)
+                tell(hook, "eval_end", row, run_dir)
         s.stopped = run.stopper is not None and "eval_top1" in row and run.stopper.update(row)
         improved = "eval_top1" in row and improves(
             cfg.train.best_metric, judged(run, row, cfg.train.best_metric), s.best_value)
@@ -542,10 +570,10 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
         if "eval_top1" in row:
             s.best_top1 = max(s.best_top1, judged(run, row))
         log.info(epoch_line(run, row, eta))
-        if epoch_end is not None and "eval_top1" in row and epoch_end(row):
+        if halt:
             run.halted = s.stopped = True
         check_losses(row)  # finite weights whose eval outputs overflow: stop here too
-        asked = hook.at_end | control.epoch_end()  # the same on every rank
+        asked = mid.at_end | control.epoch_end()  # the same on every rank
         ckpt = checkpoint_state(run, row)
         end = s.stopped or epoch == cfg.train.epochs
         save = end or epoch % cfg.train.save_every == 0 or asked.save or bool(asked.stop)
@@ -564,13 +592,25 @@ def run_stage(run: Run, run_dir: Path, writer: MetricsWriter | None, eta: Eta,
             agree(rt.world_size)  # nobody exits before rank 0 has committed last.pt
             raise preempt.Preempted(asked.stop, run_dir, epoch, len(lrs), len(lrs))
         if run.halted:
-            log.info(f"run ended at epoch {epoch} by its caller (epoch_end)")
+            log.info(f"run ended at epoch {epoch} by its caller (a callback or a pruner)")
             break
         if s.stopped:
             log.info(f"early stopping at epoch {epoch}: no improvement for "
                      f"{cfg.train.early_stop_patience} epochs")
             break
     return ckpt
+
+
+def evaluate_epoch(run: Run, row: dict[str, Any], eta: Eta) -> None:
+    """The epoch's evaluation into its metrics `row`, then the plateau schedule and the ETA."""
+    row.update(evaluate_run(run))
+    eta.done(evals=1, eval_seconds=row["eval_seconds"])
+    run.schedule.epoch_end(row)
+
+
+def tell(hook: Hook, name: str, row: dict[str, Any], run_dir: Path) -> bool:
+    """``hook`` told of event `name` of the epoch whose metrics are `row`; True: end the run."""
+    return bool(hook.call(Event(name, int(row["epoch"]), int(row["step"]), dict(row), run_dir)))
 
 
 @dataclass
@@ -588,10 +628,19 @@ class MidEpoch:
     progress: Progress
     t0: float  # perf_counter when this process started the epoch
     before: float  # training seconds of the epoch before that (a mid-epoch resume)
+    hook: Hook | None = None  # told of every step (a hook with steps=True)
+    steps_before: int = 0  # the run's optimizer steps before this epoch
+    lrs: list[float] = field(default_factory=list)
+    halt: bool = False  # the hook asked to end the run (at this epoch's end)
     at_end: preempt.Decision = field(default_factory=preempt.Decision)
 
     def __call__(self, step: int, loss_sum: torch.Tensor, correct: torch.Tensor,
                  mixed: torch.Tensor, count: int) -> None:
+        if self.hook is not None:
+            metrics = {"loss": loss_sum.item() / max(count, 1), "lr": self.lrs[step - 1]}
+            self.halt |= bool(self.hook.call(Event("step_end", self.epoch,
+                                                   self.steps_before + step, metrics,
+                                                   self.run_dir)))
         decision = self.control.after_step((self.epoch - 1) * self.steps + step)
         if not (decision.save or decision.stop):
             return
@@ -605,6 +654,15 @@ class MidEpoch:
         if decision.stop:
             self.progress.close()
             raise preempt.Preempted(decision.stop, self.run_dir, self.epoch, step, self.steps)
+
+
+def rank0_says(flag: bool, world_size: int) -> bool:
+    """Rank 0's `flag` on every rank (a hook's answer: all ranks end the run together)."""
+    if world_size == 1:
+        return flag
+    box = [flag]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return bool(box[0])
 
 
 def agree(world_size: int, error: str | None = None) -> None:

@@ -17,7 +17,7 @@ from torch import nn
 
 from convzoo.config import OptimConfig
 from convzoo.errors import ConvzooError
-from convzoo.models.heads import head_and_backbone_params
+from convzoo.models.heads import head_and_backbone_params, stage_parameter_names
 from convzoo.training.muon import Muon
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "muon")
@@ -91,11 +91,17 @@ def group_settings(name: str, cfg: OptimConfig) -> dict[str, Any]:
     norm weights and biases): lr x ``bias_lr_scale``, decay x ``bias_wd_scale``; ``no_decay``:
     the same group with decay 0 (``no_decay_norm_bias``). ``muon`` (4-D conv filters under
     Muon): lr ``muon_lr`` (0 = lr), no decay, Nesterov momentum ``muon_momentum``.
-    A ``backbone:`` prefix (``backbone:decay``; ``optim.backbone_lr_scale != 1``) multiplies
-    the lr by ``backbone_lr_scale``; ``head:`` groups keep the rule's lr.
+    A ``backbone`` part (``backbone:decay``; ``optim.backbone_lr_scale != 1``) multiplies
+    the lr by ``backbone_lr_scale``; ``head:`` groups keep the rule's lr. A ``depthK`` part
+    (``depth2:decay``, ``backbone/depth2:decay``; ``optim.layer_decay``) multiplies it by
+    ``layer_decay ** K``.
     """
     part, _, role = name.rpartition(":")
-    scale = float(cfg.backbone_lr_scale) if part == "backbone" else 1.0
+    tokens = part.split("/") if part else []
+    scale = float(cfg.backbone_lr_scale) if "backbone" in tokens else 1.0
+    for token in tokens:
+        if token.startswith("depth") and cfg.layer_decay is not None:
+            scale *= float(cfg.layer_decay) ** int(token.removeprefix("depth"))
     if role == "muon":
         return {"lr_scale": scale * (cfg.muon_lr or cfg.lr) / cfg.lr, "weight_decay": 0.0,
                 "momentum": cfg.muon_momentum or cfg.momentum, "nesterov": True}
@@ -112,7 +118,8 @@ def param_groups(model: nn.Module, cfg: OptimConfig,
     ``decay`` (other >= 2-D weights), ``norm_bias``/``no_decay`` (1-D), each with
     :func:`group_settings`. With no option that treats 1-D params apart, and not Muon, one
     ``all`` group. With ``backbone_lr_scale != 1`` each of these is split into ``head:<role>``
-    and ``backbone:<role>`` (the head: ``heads.head_and_backbone_params``).
+    and ``backbone:<role>`` (the head: ``heads.head_and_backbone_params``); with
+    ``layer_decay`` set, by depth from the head, ``depthK:<role>`` (:func:`stage_depths`).
 
     ``trainable``: the names of the parameters to group (default: those with
     ``requires_grad``); resume passes the layout a checkpoint was saved with when a stage
@@ -124,14 +131,26 @@ def param_groups(model: nn.Module, cfg: OptimConfig,
     muon = cfg.name == "muon"
     split = muon or cfg.no_decay_norm_bias or cfg.bias_lr_scale != 1 or cfg.bias_wd_scale != 1
     vector = "no_decay" if cfg.no_decay_norm_bias else "norm_bias"
-    parts = ("",)
-    head: set[str] = set()
+    head: set[str] | None = None
     if cfg.backbone_lr_scale != 1:
-        parts = ("head:", "backbone:")
         head = set(head_and_backbone_params(model)[0])
+    depths = stage_depths(model) if cfg.layer_decay is not None else None
+
+    def part_of(name: str) -> tuple[int, int, str]:
+        """(sort key..., prefix): head before backbone, then by depth."""
+        tokens, side, depth = [], 0, 0
+        if head is not None:
+            side = 0 if name in head else 1
+            tokens.append(("head", "backbone")[side])
+        if depths is not None:
+            depth = depths.get(name, 0)
+            tokens.append(f"depth{depth}")
+        return side, depth, "/".join(tokens) + ":" if tokens else ""
+
+    parts = [p for *_, p in sorted({part_of(n) for n, _ in named})]
 
     def role(name: str, p: nn.Parameter) -> str:
-        part = ("head:" if name in head else "backbone:") if len(parts) > 1 else ""
+        part = part_of(name)[2]
         if muon and p.ndim == 4:
             return part + "muon"
         if not split:
@@ -151,6 +170,17 @@ def param_groups(model: nn.Module, cfg: OptimConfig,
     if muon and not any(g["use_muon"] for g in groups):
         raise ConvzooError("optim.name=muon needs a model with conv layers (4-D weights)")
     return groups
+
+
+def stage_depths(model: nn.Module) -> dict[str, int]:
+    """Each parameter's depth from the head for ``optim.layer_decay``: with N stages (stem
+    first, ``heads.stage_parameter_names``), stage i is at depth N - i; the head and anything
+    after the last stage (pre-logits) at 0."""
+    try:
+        stages = stage_parameter_names(model)
+    except ConvzooError as e:
+        raise ConvzooError(f"optim.layer_decay: {e}") from None
+    return {n: len(stages) - i for i, stage in enumerate(stages) for n in stage}
 
 
 def build_optimizer(

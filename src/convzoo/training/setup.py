@@ -22,7 +22,7 @@ from convzoo.errors import ConvzooError
 from convzoo.models import create_model
 from convzoo.models.freeze import freeze, frozen_parameter_names
 from convzoo.models.info import check_input_shape, count_params
-from convzoo.models.registry import check_stored_kwargs
+from convzoo.models.registry import check_stored_kwargs, get_entry
 from convzoo.models.weights import InitReport
 from convzoo.predictor import tta_views_of
 from convzoo.runtime import Runtime
@@ -103,6 +103,30 @@ def data_dependent_init(model: nn.Module, loader: Any, device: torch.device) -> 
     return time.perf_counter() - t0
 
 
+def check_model_outputs(model: nn.Module, shape: tuple[int, ...], num_classes: int,
+                        name: str) -> None:
+    """One image of the run's (C, H, W) `shape` through a project's `model` (eval mode, no
+    gradient, on its device) must give (1, num_classes) logits; else one line saying what it
+    gave. It also materialises lazy modules (``nn.LazyLinear``) before the optimizer is built."""
+    param = next(model.parameters(), None)
+    x = torch.zeros((1, *shape), device=param.device if param is not None else "cpu")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x)
+    except Exception as e:
+        detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise ConvzooError(f"model {name}: an input of shape {tuple(x.shape)} (the data's images) "
+                           f"fails in its forward ({type(e).__name__}: {detail})") from None
+    finally:
+        model.train(was_training)
+    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if got != (1, num_classes):
+        raise ConvzooError(f"model {name}: an input of shape {tuple(x.shape)} gives {got}, not "
+                           f"logits (1, {num_classes}) for the data's {num_classes} classes")
+
+
 def init_model(model: nn.Module, cfg: C.ModelConfig, classes: list[str]) -> InitReport | None:
     """Load ``model.init`` into a freshly built ``model`` (``load_init``: the head replaced
     when the classes differ) and log what was loaded; None when the run has no ``model.init``."""
@@ -114,7 +138,19 @@ def init_model(model: nn.Module, cfg: C.ModelConfig, classes: list[str]) -> Init
     report = load_init(model, source, classes=classes, arch=cfg.name, head=cfg.init_head,
                        weights=cfg.init_weights)
     log.info(report.summary())
+    report.took = dict(cfg.init_took)
+    if report.took:  # runconfig.take_init_shape: the source's shape, unless the config set it
+        log.info(f"model.init {cfg.init}: took " + ", ".join(
+            f"{k}={_short(v)}" for k, v in report.took.items())
+            + " from it (set them to choose otherwise); recorded in init.json")
     return report
+
+
+def _short(value: Any) -> str:
+    """A taken value for the log line: numbers to 4 digits."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_short(v) for v in value) + "]"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | None = None,
@@ -145,11 +181,18 @@ def build_run(cfg: C.Config, rt: Runtime, data: Any, *, steps_per_epoch: int | N
                     "epoch; lower train.batch_size to use them all")
     # What a run keeps in its files, a file may pass back: refused here, before training
     check_stored_kwargs(cfg.model.name, dict(cfg.model.kwargs), "model.kwargs")
-    check_input_shape(cfg.model.name, tuple(data.image_shape), len(data.classes),
-                      **cfg.model.kwargs)
+    # Say now, in one line, if the model cannot take the data's images: the zoo's on the meta
+    # device before it is built (no arithmetic); a project's with one real image (its forward
+    # may not run on meta, and it must also give the right logits)
+    zoo = get_entry(cfg.model.name).zoo
+    if zoo:
+        check_input_shape(cfg.model.name, tuple(data.image_shape), len(data.classes),
+                          **cfg.model.kwargs)
     torch.manual_seed(cfg.train.seed)
     model = create_model(cfg.model.name, num_classes=len(data.classes),
                          in_chans=data.image_shape[0], **cfg.model.kwargs)
+    if not zoo:
+        check_model_outputs(model, tuple(data.image_shape), len(data.classes), cfg.model.name)
     init_report = init_model(model, cfg.model, list(data.classes)) if init_from_data else None
     model = model.to(rt.device)
     if rt.channels_last:
@@ -283,6 +326,7 @@ def checkpoint_state(run: Run, row: dict[str, Any]) -> dict[str, Any]:
     export) need, as a plain dict of tensors and primitives (loadable with
     ``weights_only=True``)."""
     cfg, data, s = run.cfg, run.data, run.state
+    entry = get_entry(cfg.model.name)
     return {
         "format": ckpt_io.FORMAT,
         "version": ckpt_io.VERSION,
@@ -290,6 +334,8 @@ def checkpoint_state(run: Run, row: dict[str, Any]) -> dict[str, Any]:
         "config": C.to_dict(cfg),
         "model_name": cfg.model.name,
         "model_kwargs": dict(cfg.model.kwargs),
+        # a project's model: the module that registered it (the hint when it is not imported)
+        **({"model_module": entry.module} if not entry.zoo else {}),
         "num_classes": len(data.classes),
         "in_chans": data.image_shape[0],
         "classes": list(data.classes),
