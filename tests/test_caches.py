@@ -1,4 +1,4 @@
-"""Caches that stay (issue 24 item 5): one decode cache per (folder content, decode geometry),
+"""Caches that stay: one decode cache per (folder content, decode geometry),
 shared by every command; replaced only when its source changed; `convzoo cache list|clear`
 to see and reclaim them, removing only files convzoo made."""
 

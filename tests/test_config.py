@@ -97,7 +97,7 @@ def test_save_and_load_round_trip(tmp_path):
 # ----------------------------------------------------------------------------- spellings
 
 
-# (text as typed, key, value the config holds): the spellings of issue 11 and their family.
+# (text as typed, key, value the config holds): the spellings users typed and their family.
 SPELLINGS = [
     ("5e-4", "optim.weight_decay", 5e-4),
     ("1e-3", "optim.lr", 1e-3),

@@ -1,4 +1,4 @@
-"""Data in (issue 23, item 1): label files, Hugging Face datasets, WebDataset shards and data
+"""Data in: label files, Hugging Face datasets, WebDataset shards and data
 passed from Python train like the image folder holding the same PNG files, as ``--data`` and
 as ``convzoo pack`` inputs; bad input of each is one line and exit code 2."""
 

@@ -1,4 +1,4 @@
-"""Bad input of each new source kind (issue 23, item 1): a missing column, a missing file, a
+"""Bad input of each source kind: a missing column, a missing file, a
 bad split, a corrupt file or shard, an empty dataset, a Hub name offline and a missing
 ``datasets`` library are each one error line naming the problem, exit code 2, for training
 and for ``convzoo pack`` alike."""

@@ -1,4 +1,4 @@
-"""Data passed from Python (issue 23, item 1): ``convzoo.train(data=...)`` with NumPy/torch
+"""Data passed from Python: ``convzoo.train(data=...)`` with NumPy/torch
 uint8 arrays or a torch Dataset of (image, label) trains like the image folder holding the same
 images; the run records a ``python:...`` source, and a resume in a new process asks for the
 data again in one line."""

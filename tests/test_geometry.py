@@ -1,5 +1,5 @@
 """One geometry and one decoder for memory, stream, eval, predict and export; eval and predict on
-any folder through the run's own geometry (issue 10, items 1 and 5; issue 12, items 5 and 6)."""
+any folder through the run's own geometry."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """benchmarks/gpu_suite.sh: the dry run, argument errors, time caps and failures, the CPU quick
-forms of its steps and the results files assembled from their outputs (issue 16)."""
+forms of its steps and the results files assembled from their outputs."""
 
 from __future__ import annotations
 
@@ -416,12 +416,12 @@ def test_gpu_test_report_names_modules_skipped_at_collection(tmp_path: Path) -> 
         '<testcase classname="" name="tests.test_mixing" time="0.000">'
         '<skipped message="collection skipped" /></testcase>'
         '<testcase classname="tests.test_augment" name="test_flip[cuda]" time="0.250" />'
-        '<testcase classname="tests.test_records" name="test_nvjpeg" time="0.100">'
+        '<testcase classname="tests.test_packs" name="test_nvjpeg" time="0.100">'
         '<failure message="AssertionError: bad&#10;more" /></testcase>'
         '</testsuite></testsuites>')
     r = gpu_steps.GpuTests().collect(ctx)
     assert [t["test"] for t in r["tests"]] == [
-        "tests.test_mixing", "tests.test_augment::test_flip[cuda]", "tests.test_records::test_nvjpeg"]
+        "tests.test_mixing", "tests.test_augment::test_flip[cuda]", "tests.test_packs::test_nvjpeg"]
     assert [t["outcome"] for t in r["tests"]] == ["skipped", "passed", "failed"]
     assert r["tests"][2]["message"] == "AssertionError: bad"
     assert r["counts"] == {"skipped": 1, "passed": 1, "failed": 1}

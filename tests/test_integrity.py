@@ -1,4 +1,4 @@
-"""Never trust bytes that were not checked (issue 19, items 4, 5, 6 and 8).
+"""Never trust bytes that were not checked.
 
 - Checkpoints and weights files carry a content digest; one flipped byte anywhere in
   ``last.pt``, ``best.pt`` or ``model.safetensors`` (header or tensor data) is refused by every

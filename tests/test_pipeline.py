@@ -71,7 +71,7 @@ def test_streaming_workers_stop_when_train_and_eval_return(digits_pack: Path, tm
     assert multiprocessing.active_children() == []
 
 
-# issue 15's steps: a policy on the pixels, jitter, erasing, mixup/cutmix with soft targets
+# the steps of the augmentation stage: a policy on the pixels, jitter, erasing, mixup/cutmix with soft targets
 MODERN = ["--set", "augment.policy=trivialaugment", "--set", "augment.color_jitter=[.4,.4,.4,.1]",
           "--set", "augment.erase_prob=0.5", "--set", "augment.mixup_alpha=0.8", "--set",
           "augment.cutmix_alpha=1.0", "--set", "augment.mix_mode=elem"]

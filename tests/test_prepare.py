@@ -1,5 +1,4 @@
-"""Data prepared once per node, never used half-made (issue 10 item 4), and bounded, untrusted
-decoding (issue 12 items 5 and 6)."""
+"""Data prepared once per node, never used half-made, and bounded, untrusted decoding."""
 
 from __future__ import annotations
 

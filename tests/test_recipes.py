@@ -301,7 +301,7 @@ def test_recipe_trains_a_smoke_run_through_the_cli(name, fake_data, tmp_path, mo
     stages = 1 + len(cfg.stages)
     assert summary["epochs"] == stages
     tree = cfg.data.source not in ARCHIVES and cfg.data.source != "digits"  # train/ + val/
-    assert summary["split"] == ("val" if cfg.data.val_fraction or tree else "test")  # issue 10
+    assert summary["split"] == ("val" if cfg.data.val_fraction or tree else "test")
     assert math.isfinite(summary["loss"]) and 0 <= summary["top1"] <= 100
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, stages + 1))

@@ -1,4 +1,4 @@
-"""One sampler and one table of random streams for both loaders (issue 10, item 2)."""
+"""One sampler and one table of random streams for both loaders."""
 
 from __future__ import annotations
 

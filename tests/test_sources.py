@@ -230,7 +230,7 @@ def test_all_gray_stays_one_channel(tmp_path):
     _save(root / "val" / "x" / "v.png", (5, 5), "L", 9)
     ds = load_image_folder(root, workers=1)
     assert ds.splits["train"].images.shape == (3, 1, 5, 5)
-    assert set(ds.splits) == {"train", "val"}  # a tree's val/ is the split val (issue 10)
+    assert set(ds.splits) == {"train", "val"}  # a tree's val/ is the split val
     rgb = load_image_folder(root, channels=3, workers=1)
     assert rgb.splits["val"].images.shape == (1, 3, 5, 5)
 

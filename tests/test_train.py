@@ -47,8 +47,8 @@ def test_run_directory_has_every_artifact_and_eval_agrees(tmp_path, capsys):
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     rows = rows_of(run)
     assert [r["epoch"] for r in rows] == [1, 2]
-    # lr_start/lr_end: the epoch's first and last step; lr: the mean over its steps (issue 11:
-    # the row's lr is what the epoch trained at, not only where it started)
+    # lr_start/lr_end: the epoch's first and last step; lr: the mean over its steps (the
+    # row's lr is what the epoch trained at, not only where it started)
     cosine = [0.05 * (1 + math.cos(math.pi * t / (2 * STEPS))) for t in range(2 * STEPS)]
     assert [round(r["lr_start"], 6) for r in rows] == [0.1, 0.05]
     for r, lrs in zip(rows, (cosine[:STEPS], cosine[STEPS:])):

@@ -30,7 +30,8 @@ from convzoo.tables import UNLIMITED, WIDTH, fit_table
 
 # The modules a command runs are imported inside it ("# heavy" below): each imports torch
 # (5.8 s measured on this machine) or matplotlib (2.1 s), so that --help, --version, recipes and
-# config answer without either (tests/test_cli_errors.py: test_the_light_commands_import_no_torch).
+# config answer without either (tests/test_bad_input.py:
+# test_the_light_commands_import_no_torch).
 
 # ----------------------------------------------------------------------------- train
 
