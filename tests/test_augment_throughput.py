@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs a benchmark script in a subprocess
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "augment_throughput.py"
 
 ROWS = ["Brightness", "Contrast", "Saturation", "Hue", "Sharpness", "Posterize", "Solarize",

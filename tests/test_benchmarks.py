@@ -19,6 +19,8 @@ sys.path.insert(0, str(BENCH))
 import airbench_compare  # noqa: E402
 import gpu_steps  # noqa: E402
 
+pytestmark = pytest.mark.slow  # runs benchmark scripts in subprocesses
+
 
 def run(script: str, tmp_path: Path, *extra: str) -> str:
     proc = subprocess.run([sys.executable, str(BENCH / script), "--quick", *extra],

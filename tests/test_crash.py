@@ -34,6 +34,8 @@ from convzoo.cli import main
 from convzoo.training import rundir
 from convzoo.training.runlock import LOCK_FILE
 
+pytestmark = pytest.mark.slow  # kills, forks and tmpfs mounts: every test starts processes
+
 EPOCHS = 3
 # The reference must learn: its last epoch has to be its best so that best.pt is among the
 # last epoch's writes. At 8 px and batch 32 (18 steps in all) the top-1 wandered around chance
@@ -292,6 +294,7 @@ FULL_DISK = r"""
 import contextlib, io, json, os, shutil, subprocess, sys
 from pathlib import Path
 from convzoo.cli import main
+
 
 mnt, base, out, budgets = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), \
     json.loads(sys.argv[4])

@@ -5,7 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
+
+pytestmark = pytest.mark.slow  # torchrun: every test starts processes
 
 
 def test_torchrun_two_processes(tmp_path: Path) -> None:

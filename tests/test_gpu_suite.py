@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+pytestmark = pytest.mark.slow  # runs the suite's quick forms in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
 SUITE = BENCH / "gpu_suite.sh"
@@ -319,6 +321,7 @@ import signal, sys, textwrap
 from pathlib import Path
 sys.path[:0] = [{tests!r}, {bench!r}]
 import gpu_suite, test_gpu_suite as t
+
 out, tmp = Path({out!r}), Path({tmp!r})
 args = gpu_suite.parse_args([str(out), "--workdir", str(tmp / "work")])
 ctx = gpu_suite.context(args)

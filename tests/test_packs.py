@@ -480,6 +480,7 @@ def test_decoded_batches_go_into_the_given_buffer_or_a_fresh_one(packed_small: P
 
 
 @pytest.mark.cifar
+@pytest.mark.slow
 def test_pack_real_cifar10_jpeg(tmp_path: Path) -> None:
     if not CIFAR_JPEG.is_file():
         pytest.skip(f"{CIFAR_JPEG} not present")
@@ -494,6 +495,7 @@ def test_pack_real_cifar10_jpeg(tmp_path: Path) -> None:
 
 
 @pytest.mark.cifar
+@pytest.mark.slow
 def test_loader_benchmark_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if not CIFAR_JPEG.is_file():
         pytest.skip(f"{CIFAR_JPEG} not present")

@@ -92,6 +92,7 @@ def ref(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "ref"
 
 
+@pytest.mark.slow
 def test_a_signal_at_any_step_checkpoints_there_and_resume_is_bit_identical(
         ref: Path, tmp_path: Path) -> None:
     """Every step of the run, SIGTERM and SIGUSR1 alternating: the run stops right after that

@@ -90,6 +90,7 @@ print(len(ds.splits["train"]), len(ds.splits["test"]))
 """
 
 
+@pytest.mark.slow
 def test_four_processes_prepare_cifar10_once(tmp_path: Path) -> None:
     """Today's bug: four processes preparing `--data cifar10` on a fresh machine downloaded to
     one temp file at once and three crashed. Now one downloads, the others wait, and all four

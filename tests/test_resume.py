@@ -37,6 +37,7 @@ def finished(run: Path) -> bool:
     return epoch_of(run) == 6 and (run / "summary.json").exists()
 
 
+@pytest.mark.slow
 def test_sigkill_at_any_moment_then_resume_is_bit_identical(tmp_path):
     reference = convzoo("train", *ARGS, "--out", str(tmp_path), "--name", "ref")
     assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()

@@ -298,6 +298,7 @@ def epochs_logged(run: Path) -> list[int]:
     return [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_trains_with_the_same_name_get_two_directories(tmp_path: Path) -> None:
     procs = [convzoo("train", *ARGS, "--epochs", "2", "--out", str(tmp_path), "--name", "x")
              for _ in range(2)]
@@ -309,6 +310,7 @@ def test_two_trains_with_the_same_name_get_two_directories(tmp_path: Path) -> No
         assert not (tmp_path / name / LOCK_FILE).exists()
 
 
+@pytest.mark.slow
 def test_two_resumes_of_one_run_one_trains_the_other_fails_at_once(tmp_path: Path) -> None:
     run = tmp_path / "r"
     first = convzoo("train", *ARGS, "--epochs", "1", "--out", str(tmp_path), "--name", "r")

@@ -34,6 +34,8 @@ from convzoo.evaluate import evaluate
 from convzoo.training.distributed import check_global_batch
 from convzoo.training.preempt import EXIT_PREEMPTED
 
+pytestmark = pytest.mark.slow  # torchrun: every test starts processes
+
 HERE = Path(__file__).resolve().parent
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"}

@@ -470,6 +470,7 @@ def test_interrupted_download_leaves_no_good_file(tmp_path, monkeypatch, error):
 
 @pytest.mark.cifar
 @pytest.mark.skipif(not CIFAR10_JPEG.is_file(), reason=f"{CIFAR10_JPEG} not present")
+@pytest.mark.slow
 def test_real_cifar10_jpeg_tarball(tmp_path, monkeypatch):
     cfg = DataConfig(source=str(CIFAR10_JPEG), root=str(tmp_path))
     ds = load_dataset(cfg)

@@ -7,6 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # runs a benchmark script in subprocesses
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "threads.py"
 
 

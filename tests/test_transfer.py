@@ -23,6 +23,8 @@ from convzoo.models.heads import head_and_backbone_params
 from convzoo.training.loop import check
 from convzoo.training.optim import param_groups
 
+pytestmark = pytest.mark.slow  # trains on CIFAR subsets (and the benchmark in a subprocess)
+
 
 @pytest.fixture(scope="module")
 def three_digits(tmp_path_factory: pytest.TempPathFactory) -> Path:

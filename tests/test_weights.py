@@ -155,7 +155,10 @@ def test_named_torchvision_weights(monkeypatch):
     replaced by a local state dict (no network in tests). ImageNet categories travel along."""
     import torchvision.models._api as tv_api
 
+    from convzoo.models import weights
+
     state = torchvision.models.resnet18().state_dict()
+    monkeypatch.setattr(weights, "reachable", lambda url, timeout=3.0: True)  # "online"
     monkeypatch.setattr(tv_api, "load_state_dict_from_url", _fake_download(state))
     model = create_model("resnet18", num_classes=10)
     report = load_init(model, "torchvision:DEFAULT", arch="resnet18")

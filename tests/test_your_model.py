@@ -148,6 +148,7 @@ def convzoo_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
                           text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_registered_model_in_a_recipe_resumes_and_evaluates_in_fresh_processes(
         tmp_path, monkeypatch, capsys):
     (tmp_path / "proj_models.py").write_text(MODELS_MODULE)
