@@ -31,8 +31,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from convzoo.data.images import SplitFiles
-from convzoo.data.sources.records import Records, class_names, split_name
+from convzoo.data.sources.records import Records, by_split, split_name
 from convzoo.errors import ConvzooError
 
 INSTALL = "pip install 'convzoo[hf]'"
@@ -220,21 +219,9 @@ def records_from_tables(name: str, parts: list[tuple[str, Any, Any, str]], folde
             labels.setdefault(split, []).append(lab.strip() if isinstance(lab, str) else lab)
     if not keys:
         raise ConvzooError(f"{source}: no rows (an empty dataset)")
-    order = [s for s in ("train", "val", "test") if s in keys]
-    everything = [lab for s in order for lab in labels[s]]
-    try:
-        classes, idx = class_names(everything, names)
-    except ValueError as e:
-        raise ConvzooError(f"{source}: label {e.args[0]!r} is not one of the dataset's "
-                           f"{len(names or [])} class names" if names else
-                           f"{source}: label {e.args[0]!r} is negative") from None
-    files: dict[str, SplitFiles] = {}
-    start = 0
-    for s in order:
-        n = len(keys[s])
-        files[s] = SplitFiles(keys[s], idx[start:start + n])
-        start += n
-    return Records(name, classes, files, {s: inputs[s] for s in order}, str)
+    return by_split(name, keys, labels, inputs, names, lambda lab: (
+        f"{source}: label {lab!r} is not one of the dataset's {len(names or [])} class names"
+        if names else f"{source}: label {lab!r} is negative"))
 
 
 def read_hf(path: Path) -> Records:

@@ -86,6 +86,25 @@ def class_names(labels: Sequence[object], names: Sequence[str] | None = None
     return classes, [index[str(lab)] for lab in labels]
 
 
+def by_split(name: str, keys: dict[str, list[str]], labels: dict[str, list[object]],
+             inputs: dict[str, list[str | bytes]], names: Sequence[str] | None,
+             bad_label: Callable[[object], str]) -> Records:
+    """The `Records` of items gathered per split (train, val, test order): one `class_names`
+    over all splits' labels, so every split indexes the same classes; a label that fits no
+    class is ``ConvzooError(bad_label(label))``."""
+    order = [s for s in ("train", "val", "test") if s in keys]
+    try:
+        classes, idx = class_names([lab for s in order for lab in labels[s]], names)
+    except ValueError as e:
+        raise ConvzooError(bad_label(e.args[0])) from None
+    files: dict[str, SplitFiles] = {}
+    start = 0
+    for s in order:
+        files[s] = SplitFiles(keys[s], idx[start:start + len(keys[s])])
+        start += len(keys[s])
+    return Records(name, classes, files, {s: list(inputs[s]) for s in order}, str)
+
+
 def load_records(records: Records, cfg: DataConfig, geometry: Geometry | None = None) -> Dataset:
     """Decode `records` into memory by the folder rules (`images.decode_splits`)."""
     for split, f in records.files.items():

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from convzoo.data import images
-from convzoo.data.images import DEFAULT_LIMITS, Limits, SplitFiles
+from convzoo.data.images import DEFAULT_LIMITS, Limits
 from convzoo.data.progress import progress
-from convzoo.data.sources.records import Records, class_names
+from convzoo.data.sources.records import Records, by_split
 from convzoo.errors import ConvzooError
 
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "ppm")
@@ -254,20 +254,8 @@ def read_shards(source: str, limits: Limits = DEFAULT_LIMITS) -> Records:
         raise ConvzooError(f"{source}: no samples in {len(urls)} WebDataset shard(s) (an empty "
                            "dataset)")
     names = _beside(urls[0])
-    order = [s for s in ("train", "val", "test") if s in keys]
-    everything = [lab for s in order for lab in labels[s]]
-    try:
-        classes, idx = class_names(everything, names)
-    except ValueError as e:
-        raise ConvzooError(f"{source}: label '{e.args[0]}' is not in the class names beside the "
-                           f"shards ({len(names or [])} classes)" if names else
-                           f"{source}: label {e.args[0]} is negative") from None
-    files: dict[str, SplitFiles] = {}
-    start = 0
-    for s in order:
-        n = len(keys[s])
-        files[s] = SplitFiles(keys[s], idx[start:start + n])
-        start += n
     base = urls[0].rstrip("/").rsplit("/", 1)[-1]
     name = re.split(r"[-_.{]", base, maxsplit=1)[0] or "webdataset"
-    return Records(name, classes, files, {s: list(data[s]) for s in order}, str)
+    return by_split(name, keys, labels, data, names, lambda lab: (
+        f"{source}: label '{lab}' is not in the class names beside the shards "
+        f"({len(names or [])} classes)" if names else f"{source}: label {lab} is negative"))
