@@ -203,7 +203,7 @@ def test_weights_choice_of_a_safetensors_file(tmp_path, capsys):
 
 
 def test_weights_files_without_what_eval_needs(run_dir, tmp_path, monkeypatch):
-    """A file of an older convzoo (no geometry/preprocessing) and one whose statistics were too
+    """A file whose metadata lost geometry and preprocessing (edited by hand) and one whose statistics were too
     large for metadata (ZCA) name the checkpoint to use instead."""
     src = run_dir / "model.safetensors"
     with safe_open(str(src), "pt") as f:

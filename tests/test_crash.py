@@ -430,7 +430,7 @@ def test_resume_of_a_finished_run_rebuilds_missing_files_and_says_so(
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all((run / n).read_bytes() == data for n, data in before.items())  # not retrained
 
-    # A 0-byte summary (a torn write by an older convzoo) is rebuilt too; a complete run is
+    # A 0-byte summary (torn by a filesystem that lost the rename) is rebuilt too; a complete run is
     # left alone and says so.
     (run / "summary.json").write_text("")
     caplog.clear()
