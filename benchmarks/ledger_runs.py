@@ -13,7 +13,8 @@ of this repository) runs on the CPU as ``airbench_compare.py --device cpu`` make
 beside each fast94 seed.
 
 Each invocation appends one line to ``OUT/NAME.invocations.jsonl`` beside the run directory
-(start and end time, wall seconds, exit code, convzoo's commit, the CPU, the command), so the
+(start time, wall seconds, exit code, convzoo's commit, the CPU, the command; rewritten each
+minute while the run goes on, with exit code null, so a killed invocation still counts), so the
 wall time of a run that took several sessions is the sum of its lines. ``benchmarks/ledger.py
 collect`` copies a finished run with that record into ``results/``.
 
@@ -149,15 +150,33 @@ def run_one(name: str, out: Path, data_root: Path, airbench: Path) -> int:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
     commit = git_commit()  # of the code the run imports now (the folder may move on meanwhile)
     start = time.time()
-    print(f"[{dt.datetime.now():%F %T}] {name}: {' '.join(cmd)}", flush=True)
-    rc = subprocess.run(cmd, env=env).returncode
-    wall = time.time() - start
+    log = out / f"{name}.invocations.jsonl"
+    earlier = log.read_text() if log.is_file() else ""
     record = {"start": dt.datetime.fromtimestamp(start, dt.timezone.utc).isoformat(),
-              "wall_seconds": round(wall, 1), "exit_code": rc, "commit": commit,
+              "wall_seconds": 0.0, "exit_code": None, "commit": commit,
               "machine": machine(), "command": " ".join(cmd[1:])}
-    with open(out / f"{name}.invocations.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    print(f"[{dt.datetime.now():%F %T}] {name}: exit {rc} after {wall:.0f} s", flush=True)
+
+    def write() -> None:
+        # The line is rewritten every minute while the run goes on, so an invocation that is
+        # killed with the session (the runner too) still counts, to within a minute.
+        record["wall_seconds"] = round(time.time() - start, 1)
+        tmp = log.with_suffix(".tmp")
+        tmp.write_text(earlier + json.dumps(record) + "\n")
+        os.replace(tmp, log)
+
+    print(f"[{dt.datetime.now():%F %T}] {name}: {' '.join(cmd)}", flush=True)
+    proc = subprocess.Popen(cmd, env=env)
+    while True:
+        write()
+        try:
+            rc = proc.wait(timeout=60)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    record["exit_code"] = rc
+    write()
+    print(f"[{dt.datetime.now():%F %T}] {name}: exit {rc} after {record['wall_seconds']:.0f} s",
+          flush=True)
     return rc
 
 

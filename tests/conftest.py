@@ -28,3 +28,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One torch thread per worker under ``-n N`` (pytest-xdist): N workers of 2 threads each on
+    a 2-core machine oversubscribe it, and the suite's small workloads only lose by it."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)

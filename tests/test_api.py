@@ -38,6 +38,7 @@ def readme_python() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
+@pytest.mark.slow
 def test_readme_example_runs_verbatim(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(readme_python(), "README.md", "exec"), {})
@@ -346,6 +347,7 @@ def test_report_on_a_10_class_run_with_file_names_and_tensorboard(digit_files, t
             "report/test/confident_mistakes"} <= tags
 
 
+@pytest.mark.slow
 def test_report_on_a_100_class_run(tmp_path, capsys):
     archive = make_cifar100(tmp_path)
     out = tmp_path / "runs"

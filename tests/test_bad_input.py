@@ -449,6 +449,7 @@ def image_folder(root, *, corrupt: bool = False, empty: bool = False):
     return root
 
 
+@pytest.mark.slow
 def test_the_real_entry_point_says_one_line(tmp_path):
     """`python -m convzoo` itself: the same one line and exit 2 as ``cli.main``."""
     result = subprocess.run([sys.executable, "-m", "convzoo", "train", "--model", "resnet21",

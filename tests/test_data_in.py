@@ -173,6 +173,7 @@ def _train(source: str, out: Path, name: str) -> dict:
     return json.loads((out / name / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_every_format_and_its_pack_train_to_the_same_top1(digits_sources, tmp_path):
     """One epoch from each format on the same seed: the same decoded bytes in the same order
     give the same loss and top-1, to the last bit. `convzoo pack` of each holds the same

@@ -102,7 +102,8 @@ def test_bin_edges_are_right_closed():
             assert [i for i, r in enumerate(nudged) if r["count"]] == [b]
 
 
-@pytest.mark.parametrize("k,classes", [(10, CIFAR10), (100, CIFAR100)])
+@pytest.mark.parametrize("k,classes", [(10, CIFAR10),
+                                         pytest.param(100, CIFAR100, marks=pytest.mark.slow)])
 def test_per_class_csv_matches_the_confusion_matrix(tmp_path, k, classes):
     images, labels, probs = synthetic(20 * k, k, seed=k)
     files = write_report(tmp_path, probs, labels, classes, images=images, topk=5)
@@ -205,6 +206,7 @@ def test_bad_input_is_one_error_and_writes_nothing(tmp_path):
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@pytest.mark.slow
 def test_one_unit_per_kind_of_number_across_the_json_outputs(run_dir, tmp_path, capsys):
     """Rates are percent everywhere: eval --json, report.json and summary.json agree on top1,
     and ECE is the percent the text prints (it was a fraction beside a percent top-1)."""

@@ -190,6 +190,7 @@ def test_sixteen_bit_png_decodes_the_same_for_training_and_predict(tmp_path: Pat
 # ----------------------------------------------------------------------------- eval / predict
 
 
+@pytest.mark.slow
 def test_eval_at_another_stored_size_gives_the_runs_accuracy(
         digits_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Today's bug: the digits test split re-saved at 64 px was fed unresized to a run trained
@@ -227,6 +228,7 @@ def test_eval_on_a_class_folder_a_test_only_tree_and_a_class_subset(
     assert len(err) == 1 and "'cat'" in err[0] and "model knows" in err[0]
 
 
+@pytest.mark.slow
 def test_val_folder_is_val_and_new_data_defaults_to_its_held_out_split(
         digits_run: tuple[Path, dict], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Today: a train/+val/ tree reported its splits as 'test, train' (so --split val was

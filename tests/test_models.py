@@ -11,6 +11,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from sweeps import inner_loop
 from torch import nn
 
 from convzoo.cli import main
@@ -36,6 +37,9 @@ SMALL_INPUT = {name: 8 for name in ALL_MODELS}
 SMALL_INPUT.update({"cnn": 16, "cnn_bn": 16, "vgg_c": 16, "googlenet_bn": 32, "resnet18": 16,
                     "resnet50": 16, "vgg16_bn": 32})
 SMALL_KWARGS = {name: {"image_size": 16} for name in ("cnn", "cnn_bn", "vgg_c")}
+# The inner loop's models in the per-model sweeps that build and run each network: a CIFAR
+# ResNet, a Chainer net, an ImageNet ResNet (the others, seconds each, run under `slow`).
+INNER = ("resnet20", "cnn_bn", "resnet18", "fast94")
 
 
 def _small(name: str, **kwargs) -> nn.Module:
@@ -264,7 +268,7 @@ def test_googlenet_small_stem_runs_on_cifar():
 # --------------------------------------------------------------------------- every model
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", inner_loop(ALL_MODELS, INNER[:3]))
 def test_output_shape_at_default_input(name):
     entry = get_entry(name)
     model = _eval_model(name)
@@ -274,7 +278,7 @@ def test_output_shape_at_default_input(name):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", inner_loop(ALL_MODELS, INNER[:3]))
 def test_forward_backward_every_param_gets_grad(name):
     torch.manual_seed(0)
     size = SMALL_INPUT[name]
@@ -299,9 +303,7 @@ def test_channels_last_bf16_autocast(name):
     assert out.shape == (2, 7) and torch.isfinite(out.float()).all()
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "vgg16_bn" else n for n in ALL_MODELS]
-)
+@pytest.mark.parametrize("name", inner_loop(ALL_MODELS, INNER[:3]))
 def test_trains_on_tiny_data(name):
     """A few Adam steps on one tiny batch must lower the training loss a lot."""
     torch.manual_seed(0)
@@ -362,7 +364,7 @@ def _head_linear(model: nn.Module) -> nn.Linear:
     return [m for m in model.get_classifier().modules() if isinstance(m, nn.Linear)][-1]
 
 
-@pytest.mark.parametrize("name", REGISTRY)
+@pytest.mark.parametrize("name", inner_loop(REGISTRY, INNER))
 def test_get_and_reset_classifier(name):
     """get_classifier() is the module producing the logits; reset_classifier(k) gives k
     outputs and leaves every other tensor as it was; reset_classifier(0) gives the features."""
@@ -391,7 +393,7 @@ def test_get_and_reset_classifier(name):
     assert not any(isinstance(m, nn.Linear) for m in model.get_classifier().modules())
 
 
-@pytest.mark.parametrize("name", REGISTRY)
+@pytest.mark.parametrize("name", inner_loop(REGISTRY, INNER))
 def test_reset_classifier_initialises_like_the_constructor(name):
     """A reset head of 1000 classes has the weight spread (and bias rule) of a head built with
     1000 classes: the family's own initialisation, not PyTorch's default."""

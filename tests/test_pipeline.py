@@ -41,6 +41,7 @@ def train(tmp_path: Path, name: str, *args: str) -> dict:
     return json.loads((tmp_path / name / "summary.json").read_text())
 
 
+@pytest.mark.slow
 def test_stream_and_memory_train_to_similar_accuracy(digits_pack: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     common = ["--data", str(digits_pack), "--epochs", "4", "--lr", "0.05"]
@@ -77,9 +78,11 @@ MODERN = ["--set", "augment.policy=trivialaugment", "--set", "augment.color_jitt
           "augment.cutmix_alpha=1.0", "--set", "augment.mix_mode=elem"]
 
 
-@pytest.mark.parametrize("loader, extra", [("stream", []), ("stream", MODERN),
-                                           ("memory", MODERN)], ids=["stream", "stream-modern",
-                                                                     "memory-modern"])
+@pytest.mark.parametrize("loader, extra", [
+    pytest.param("stream", [], id="stream"),
+    pytest.param("stream", MODERN, id="stream-modern", marks=pytest.mark.slow),
+    pytest.param("memory", MODERN, id="memory-modern"),
+])
 def test_stream_resume_is_exact(digits_pack: Path, tmp_path: Path, loader: str,
                                 extra: list[str]) -> None:
     # constant lr: 1 epoch + a resumed 2nd epoch is the same schedule as 2 epochs straight

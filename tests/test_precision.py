@@ -85,6 +85,7 @@ def test_fp16_overflow_skips_the_step_and_lowers_the_scale():
     assert run.scaler.get_scale() == 32768.0  # halved
 
 
+@pytest.mark.slow
 def test_fp16_on_cpu_trains_and_resumes_exactly(tmp_path):
     args = [*TINY, "--set", "train.precision=fp16", "--out", str(tmp_path)]
     assert main(["train", "--epochs", "2", "--name", "straight", *args]) == 0

@@ -162,6 +162,7 @@ def test_a_second_signal_stops_at_once_keeping_the_last_checkpoint(tmp_path: Pat
     assert not (tmp_path / "t" / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_the_work_done_and_resume_is_bit_identical(
         ref: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     """A first Ctrl-C (SIGINT) inside an epoch is a stop request, as SIGTERM is: a checkpoint at
@@ -203,6 +204,7 @@ def test_a_second_ctrl_c_stops_at_once(tmp_path: Path) -> None:
     assert not (tmp_path / "t" / ".lock").exists()
 
 
+@pytest.mark.slow
 def test_checkpoint_every_steps_writes_last_pt_alone_then_a_kill_resumes_exactly(
         ref: Path, tmp_path: Path) -> None:
     """train.checkpoint_every_steps=3 over 8 steps of 4 per epoch: last.pt alone is written

@@ -300,6 +300,7 @@ def test_tar_extraction_without_the_data_filter_is_refused(tmp_path: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t", "t.tar"]
 
 
+@pytest.mark.slow
 def test_a_killed_pack_leaves_no_temp_folder_after_the_next_run(tmp_path: Path) -> None:
     tree = _tree(tmp_path / "t", n=200)
     script = ("import sys, time; from convzoo.data.packs import writer as P\n"

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from sweeps import inner_loop
 
 from convzoo import config as C
 from convzoo import report
@@ -282,7 +283,11 @@ def smoke_args(name: str, cfg: C.Config, data: dict[str, Path], tmp: Path) -> li
     return args
 
 
-@pytest.mark.parametrize("name", RECIPES)
+# In the inner loop: a seed recipe, the fast family and an ImageNet-protocol recipe
+INNER_SMOKE = ("resnet20-cifar10-neon", "cifar10-fast94", "googlenet_bn-imagenette-5ep")
+
+
+@pytest.mark.parametrize("name", inner_loop(RECIPES, INNER_SMOKE))
 def test_recipe_trains_a_smoke_run_through_the_cli(name, fake_data, tmp_path, monkeypatch):
     # Drawing curves.png is ~0.9 s of a ~1.4 s smoke run; tests/test_train.py covers it.
     monkeypatch.setattr(report, "plot_curves", lambda run_dir: Path(run_dir) / "curves.png")

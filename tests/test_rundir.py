@@ -113,6 +113,7 @@ def test_an_unreadable_lock_is_not_broken(tmp_path: Path) -> None:
         RunLock.acquire(tmp_path, wait=0.2)
 
 
+@pytest.mark.slow
 def test_two_processes_taking_over_one_stale_lock_exactly_one_wins(tmp_path: Path) -> None:
     """Eight forked processes race for the same stale lock, many times over."""
     for trial in range(5):
@@ -148,6 +149,7 @@ def test_two_processes_taking_over_one_stale_lock_exactly_one_wins(tmp_path: Pat
         assert len((run / "winners").read_text().split()) == 1
 
 
+@pytest.mark.slow
 def test_a_forked_child_does_not_keep_a_dead_owner_s_lock(tmp_path: Path) -> None:
     """A trainer killed while its DataLoader workers live on: its lock is stale at once."""
     script = (
@@ -166,6 +168,7 @@ def test_a_forked_child_does_not_keep_a_dead_owner_s_lock(tmp_path: Path) -> Non
         pass
 
 
+@pytest.mark.slow
 def test_sigterm_releases_the_lock(tmp_path: Path) -> None:
     script = (
         "import time\n"

@@ -37,6 +37,7 @@ def labelled_pack(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "packed"
 
 
+@pytest.mark.slow
 def test_both_loaders_shard_identically_for_every_world_and_dataset_size(
         labelled_pack: Path) -> None:
     """World sizes 1-8, dataset sizes 1-50, training and evaluation partitions: the resident

@@ -47,6 +47,7 @@ def states(folder: Path) -> list[str]:
     return [t.state.name for t in study_of(folder).get_trials()]
 
 
+@pytest.mark.slow
 def test_a_lagging_trial_is_pruned_a_failed_one_never_counts_and_the_best_evaluates_to_its_value(
         tmp_path: Path, capsys: pytest.CaptureFixture, optuna: Any) -> None:
     result = convzoo.sweep(

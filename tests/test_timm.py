@@ -112,6 +112,7 @@ def test_timm_models_share_the_interface_and_freeze(name):
 
 
 @requires_timm
+@pytest.mark.slow
 def test_timm_model_trains_evals_and_exports_through_the_cli(tmp_path, capsys):
     """One epoch on digits (32 px: test_resnet downsamples 32x), then eval, ONNX export with
     the onnxruntime comparison, and the run's model.safetensors rebuilt by load_weights_file."""

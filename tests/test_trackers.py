@@ -117,6 +117,7 @@ def wandb_history(run: Path) -> tuple[str, dict[int, dict[str, Any]], dict[str, 
     return ids.pop(), history, config
 
 
+@pytest.mark.slow
 def test_one_run_logs_steps_epochs_config_summary_and_figures_to_every_logger(
         tmp_path: Path, offline: None, capsys: pytest.CaptureFixture,
         monkeypatch: pytest.MonkeyPatch, empty_store: Path) -> None:
@@ -203,6 +204,7 @@ def test_one_run_logs_steps_epochs_config_summary_and_figures_to_every_logger(
     assert "report/test/reliability" in events.Tags()["images"]
 
 
+@pytest.mark.slow
 def test_a_preempted_and_resumed_run_is_one_tracked_run(
         tmp_path: Path, offline: None, monkeypatch: pytest.MonkeyPatch,
         empty_store: Path) -> None:

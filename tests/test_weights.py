@@ -320,7 +320,10 @@ def _norm_stats(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 # vgg16_bn's last stage would train its 25088x4096 FC (24 s here): linear probe only for it.
-FREEZE_CASES = [(n, w) for n in list_models() for w in ("backbone", "all_but_last_stage")
+# The inner loop freezes a CIFAR ResNet and an ImageNet ResNet; every model runs under `slow`.
+FREEZE_CASES = [(n, w) if n in ("resnet20", "resnet18")
+                else pytest.param(n, w, marks=pytest.mark.slow)
+                for n in list_models() for w in ("backbone", "all_but_last_stage")
                 if (n, w) != ("vgg16_bn", "all_but_last_stage")]
 
 
