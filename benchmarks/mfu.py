@@ -140,16 +140,26 @@ def main(argv: list[str] | None = None) -> int:
         peak, what = measured_peak(device, torch.float32, n), f"fp32 {n}^3 matmul"
         name = "cpu"
     print(f"mfu: torch {torch.__version__}, device {name}, batch {args.batch}, {args.size} px, "
-          f"compile {args.compile}; measured peak {peak / 1e12:.3f} TFLOP/s ({what})")
+          f"compile {args.compile}; measured peak {peak / 1e12:.3f} TFLOP/s ({what}; measured "
+          "again after the models, the better kept)")
+    measured = [achieved(model_name, args, device) for model_name in args.model_names]
+    # The peak again after the models, the better of the two kept: on a shared CPU one
+    # measurement taken while another job ran was low enough to put fast94 at 101%.
+    if device.type == "cuda":
+        peak = max(peak, measured_peak(device, torch.bfloat16, 8192))
+    else:
+        peak = max(peak, measured_peak(device, torch.float32, n))
     rows = []
-    for model_name in args.model_names:
-        flops, rate, warmup = achieved(model_name, args, device)
+    for model_name, (flops, rate, warmup) in zip(args.model_names, measured, strict=True):
         rows.append({"model": model_name, "mflop_per_image": flops / args.batch / 1e6,
                      "tflops": rate / 1e12, "mfu_percent": 100 * rate / peak,
                      "warmup_seconds": warmup})
         print(f"MFU {model_name}: {flops / args.batch / 1e6:.1f} MFLOP per training image, "
               f"achieved {rate / 1e12:.4f} TFLOP/s = {100 * rate / peak:.1f}% of measured peak "
               f"(warm-up {warmup:.1f}s{', compile included' if args.compile else ''})")
+        if rate > peak:
+            print("  above 100%: the kernels did fewer FLOPs than the counted direct convolution "
+                  "(e.g. Winograd) or the peak was measured under load")
     if args.json:
         args.json.write_text(json.dumps({
             "device": name, "batch": args.batch, "size": args.size, "steps": args.steps,

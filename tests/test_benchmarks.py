@@ -145,8 +145,12 @@ def test_mfu_quick(tmp_path):
     result = json.loads((tmp_path / "mfu.json").read_text())
     for name, row in zip(("resnet56", "fast94"), result["models"], strict=True):
         m = re.search(rf"MFU {name}: ([\d.]+) MFLOP per training image, .* = ([\d.]+)% of", out)
-        assert m and float(m.group(1)) > 0 and 0 < float(m.group(2)) <= 100
+        # Not bounded by 100: counted FLOPs are the direct convolution's, and a CPU library may
+        # do fewer (Winograd); the benchmark then says so.
+        assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0
         assert row["model"] == name and f"{row['mfu_percent']:.1f}" == m.group(2)
+        assert row["mfu_percent"] == pytest.approx(100 * row["tflops"] / result["peak_tflops"])
+    assert out.count("above 100%") == sum(r["mfu_percent"] > 100 for r in result["models"])
     md = gpu_steps.Mfu().markdown({"runs": [result]})
     assert md.count("| no | 8 | fp32 |") == 2
 
