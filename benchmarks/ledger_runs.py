@@ -149,6 +149,9 @@ def machine() -> str:
     return f"{cpu_model()}, {isa}, {os.cpu_count()} cores"
 
 
+HEARTBEAT_SECONDS = 60.0  # how often a running invocation's line is rewritten
+
+
 def run_one(name: str, out: Path, data_root: Path, airbench: Path) -> int:
     cmd = command(name, out, data_root, airbench)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), PYTHONUNBUFFERED="1")
@@ -173,7 +176,7 @@ def run_one(name: str, out: Path, data_root: Path, airbench: Path) -> int:
     while True:
         write()
         try:
-            rc = proc.wait(timeout=60)
+            rc = proc.wait(timeout=HEARTBEAT_SECONDS)
             break
         except subprocess.TimeoutExpired:
             continue

@@ -102,3 +102,55 @@ def test_recipes_show_the_measured_figure_and_a_users_run_beside_it(
     assert "measured:   99.50% test, 2 seeds 99.4-99.6" in out
     assert f"your run:   {mine:.2f}% (1 ep, test)" in out
     assert f"{mine - 99.5:+.2f} points against the measured mean" in out
+
+
+def test_lost_invocations_fall_back_to_the_runs_own_timed_seconds(tmp_path: Path) -> None:
+    """An invocation killed with its session before the runner could write its line leaves the
+    recorded wall time short: collect then takes the run's own timed seconds and says so."""
+    fake_run(tmp_path, "x", "quickstart", 0, 50.0)
+    summary = json.loads((tmp_path / "x" / "summary.json").read_text())
+    summary["timed_seconds"] = 5000.0  # more than the two recorded invocations (3,600 s)
+    (tmp_path / "x" / "summary.json").write_text(json.dumps(summary))
+    ledger.collect(tmp_path, ["x"], tmp_path / "results")
+    record = json.loads((tmp_path / "results" / "x" / "ledger.json").read_text())
+    assert record["wall_seconds"] == 5000.0
+    assert record["notes"] == ["invocations recorded 3600 s of wall time, less than the run's "
+                               "own timed_seconds (5000 s): some were not recorded; "
+                               "wall_seconds is the run's timed_seconds"]
+    fake_run(tmp_path, "y", "quickstart", 0, 50.0)  # 3,600 s recorded, 61 s timed
+    ledger.collect(tmp_path, ["y"], tmp_path / "results")
+    record = json.loads((tmp_path / "results" / "y" / "ledger.json").read_text())
+    assert record["wall_seconds"] == 3600.0 and "notes" not in record
+
+
+@pytest.mark.slow
+def test_a_killed_runner_still_leaves_its_invocation_line(tmp_path: Path) -> None:
+    """The runner rewrites the running invocation's line as it goes, so a session that ends
+    (SIGKILL to the runner and its run) still counts that invocation's time."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    script = (
+        "import sys; from pathlib import Path\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+        "import ledger_runs as L\n"
+        "L.HEARTBEAT_SECONDS = 0.2\n"
+        "L.command = lambda *a: [sys.executable, '-c', 'import time; time.sleep(60)']\n"
+        f"L.run_one('x', Path({str(tmp_path)!r}), Path('.'), Path('.'))\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], start_new_session=True)
+    log = tmp_path / "x.invocations.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if log.is_file() and json.loads(log.read_text())["wall_seconds"] >= 1.0:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["exit_code"] is None and record["wall_seconds"] >= 1.0
+    assert record["command"].endswith("time.sleep(60)")
+    assert not list(tmp_path.glob("*.tmp"))
