@@ -1,5 +1,8 @@
-"""Fixtures shared by several test files."""
+"""Fixtures shared by several test files, and the session's own HOME (``pytest_configure``)."""
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -30,12 +33,31 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    """One torch thread per worker under ``-n N`` (pytest-xdist): N workers of 2 threads each on
-    a 2-core machine oversubscribe it, and the suite's small workloads only lose by it."""
-    import os
+REAL_HOME = os.environ.get("HOME", "")
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A HOME of the session's own, so that nothing a test runs (the default data.root
+    ``~/.cache/convzoo``, trackers' and libraries' dot-folders, subprocesses, which inherit it)
+    writes into the developer's home: before, every suite run left hundreds of decode caches
+    and locks of its temporary folders in ``~/.cache/convzoo/cache``. Removed at the end.
+
+    And one torch thread per worker under ``-n N`` (pytest-xdist): N workers of 2 threads each
+    on a 2-core machine oversubscribe it, and the suite's small workloads only lose by it."""
+    home = tempfile.mkdtemp(prefix="convzoo-tests-home-")
+    config.stash[HOME_KEY] = home
+    os.environ["HOME"] = home
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
         torch.set_num_threads(1)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    home = config.stash.get(HOME_KEY, None)
+    if home:
+        os.environ["HOME"] = REAL_HOME
+        shutil.rmtree(home, ignore_errors=True)
+
+
+HOME_KEY = pytest.StashKey[str]()

@@ -170,25 +170,6 @@ def test_an_archive_shares_its_cache_between_geometry_spellings(tmp_path: Path,
     assert caches.scan(root / "cache")[0].state == "changed"
 
 
-def test_a_cache_of_the_old_naming_is_replaced(tmp_path: Path, decodes: list[int]) -> None:
-    """A v4 cache (``folder-<source>-<options>.pt``, format marker, no label) is listed as
-    legacy and removed when its source is next decoded."""
-    data, root = _folder(tmp_path / "data"), tmp_path / "root"
-    folder = root / "cache"
-    folder.mkdir(parents=True)
-    tag = caches._path_tag(data.resolve())
-    old = folder / f"folder-{tag}-{'0' * 20}.pt"
-    torch.save({"name": "data", "classes": ["a", "b"], "skipped": [],
-                "geometry": Geometry(3, 12, 12).state(),
-                "splits": {"train": {"images": torch.zeros(2, 3, 12, 12, dtype=torch.uint8),
-                                     "labels": torch.zeros(2, dtype=torch.int64)}},
-                "format": caches.CACHE_FORMAT, "digest": "x"}, old)
-    (entry,) = caches.scan(folder)
-    assert entry.legacy and entry.stale and entry.label["images"] == 2
-    load_dataset(_cfg(data, root))
-    assert not old.exists() and len(_pt(folder)) == 1 and len(decodes) == 1
-
-
 def test_a_lost_label_is_rewritten_and_the_geometry_still_found(tmp_path: Path,
                                                                 decodes: list[int]) -> None:
     data, root = _folder(tmp_path / "data"), tmp_path / "root"
@@ -328,3 +309,19 @@ def test_train_eval_train_through_the_command_line_decodes_once(tmp_path: Path) 
         logs += done.stdout + done.stderr
     assert logs.count("writing decode cache") == 1, logs
     assert logs.count("from cache") == 2
+
+
+def test_the_suite_writes_nothing_into_the_developers_home(tmp_path: Path) -> None:
+    """A run with the default data.root caches under the session's HOME (conftest), never in the
+    home of whoever runs the tests."""
+    from conftest import REAL_HOME
+
+    assert REAL_HOME and os.path.expanduser("~") != REAL_HOME
+    real = Path(REAL_HOME) / ".cache" / "convzoo" / "cache"
+    before = sorted(real.iterdir()) if real.is_dir() else []
+    data = _folder(tmp_path / "data")
+    assert main(["train", "--data", str(data), "--set", "data.image_size=8", "--epochs", "1",
+                 "--batch-size", "4", "--out", str(tmp_path / "runs"), "--name", "r",
+                 "--set", "train.loggers=[]"]) == 0
+    assert len(_pt(Path(os.path.expanduser("~/.cache/convzoo/cache")))) == 1
+    assert (sorted(real.iterdir()) if real.is_dir() else []) == before

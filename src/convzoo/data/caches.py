@@ -67,9 +67,8 @@ log = logging.getLogger("convzoo")
 CACHE_FORMAT = "convzoo-decode-cache"
 CACHE_VERSION = 5  # bump when the decoded layout or the decoding rules change (3: file names,
 #                   4: the digest covers every value, 5: one key per content and geometry)
-# v5 names, and the v4 names (``folder-<source>-<options>.pt``, one per source) they replace.
+# <kind>-<source path tag>-<geometry tag>-<content key>.pt
 NAME = re.compile(r"^(folder|archive)-([0-9a-f]{12})-([0-9a-f]{10})-([0-9a-f]{16})\.pt$")
-LEGACY_NAME = re.compile(r"^folder-([0-9a-f]{12})-([0-9a-f]{20})\.pt$")
 
 
 def cache_folder(root: str | Path) -> Path:
@@ -244,11 +243,10 @@ def _remove_replaced(folder: Path, source: Source, new: Path) -> None:
     geo_tag = NAME.match(new.name).group(3)  # type: ignore[union-attr]
     stale_mb, stale = 0.0, 0
     for entry in scan(folder, check_sources=False, tag=source.tag):
-        if entry.path == new or entry.label.get("source", str(source.path)) != str(source.path):
-            continue  # (a cache of the old naming has no source: its name's hash is the path's)
-        m = NAME.match(entry.path.name)
-        same_geometry = m is not None and m.group(3) == geo_tag
-        if entry.legacy or (same_geometry and entry.label["fingerprint"] != source.fingerprint):
+        if entry.path == new or entry.label.get("source") != str(source.path):
+            continue
+        same_geometry = NAME.match(entry.path.name).group(3) == geo_tag  # type: ignore[union-attr]
+        if same_geometry and entry.label["fingerprint"] != source.fingerprint:
             if _remove(entry) is not None:
                 log.info(f"removed the decode cache it replaces: {entry.path.name}")
         elif entry.label.get("fingerprint") != source.fingerprint:
@@ -267,12 +265,11 @@ class Entry:
     """One decode cache in a cache folder, as `scan` found it."""
 
     path: Path
-    label: dict[str, Any]  # empty for a cache of the old naming (it has none)
+    label: dict[str, Any]  # its .json beside it, or the copy inside the file
     bytes: int
     last_used: float  # the file's mtime: set when written and on every hit
-    legacy: bool = False
-    state: str = "?"  # ok | changed | missing (its source) | legacy; "?" = not checked
-    lock: Path | None = field(default=None, repr=False)
+    lock: Path = field(repr=False)  # its source's lock (one per source and kind)
+    state: str = "?"  # ok | changed | missing (its source); "?" = not checked
 
     @property
     def mb(self) -> float:
@@ -280,7 +277,7 @@ class Entry:
 
     @property
     def stale(self) -> bool:
-        return self.state in ("changed", "missing", "legacy")
+        return self.state in ("changed", "missing")
 
     def public(self) -> dict[str, Any]:
         """What ``cache list --json`` prints for it."""
@@ -320,43 +317,34 @@ def scan(folder: Path, check_sources: bool = True, tag: str | None = None) -> li
     except (FileNotFoundError, NotADirectoryError):
         return []
     for name in names:
-        m, legacy = NAME.match(name), LEGACY_NAME.match(name)
-        if not (m or legacy) or (tag is not None and name.split("-")[1] != tag):
+        m = NAME.match(name)
+        if not m or (tag is not None and m.group(2) != tag):
             continue
         path = folder / name
-        label = _read_label(path.with_suffix(".json")) if m else None
-        if label is None:  # old naming or label lost: read the one in the file
+        label = _read_label(path.with_suffix(".json"))
+        if label is None:  # label lost: read the one in the file
             payload = carries_marker(path)
             if payload is None:
                 continue
-            label = payload.get("label") if m else _legacy_label(payload)
+            label = payload.get("label")
             if not isinstance(label, dict):
                 continue
         try:
             st = path.stat()
         except FileNotFoundError:  # removed meanwhile
             continue
-        lock = folder / (f"{m.group(1)}-{m.group(2)}.lock" if m else f"{name}.lock")
-        entries.append(Entry(path, label, st.st_size, st.st_mtime, legacy=bool(legacy),
-                             state="legacy" if legacy else "?", lock=lock))
+        lock = folder / f"{m.group(1)}-{m.group(2)}.lock"
+        entries.append(Entry(path, label, st.st_size, st.st_mtime, lock))
     if check_sources:
         states: dict[tuple[str, str], str] = {}
         for e in entries:
-            if not e.legacy:
-                key = (e.label["source"], e.label["kind"])
-                if key not in states:
-                    states[key] = _source_fingerprint(Path(key[0]), key[1])
-                now = states[key]
-                e.state = now if now == "missing" else \
-                    "ok" if now == e.label["fingerprint"] else "changed"
+            key = (e.label["source"], e.label["kind"])
+            if key not in states:
+                states[key] = _source_fingerprint(Path(key[0]), key[1])
+            now = states[key]
+            e.state = now if now == "missing" else \
+                "ok" if now == e.label["fingerprint"] else "changed"
     return sorted(entries, key=lambda e: (str(e.label.get("source")), e.last_used))
-
-
-def _legacy_label(payload: dict[str, Any]) -> dict[str, Any]:
-    """What a cache of the old naming tells about itself (no source path)."""
-    splits = {k: int(v["labels"].numel()) for k, v in payload.get("splits", {}).items()}
-    return {"name": payload.get("name"), "geometry": payload.get("geometry"), "splits": splits,
-            "images": sum(splits.values())}
 
 
 def _source_fingerprint(path: Path, kind: str) -> str:
@@ -382,8 +370,6 @@ def _remove(entry: Entry, dry_run: bool = False) -> float | None:
     try:
         entry.path.with_suffix(".json").unlink(missing_ok=True)
         entry.path.unlink()
-        if entry.legacy and entry.lock is not None:
-            entry.lock.unlink(missing_ok=True)
     except FileNotFoundError:  # removed meanwhile by another process
         return None
     except OSError as e:
@@ -437,13 +423,10 @@ def clear(folder: Path, picked: list[Entry], dry_run: bool = False, labels: bool
             if NAME.match(path.with_suffix(".pt").name) and not path.with_suffix(".pt").exists() \
                     and _read_label(path) is not None:
                 path.unlink(missing_ok=True)
-    by_lock: dict[Path | None, list[Entry]] = {}
+    by_lock: dict[Path, list[Entry]] = {}
     for e in picked:
-        by_lock.setdefault(None if e.legacy else e.lock, []).append(e)
+        by_lock.setdefault(e.lock, []).append(e)
     for lock, group in by_lock.items():
-        if lock is None:  # old naming: a lock per file, which _remove takes with it
-            removed += [e for e in group if _remove(e, dry_run) is not None]
-            continue
         with node_lock(lock.with_suffix(""), wait=False) as held:
             if not held:
                 busy += group
