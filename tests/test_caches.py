@@ -196,8 +196,12 @@ def test_cache_clear_removes_only_convzoo_caches(tmp_path: Path,
     folder = root / "cache"
     mine = [folder / "notes.txt", folder / "weights.pt",
             folder / f"folder-{'a' * 12}-{'b' * 10}-{'c' * 16}.pt",
-            folder / f"folder-{'a' * 12}-{'b' * 10}-{'c' * 16}.json"]
+            folder / f"folder-{'a' * 12}-{'b' * 10}-{'c' * 16}.json",
+            folder / f"archive-{'9' * 12}.lock"]  # named like a lock, but not empty
     mine[0].write_text("my notes")
+    mine[4].write_text("not a lock")
+    stale_lock = folder / f"archive-{'8' * 12}.lock"  # left by a decode that failed
+    stale_lock.touch()
     torch.save({"w": torch.ones(3)}, mine[1])
     torch.save({"format": "something-else"}, mine[2])
     mine[3].write_text("{}")
@@ -210,7 +214,8 @@ def test_cache_clear_removes_only_convzoo_caches(tmp_path: Path,
     lines = out.splitlines()
     assert len(lines) == 3 and all(line.startswith("removed ") for line in lines)
     assert "removed 2 cache(s)" in lines[-1] and "MB reclaimed" in lines[-1]
-    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in mine)  # orphan label gone
+    # the orphan label and the lock of a source with no cache are gone too
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in mine)
     rc, out, _ = _cli(["cache", "list", "--root", str(root)], capsys)
     assert rc == 0 and out.startswith("no decode caches in")
 

@@ -69,6 +69,7 @@ CACHE_VERSION = 5  # bump when the decoded layout or the decoding rules change (
 #                   4: the digest covers every value, 5: one key per content and geometry)
 # <kind>-<source path tag>-<geometry tag>-<content key>.pt
 NAME = re.compile(r"^(folder|archive)-([0-9a-f]{12})-([0-9a-f]{10})-([0-9a-f]{16})\.pt$")
+LOCK_NAME = re.compile(r"^(folder|archive)-([0-9a-f]{12})\.lock$")  # one per source and kind
 
 
 def cache_folder(root: str | Path) -> Path:
@@ -416,7 +417,8 @@ def clear(folder: Path, picked: list[Entry], dry_run: bool = False, labels: bool
           ) -> tuple[list[Entry], list[Entry]]:
     """Remove the `picked` caches of `folder`: (removed, skipped because a process is writing
     that source now). A source's lock file goes with its last cache; with `labels`, so do the
-    labels whose cache file is gone (removed by hand, say)."""
+    labels whose cache file is gone (removed by hand, say) and the locks of sources with no
+    cache left (a decode that failed on a bad image leaves its lock)."""
     removed, busy = [], []
     if labels and not dry_run:
         for path in folder.glob("*.json"):
@@ -426,6 +428,11 @@ def clear(folder: Path, picked: list[Entry], dry_run: bool = False, labels: bool
     by_lock: dict[Path, list[Entry]] = {}
     for e in picked:
         by_lock.setdefault(e.lock, []).append(e)
+    if labels:
+        for lock in folder.glob("*.lock"):
+            with contextlib.suppress(OSError):  # a lock file is empty: anything else is kept
+                if LOCK_NAME.match(lock.name) and lock.is_file() and lock.stat().st_size == 0:
+                    by_lock.setdefault(lock, [])
     for lock, group in by_lock.items():
         with node_lock(lock.with_suffix(""), wait=False) as held:
             if not held:
