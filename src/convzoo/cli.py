@@ -934,8 +934,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--older-than", type=number_in("[0, inf)", integer=False),
                    dest="older_than", metavar="DAYS", help="caches not used for DAYS days")
     q.add_argument("--stale", action="store_true",
-                   help="caches whose source changed or is gone (and old-format caches)")
-    q.add_argument("--all", action="store_true", help="every decode cache, orphan labels and the locks of sources with none")
+                   help="caches whose source changed or is gone")
+    q.add_argument("--all", action="store_true",
+                   help="every decode cache, orphan labels and the locks of sources with none")
     q.add_argument("--dry-run", action="store_true", dest="dry_run",
                    help="print what would be removed; remove nothing")
     cache_actions.append(q)
