@@ -184,6 +184,11 @@ def _spread(values: list[float]) -> str:
             f"n={len(values)})")
 
 
+def _protocol_text(proto: str) -> str:
+    """``data.val_fraction=0.1 optim.lr=0.1`` as the table shows it: ``val 0.1, optim.lr=0.1``."""
+    return ", ".join(p.replace("data.val_fraction=", "val ") for p in proto.split()) or "-"
+
+
 def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
@@ -207,7 +212,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
         machines = sorted({r["machine"] for r in runs})
         folders = ", ".join(f"[{r['folder']}](results/{r['folder']})" for r in runs)
         lines.append(
-            f"| `{recipe}` | {proto.replace('data.val_fraction=', 'val ') or '-'} | "
+            f"| `{recipe}` | {_protocol_text(proto)} | "
             f"{first['data']} | {first['epochs']} | {first['split']} | "
             f"{_spread([r['top1'] for r in runs])} | {first['reported'] or '-'} | "
             f"{_hours(walls)} | {'; '.join(machines)} | {folders} |")
