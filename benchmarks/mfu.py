@@ -133,22 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda":
-        peak, what = measured_peak(device, torch.bfloat16, 8192), "bf16 8192^3 matmul"
-        name = torch.cuda.get_device_name(device)
+        dtype, n, name = torch.bfloat16, 8192, torch.cuda.get_device_name(device)
     else:
-        n = 512 if args.quick else 1024
-        peak, what = measured_peak(device, torch.float32, n), f"fp32 {n}^3 matmul"
-        name = "cpu"
+        dtype, n, name = torch.float32, 512 if args.quick else 1024, "cpu"
+    peak = measured_peak(device, dtype, n)
+    what = f"{'bf16' if dtype == torch.bfloat16 else 'fp32'} {n}^3 matmul"
     print(f"mfu: torch {torch.__version__}, device {name}, batch {args.batch}, {args.size} px, "
           f"compile {args.compile}; measured peak {peak / 1e12:.3f} TFLOP/s ({what}; measured "
           "again after the models, the better kept)")
     measured = [achieved(model_name, args, device) for model_name in args.model_names]
     # The peak again after the models, the better of the two kept: on a shared CPU one
     # measurement taken while another job ran was low enough to put fast94 at 101%.
-    if device.type == "cuda":
-        peak = max(peak, measured_peak(device, torch.bfloat16, 8192))
-    else:
-        peak = max(peak, measured_peak(device, torch.float32, n))
+    peak = max(peak, measured_peak(device, dtype, n))
     rows = []
     for model_name, (flops, rate, warmup) in zip(args.model_names, measured, strict=True):
         rows.append({"model": model_name, "mflop_per_image": flops / args.batch / 1e6,
