@@ -1,8 +1,8 @@
 """The results ledger: finished runs copied into ``results/``, and every table made from them.
 
     python benchmarks/ledger.py collect ~/ledger/runs fast94-s0 gnet5-s0   # copy finished runs
-    python benchmarks/ledger.py tables           # RESULTS.md's ledger section + recipes' figures
-    python benchmarks/ledger.py tables --check   # exit 1 if either differs from the files
+    python benchmarks/ledger.py tables           # RESULTS/README ledger sections, recipes' figures
+    python benchmarks/ledger.py tables --check   # exit 1 if any differs from the files
 
 ``collect`` copies what a reader needs to check a figure (``config.yaml``, ``summary.json``,
 ``metrics.jsonl``; for an airbench run its ``result.json`` and printed table), never a
@@ -10,8 +10,8 @@ checkpoint, and writes ``ledger.json`` beside them: the machine, convzoo's commi
 the command and the wall time summed over the invocations that ``benchmarks/ledger_runs.py``
 recorded (a run continued over several sessions has several).
 
-``tables`` rebuilds, from ``results/`` alone, the part of RESULTS.md between the
-``<!-- ledger:begin -->`` and ``<!-- ledger:end -->`` lines and
+``tables`` rebuilds, from ``results/`` alone, the part of RESULTS.md and of README.md between
+the ``<!-- ledger:begin -->`` and ``<!-- ledger:end -->`` lines and
 ``src/convzoo/recipes/measured.json`` (the measured column of ``convzoo recipes``). Nothing in
 either is typed by hand; ``tests/test_ledger.py`` fails when they differ from what this makes.
 """
@@ -26,9 +26,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ledger_runs import beside  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 RESULTS_MD = ROOT / "RESULTS.md"
+README = ROOT / "README.md"
 MEASURED = ROOT / "src" / "convzoo" / "recipes" / "measured.json"
 BEGIN, END = "<!-- ledger:begin -->", "<!-- ledger:end -->"
 
@@ -217,42 +221,56 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             f"{_spread([r['top1'] for r in runs])} | {first['reported'] or '-'} | "
             f"{_hours(walls)} | {'; '.join(machines)} | {folders} |")
     lines.append("")
-    pair = [r for r in rows if r["kind"] == "airbench"]
-    fast = groups.get(("cifar10-fast94", ""), [])
-    if pair and fast:
-        lines += [
-            "**cifar10-fast94 beside airbench94's own code**, same JPEG data, same CPU, one "
-            "thread each, fp32, run alternately (each airbench run right after a convzoo seed); "
-            "timed as airbench times itself (data-dependent init + training steps + final TTA "
-            "evaluation):",
-            "",
-            "| side | runs | test top-1 (TTA) | timed seconds per run | run folders |",
-            "|---|---:|---:|---:|---|",
-        ]
-        for label, group in (("convzoo `cifar10-fast94`", fast), ("airbench94.py (CPU copy)",
-                                                                   pair)):
-            secs = [r["timed_seconds"] for r in group]
-            lines.append(
-                f"| {label} | {len(group)} | {_spread([r['top1'] for r in group])} | "
-                f"{statistics.mean(secs):.0f} ({min(secs):.0f}-{max(secs):.0f}) | "
-                + ", ".join(f"[{r['folder']}](results/{r['folder']})" for r in group) + " |")
-        ratio = (statistics.mean(r["timed_seconds"] for r in fast)
-                 / statistics.mean(r["timed_seconds"] for r in pair))
-        delta = (statistics.mean(r["top1"] for r in fast)
-                 - statistics.mean(r["top1"] for r in pair))
-        lines += ["", f"convzoo's time over airbench's: **{ratio:.2f}x**, accuracy "
-                      f"{delta:+.2f} points.", ""]
+    lines += _pairs(rows)
     lines.append(END)
     return "\n".join(lines) + "\n"
 
 
+def _pairs(rows: list[dict[str, Any]]) -> list[str]:
+    """The fast94-beside-airbench table: ``airbench94-rN`` ran at the same time as
+    ``fast94-sN`` (``ledger_runs.beside``: one thread each on the machine's two cores), so each
+    pair shared the machine's state and their times compare."""
+    by_name = {r["folder"]: r for r in rows}
+    pairs = [(by_name[beside(r["folder"])], r) for r in rows
+             if r["kind"] == "airbench" and beside(r["folder"]) in by_name]
+    if not pairs:
+        return []
+    lines = [
+        "**cifar10-fast94 beside airbench94's own code**: same JPEG data, same CPU, fp32, run "
+        "at the same time on the machine's two cores, one thread each; each side timed as "
+        "airbench times itself (data-dependent init + training steps + final TTA evaluation):",
+        "",
+        "| pair | convzoo `cifar10-fast94` test top-1 (TTA) | its seconds | airbench94.py (CPU "
+        "copy) test top-1 (TTA) | its seconds | convzoo / airbench time | run folders |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for ours, theirs in pairs:
+        lines.append(
+            f"| {ours['folder']} + {theirs['folder']} | {ours['top1']:.2f}% | "
+            f"{ours['timed_seconds']:.0f} | {theirs['top1']:.2f}% | "
+            f"{theirs['timed_seconds']:.0f} | "
+            f"{ours['timed_seconds'] / theirs['timed_seconds']:.2f}x | "
+            f"[{ours['folder']}](results/{ours['folder']}), "
+            f"[{theirs['folder']}](results/{theirs['folder']}) |")
+    ratios = [o["timed_seconds"] / t["timed_seconds"] for o, t in pairs]
+    delta = statistics.mean(o["top1"] - t["top1"] for o, t in pairs)
+    spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
+    lines += ["", f"convzoo's time over airbench's: **{statistics.mean(ratios):.2f}x**"
+                  f"{spread} over {len(pairs)} pair(s), accuracy {delta:+.2f} points.", ""]
+    return lines
+
+
+def _recipe_groups(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Per recipe, its runs without protocol overrides other than a carved validation split
+    (a tuning run with another lr is not the recipe's figure)."""
+    return [(recipe, runs) for (recipe, proto), runs in sorted(_group(rows).items())
+            if not (proto and not proto.startswith("data.val_fraction=") or " " in proto)]
+
+
 def measured(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """``convzoo recipes``' measured column: per recipe, its runs without protocol overrides
-    other than a carved validation split (a tuning run with another lr is not the recipe)."""
+    """``convzoo recipes``' measured column: each recipe's figure over its seeds."""
     out: dict[str, Any] = {}
-    for (recipe, proto), runs in sorted(_group(rows).items()):
-        if proto and not proto.startswith("data.val_fraction=") or " " in proto:
-            continue
+    for recipe, runs in _recipe_groups(rows):
         top1 = [r["top1"] for r in runs]
         out[recipe] = {
             "top1": round(statistics.mean(top1), 2), "min": round(min(top1), 2),
@@ -264,17 +282,45 @@ def measured(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def render(results: Path = RESULTS) -> tuple[str, str]:
-    """(RESULTS.md with its ledger section rebuilt, measured.json's text)."""
-    rows = read_results(results) if results.is_dir() else []
-    text = RESULTS_MD.read_text()
+def readme(rows: list[dict[str, Any]]) -> str:
+    """README's results section (between the markers): each recipe's figure, short."""
+    groups = _recipe_groups(rows)
+    if not groups:
+        return f"{BEGIN}\n\nNo full-length run has finished yet.\n\n{END}\n"
+    machines = sorted({r["machine"] for _, runs in groups for r in runs})
+    lines = [BEGIN, "",
+             f"`convzoo train --recipe NAME`, trained to the last epoch on {'; '.join(machines)} "
+             "(one thread; the commands, anchors, tuning runs and run folders are in "
+             "[RESULTS.md](RESULTS.md#full-length-runs-the-ledger)):", "",
+             "| recipe | data | epochs | top-1: mean (min-max, n) | split | wall per run |",
+             "|---|---|---:|---:|---|---:|"]
+    for recipe, runs in groups:
+        first = runs[0]
+        lines.append(
+            f"| `{recipe}` | {first['data']} | {first['epochs']} | "
+            f"{_spread([r['top1'] for r in runs])} | {first['split']} | "
+            f"{_hours(statistics.mean(r['wall_seconds'] for r in runs))} |")
+    lines += ["", END]
+    return "\n".join(lines) + "\n"
+
+
+def _splice(path: Path, section: str) -> str:
+    """``path``'s text with the part between its ledger markers replaced by ``section``."""
+    text = path.read_text()
     head, _, rest = text.partition(BEGIN)
     _, _, tail = rest.partition(END)
     if not rest:
-        raise SystemExit(f"ledger: {RESULTS_MD} has no {BEGIN} line")
-    section = markdown(rows)
-    new = head + section.rstrip("\n") + tail
-    return new, json.dumps(measured(rows), indent=1, sort_keys=True) + "\n"
+        raise SystemExit(f"ledger: {path} has no {BEGIN} line")
+    return head + section.rstrip("\n") + tail
+
+
+def render(results: Path = RESULTS) -> dict[Path, str]:
+    """Each generated file's new text: RESULTS.md's and README.md's ledger sections rebuilt,
+    and measured.json."""
+    rows = read_results(results) if results.is_dir() else []
+    return {RESULTS_MD: _splice(RESULTS_MD, markdown(rows)),
+            README: _splice(README, readme(rows)),
+            MEASURED: json.dumps(measured(rows), indent=1, sort_keys=True) + "\n"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,25 +329,25 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("collect", help="copy finished runs into results/")
     c.add_argument("runs", type=Path, help="the folder ledger_runs.py wrote (--out)")
     c.add_argument("names", nargs="+")
-    t = sub.add_parser("tables", help="rebuild RESULTS.md's ledger section and measured.json")
+    t = sub.add_parser("tables", help="rebuild RESULTS.md's and README.md's ledger sections "
+                                      "and measured.json")
     t.add_argument("--check", action="store_true", help="only compare; exit 1 if they differ")
     args = p.parse_args(argv)
     if args.cmd == "collect":
         for dest in collect(args.runs, args.names):
             print(dest)
         return 0
-    text, figures = render()
+    files = render()
     if args.check:
-        stale = [str(f) for f, new in ((RESULTS_MD, text), (MEASURED, figures))
-                 if not f.is_file() or f.read_text() != new]
+        stale = [str(f) for f, new in files.items() if not f.is_file() or f.read_text() != new]
         if stale:
             print(f"ledger: out of date: {', '.join(stale)} (python benchmarks/ledger.py "
                   "tables)", file=sys.stderr)
             return 1
         return 0
-    RESULTS_MD.write_text(text)
-    MEASURED.write_text(figures)
-    print(f"{RESULTS_MD}\n{MEASURED}")
+    for f, new in files.items():
+        f.write_text(new)
+        print(f)
     return 0
 
 

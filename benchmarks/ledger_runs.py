@@ -9,8 +9,12 @@ machine stopped continues each unfinished run from its last checkpoint and skips
     python benchmarks/ledger_runs.py --only fast94-s0       # one entry
 
 airbench94's own code (``--airbench``: a checkout of KellerJordan/cifar10-airbench, never part
-of this repository) runs on the CPU as ``airbench_compare.py --device cpu`` makes it, one run
-beside each fast94 seed.
+of this repository) runs on the CPU as ``airbench_compare.py --device cpu`` makes it:
+``airbench94-rN`` runs at the same time as ``fast94-sN``, one thread each on the machine's two
+cores, with nothing else running (airbench's code cannot resume, so a pair is started at the
+beginning of a working session). The runner starts a pair together when both are in the plan
+it runs (``--only fast94-s2 airbench94-r2``); ``benchmarks/ledger.py`` pairs the results by the
+same name (:func:`beside`).
 
 Each invocation appends one line to ``OUT/NAME.invocations.jsonl`` beside the run directory
 (start time, wall seconds, exit code, convzoo's commit, the CPU, the command; rewritten each
@@ -31,6 +35,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,9 +61,10 @@ CPU = ("train.threads=1", "train.compile=false", "train.checkpoint_every_minutes
 # Imagenette's train/ part only is here: a stratified 10% of it is the validation split.
 NETTE = (*CPU, "data.val_fraction=0.1")
 AIRBENCH = Entry("airbench94.py", kind="airbench")
-# In this order: one run of each kind first (each fast94 seed beside one airbench94 run, so the
-# two sides share the machine's state; the Imagenette lr chosen on its validation split by the
-# 5-epoch runs), then the further seeds, then the 180-epoch run.
+# In this order: one run of each kind first (the Imagenette lr chosen on its validation split by
+# the 5-epoch runs), then the further seeds, then the 180-epoch run. airbench94-rN runs at the
+# same time as fast94-sN (see above); fast94-s0 ran alone, before the pairs were run this way,
+# and its airbench94-r0 (run after it, alternately) was stopped with its session.
 PLAN: dict[str, Entry] = {
     # README's quickstart figure: three seeds on one thread, one on two (what varies with the
     # thread count is the order of float sums, so the figure is given as a range)
@@ -67,7 +73,6 @@ PLAN: dict[str, Entry] = {
     "quickstart-s2": Entry("quickstart", "", 2, CPU),
     "quickstart-2threads-s0": Entry("quickstart", "", 0, (*CPU, "train.threads=2")),
     "fast94-s0": Entry("cifar10-fast94", seed=0, sets=CPU),
-    "airbench94-r0": AIRBENCH,
     "gnet5-s0": Entry("googlenet_bn-imagenette-5ep", "imagenette", 0, NETTE),
     "gnet5-lr0.1-s0": Entry("googlenet_bn-imagenette-5ep", "imagenette", 0,
                             (*NETTE, "optim.lr=0.1")),
@@ -77,6 +82,11 @@ PLAN: dict[str, Entry] = {
                              (*NETTE, "optim.lr=0.05")),
     "gnet5-lr0.025-s0": Entry("googlenet_bn-imagenette-5ep", "imagenette", 0,
                               (*NETTE, "optim.lr=0.025")),
+    # a second network on the same protocol and lr (the issue's "a second network if it does
+    # better"): torchvision's resnet18, the leaderboard's family (xresnet50) at a CPU's cost
+    "r18nette5-lr0.05-s0": Entry("googlenet_bn-imagenette-5ep", "imagenette", 0,
+                                 (*NETTE, "optim.lr=0.05", "model.name=resnet18",
+                                  "model.kwargs={}")),
     "gnet20-s0": Entry("googlenet_bn-imagenette-20ep", "imagenette", 0, NETTE),
     "r20fast-s0": Entry("resnet20-cifar10-fast", seed=0, sets=CPU),
     "fast94-s1": Entry("cifar10-fast94", seed=1, sets=CPU),
@@ -87,6 +97,14 @@ PLAN: dict[str, Entry] = {
     "gnet5-s1": Entry("googlenet_bn-imagenette-5ep", "imagenette", 1, NETTE),
     "r20neon-s0": Entry("resnet20-cifar10-neon", seed=0, sets=CPU),
 }
+
+
+def beside(name: str) -> str | None:
+    """The entry that runs at the same time as ``name``: ``airbench94-rN`` and ``fast94-sN``."""
+    for mine, theirs in (("airbench94-r", "fast94-s"), ("fast94-s", "airbench94-r")):
+        if name.startswith(mine):
+            return theirs + name[len(mine):]
+    return None
 
 
 def git_commit() -> str:
@@ -202,17 +220,24 @@ def main(argv: list[str] | None = None) -> int:
         if name not in PLAN:
             p.error(f"unknown entry {name!r} (known: {', '.join(PLAN)})")
     if args.list:
+        width = max(map(len, names))
         for name in names:
             state = "finished" if finished(args.out / name) else (
                 "started" if (args.out / name).exists() else "not started")
             cmd = command(name, args.out, args.data_root, args.airbench)
-            print(f"{name:15} {state:12} {' '.join(cmd[1:])}")
+            print(f"{name:{width}} {state:12} {' '.join(cmd[1:])}")
         return 0
-    failed = 0
+    failed, done = 0, set()
     for name in names:
-        if finished(args.out / name):
+        if name in done or finished(args.out / name):
             continue
-        failed += run_one(name, args.out, args.data_root, args.airbench) != 0
+        pair = [name] + [b for b in [beside(name)] if b in names and b not in done
+                         and not finished(args.out / b)]
+        done.update(pair)
+        with ThreadPoolExecutor(len(pair)) as pool:  # a pair runs at the same time
+            codes = list(pool.map(
+                lambda n: run_one(n, args.out, args.data_root, args.airbench), pair))
+        failed += sum(c != 0 for c in codes)
     return 1 if failed else 0
 
 

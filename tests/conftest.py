@@ -20,6 +20,14 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out / "r"
 
 
+@pytest.fixture(scope="session")
+def large_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two classes of 80x72 JPEGs (``imagedata.large_tree``), for the per-image CPU stage."""
+    from imagedata import large_tree
+
+    return large_tree(tmp_path_factory.mktemp("large") / "photos")
+
+
 @pytest.fixture
 def one_thread():
     """Run a test's small CPU workloads single-threaded: with 2 threads on a 2-core machine that

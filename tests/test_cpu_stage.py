@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from imagedata import epoch_batches
 
 import convzoo.data.transforms.augment as A
 import convzoo.data.transforms.stage as stage_module
@@ -112,36 +111,6 @@ def test_eval_transform_windows_equal_the_eval_view():
 # ----------------------------------------------------------------------------- loaders
 
 
-def _image(w: int, h: int, seed: int) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    base = (x * 255 // max(w - 1, 1) + y * 3 + seed * 17) % 256
-    arr = np.stack([base, (base + 85) % 256, (base + 170) % 256], -1)
-    return Image.fromarray((arr + rng.integers(0, 20, arr.shape)).clip(0, 255).astype(np.uint8))
-
-
-@pytest.fixture(scope="module")
-def large_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two classes of 80x72 JPEGs: large enough for the per-image CPU stage (>= 64x64)."""
-    root = tmp_path_factory.mktemp("large") / "photos"
-    for split, n in (("train", 12), ("test", 3)):
-        for c, cls in enumerate(("a", "b")):
-            for i in range(n):
-                path = root / split / cls / f"{i}.jpg"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                _image(80, 72, 7 * c + i + 40 * n).save(path)
-    return root
-
-
-def _epoch(loader, epoch: int) -> tuple[list[torch.Tensor], list[int]]:
-    loader.set_epoch(epoch)
-    xs, ys = [], []
-    for x, y in loader:
-        xs.append(x)
-        ys.extend(y.tolist())
-    return xs, ys
-
-
 @pytest.mark.parametrize("fmt", ["jpeg", "raw"])
 def test_stream_cpu_stage_on_large_images_is_exact_and_kept_batches_stay_intact(
         large_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
@@ -161,7 +130,7 @@ def test_stream_cpu_stage_on_large_images_is_exact_and_kept_batches_stay_intact(
     def batches(workers: int, epochs: int = 3) -> list[list[torch.Tensor]]:
         train = StreamLoader(split, 5, shuffle=True, seed=2, preprocess=pre, augment=aug,
                              workers=workers)
-        out = [_epoch(train, e)[0] for e in range(epochs)]
+        out = [epoch_batches(train, e)[0] for e in range(epochs)]
         evaluation = StreamLoader(test, 4, preprocess=pre, eval_transform=view, workers=workers)
         return out + [[x for x, _ in evaluation]]
 
@@ -174,7 +143,7 @@ def test_stream_cpu_stage_on_large_images_is_exact_and_kept_batches_stay_intact(
     kept = []
     train = StreamLoader(split, 5, shuffle=True, seed=2, preprocess=pre, augment=aug, workers=2)
     for e in range(3):
-        train.set_epoch(e)
+        train.setepoch_batches(e)
         for i, (x, _) in enumerate(train):
             assert torch.equal(x, reference[e][i]), (e, i)
             if i % 2 == 0:
@@ -201,12 +170,12 @@ def test_resident_loader_takes_the_same_cpu_stage(large_folder: Path, tmp_path: 
             return ResidentLoader(memory, 5, **common)
         return StreamLoader(open_packed(dest).splits["train"], 5, workers=0, **common)
 
-    fast = [_epoch(make("memory"), e)[0] for e in range(2)]
+    fast = [epoch_batches(make("memory"), e)[0] for e in range(2)]
     assert fast[0][0].shape == (5, 3, 64, 64)
-    stream = [_epoch(make("stream"), e)[0] for e in range(2)]
+    stream = [epoch_batches(make("stream"), e)[0] for e in range(2)]
     monkeypatch.setattr(A, "per_image", lambda shape, device: False)
     monkeypatch.setattr(stage_module, "per_image", lambda shape, device: False)
-    batched = [_epoch(make("memory"), e)[0] for e in range(2)]
+    batched = [epoch_batches(make("memory"), e)[0] for e in range(2)]
     for e in range(2):
         assert all(torch.equal(a, b) for a, b in zip(fast[e], batched[e], strict=True))
         assert all(torch.equal(a, b) for a, b in zip(fast[e], stream[e], strict=True))
@@ -229,7 +198,7 @@ def test_shared_buffer_reuse_is_really_active(large_folder: Path, tmp_path: Path
                           workers=2, prefetch=1)
     in_slots = total = 0
     for epoch in range(4):
-        loader.set_epoch(epoch)
+        loader.setepoch_batches(epoch)
         for x, _ in loader:
             total += 1
             ptr = x.untyped_storage().data_ptr()
@@ -353,7 +322,7 @@ def test_resident_and_stream_loaders_give_the_same_policy_and_mixed_batches(
                   StreamLoader(open_packed(dest).splits["train"], 5, workers=workers, **common))
         out = []
         for e in range(2):
-            loader.set_epoch(e)
+            loader.setepoch_batches(e)
             out.append([(x.clone(), y.clone()) for x, y in loader])
         return out
 

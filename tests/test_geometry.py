@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from imagedata import photo
 from PIL import Image
 
 from convzoo import config as C
@@ -28,15 +29,6 @@ QUIET = ["--set", "train.loggers=[]", "--set", "train.threads=1", "--device", "c
          "--set", "data.workers=1"]
 
 
-def _photo(w: int, h: int, seed: int, mode: str = "RGB") -> Image.Image:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    base = (x * 7 + y * 3 + seed * 31) % 256
-    arr = np.stack([base, (base + 85) % 256, (base + 170) % 256], -1)
-    arr = (arr + rng.integers(0, 30, arr.shape)).clip(0, 255).astype(np.uint8)
-    return Image.fromarray(arr).convert(mode)
-
-
 @pytest.fixture(scope="module")
 def mixed_jpegs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train/ and test/ of two classes: JPEGs of three sizes and aspect ratios, one gray."""
@@ -49,7 +41,7 @@ def mixed_jpegs(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 mode = "L" if (c, i) == (1, 1) else "RGB"
                 path = root / split / cls / f"{i}.jpg"
                 path.parent.mkdir(parents=True, exist_ok=True)
-                _photo(w, h, 10 * c + i + 100 * n, mode).save(path, quality=90)
+                photo(w, h, 10 * c + i + 100 * n, mode).save(path, quality=90)
     return root
 
 

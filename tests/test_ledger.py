@@ -18,11 +18,11 @@ import ledger  # noqa: E402
 
 
 def test_the_committed_tables_are_the_ones_the_run_folders_make() -> None:
-    """RESULTS.md's ledger section and recipes/measured.json, regenerated from results/, are
-    byte-identical to the committed files (run `python benchmarks/ledger.py tables`)."""
-    text, figures = ledger.render()
-    assert ledger.RESULTS_MD.read_text() == text, "RESULTS.md's ledger section is stale"
-    assert ledger.MEASURED.read_text() == figures, "recipes/measured.json is stale"
+    """RESULTS.md's and README.md's ledger sections and recipes/measured.json, regenerated
+    from results/, are byte-identical to the committed files (`python benchmarks/ledger.py
+    tables`)."""
+    for path, text in ledger.render().items():
+        assert path.read_text() == text, f"{path.name} is stale"
 
 
 def fake_run(runs: Path, name: str, recipe: str, seed: int, top1: float,
@@ -69,6 +69,10 @@ def test_collect_then_tables_group_seeds_and_keep_tuning_runs_apart(
         "top1": 90.5, "min": 90.0, "max": 91.0, "seeds": 2, "epochs": 3, "split": "test",
         "data": "CIFAR-10, JPEG q75 copy", "machine": "AMD EPYC, AVX2, 2 cores",
         "runs": ["a-s0", "a-s1"]}}  # the tuning run is not the recipe's figure
+    front = ledger.readme(rows)  # README's short table: the recipe's row only
+    assert "| `cifar10-fast94` | CIFAR-10, JPEG q75 copy | 3 | 90.50% (90.00-91.00, n=2) | " \
+           "test | 1.0 h |" in front
+    assert "80.00%" not in front and front.count("| `cifar10-fast94`") == 1
 
 
 def test_an_unfinished_run_is_not_collected(tmp_path: Path) -> None:
@@ -154,3 +158,76 @@ def test_a_killed_runner_still_leaves_its_invocation_line(tmp_path: Path) -> Non
     assert record["exit_code"] is None and record["wall_seconds"] >= 1.0
     assert record["command"].endswith("time.sleep(60)")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def fake_airbench(runs: Path, name: str, top1: float, seconds: float) -> None:
+    """A finished airbench_compare.py run folder as ledger_runs.py leaves it."""
+    run = runs / name
+    run.mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps(
+        {"airbench": {"runs": [[top1, seconds]], "stopped": "finished", "returncode": 0}}))
+    (run / "airbench_stdout.txt").write_text("| 0 | 9 | ... |\n")
+    (run / "cifar10").mkdir()  # airbench's tensors: never copied
+    call = {"start": "2026-12-07T00:00:00+00:00", "wall_seconds": seconds + 60, "exit_code": 0,
+            "commit": "abc", "machine": "AMD EPYC, AVX2, 2 cores",
+            "command": f"airbench_compare.py --device cpu --data {runs}/cifar10-jpeg"}
+    (runs / f"{name}.invocations.jsonl").write_text(json.dumps(call) + "\n")
+
+
+def test_each_airbench_run_is_compared_with_the_fast94_seed_it_ran_beside(
+        tmp_path: Path) -> None:
+    """The time ratio comes from runs that shared the machine at the same time (fast94-sN with
+    airbench94-rN), never from a seed that ran alone (fast94-s0 here) or under other load."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    fake_run(runs, "fast94-s0", "cifar10-fast94", 0, 90.0)  # timed 61 s, alone
+    fake_run(runs, "fast94-s1", "cifar10-fast94", 1, 91.0)
+    fake_run(runs, "fast94-s2", "cifar10-fast94", 2, 90.6)
+    for name, secs in (("fast94-s1", 150.0), ("fast94-s2", 90.0)):
+        summary = json.loads((runs / name / "summary.json").read_text())
+        summary["timed_seconds"] = secs
+        (runs / name / "summary.json").write_text(json.dumps(summary))
+    fake_airbench(runs, "airbench94-r1", 90.8, 100.0)
+    fake_airbench(runs, "airbench94-r2", 90.4, 100.0)
+    names = ["fast94-s0", "fast94-s1", "fast94-s2", "airbench94-r1", "airbench94-r2"]
+    ledger.collect(runs, names, results)
+    assert sorted(p.name for p in (results / "airbench94-r1").iterdir()) == [
+        "airbench_stdout.txt", "ledger.json", "result.json"]
+    text = ledger.markdown(ledger.read_results(results))
+    assert ("| fast94-s1 + airbench94-r1 | 91.00% | 150 | 90.80% | 100 | 1.50x |" in text)
+    assert ("| fast94-s2 + airbench94-r2 | 90.60% | 90 | 90.40% | 100 | 0.90x |" in text)
+    assert "fast94-s0 +" not in text
+    assert ("convzoo's time over airbench's: **1.20x** (0.90-1.50) over 2 pair(s), accuracy "
+            "+0.20 points." in text)
+    # the recipe's own row still holds all three seeds
+    assert "90.53% (90.00-91.00, n=3)" in text
+    # without its partner an airbench run makes no comparison
+    shutil.rmtree(results / "fast94-s1")
+    shutil.rmtree(results / "fast94-s2")
+    assert "airbench" not in ledger.markdown(ledger.read_results(results))
+
+
+@pytest.mark.slow
+def test_the_runner_starts_a_pair_together_and_other_entries_one_after_another(
+        tmp_path: Path) -> None:
+    import subprocess
+
+    script = (
+        "import sys; from pathlib import Path\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+        "import ledger_runs as L\n"
+        "L.command = lambda *a: [sys.executable, '-c', 'import time; time.sleep(2)']\n"
+        f"sys.exit(L.main(['--out', {str(tmp_path)!r}, '--only', 'fast94-s1', 'r20fast-s0', "
+        "'airbench94-r1']))\n")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+    def span(name: str) -> tuple[float, float]:
+        import datetime as dt
+
+        rec = json.loads((tmp_path / f"{name}.invocations.jsonl").read_text())
+        start = dt.datetime.fromisoformat(rec["start"]).timestamp()
+        assert rec["exit_code"] == 0
+        return start, start + rec["wall_seconds"]
+
+    fast, bench, other = span("fast94-s1"), span("airbench94-r1"), span("r20fast-s0")
+    assert abs(fast[0] - bench[0]) < 1.0  # started together, though not next in the list
+    assert other[0] >= max(fast[1], bench[1]) - 0.2  # the next entry waits for both

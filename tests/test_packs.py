@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from imagedata import epoch_batches, photo, write_photo
 from PIL import Image
 
 from convzoo.data.images import Geometry
@@ -29,22 +30,6 @@ CIFAR_JPEG = Path(os.environ.get(
     Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-jpeg.tar.gz"))
 
 
-def _image(w: int, h: int, seed: int, mode: str = "RGB") -> Image.Image:
-    rng = np.random.default_rng(seed)
-    # smooth gradient + noise: realistic enough for JPEG, distinct per image
-    y, x = np.mgrid[0:h, 0:w]
-    base = (x * 255 // max(w - 1, 1) + y * 3 + seed * 17) % 256
-    arr = np.stack([base, (base + 85) % 256, (base + 170) % 256], -1)
-    arr = (arr + rng.integers(0, 20, arr.shape)).clip(0, 255).astype(np.uint8)
-    img = Image.fromarray(arr, "RGB")
-    return img.convert(mode) if mode != "RGB" else img
-
-
-def _write(path: Path, img: Image.Image) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-
-
 @pytest.fixture
 def mixed_folder(tmp_path: Path) -> Path:
     """train/{cat,dog}, test/{cat,dog}: JPEG + PNG, 40x30 and 30x40, one grayscale JPEG."""
@@ -56,7 +41,7 @@ def mixed_folder(tmp_path: Path) -> Path:
                 seed += 1
                 ext = "png" if i == 1 else "jpg"
                 mode = "L" if (cls == "dog" and i == 2) else "RGB"
-                _write(root / split / cls / f"{i:03d}.{ext}", _image(w, h, seed, mode))
+                write_photo(root / split / cls / f"{i:03d}.{ext}", photo(w, h, seed, mode))
     (root / "train" / "cat" / "notes.txt").write_text("not an image")
     return root
 
@@ -68,7 +53,7 @@ def small_folder(tmp_path: Path) -> Path:
     for split, n in (("train", 7), ("val", 3)):
         for c, cls in enumerate(("a", "b", "c")):
             for i in range(n):
-                _write(root / split / cls / f"{i}.png", _image(16, 16, 100 * c + i + 50 * n))
+                write_photo(root / split / cls / f"{i}.png", photo(16, 16, 100 * c + i + 50 * n))
     return root
 
 
@@ -308,32 +293,23 @@ def packed_small(small_folder: Path, tmp_path: Path) -> Path:
     return dest
 
 
-def _epoch(loader: StreamLoader, epoch: int) -> tuple[list[torch.Tensor], list[int]]:
-    loader.set_epoch(epoch)
-    xs, ys = [], []
-    for x, y in loader:
-        xs.append(x)
-        ys.extend(y.tolist())
-    return xs, ys
-
-
 def test_stream_loader_epochs_and_seeds(packed_small: Path) -> None:
     split = open_packed(packed_small).splits["train"]  # 21 images, labels 7x0, 7x1, 7x2
     loader = StreamLoader(split, 4, shuffle=True, seed=3, workers=0)
     assert len(loader) == 6  # ceil(21 / 4)
-    xs, ys0 = _epoch(loader, 0)
+    xs, ys0 = epoch_batches(loader, 0)
     assert Counter(ys0) == Counter(split.labels.tolist())
     assert xs[0].shape == (4, 3, 16, 16) and xs[0].dtype == torch.float32
     assert xs[-1].shape == (1, 3, 16, 16)
     assert float(torch.cat(xs).min()) >= 0.0 and float(torch.cat(xs).max()) <= 1.0
-    _, ys1 = _epoch(loader, 1)
+    _, ys1 = epoch_batches(loader, 1)
     assert Counter(ys1) == Counter(ys0) and ys1 != ys0
     same = StreamLoader(split, 4, shuffle=True, seed=3, workers=2)  # workers: same order
-    xs_again, ys_again = _epoch(same, 0)
+    xs_again, ys_again = epoch_batches(same, 0)
     assert ys_again == ys0
     assert all(torch.equal(a, b) for a, b in zip(xs, xs_again))
     dropped = StreamLoader(split, 4, shuffle=False, drop_last=True, workers=0)
-    assert len(dropped) == 5 and len(_epoch(dropped, 0)[1]) == 20
+    assert len(dropped) == 5 and len(epoch_batches(dropped, 0)[1]) == 20
 
 
 def test_stream_loader_rank_sharding(packed_small: Path) -> None:
@@ -345,10 +321,10 @@ def test_stream_loader_rank_sharding(packed_small: Path) -> None:
     for rank in range(4):
         loader = StreamLoader(split, 2, shuffle=True, seed=1, rank=rank, world_size=4,
                               workers=0)
-        loader.set_epoch(2)
+        loader.setepoch_batches(2)
         shard = loader.plan.shard(2).tolist()
         assert len(shard) == (3 if rank == 3 else 6) and len(loader) == (2 if rank == 3 else 3)
-        assert _epoch(loader, 2)[1] == split.labels[shard].tolist()
+        assert epoch_batches(loader, 2)[1] == split.labels[shard].tolist()
         seen.append(shard)
     flat = [i for shard in seen for i in shard]
     assert sorted(flat) == list(range(21))  # no padding, nothing dropped
@@ -380,7 +356,7 @@ def test_stream_loader_matches_in_memory_pipeline(small_folder: Path, tmp_path: 
 
     loader = StreamLoader(split, 8, shuffle=True, seed=0, preprocess=preprocess,
                           augment=augment, workers=0)
-    loader.set_epoch(5)
+    loader.setepoch_batches(5)
     for x, y in loader:
         epoch, index = calls[-1]
         assert epoch == 5 and index.dtype == torch.int64
@@ -414,17 +390,6 @@ def test_stream_loader_decode_size_for_mixed_sizes(mixed_folder: Path, tmp_path:
         list(StreamLoader(split, 8, workers=0))
     (x, y), = list(StreamLoader(split, 8, workers=0, geometry=Geometry(3, 24, 24)))
     assert x.shape == (8, 3, 24, 24) and y.tolist() == [0] * 4 + [1] * 4
-
-
-@pytest.fixture(scope="module")
-def large_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two classes of 80x72 JPEGs: large enough for the per-image CPU stage (>= 64x64)."""
-    root = tmp_path_factory.mktemp("large") / "photos"
-    for split, n in (("train", 12), ("test", 3)):
-        for c, cls in enumerate(("a", "b")):
-            for i in range(n):
-                _write(root / split / cls / f"{i}.jpg", _image(80, 72, 7 * c + i + 40 * n))
-    return root
 
 
 @pytest.mark.gpu

@@ -37,6 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from convzoo.models.blocks import ConvBNAct
 from convzoo.models.heads import new_head, split_after_pools
 from convzoo.models.registry import register_model
 
@@ -48,20 +49,6 @@ def _xavier(m: nn.Conv2d | nn.Linear) -> None:
         nn.init.zeros_(m.bias)
 
 
-class ConvBNReLU(nn.Sequential):
-    """MXNet conv_module: Conv -> BatchNorm -> ReLU."""
-
-    def __init__(
-        self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, pad: int = 0,
-        conv_bias: bool = True,
-    ) -> None:
-        super().__init__(
-            nn.Conv2d(in_ch, out_ch, kernel, stride, pad, bias=conv_bias),
-            nn.BatchNorm2d(out_ch),
-            nn.ReLU(inplace=True),
-        )
-
-
 class Inception(nn.Module):
     """GoogLeNet inception module; output channels n1x1 + n3x3 + n5x5 + proj."""
 
@@ -71,16 +58,16 @@ class Inception(nn.Module):
     ) -> None:
         super().__init__()
         cb = conv_bias
-        self.b1 = ConvBNReLU(in_ch, n1x1, 1, conv_bias=cb)
+        self.b1 = ConvBNAct(in_ch, n1x1, 1, conv_bias=cb)
         self.b2 = nn.Sequential(
-            ConvBNReLU(in_ch, n3x3red, 1, conv_bias=cb),
-            ConvBNReLU(n3x3red, n3x3, 3, pad=1, conv_bias=cb),
+            ConvBNAct(in_ch, n3x3red, 1, conv_bias=cb),
+            ConvBNAct(n3x3red, n3x3, 3, pad=1, conv_bias=cb),
         )
         self.b3 = nn.Sequential(
-            ConvBNReLU(in_ch, n5x5red, 1, conv_bias=cb),
-            ConvBNReLU(n5x5red, n5x5, 5, pad=2, conv_bias=cb),
+            ConvBNAct(in_ch, n5x5red, 1, conv_bias=cb),
+            ConvBNAct(n5x5red, n5x5, 5, pad=2, conv_bias=cb),
         )
-        self.b4 = nn.Sequential(nn.MaxPool2d(3, 1, 1), ConvBNReLU(in_ch, proj, 1, conv_bias=cb))
+        self.b4 = nn.Sequential(nn.MaxPool2d(3, 1, 1), ConvBNAct(in_ch, proj, 1, conv_bias=cb))
         self.out_channels = n1x1 + n3x3 + n5x5 + proj
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -118,15 +105,15 @@ class GoogLeNetBN(nn.Module):
         super().__init__()
         cb = conv_bias
         if stem == "imagenet":  # (3, 224, 224) -> (64, 56, 56)
-            first = [ConvBNReLU(in_chans, 64, 7, 2, 3, cb), nn.MaxPool2d(3, 2, 1)]
+            first = [ConvBNAct(in_chans, 64, 7, 2, 3, cb), nn.MaxPool2d(3, 2, 1)]
         elif stem == "small":  # (3, 32, 32) -> (64, 32, 32)
-            first = [ConvBNReLU(in_chans, 64, 3, 1, 1, cb)]
+            first = [ConvBNAct(in_chans, 64, 3, 1, 1, cb)]
         else:
             raise ValueError(f"stem must be 'imagenet' or 'small', got {stem!r}")
         self.stem = nn.Sequential(
             *first,
-            ConvBNReLU(64, 64, 1, conv_bias=cb),
-            ConvBNReLU(64, 192, 3, pad=1, conv_bias=cb),
+            ConvBNAct(64, 64, 1, conv_bias=cb),
+            ConvBNAct(64, 192, 3, pad=1, conv_bias=cb),
             nn.MaxPool2d(3, 2, 1),
         )
         layers: list[nn.Module] = []

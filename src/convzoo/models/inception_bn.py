@@ -27,9 +27,12 @@ Exactness notes (checked against the MXNet operators of the seed's time):
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
+from convzoo.models.blocks import ConvBNAct
 from convzoo.models.heads import new_head
 from convzoo.models.registry import register_model
 
@@ -43,18 +46,8 @@ def _uniform_001(m: nn.Conv2d | nn.Linear) -> None:
         nn.init.zeros_(m.bias)
 
 
-class ConvBNRReLU(nn.Sequential):
-    """MXNet ConvFactory: Conv -> BatchNorm -> RReLU."""
-
-    def __init__(
-        self, in_ch: int, out_ch: int, kernel: int, stride: int = 1, pad: int = 0,
-        conv_bias: bool = True,
-    ) -> None:
-        super().__init__(
-            nn.Conv2d(in_ch, out_ch, kernel, stride, pad, bias=conv_bias),
-            nn.BatchNorm2d(out_ch),
-            nn.RReLU(RRELU_LOWER, RRELU_UPPER),
-        )
+# MXNet ConvFactory: Conv -> BatchNorm -> RReLU
+ConvBNRReLU = partial(ConvBNAct, act=partial(nn.RReLU, RRELU_LOWER, RRELU_UPPER))
 
 
 class InceptionA(nn.Module):
