@@ -231,3 +231,24 @@ def test_the_runner_starts_a_pair_together_and_other_entries_one_after_another(
     fast, bench, other = span("fast94-s1"), span("airbench94-r1"), span("r20fast-s0")
     assert abs(fast[0] - bench[0]) < 1.0  # started together, though not next in the list
     assert other[0] >= max(fast[1], bench[1]) - 0.2  # the next entry waits for both
+
+
+def test_an_airbench_run_never_runs_without_its_convzoo_seed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """airbench's time is compared only with the seed run at the same time: asked alone, or
+    after its seed has finished, the runner says so and starts nothing."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import ledger_runs
+
+    assert ledger_runs.main(["--out", str(tmp_path), "--only", "airbench94-r1"]) == 1
+    assert "airbench94-r1: not run: it runs only together with fast94-s1" in \
+        capsys.readouterr().out
+    assert not list(tmp_path.iterdir())  # no invocation line, no run folder
+    seed = tmp_path / "fast94-s1"  # finished earlier: the pair can no longer run together
+    seed.mkdir()
+    (seed / "config.yaml").write_text("train: {epochs: 10}\n")
+    (seed / "summary.json").write_text('{"epochs": 10}')
+    assert ledger_runs.main(["--out", str(tmp_path), "--only", "fast94-s1",
+                             "airbench94-r1"]) == 1
+    assert "airbench94-r1: not run" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fast94-s1"]
