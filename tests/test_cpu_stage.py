@@ -143,7 +143,7 @@ def test_stream_cpu_stage_on_large_images_is_exact_and_kept_batches_stay_intact(
     kept = []
     train = StreamLoader(split, 5, shuffle=True, seed=2, preprocess=pre, augment=aug, workers=2)
     for e in range(3):
-        train.setepoch_batches(e)
+        train.set_epoch(e)
         for i, (x, _) in enumerate(train):
             assert torch.equal(x, reference[e][i]), (e, i)
             if i % 2 == 0:
@@ -198,7 +198,7 @@ def test_shared_buffer_reuse_is_really_active(large_folder: Path, tmp_path: Path
                           workers=2, prefetch=1)
     in_slots = total = 0
     for epoch in range(4):
-        loader.setepoch_batches(epoch)
+        loader.set_epoch(epoch)
         for x, _ in loader:
             total += 1
             ptr = x.untyped_storage().data_ptr()
@@ -322,7 +322,7 @@ def test_resident_and_stream_loaders_give_the_same_policy_and_mixed_batches(
                   StreamLoader(open_packed(dest).splits["train"], 5, workers=workers, **common))
         out = []
         for e in range(2):
-            loader.setepoch_batches(e)
+            loader.set_epoch(e)
             out.append([(x.clone(), y.clone()) for x, y in loader])
         return out
 

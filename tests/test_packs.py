@@ -321,7 +321,7 @@ def test_stream_loader_rank_sharding(packed_small: Path) -> None:
     for rank in range(4):
         loader = StreamLoader(split, 2, shuffle=True, seed=1, rank=rank, world_size=4,
                               workers=0)
-        loader.setepoch_batches(2)
+        loader.set_epoch(2)
         shard = loader.plan.shard(2).tolist()
         assert len(shard) == (3 if rank == 3 else 6) and len(loader) == (2 if rank == 3 else 3)
         assert epoch_batches(loader, 2)[1] == split.labels[shard].tolist()
@@ -356,7 +356,7 @@ def test_stream_loader_matches_in_memory_pipeline(small_folder: Path, tmp_path: 
 
     loader = StreamLoader(split, 8, shuffle=True, seed=0, preprocess=preprocess,
                           augment=augment, workers=0)
-    loader.setepoch_batches(5)
+    loader.set_epoch(5)
     for x, y in loader:
         epoch, index = calls[-1]
         assert epoch == 5 and index.dtype == torch.int64
