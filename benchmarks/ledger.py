@@ -127,6 +127,36 @@ def collect(runs: Path, names: list[str], results: Path = RESULTS) -> list[Path]
 
 # ----------------------------------------------------------------------------- read
 
+# What a protocol difference never is: the recipe's own texts, when the run started, where its
+# data lay, its seed, and how it was executed.
+NOT_PROTOCOL = ("name", "description", "source", "reported", "started", "data.source",
+                "train.seed", *RUNTIME)
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def protocol(cfg: dict[str, Any]) -> dict[str, str]:
+    """How a run's resolved config differs from its recipe as shipped now (keys both have):
+    empty, or only ``data.val_fraction``, when the run is the recipe. Measured against today's
+    recipe, not read from the command's ``--set`` flags, so that a tuning run whose value a
+    recipe later takes becomes that recipe's row, and the recipe's earlier runs become rows with
+    the value they ran with."""
+    from convzoo import config as C
+
+    now = _flat(C.to_dict(C.from_dict(C.load_recipe(cfg["name"]))))
+    run = _flat(cfg)
+    return {k: str(run[k]) for k in sorted(run)
+            if k in now and run[k] != now[k] and k not in NOT_PROTOCOL}
+
+
 
 def read_results(results: Path = RESULTS) -> list[dict[str, Any]]:
     """One dict per run folder under ``results``: its ledger record, summary and config."""
@@ -153,8 +183,7 @@ def read_results(results: Path = RESULTS) -> list[dict[str, Any]]:
                 top5=summary.get("top5"), timed_seconds=summary.get("timed_seconds"),
                 train_seconds=summary["train_seconds"], reported=cfg.get("reported") or "",
                 seed=int(sets.get("train.seed", cfg["train"]["seed"])),
-                protocol={k: v for k, v in sets.items()
-                          if k not in RUNTIME and k != "train.seed"})
+                protocol=protocol(cfg))
         rows.append(rec)
     return rows
 

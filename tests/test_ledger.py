@@ -28,10 +28,23 @@ def test_the_committed_tables_are_the_ones_the_run_folders_make() -> None:
 def fake_run(runs: Path, name: str, recipe: str, seed: int, top1: float,
              sets: tuple[str, ...] = ()) -> None:
     """A finished run folder as ledger_runs.py leaves it (the files collect reads)."""
+    import yaml
+
+    from convzoo import config as C
+
     run = runs / name
     run.mkdir(parents=True)
-    (run / "config.yaml").write_text(f"name: {recipe}\nreported: 'seed: 9.99%'\n"
-                                     f"train: {{seed: {seed}, epochs: 3}}\n")
+    cfg = C.to_dict(C.from_dict(C.load_recipe(recipe)))  # resolved, as a run writes it
+    cfg.update(name=recipe, reported="seed: 9.99%")
+    cfg["train"]["seed"] = seed
+    for s in sets:
+        key, _, value = s.partition("=")
+        *path, last = key.split(".")
+        node = cfg
+        for part in path:
+            node = node[part]
+        node[last] = yaml.safe_load(value)
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     (run / "summary.json").write_text(json.dumps(
         {"split": "test", "epochs": 3, "top1": top1, "top5": 99.0, "train_seconds": 60.0,
          "timed_seconds": 61.0}))
@@ -73,6 +86,24 @@ def test_collect_then_tables_group_seeds_and_keep_tuning_runs_apart(
     assert "| `cifar10-fast94` | CIFAR-10, JPEG q75 copy | 3 | 90.50% (90.00-91.00, n=2) | " \
            "test | 1.0 h |" in front
     assert "80.00%" not in front and front.count("| `cifar10-fast94`") == 1
+
+
+def test_a_rows_protocol_is_its_difference_from_the_recipe_as_shipped_now(
+        tmp_path: Path) -> None:
+    """A tuning run whose value the recipe has since taken is the recipe's row; a run made
+    before the recipe changed shows the value it ran with, whatever its command said."""
+    from convzoo import config as C
+
+    shipped = C.to_dict(C.from_dict(C.load_recipe("cifar10-fast94")))["optim"]["lr"]
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    fake_run(runs, "tuned", "cifar10-fast94", 0, 91.0, (f"optim.lr={shipped}",))
+    fake_run(runs, "older", "cifar10-fast94", 1, 85.0)
+    config = runs / "older" / "config.yaml"  # as if made when the recipe had another lr
+    config.write_text(config.read_text().replace(f"lr: {shipped}", "lr: 0.25", 1))
+    ledger.collect(runs, ["tuned", "older"], results)
+    rows = {r["folder"]: r for r in ledger.read_results(results)}
+    assert rows["tuned"]["protocol"] == {} and rows["older"]["protocol"] == {"optim.lr": "0.25"}
+    assert ledger.measured(list(rows.values()))["cifar10-fast94"]["runs"] == ["tuned"]
 
 
 def test_an_unfinished_run_is_not_collected(tmp_path: Path) -> None:
