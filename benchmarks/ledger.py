@@ -60,19 +60,6 @@ def _invocations(runs: Path, name: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _overrides(command: str) -> dict[str, str]:
-    """The ``--set`` overrides and ``--seed`` of a recorded command line."""
-    words = command.split()
-    out = {}
-    for flag, value in zip(words, words[1:]):
-        if flag == "--set":
-            key, _, val = value.partition("=")
-            out[key] = val
-        elif flag == "--seed":
-            out["train.seed"] = value
-    return out
-
-
 def _generic(command: str) -> str:
     """A recorded command with this machine's home folder written as ``~``."""
     return command.replace(str(Path.home()), "~")
@@ -133,16 +120,6 @@ NOT_PROTOCOL = ("name", "description", "source", "reported", "started", "data.so
                 "train.seed", *RUNTIME)
 
 
-def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def protocol(cfg: dict[str, Any]) -> dict[str, str]:
     """How a run's resolved config differs from its recipe as shipped now (keys both have):
     empty, or only ``data.val_fraction``, when the run is the recipe. Measured against today's
@@ -151,8 +128,8 @@ def protocol(cfg: dict[str, Any]) -> dict[str, str]:
     the value they ran with."""
     from convzoo import config as C
 
-    now = _flat(C.to_dict(C.from_dict(C.load_recipe(cfg["name"]))))
-    run = _flat(cfg)
+    now = C.dotted(C.to_dict(C.from_dict(C.load_recipe(cfg["name"]))))
+    run = C.dotted(cfg)
     return {k: str(run[k]) for k in sorted(run)
             if k in now and run[k] != now[k] and k not in NOT_PROTOCOL}
 
@@ -174,7 +151,6 @@ def read_results(results: Path = RESULTS) -> list[dict[str, Any]]:
         else:
             summary = json.loads((folder / "summary.json").read_text())
             cfg = yaml.safe_load((folder / "config.yaml").read_text())
-            sets = _overrides(rec["command"])
             rec.update(
                 recipe=cfg.get("name") or "-",
                 data=_data_of(rec["command"]) or DATA_NAMES.get(str(cfg["data"]["source"]),
@@ -182,7 +158,7 @@ def read_results(results: Path = RESULTS) -> list[dict[str, Any]]:
                 split=summary["split"], epochs=summary["epochs"], top1=summary["top1"],
                 top5=summary.get("top5"), timed_seconds=summary.get("timed_seconds"),
                 train_seconds=summary["train_seconds"], reported=cfg.get("reported") or "",
-                seed=int(sets.get("train.seed", cfg["train"]["seed"])),
+                seed=int(cfg["train"]["seed"]),
                 protocol=protocol(cfg))
         rows.append(rec)
     return rows
@@ -292,8 +268,8 @@ def _pairs(rows: list[dict[str, Any]]) -> list[str]:
 def _recipe_groups(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
     """Per recipe, its runs without protocol overrides other than a carved validation split
     (a tuning run with another lr is not the recipe's figure)."""
-    return [(recipe, runs) for (recipe, proto), runs in sorted(_group(rows).items())
-            if not (proto and not proto.startswith("data.val_fraction=") or " " in proto)]
+    return [(recipe, runs) for (recipe, _), runs in sorted(_group(rows).items())
+            if set(runs[0]["protocol"]) <= {"data.val_fraction"}]
 
 
 def measured(rows: list[dict[str, Any]]) -> dict[str, Any]:

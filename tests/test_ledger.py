@@ -39,11 +39,7 @@ def fake_run(runs: Path, name: str, recipe: str, seed: int, top1: float,
     cfg["train"]["seed"] = seed
     for s in sets:
         key, _, value = s.partition("=")
-        *path, last = key.split(".")
-        node = cfg
-        for part in path:
-            node = node[part]
-        node[last] = yaml.safe_load(value)
+        cfg = C.merge(cfg, C.dotted_to_nested(key, yaml.safe_load(value)))
     (run / "config.yaml").write_text(yaml.safe_dump(cfg))
     (run / "summary.json").write_text(json.dumps(
         {"split": "test", "epochs": 3, "top1": top1, "top5": 99.0, "train_seconds": 60.0,
