@@ -2,7 +2,9 @@
 
     python benchmarks/ledger.py collect ~/ledger/runs fast94-s0 gnet5-s0   # copy finished runs
     python benchmarks/ledger.py tables           # RESULTS/README ledger sections, recipes' figures
-    python benchmarks/ledger.py tables --check   # exit 1 if any differs from the files
+    python benchmarks/ledger.py tables --check   # exit 1 if any differs from the files, or if
+                                                 # RESULTS.md's ledger prose quotes a figure
+                                                 # no run folder holds
 
 ``collect`` copies what a reader needs to check a figure (``config.yaml``, ``summary.json``,
 ``metrics.jsonl``; for an airbench run its ``result.json`` and printed table), never a
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -309,6 +312,40 @@ def readme(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PERCENT = re.compile(r"(?<![\d.])(\d{1,3}\.\d\d)%")
+LEDGER_CHAPTER = ("## Full-length runs: the ledger", "## Before the ledger")
+
+
+def figures(results: Path = RESULTS) -> set[str]:
+    """Every two-decimal percentage the run folders under ``results`` vouch for: each run's
+    top-1 and top-5, every top-1/top-5 in its per-epoch metrics, each row's mean over seeds,
+    and the anchors in the recipes' ``reported`` lines."""
+    rows = read_results(results) if results.is_dir() else []
+    values: list[float] = []
+    for r in rows:
+        values += [v for v in (r["top1"], r.get("top5")) if v is not None]
+        metrics = results / r["folder"] / "metrics.jsonl"
+        if metrics.is_file():
+            for line in metrics.read_text().splitlines():
+                rec = json.loads(line) if line.strip() else {}
+                values += [v for k, v in rec.items()
+                           if k.endswith(("top1", "top5")) and isinstance(v, (int, float))]
+    values += [statistics.mean(r["top1"] for r in runs) for runs in _group(rows).values()]
+    out = {f"{v:.2f}" for v in values}
+    for r in rows:
+        out.update(PERCENT.findall(r.get("reported") or ""))
+    return out
+
+
+def unvouched(text: str, results: Path = RESULTS) -> list[str]:
+    """The percentages in RESULTS.md's ledger chapter (generated table and prose alike) that no
+    run folder vouches for: a figure typed by hand, or one whose run was re-collected."""
+    start, stop = LEDGER_CHAPTER
+    chapter = text.partition(start)[2].partition(stop)[0]
+    known = figures(results)
+    return [p + "%" for p in PERCENT.findall(chapter) if p not in known]
+
+
 def _splice(path: Path, section: str) -> str:
     """``path``'s text with the part between its ledger markers replaced by ``section``."""
     text = path.read_text()
@@ -348,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         if stale:
             print(f"ledger: out of date: {', '.join(stale)} (python benchmarks/ledger.py "
                   "tables)", file=sys.stderr)
+            return 1
+        typed = unvouched(RESULTS_MD.read_text())
+        if typed:
+            print(f"ledger: {RESULTS_MD.name}'s ledger chapter quotes {', '.join(typed)}, which "
+                  "no run folder under results/ holds", file=sys.stderr)
             return 1
         return 0
     for f, new in files.items():

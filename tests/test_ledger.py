@@ -102,6 +102,26 @@ def test_a_rows_protocol_is_its_difference_from_the_recipe_as_shipped_now(
     assert ledger.measured(list(rows.values()))["cifar10-fast94"]["runs"] == ["tuned"]
 
 
+def test_prose_in_the_ledger_chapter_quotes_only_figures_a_run_folder_holds(
+        tmp_path: Path) -> None:
+    """A percentage typed into RESULTS.md's ledger chapter is refused unless a run folder
+    holds it (a run's top-1/top-5, an epoch's, a row's mean, an anchor); the committed
+    RESULTS.md passes, and the chapter's limits are where the older, folder-less sections
+    start."""
+    assert ledger.unvouched(ledger.RESULTS_MD.read_text()) == []
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    fake_run(runs, "a-s0", "cifar10-fast94", 0, 90.0)
+    fake_run(runs, "a-s1", "cifar10-fast94", 1, 91.25)
+    (runs / "a-s0" / "metrics.jsonl").write_text('{"epoch": 1, "eval_top1": 41.234}\n')
+    ledger.collect(runs, ["a-s0", "a-s1"], results)
+    start, stop = ledger.LEDGER_CHAPTER
+    for quoted in ("90.00%", "91.25%", "90.62%", "99.00%", "41.23%", "9.99%"):
+        # a top-1, another seed's, the mean (90.625), a top-5, an epoch's, the anchor
+        assert ledger.unvouched(f"{start}\nreached {quoted}.\n{stop}\n", results) == []
+    text = f"{start}\nreached 90.01% and 12.34% (100.00%).\n{stop}\nolder: 55.55%\n"
+    assert ledger.unvouched(text, results) == ["90.01%", "12.34%", "100.00%"]
+
+
 def test_an_unfinished_run_is_not_collected(tmp_path: Path) -> None:
     fake_run(tmp_path, "x", "quickstart", 0, 50.0)
     (tmp_path / "x" / "summary.json").unlink()
