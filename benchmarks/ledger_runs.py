@@ -90,12 +90,12 @@ PLAN: dict[str, Entry] = {
     "r18nette5-lr0.05-s0": Entry("googlenet_bn-imagenette-5ep", "imagenette", 0,
                                  (*NETTE, "optim.lr=0.05", "model.name=resnet18",
                                   "model.kwargs={}")),
-    # resnet18 reached 76.1% at 0.05, above GoogLeNet-BN's best (72.7% at 0.025): it becomes a
-    # recipe of its own, its lr chosen the same way
-    "r18nette5-lr0.025-s0": Entry("googlenet_bn-imagenette-5ep", "imagenette", 0,
-                                  (*NETTE, "optim.lr=0.025", "model.name=resnet18",
-                                   "model.kwargs={}")),
+    # resnet18 reached 76.1% at 0.05, above GoogLeNet-BN's best (72.7% at 0.025): it became a
+    # recipe of its own (resnet18-imagenette-*, lr 0.05), its lr chosen the same way
+    "r18nette5-lr0.025-s0": Entry("resnet18-imagenette-5ep", "imagenette", 0,
+                                  (*NETTE, "optim.lr=0.025")),
     "gnet20-s0": Entry("googlenet_bn-imagenette-20ep", "imagenette", 0, NETTE),
+    "r18nette20-s0": Entry("resnet18-imagenette-20ep", "imagenette", 0, NETTE),
     "r20fast-s0": Entry("resnet20-cifar10-fast", seed=0, sets=CPU),
     "fast94-s1": Entry("cifar10-fast94", seed=1, sets=CPU),
     "airbench94-r1": AIRBENCH,
