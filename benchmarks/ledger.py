@@ -137,7 +137,6 @@ def protocol(cfg: dict[str, Any]) -> dict[str, str]:
             if k in now and run[k] != now[k] and k not in NOT_PROTOCOL}
 
 
-
 def read_results(results: Path = RESULTS) -> list[dict[str, Any]]:
     """One dict per run folder under ``results``: its ledger record, summary and config."""
     import yaml
@@ -320,14 +319,14 @@ def figures(results: Path = RESULTS) -> set[str]:
     """Every two-decimal percentage the run folders under ``results`` vouch for: each run's
     top-1 and top-5, every top-1/top-5 in its per-epoch metrics, each row's mean over seeds,
     and the anchors in the recipes' ``reported`` lines."""
+    from convzoo.report import read_metrics
+
     rows = read_results(results) if results.is_dir() else []
     values: list[float] = []
     for r in rows:
         values += [v for v in (r["top1"], r.get("top5")) if v is not None]
-        metrics = results / r["folder"] / "metrics.jsonl"
-        if metrics.is_file():
-            for line in metrics.read_text().splitlines():
-                rec = json.loads(line) if line.strip() else {}
+        if (results / r["folder"] / "metrics.jsonl").is_file():  # an airbench run has none
+            for rec in read_metrics(results / r["folder"]):
                 values += [v for k, v in rec.items()
                            if k.endswith(("top1", "top5")) and isinstance(v, (int, float))]
     values += [statistics.mean(r["top1"] for r in runs) for runs in _group(rows).values()]
