@@ -123,18 +123,50 @@ NOT_PROTOCOL = ("name", "description", "source", "reported", "started", "data.so
                 "train.seed", *RUNTIME)
 
 
-def protocol(cfg: dict[str, Any]) -> dict[str, str]:
-    """How a run's resolved config differs from its recipe as shipped now (keys both have):
-    empty, or only ``data.val_fraction``, when the run is the recipe. Measured against today's
-    recipe, not read from the command's ``--set`` flags, so that a tuning run whose value a
-    recipe later takes becomes that recipe's row, and the recipe's earlier runs become rows with
-    the value they ran with."""
+def protocol(cfg: dict[str, Any], recipe: str | None = None) -> dict[str, str]:
+    """How a run's resolved config differs from a recipe as shipped now (``recipe``, by default
+    the run's own; keys both have): empty, or only ``data.val_fraction``, when the run is the
+    recipe. Measured against today's recipe, not read from the command's ``--set`` flags, so
+    that a tuning run whose value a recipe later takes becomes that recipe's row, and the
+    recipe's earlier runs become rows with the value they ran with."""
     from convzoo import config as C
 
-    now = C.dotted(C.to_dict(C.from_dict(C.load_recipe(cfg["name"]))))
+    now = _shipped(recipe or cfg["name"])
     run = C.dotted(cfg)
     return {k: str(run[k]) for k in sorted(run)
             if k in now and run[k] != now[k] and k not in NOT_PROTOCOL}
+
+
+_SHIPPED: dict[str, dict[str, Any]] = {}
+
+
+def _shipped(recipe: str) -> dict[str, Any]:
+    """A shipped recipe resolved as a run would resolve it, in dotted keys (cached: every run
+    is compared with every recipe)."""
+    from convzoo import config as C
+
+    if recipe not in _SHIPPED:
+        _SHIPPED[recipe] = C.dotted(C.to_dict(C.from_dict(C.load_recipe(recipe))))
+    return _SHIPPED[recipe]
+
+
+def closest_recipe(cfg: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """The shipped recipe a run is shown under, with its :func:`protocol` against it: the one
+    it differs from in the fewest keys, its own recipe on a tie. A run made on one recipe with
+    overrides that another recipe has since taken is that recipe's run (ResNet-18 first ran as
+    ``googlenet_bn-imagenette-5ep --set model.name=resnet18`` before it was a recipe of its
+    own), just as a tuning run whose value its recipe takes becomes the recipe's row."""
+    from convzoo import config as C
+
+    own = cfg["name"]
+    best = (own, protocol(cfg, own))
+    for name in C.list_recipes():
+        if not set(best[1]) - {"data.val_fraction"}:
+            break  # the run is its own recipe
+        other = protocol(cfg, name)
+        if len(other) < len(best[1]):
+            best = (name, other)
+    return best
 
 
 def read_results(results: Path = RESULTS) -> list[dict[str, Any]]:
@@ -153,15 +185,15 @@ def read_results(results: Path = RESULTS) -> list[dict[str, Any]]:
         else:
             summary = json.loads((folder / "summary.json").read_text())
             cfg = yaml.safe_load((folder / "config.yaml").read_text())
+            recipe, proto = closest_recipe(cfg)
             rec.update(
-                recipe=cfg.get("name") or "-",
+                recipe=recipe,
                 data=_data_of(rec["command"]) or DATA_NAMES.get(str(cfg["data"]["source"]),
                                                                  str(cfg["data"]["source"])),
                 split=summary["split"], epochs=summary["epochs"], top1=summary["top1"],
                 top5=summary.get("top5"), timed_seconds=summary.get("timed_seconds"),
                 train_seconds=summary["train_seconds"], reported=cfg.get("reported") or "",
-                seed=int(cfg["train"]["seed"]),
-                protocol=protocol(cfg))
+                seed=int(cfg["train"]["seed"]), protocol=proto)
         rows.append(rec)
     return rows
 

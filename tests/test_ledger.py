@@ -102,6 +102,32 @@ def test_a_rows_protocol_is_its_difference_from_the_recipe_as_shipped_now(
     assert ledger.measured(list(rows.values()))["cifar10-fast94"]["runs"] == ["tuned"]
 
 
+def test_a_run_whose_overrides_another_recipe_has_taken_is_that_recipes_row(
+        tmp_path: Path) -> None:
+    """ResNet-18 first ran as GoogLeNet-BN's recipe with the network overridden, before it was a
+    recipe of its own: the run is the new recipe's row and figure, not an override row of the
+    recipe it was typed as; a run that is its own recipe stays there."""
+    from convzoo import config as C
+
+    lr = C.to_dict(C.from_dict(C.load_recipe("resnet18-imagenette-5ep")))["optim"]["lr"]
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    fake_run(runs, "r18", "googlenet_bn-imagenette-5ep", 0, 76.0,
+             ("model.name=resnet18", "model.kwargs={}", f"optim.lr={lr}"))
+    fake_run(runs, "r18-lr", "googlenet_bn-imagenette-5ep", 0, 70.0,
+             ("model.name=resnet18", "model.kwargs={}", f"optim.lr={lr * 3}"))
+    fake_run(runs, "gnet", "googlenet_bn-imagenette-5ep", 0, 50.0)
+    ledger.collect(runs, ["r18", "r18-lr", "gnet"], results)
+    rows = {r["folder"]: r for r in ledger.read_results(results)}
+    assert (rows["r18"]["recipe"], rows["r18"]["protocol"]) == ("resnet18-imagenette-5ep", {})
+    assert (rows["r18-lr"]["recipe"], rows["r18-lr"]["protocol"]) == (
+        "resnet18-imagenette-5ep", {"optim.lr": str(lr * 3)})
+    assert (rows["gnet"]["recipe"], rows["gnet"]["protocol"]) == (
+        "googlenet_bn-imagenette-5ep", {})
+    figures = ledger.measured(list(rows.values()))
+    assert figures["resnet18-imagenette-5ep"]["runs"] == ["r18"]
+    assert figures["googlenet_bn-imagenette-5ep"]["runs"] == ["gnet"]
+
+
 def test_prose_in_the_ledger_chapter_quotes_only_figures_a_run_folder_holds(
         tmp_path: Path) -> None:
     """A percentage typed into RESULTS.md's ledger chapter is refused unless a run folder
