@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import pickle
 import re
 import tarfile
@@ -23,6 +24,7 @@ from safetensors.torch import load_file
 import convzoo
 from convzoo import saved as ckpt_io
 from convzoo.cli import main
+from convzoo.data import progress
 from convzoo.errors import ConvzooError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -440,8 +442,10 @@ def test_pack_overwrite(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pack", "tree"]
 
 
-def test_a_folder_without_splits_is_evaluated_as_all_of_it(run_dir, tmp_path, capsys):
-    """It was reported as the "train" split, and --split test was refused."""
+def test_a_folder_without_splits_is_evaluated_as_all_of_it(run_dir, tmp_path, capsys,
+                                                             monkeypatch, caplog):
+    """It was reported as the "train" split, and --split test was refused; its progress line
+    still said "train"."""
     for c in ("0", "1"):
         (tmp_path / "flat" / c).mkdir(parents=True)
         for i in range(3):
@@ -455,8 +459,11 @@ def test_a_folder_without_splits_is_evaluated_as_all_of_it(run_dir, tmp_path, ca
         assert result["split"] == "all" and result["count"] == 6
         figures.append(result["top1"])
     assert len(set(figures)) == 1
-    assert main(["eval", str(run_dir), "--data", flat]) == 0
+    monkeypatch.setattr(progress, "END_SECONDS", 0.0)  # the end line even for 6 images
+    with caplog.at_level(logging.INFO, logger="convzoo"):
+        assert main(["eval", str(run_dir), "--data", flat]) == 0
     assert "[all, 6 images]" in capsys.readouterr().out
+    assert "evaluating all: 6 img" in caplog.text  # it said "evaluating train"
     assert main(["eval", str(run_dir), "--data", flat, "--split", "tset"]) == 2
     assert "without splits" in capsys.readouterr().err
 

@@ -306,7 +306,7 @@ class Classifier:
             [] if report_dir is not None else None)
         try:  # the loader preprocesses and takes the eval view; the predictor does the rest
             result = evaluate(self._with_tta(tta), loader, outputs=outputs,
-                              world_size=rt.world_size, progress=f"evaluating {split}",
+                              world_size=rt.world_size, progress=f"evaluating {'all' if flat else split}",
                               total=len(source.splits[split]) // rt.world_size)
         finally:
             loader.close()

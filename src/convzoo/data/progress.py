@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 log = logging.getLogger("convzoo")
 FIRST_SECONDS = 5.0
 LOG_SECONDS = 30.0
+END_SECONDS = 1.0  # work shorter than this ends without a line
 
 
 def interactive() -> bool:
@@ -72,5 +73,5 @@ class progress:  # noqa: N801 - used like tqdm, as a context manager
         if self.bar is not None:
             self.bar.close()
         seconds = time.perf_counter() - self.start
-        if self.enabled and kind is None and seconds >= 1.0 and self.done:
+        if self.enabled and kind is None and seconds >= END_SECONDS and self.done:
             log.info(f"{self.desc}: {self.done:,} {self.unit} in {seconds:.1f}s")
