@@ -179,6 +179,22 @@ def test_recipes_show_the_measured_figure_and_a_users_run_beside_it(
     assert "measured:   99.50% test, 2 seeds 99.4-99.6" in out
     assert f"your run:   {mine:.2f}% (1 ep, test)" in out
     assert f"{mine - 99.5:+.2f} points against the measured mean" in out
+    # a run of the recipe with overrides: what it trained differently is listed, key by key
+    out_dir = tmp_path / "runs"
+    assert main(["train", "--recipe", "quickstart", "--epochs", "1", "--lr", "0.01", "--seed",
+                 "3", "--set", "data.limit=100", "--set", "train.loggers=[]", "--out",
+                 str(out_dir), "--name", "q"]) == 0
+    capsys.readouterr()
+    assert main(["recipes", "quickstart", "--run", str(out_dir / "q")]) == 0
+    out = capsys.readouterr().out
+    shipped = C.to_dict(C.from_dict(C.load_recipe("quickstart")))
+    differs = out[out.index("differs:"):].split("\n")
+    assert sorted(line.split()[-4] for line in differs if line.strip()) == [
+        "data.limit", "optim.lr", "train.epochs"]  # not the seed: the ledger's runs vary it
+    assert f"optim.lr 0.01 (recipe {shipped['optim']['lr']!r})" in out
+    assert f"train.epochs 1 (recipe {shipped['train']['epochs']!r})" in out
+    assert main(["recipes", "quickstart", "--run", str(out_dir / "q"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["yours"]["differs"]["data.limit"] == [100, 0]
 
 
 def test_lost_invocations_fall_back_to_the_runs_own_timed_seconds(tmp_path: Path) -> None:

@@ -320,10 +320,11 @@ def show_recipe(name: str, measured: dict[str, Any] | None, args: argparse.Names
 
         run = Path(args.run)
         summary = read_summary(run)
-        ran = C.read_yaml(run / "config.yaml").get("name") if (run / "config.yaml").is_file() \
-            else None
-        yours = {"run": str(run), "recipe": ran, "top1": summary.get("top1"),
-                 "split": summary.get("split"), "epochs": summary.get("epochs")}
+        ran_cfg = C.read_yaml(run / "config.yaml") if (run / "config.yaml").is_file() else None
+        yours = {"run": str(run), "recipe": ran_cfg.get("name") if ran_cfg else None,
+                 "top1": summary.get("top1"), "split": summary.get("split"),
+                 "epochs": summary.get("epochs"),
+                 "differs": differences(ran_cfg, name) if ran_cfg else None}
     if args.json:
         print(dumps_json({"name": name, "description": cfg.description, "source": cfg.source,
                           "model": cfg.model.name, "epochs": epochs, "reported": cfg.reported,
@@ -345,7 +346,31 @@ def show_recipe(name: str, measured: dict[str, Any] | None, args: argparse.Names
         if measured and isinstance(top1, (int, float)):
             line += f"; {top1 - measured['top1']:+.2f} points against the measured mean"
         print(line)
+        differs = yours["differs"]
+        if differs is None:
+            print("  differs:    its stages (a resumed run with new overrides): see its "
+                  "config.yaml")
+        for i, (key, (mine, theirs)) in enumerate((differs or {}).items()):
+            print(f"  {'differs:' if i == 0 else '':12}{key} {mine!r} (recipe {theirs!r})")
     return 0
+
+
+def differences(run_cfg: dict[str, Any], recipe: str) -> dict[str, list[Any]] | None:
+    """What a run trained differently from ``recipe`` as shipped: ``{key: [the run's value, the
+    recipe's]}`` (the keys ``convzoo card``'s reproducing command would set, less the data's
+    path and the seed, which a comparison over seeds on the ledger's data expects to differ);
+    None when the run's stages differ from the recipe's (a resume with new overrides)."""
+    from convzoo.card import reproduce_command  # heavy
+
+    try:
+        argv, changed = reproduce_command({**run_cfg, "name": recipe})
+    except ConvzooError:  # a config.yaml this convzoo no longer reads: nothing to compare
+        return {}
+    if not argv:
+        return None
+    shipped = C.dotted(C.to_dict(C.from_dict(C.load_recipe(recipe))))
+    return {k: [v, shipped.get(k)] for k, v in changed.items()
+            if k not in ("data.source", "train.seed")}
 
 
 def cmd_config(args: argparse.Namespace) -> int:
