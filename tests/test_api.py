@@ -442,6 +442,33 @@ def test_pack_overwrite(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pack", "tree"]
 
 
+def test_a_run_written_before_train_tensorboard_was_retired_still_loads(tmp_path, capsys):
+    """Runs written before train.tensorboard became train.loggers (the ledger's quickstart and
+    fast94-s0 runs among them) failed every command: "stored config: unknown config key
+    'train.tensorboard'"."""
+    import yaml
+
+    run = convzoo.train("quickstart", epochs=1, out=str(tmp_path), name="old",
+                        data={"limit": 150}, **{"train.threads": 1, "train.loggers": []})
+    for on, loggers in ((True, ["tensorboard", "csv"]), (False, ["csv"])):
+        for name in ("last.pt", "best.pt"):  # as the older convzoo wrote them
+            ckpt = ckpt_io.load_checkpoint(run, name.removesuffix(".pt"))
+            ckpt["config"]["train"].pop("loggers", None)
+            ckpt["config"]["train"]["tensorboard"] = on
+            ckpt_io.atomic_save(ckpt, run / name)
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        cfg["train"].pop("loggers", None)
+        cfg["train"]["tensorboard"] = on
+        (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+        assert main(["eval", str(run), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["count"] == 150
+        assert main(["recipes", "quickstart", "--run", str(run)]) == 0
+        assert "not compared" not in capsys.readouterr().out
+        assert convzoo.config.from_dict(cfg).train.loggers == loggers
+    assert convzoo.train(resume=run, epochs=2) == run  # and it resumes
+    assert ckpt_io.load_checkpoint(run)["epoch"] == 2
+
+
 def test_a_folder_without_splits_is_evaluated_as_all_of_it(run_dir, tmp_path, capsys,
                                                              monkeypatch, caplog):
     """It was reported as the "train" split, and --split test was refused; its progress line

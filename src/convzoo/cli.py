@@ -324,7 +324,12 @@ def show_recipe(name: str, measured: dict[str, Any] | None, args: argparse.Names
         yours = {"run": str(run), "recipe": ran_cfg.get("name") if ran_cfg else None,
                  "top1": summary.get("top1"), "split": summary.get("split"),
                  "epochs": summary.get("epochs"),
-                 "differs": differences(ran_cfg, name) if ran_cfg else None}
+                 "differs": None, "not_compared": "it has no config.yaml"}
+        if ran_cfg is not None:
+            try:
+                yours.update(differs=differences(ran_cfg, name), not_compared=None)
+            except ConvzooError as e:  # an older convzoo's config, or a staged run
+                yours["not_compared"] = str(e)
     if args.json:
         print(dumps_json({"name": name, "description": cfg.description, "source": cfg.source,
                           "model": cfg.model.name, "epochs": epochs, "reported": cfg.reported,
@@ -348,29 +353,28 @@ def show_recipe(name: str, measured: dict[str, Any] | None, args: argparse.Names
         print(line)
         differs = yours["differs"]
         if differs is None:
-            print("  differs:    its stages (a resumed run with new overrides): see its "
-                  "config.yaml")
+            print(f"  differs:    not compared: {yours['not_compared']}")
         for i, (key, (mine, theirs)) in enumerate((differs or {}).items()):
             print(f"  {'differs:' if i == 0 else '':12}{key} {mine!r} (recipe {theirs!r})")
     return 0
 
 
-def differences(run_cfg: dict[str, Any], recipe: str) -> dict[str, list[Any]] | None:
+def differences(run_cfg: dict[str, Any], recipe: str) -> dict[str, list[Any]]:
     """What a run trained differently from ``recipe`` as shipped: ``{key: [the run's value, the
     recipe's]}`` (the keys ``convzoo card``'s reproducing command would set, less the data's
-    path and the seed, which a comparison over seeds on the ledger's data expects to differ);
-    None when the run's stages differ from the recipe's (a resume with new overrides)."""
+    path and the seed, which a comparison over seeds on the ledger's data expects to differ,
+    and the device and compilation, which change how a run executes, not what it computes).
+    ConvzooError when they cannot be compared: a config this convzoo no longer reads, or
+    stages that differ from the recipe's (a resume with new overrides)."""
     from convzoo.card import reproduce_command  # heavy
 
-    try:
-        argv, changed = reproduce_command({**run_cfg, "name": recipe})
-    except ConvzooError:  # a config.yaml this convzoo no longer reads: nothing to compare
-        return {}
+    argv, changed = reproduce_command({**run_cfg, "name": recipe})
     if not argv:
-        return None
+        raise ConvzooError("its stages differ from the recipe's (a resume with new "
+                           "overrides): see its config.yaml")
     shipped = C.dotted(C.to_dict(C.from_dict(C.load_recipe(recipe))))
     return {k: [v, shipped.get(k)] for k, v in changed.items()
-            if k not in ("data.source", "train.seed")}
+            if k not in ("data.source", "train.seed", "train.device", "train.compile")}
 
 
 def cmd_config(args: argparse.Namespace) -> int:

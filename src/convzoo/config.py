@@ -692,7 +692,21 @@ def from_dict(data: dict[str, Any]) -> Config:
     """
     if not isinstance(data, dict):
         raise ConvzooError(f"a config must be a mapping of keys, got {_show(_plain(data))}")
-    return check_rules(_build(Config, data, ""))
+    return check_rules(_build(Config, _unretire(data), ""))
+
+
+def _unretire(data: dict[str, Any]) -> dict[str, Any]:
+    """Retired keys read as what replaced them, so that a run written before a key was retired
+    (its config.yaml and checkpoints keep the keys they were written with) still evaluates,
+    resumes and compares: ``train.tensorboard: BOOL`` (until 2026-12-07) is ``train.loggers``
+    with TensorBoard or without it, beside the CSV every run wrote then."""
+    train = data.get("train")
+    if not isinstance(train, dict) or "tensorboard" not in train:
+        return data
+    train = dict(train)
+    on = convert(train.pop("tensorboard"), bool, "train.tensorboard")
+    train.setdefault("loggers", ["tensorboard", "csv"] if on else ["csv"])
+    return {**data, "train": train}
 
 
 def check_rules(cfg: Config) -> Config:
