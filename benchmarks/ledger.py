@@ -32,6 +32,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ledger_runs import beside  # noqa: E402
 
+from convzoo.runconfig import RUNTIME_KEYS  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
 RESULTS_MD = ROOT / "RESULTS.md"
@@ -40,10 +42,9 @@ MEASURED = ROOT / "src" / "convzoo" / "recipes" / "measured.json"
 BEGIN, END = "<!-- ledger:begin -->", "<!-- ledger:end -->"
 
 # Overrides that change how a run is executed, not what it computes or on what data: a row of
-# the ledger groups runs that differ only in these and in the seed.
-RUNTIME = ("train.threads", "train.compile", "train.checkpoint_every_minutes",
-           "train.checkpoint_every_steps", "train.device", "train.out", "train.name",
-           "data.workers", "data.root")
+# the ledger groups runs that differ only in these and in the seed. What a resume may change
+# (threads, checkpoint cadence, loggers, kept epochs ...), and where and how it compiled.
+RUNTIME = (*sorted(RUNTIME_KEYS), "train.compile", "train.out", "train.name")
 DATA_NAMES = {  # what the data folders of the ledger runs are (../shared/datasets/README.md)
     "cifar10-jpeg": "CIFAR-10, JPEG q75 copy",
     "imagenette": "Imagenette train/ (224 px copy)",
