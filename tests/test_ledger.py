@@ -196,6 +196,17 @@ def test_recipes_show_the_measured_figure_and_a_users_run_beside_it(
     assert f"train.epochs 1 (recipe {shipped['train']['epochs']!r})" in out
     assert main(["recipes", "quickstart", "--run", str(out_dir / "q"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["yours"]["differs"]["data.limit"] == [100, 0]
+    # a path that is no run is one error line and exit 2 (it printed "n/a (None ep, None)")
+    (tmp_path / "empty").mkdir()
+    for path, why in ((tmp_path / "nowhere", "no such run directory"),
+                      (tmp_path / "empty", "not a run directory")):
+        assert main(["recipes", "quickstart", "--run", str(path)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and why in err[0] and str(path) in err[0]
+    (out_dir / "q" / "summary.json").unlink()  # still training: the differences, no figure
+    assert main(["recipes", "quickstart", "--run", str(out_dir / "q")]) == 0
+    out = capsys.readouterr().out
+    assert "your run:   not finished" in out and "optim.lr 0.01" in out
 
 
 def test_lost_invocations_fall_back_to_the_runs_own_timed_seconds(tmp_path: Path) -> None:

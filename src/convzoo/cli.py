@@ -319,6 +319,11 @@ def show_recipe(name: str, measured: dict[str, Any] | None, args: argparse.Names
         from convzoo.report import read_summary  # heavy
 
         run = Path(args.run)
+        if not run.is_dir():
+            raise ConvzooError(f"--run {run}: no such run directory")
+        if not (run / "summary.json").is_file() and not (run / "config.yaml").is_file():
+            raise ConvzooError(f"--run {run}: not a run directory (it has no config.yaml or "
+                               "summary.json)")
         summary = read_summary(run)
         ran_cfg = C.read_yaml(run / "config.yaml") if (run / "config.yaml").is_file() else None
         yours = {"run": str(run), "recipe": ran_cfg.get("name") if ran_cfg else None,
@@ -345,9 +350,11 @@ def show_recipe(name: str, measured: dict[str, Any] | None, args: argparse.Names
               f"results/{{{','.join(measured['runs'])}}}")
     if yours is not None:
         top1 = yours["top1"]
-        figure = f"{top1:.2f}%" if isinstance(top1, (int, float)) else "n/a"
         other = "" if yours["recipe"] == name else f" (a run of {yours['recipe'] or 'no recipe'})"
-        line = f"  your run:   {figure} ({yours['epochs']} ep, {yours['split']}){other}"
+        if isinstance(top1, (int, float)):
+            line = f"  your run:   {top1:.2f}% ({yours['epochs']} ep, {yours['split']}){other}"
+        else:
+            line = f"  your run:   not finished (no summary.json yet){other}"
         if measured and isinstance(top1, (int, float)):
             line += f"; {top1 - measured['top1']:+.2f} points against the measured mean"
         print(line)
