@@ -21,6 +21,7 @@ either is typed by hand; ``tests/test_ledger.py`` fails when they differ from wh
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import shutil
@@ -138,17 +139,13 @@ def protocol(cfg: dict[str, Any], recipe: str | None = None) -> dict[str, str]:
             if k in now and run[k] != now[k] and k not in NOT_PROTOCOL}
 
 
-_SHIPPED: dict[str, dict[str, Any]] = {}
-
-
+@functools.cache
 def _shipped(recipe: str) -> dict[str, Any]:
     """A shipped recipe resolved as a run would resolve it, in dotted keys (cached: every run
     is compared with every recipe)."""
     from convzoo import config as C
 
-    if recipe not in _SHIPPED:
-        _SHIPPED[recipe] = C.dotted(C.to_dict(C.from_dict(C.load_recipe(recipe))))
-    return _SHIPPED[recipe]
+    return C.dotted(C.to_dict(C.from_dict(C.load_recipe(recipe))))
 
 
 def closest_recipe(cfg: dict[str, Any]) -> tuple[str, dict[str, str]]:
