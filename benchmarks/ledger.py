@@ -33,7 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ledger_runs import beside  # noqa: E402
 
-from convzoo.runconfig import RUNTIME_KEYS  # noqa: E402
+from convzoo import config as C  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -42,10 +42,6 @@ README = ROOT / "README.md"
 MEASURED = ROOT / "src" / "convzoo" / "recipes" / "measured.json"
 BEGIN, END = "<!-- ledger:begin -->", "<!-- ledger:end -->"
 
-# Overrides that change how a run is executed, not what it computes or on what data: a row of
-# the ledger groups runs that differ only in these and in the seed. What a resume may change
-# (threads, checkpoint cadence, loggers, kept epochs ...), and where and how it compiled.
-RUNTIME = (*sorted(RUNTIME_KEYS), "train.compile", "train.out", "train.name")
 DATA_NAMES = {  # what the data folders of the ledger runs are (../shared/datasets/README.md)
     "cifar10-jpeg": "CIFAR-10, JPEG q75 copy",
     "imagenette": "Imagenette train/ (224 px copy)",
@@ -119,44 +115,31 @@ def collect(runs: Path, names: list[str], results: Path = RESULTS) -> list[Path]
 
 # ----------------------------------------------------------------------------- read
 
-# What a protocol difference never is: the recipe's own texts, when the run started, where its
-# data lay, its seed, and how it was executed.
-NOT_PROTOCOL = ("name", "description", "source", "reported", "started", "data.source",
-                "train.seed", *RUNTIME)
-
-
-def protocol(cfg: dict[str, Any], recipe: str | None = None) -> dict[str, str]:
-    """How a run's resolved config differs from a recipe as shipped now (``recipe``, by default
-    the run's own; keys both have): empty, or only ``data.val_fraction``, when the run is the
-    recipe. Measured against today's recipe, not read from the command's ``--set`` flags, so
-    that a tuning run whose value a recipe later takes becomes that recipe's row, and the
-    recipe's earlier runs become rows with the value they ran with."""
-    from convzoo import config as C
-
-    now = _shipped(recipe or cfg["name"])
-    run = C.dotted(cfg)
-    return {k: str(run[k]) for k in sorted(run)
-            if k in now and run[k] != now[k] and k not in NOT_PROTOCOL}
+def protocol(cfg: C.Config, recipe: str | None = None) -> dict[str, str]:
+    """How a run's config differs from a recipe as shipped now (``recipe``, by default the
+    run's own) in what it trains (``config.NOT_TRAINED`` left out: how, when and where it ran,
+    its seed): empty, or only ``data.val_fraction``, when the run is the recipe. Measured
+    against today's recipe, not read from the command's ``--set`` flags, so that a tuning run
+    whose value a recipe later takes becomes that recipe's row, and the recipe's earlier runs
+    become rows with the value they ran with."""
+    differ = C.differences(cfg, _shipped(recipe or cfg.name), C.NOT_TRAINED)
+    return {k: str(run) for k, (run, _) in sorted(differ.items())}
 
 
 @functools.cache
-def _shipped(recipe: str) -> dict[str, Any]:
-    """A shipped recipe resolved as a run would resolve it, in dotted keys (cached: every run
-    is compared with every recipe)."""
-    from convzoo import config as C
-
-    return C.dotted(C.to_dict(C.from_dict(C.load_recipe(recipe))))
+def _shipped(recipe: str) -> C.Config:
+    """A shipped recipe resolved as a run would resolve it (cached: every run is compared with
+    every recipe)."""
+    return C.from_dict(C.load_recipe(recipe))
 
 
-def closest_recipe(cfg: dict[str, Any]) -> tuple[str, dict[str, str]]:
+def closest_recipe(cfg: C.Config) -> tuple[str, dict[str, str]]:
     """The shipped recipe a run is shown under, with its :func:`protocol` against it: the one
     it differs from in the fewest keys, its own recipe on a tie. A run made on one recipe with
     overrides that another recipe has since taken is that recipe's run (ResNet-18 first ran as
     ``googlenet_bn-imagenette-5ep --set model.name=resnet18`` before it was a recipe of its
     own), just as a tuning run whose value its recipe takes becomes the recipe's row."""
-    from convzoo import config as C
-
-    own = cfg["name"]
+    own = cfg.name
     best = (own, protocol(cfg, own))
     for name in C.list_recipes():
         if not set(best[1]) - {"data.val_fraction"}:
@@ -183,7 +166,7 @@ def read_results(results: Path = RESULTS) -> list[dict[str, Any]]:
         else:
             summary = json.loads((folder / "summary.json").read_text())
             cfg = yaml.safe_load((folder / "config.yaml").read_text())
-            recipe, proto = closest_recipe(cfg)
+            recipe, proto = closest_recipe(C.from_dict(cfg))
             rec.update(
                 recipe=recipe,
                 data=_data_of(rec["command"]) or DATA_NAMES.get(str(cfg["data"]["source"]),

@@ -723,3 +723,26 @@ def test_recipes_merge_left_to_right_and_config_says_where_each_value_came_from(
     assert f"[from recipe {tmp_path / 'tweak.yaml'}]" in line("lr")
     assert "[from command line]" in line("epochs")
     assert "[from" not in line("nesterov")  # the default
+
+
+def test_differences_compare_what_is_trained_and_each_stages_plan_not_its_start():
+    """The one comparison of two configs (reproducing command, a run beside its recipe, the
+    ledger, --resume auto): every differing key in the schema's order; a stage by the epochs it
+    trains to and its overrides, not when it started or the epoch a resume began it from."""
+    recipe = C.from_dict(C.load_recipe("inception_bn_small-cifar100"))
+    stage = recipe.stages[0]
+    ran = C.replace(recipe, started="2026-12-07T10:00:00",
+                    stages=[C.replace(stage, from_epoch=38, started="2026-12-07T11:00:00")],
+                    optim=C.replace(recipe.optim, lr=0.5),
+                    train=C.replace(recipe.train, threads=2))
+    assert list(C.differences(ran, recipe)) == ["started", "optim.lr", "train.threads"]
+    assert C.differences(ran, recipe, C.NOT_TRAINED) == {"optim.lr": (0.5, recipe.optim.lr)}
+    longer = C.replace(ran, stages=[C.replace(stage, epochs=stage.epochs + 6)])
+    differ = C.differences(longer, recipe, C.NOT_TRAINED)
+    assert differ["stages"] == ([{"epochs": stage.epochs + 6, "set": stage.set}],
+                                [{"epochs": stage.epochs, "set": stage.set}])
+    assert "stages" not in C.differences(longer, recipe, stages=0)  # only the first n stages
+    # a dict value's keys that one side lacks (a fine-tuning run's model.init_took)
+    tuned = C.replace(recipe, model=C.replace(recipe.model, init_took={"data.image_size": 32}))
+    assert C.differences(tuned, recipe) == {"model.init_took.data.image_size": (32, None)}
+    assert C.differences(recipe, tuned) == {"model.init_took.data.image_size": (None, 32)}

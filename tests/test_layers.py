@@ -42,7 +42,6 @@ LAZY = {
     ("convzoo.cli", "convzoo.bench"): TORCH,
     ("convzoo.cli", "convzoo.export"): TORCH,
     ("convzoo.cli", "convzoo.push"): TORCH,
-    ("convzoo.cli", "convzoo.card"): TORCH,
     ("convzoo.cli", "convzoo.training.rundir"): TORCH,
     ("convzoo.cli", "convzoo.report"): "imports matplotlib (2.1 s): only plot and recipes --run",
     # load() and predict() need neither the data pipeline nor the report's plotting.

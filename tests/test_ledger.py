@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from convzoo.cli import main
 
@@ -73,7 +74,7 @@ def test_collect_then_tables_group_seeds_and_keep_tuning_runs_apart(
     text = ledger.markdown(rows)
     assert "| `cifar10-fast94` | - | CIFAR-10, JPEG q75 copy | 3 | test | 90.50% (90.00-91.00, " \
            "n=2) | seed: 9.99% | 1.0 h |" in text
-    assert "| `cifar10-fast94` | optim.lr=9 |" in text and "80.00%" in text
+    assert "| `cifar10-fast94` | optim.lr=9.0 |" in text and "80.00%" in text  # as typed
     figures = ledger.measured(rows)
     assert figures == {"cifar10-fast94": {
         "top1": 90.5, "min": 90.0, "max": 91.0, "seeds": 2, "epochs": 3, "split": "test",
@@ -101,6 +102,24 @@ def test_a_rows_protocol_is_its_difference_from_the_recipe_as_shipped_now(
     rows = {r["folder"]: r for r in ledger.read_results(results)}
     assert rows["tuned"]["protocol"] == {} and rows["older"]["protocol"] == {"optim.lr": "0.25"}
     assert ledger.measured(list(rows.values()))["cifar10-fast94"]["runs"] == ["tuned"]
+
+
+def test_a_staged_recipes_run_is_its_recipes_row(tmp_path: Path) -> None:
+    """A run of a recipe with stages records when each stage started and the epoch a resume
+    began it from: that says when it ran, not what it trained, so the run is its recipe's row
+    (its protocol was the whole stages list, and it was never the recipe's figure)."""
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    ran = "stages=[{epochs: 44, set: {optim.lr: 0.01}, from_epoch: 38, started: '2026-12-07'}]"
+    fake_run(runs, "inc", "inception_bn_small-cifar100", 0, 60.0, (ran,))
+    fake_run(runs, "inc-longer", "inception_bn_small-cifar100", 0, 61.0,
+             (ran.replace("44", "50"),))  # a stage planned otherwise is a protocol difference
+    ledger.collect(runs, ["inc", "inc-longer"], results)
+    rows = {r["folder"]: r for r in ledger.read_results(results)}
+    assert (rows["inc"]["recipe"], rows["inc"]["protocol"]) == (
+        "inception_bn_small-cifar100", {})
+    assert list(rows["inc-longer"]["protocol"]) == ["stages"]
+    assert "'epochs': 50" in rows["inc-longer"]["protocol"]["stages"]
+    assert ledger.measured(list(rows.values()))["inception_bn_small-cifar100"]["runs"] == ["inc"]
 
 
 def test_a_run_whose_overrides_another_recipe_has_taken_is_that_recipes_row(
@@ -203,6 +222,15 @@ def test_recipes_show_the_measured_figure_and_a_users_run_beside_it(
         assert main(["recipes", "quickstart", "--run", str(path)]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and why in err[0] and str(path) in err[0]
+    # how, when and where a run ran is no difference: its loggers' settings, threads,
+    # compilation, start time (the MLflow experiment was listed as one)
+    ran = C.to_dict(C.from_dict(C.load_recipe("quickstart")))
+    ran = C.merge(ran, {"started": "2026-12-07T10:00:00", "mlflow": {"experiment": "mine"},
+                        "train": {"threads": 2, "compile": True, "keep_last": 9}})
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "config.yaml").write_text(yaml.safe_dump(ran))
+    assert main(["recipes", "quickstart", "--run", str(tmp_path / "mine"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["yours"]["differs"] == {}
     (out_dir / "q" / "summary.json").unlink()  # still training: the differences, no figure
     assert main(["recipes", "quickstart", "--run", str(out_dir / "q")]) == 0
     out = capsys.readouterr().out

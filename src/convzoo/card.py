@@ -44,8 +44,9 @@ CLASSES_SHOWN = 20  # more classes than this: the first 12 and the last 4 are na
 
 # Keys the reproducing command leaves out: when and where the run was written, the recipe's
 # own descriptive fields, and how this process ran (loggers, threads, checkpoint cadence): none
-# of them changes what is trained (runconfig.RUNTIME_KEYS, less the device).
-_NOT_REPRODUCED = {"started", "name", "description", "source", "reported", "stages",
+# of them changes what is trained (config.RUNTIME_KEYS, less the device and the loggers'
+# settings, which a command run again keeps).
+_NOT_REPRODUCED = {"started", "name", "description", "source", "reported",
                    "train.out", "train.name", "train.threads", "train.log_every",
                    "train.loggers", "train.keep_last", "train.checkpoint_every_steps",
                    "train.checkpoint_every_minutes", "data.workers", "data.root"}
@@ -100,17 +101,11 @@ def reproduce_command(config: dict[str, Any]) -> tuple[list[str], dict[str, Any]
     such a run is trained again from its config.yaml alone."""
     name = str(config.get("name") or "")
     recipe = name if name in C.list_recipes() else ""
-    base = C.to_dict(C.from_dict(C.load_recipe(recipe) if recipe else {}))
-    run = C.to_dict(C.from_dict(config))
-
-    def plain(stages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        return [{"epochs": s["epochs"], "set": s["set"]} for s in stages]
-
-    if plain(run["stages"]) != plain(base["stages"]):
+    base = C.from_dict(C.load_recipe(recipe) if recipe else {})
+    changed = {k: run for k, (run, _) in
+               C.differences(C.from_dict(config), base, _NOT_REPRODUCED).items()}
+    if "stages" in changed:
         return [], {}
-    ours, theirs = C.dotted(run), C.dotted(base)
-    changed = {k: v for k, v in ours.items()
-               if k not in _NOT_REPRODUCED and theirs.get(k, object()) != v}
     argv = ["convzoo", "train"] + (["--recipe", recipe] if recipe else [])
     flags = {key: attr for attr, key in C.SHORTCUTS}
     for key, value in changed.items():

@@ -368,20 +368,16 @@ def show_recipe(name: str, measured: dict[str, Any] | None, args: argparse.Names
 
 def differences(run_cfg: dict[str, Any], recipe: str) -> dict[str, list[Any]]:
     """What a run trained differently from ``recipe`` as shipped: ``{key: [the run's value, the
-    recipe's]}`` (the keys ``convzoo card``'s reproducing command would set, less the data's
-    path and the seed, which a comparison over seeds on the ledger's data expects to differ,
-    and the device and compilation, which change how a run executes, not what it computes).
-    ConvzooError when they cannot be compared: a config this convzoo no longer reads, or
-    stages that differ from the recipe's (a resume with new overrides)."""
-    from convzoo.card import reproduce_command  # heavy
-
-    argv, changed = reproduce_command({**run_cfg, "name": recipe})
-    if not argv:
+    recipe's]}``, less what says how, when and where it ran and its seed (``config.NOT_TRAINED``:
+    a comparison over seeds on the ledger's data expects those to differ). ConvzooError when
+    they cannot be compared: a config this convzoo no longer reads, or stages that differ from
+    the recipe's (a resume with new overrides)."""
+    differ = C.differences(C.from_dict(run_cfg), C.from_dict(C.load_recipe(recipe)),
+                           C.NOT_TRAINED)
+    if "stages" in differ:
         raise ConvzooError("its stages differ from the recipe's (a resume with new "
                            "overrides): see its config.yaml")
-    shipped = C.dotted(C.to_dict(C.from_dict(C.load_recipe(recipe))))
-    return {k: [v, shipped.get(k)] for k, v in changed.items()
-            if k not in ("data.source", "train.seed", "train.device", "train.compile")}
+    return {k: list(v) for k, v in differ.items()}
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -5,12 +5,12 @@ line (``convzoo train``) and the Python API (``convzoo.train``), which both call
   user's overrides (the CLI's shortcuts and ``--set``, the API's keywords:
   :func:`overrides_from_keywords`), validated by ``config.from_dict``.
 * A resume (:func:`resume_run_config`, :func:`resume_config`): the run's config.yaml; keys
-  that only say how this process runs (:data:`RUNTIME_KEYS`) apply as given, any other
+  that only say how this process runs (:data:`config.RUNTIME_KEYS`) apply as given, any other
   override starts a new stage at the run's last checkpoint, recorded in ``stages`` so that
   config.yaml keeps the whole history (``config.stage_configs`` expands the plan).
 * ``--resume auto`` (:func:`auto_run`): the run in ``train.out/NAME`` if it is this command's
-  run (:func:`comparable`: the same keys but the runtime ones and the start records), else a
-  new run in exactly that directory.
+  run (``config.differences`` finds nothing but the runtime keys and the start records), else
+  a new run in exactly that directory.
 
 It reads a run's config.yaml and its last checkpoint (``saved.load_checkpoint``: the epoch a
 new stage starts from) and nothing of training, which calls nothing here: ``fit`` takes the
@@ -19,7 +19,6 @@ finished Config.
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +26,6 @@ from convzoo import config as C
 from convzoo.errors import ConvzooError
 from convzoo.models.registry import import_timm
 from convzoo.saved import checkpoint_geometry, load_checkpoint, read_checkpoint
-
-# What a resume may change without starting a new stage: how this process runs, not what it
-# trains.
-RUNTIME_KEYS = {"train.device", "train.threads", "train.log_every", "data.workers", "data.root",
-                "train.checkpoint_every_steps", "train.checkpoint_every_minutes",
-                "train.loggers", "train.keep_last", *(f"mlflow.{f.name}" for f in
-                                                      fields(C.MlflowConfig)),
-                *(f"wandb.{f.name}" for f in fields(C.WandbConfig))}
 
 # What --resume auto ignores when it compares the command with the run it found: when the run
 # and its stages started (written by train), and where the run directory is (how it was found).
@@ -164,7 +155,7 @@ def resume_config(run_dir: Path, overrides: dict[str, Any],
                   done: int, mid_epoch: int = 0) -> C.Config:
     """The run's ``config.yaml`` with a resume's ``overrides`` (nested, as the CLI gives them).
 
-    Keys that only say how this process runs (``RUNTIME_KEYS``) apply directly. Any other
+    Keys that only say how this process runs (``config.RUNTIME_KEYS``) apply directly. Any other
     override starts a new stage at the checkpoint's epoch ``done``, recorded in ``stages`` with
     those overrides and its end (``train.epochs``, default: the plan's end), so config.yaml
     keeps the whole history. No overrides: the plan continues (an exact resume). A checkpoint
@@ -173,8 +164,8 @@ def resume_config(run_dir: Path, overrides: dict[str, Any],
     cfg = C.load_config(run_dir / "config.yaml")
     keys = C.declared_keys()  # the command line gives text: each value in its key's type
     flat = {k: C.check_value(k, v) if k in keys else v for k, v in C.dotted(overrides).items()}
-    runtime = {k: v for k, v in flat.items() if k in RUNTIME_KEYS}
-    stage_keys = {k: v for k, v in flat.items() if k not in RUNTIME_KEYS}
+    runtime = {k: v for k, v in flat.items() if k in C.RUNTIME_KEYS}
+    stage_keys = {k: v for k, v in flat.items() if k not in C.RUNTIME_KEYS}
     for key, value in runtime.items():
         cfg = C.apply_overrides(cfg, C.dotted_to_nested(key, value))
     plan_end = C.stage_configs(cfg)[-1].train.epochs
@@ -216,25 +207,15 @@ def resume_run_config(run_dir: Path, overrides: dict[str, Any]
                          ckpt.get("step", 0) if ckpt else 0), ckpt
 
 
-def comparable(cfg: C.Config, stages: int) -> dict[str, Any]:
-    """``cfg`` as dotted keys, without what --resume auto ignores, and its first ``stages``
-    stages without their start records."""
-    data = C.to_dict(cfg)
-    data["stages"] = [{k: v for k, v in st.items() if k not in ("started", "from_epoch")}
-                      for st in data["stages"][:stages]]
-    flat = C.dotted(data)
-    return {k: v for k, v in flat.items() if k not in AUTO_IGNORED | RUNTIME_KEYS}
-
-
 def auto_run(cfg: C.Config, overrides: dict[str, Any]
              ) -> tuple[C.Config, Path, bool, dict[str, Any] | None]:
     """``--resume auto``: the run directory of `cfg` (the command's config, built by
     :func:`train_config` from its nested `overrides`: ``train.out``/``train.name``) and
     whether it already holds this run. Returns (config, run directory, continuing, last
     checkpoint): a run found continues with its own config.yaml and only the overrides of
-    ``RUNTIME_KEYS``. A run directory holding a different run is an error naming the first key
-    that differs (a scheduler restarting a fixed command must never train something else into
-    it)."""
+    ``config.RUNTIME_KEYS``. A run directory holding a different run is an error naming the
+    first key that differs (a scheduler restarting a fixed command must never train something
+    else into it)."""
     if not cfg.train.name:
         raise ConvzooError("--resume auto needs --name NAME (train.name): the run directory "
                            "train.out/NAME that a restarted job finds again")
@@ -242,15 +223,16 @@ def auto_run(cfg: C.Config, overrides: dict[str, Any]
     if not (run_dir / "config.yaml").is_file():
         return cfg, run_dir, False, None
     saved = C.load_config(run_dir / "config.yaml")
-    mine, theirs = comparable(cfg, len(cfg.stages)), comparable(saved, len(cfg.stages))
-    for key in sorted(mine.keys() | theirs.keys()):
-        if mine.get(key) != theirs.get(key):
-            raise ConvzooError(f"--resume auto: {run_dir} holds a run with {key}="
-                               f"{theirs.get(key)!r}, this command has {mine.get(key)!r}; "
-                               f"give another --name, or continue that run with --resume "
-                               f"{run_dir} (overrides start a new stage)")
+    # the command's stages against as many of the run's: a resume may have added more
+    differ = C.differences(saved, cfg, AUTO_IGNORED | C.RUNTIME_KEYS, len(cfg.stages))
+    if differ:
+        key = min(differ)
+        theirs, mine = differ[key]
+        raise ConvzooError(f"--resume auto: {run_dir} holds a run with {key}={theirs!r}, this "
+                           f"command has {mine!r}; give another --name, or continue that run "
+                           f"with --resume {run_dir} (overrides start a new stage)")
     ckpt = load_checkpoint(run_dir, "last") if (run_dir / "last.pt").exists() else None
-    runtime = {k: v for k, v in C.dotted(overrides).items() if k in RUNTIME_KEYS}
+    runtime = {k: v for k, v in C.dotted(overrides).items() if k in C.RUNTIME_KEYS}
     nested: dict[str, Any] = {}
     for key, value in runtime.items():
         nested = C.merge(nested, C.dotted_to_nested(key, value))
