@@ -173,7 +173,7 @@ def read_results(results: Path = RESULTS) -> list[dict[str, Any]]:
                                                                  str(cfg["data"]["source"])),
                 split=summary["split"], epochs=summary["epochs"], top1=summary["top1"],
                 top5=summary.get("top5"), timed_seconds=summary.get("timed_seconds"),
-                train_seconds=summary["train_seconds"], reported=cfg.get("reported") or "",
+                train_seconds=summary["train_seconds"], reported=_shipped(recipe).reported,
                 seed=int(cfg["train"]["seed"]), protocol=proto)
         rows.append(rec)
     return rows
