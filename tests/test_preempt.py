@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from convzoo import files
@@ -296,3 +297,24 @@ def test_resume_auto_starts_then_continues_the_same_run_directory(ref: Path, tmp
     assert main(["train", *ARGS, "--out", str(tmp_path), "--resume", "auto"]) == 2
     assert "--resume auto needs --name" in capsys.readouterr().err
     assert (tmp_path / "a" / "last.pt").read_bytes() == before
+
+
+def test_resume_auto_continues_a_run_whose_recipe_texts_have_changed_since(
+        ref: Path, tmp_path: Path) -> None:
+    """A run stopped under an older convzoo whose recipe said other words (its description,
+    source, seed's figure) is still this command's run: those texts say nothing of what is
+    trained, so --resume auto continues it (it refused: 'holds a run with reported=...')."""
+    auto = ["train", *ARGS, "--out", str(tmp_path), "--name", "t", "--resume", "auto"]
+
+    def stopped() -> int:
+        signal_at_step(STEPS + 1, signal.SIGTERM)
+        return main(auto)
+
+    assert forked(stopped) == EXIT_PREEMPTED
+    config = tmp_path / "t" / "config.yaml"
+    saved = yaml.safe_load(config.read_text())
+    saved.update(description="an older wording", source="an older source",
+                 reported="not measured yet")
+    config.write_text(yaml.safe_dump(saved))
+    assert forked(lambda: main(auto)) == 0
+    assert_same_run(tmp_path / "t", ref)

@@ -28,8 +28,11 @@ from convzoo.models.registry import import_timm
 from convzoo.saved import checkpoint_geometry, load_checkpoint, read_checkpoint
 
 # What --resume auto ignores when it compares the command with the run it found: when the run
-# and its stages started (written by train), and where the run directory is (how it was found).
-AUTO_IGNORED = {"started", "train.out", "train.name"}
+# and its stages started (written by train), where the run directory is (how it was found), and
+# the recipe's own words, which a later convzoo may phrase otherwise (its name, description,
+# source and the seed's figure): none of them is what the run trains.
+AUTO_IGNORED = {"started", "train.out", "train.name", "name", "description", "source",
+                "reported"}
 
 
 def overrides_from_keywords(keywords: dict[str, Any]) -> dict[str, Any]:
