@@ -326,6 +326,7 @@ def readme(rows: list[dict[str, Any]]) -> str:
 
 PERCENT = re.compile(r"(?<![\d.])(\d{1,3}\.\d\d)%")
 LEDGER_CHAPTER = ("## Full-length runs: the ledger", "## Before the ledger")
+README_QUICKSTART = ("## Install, run, test", "## Everyday use")  # its figures are the ledger's
 
 
 def figures(results: Path = RESULTS) -> set[str]:
@@ -349,10 +350,12 @@ def figures(results: Path = RESULTS) -> set[str]:
     return out
 
 
-def unvouched(text: str, results: Path = RESULTS) -> list[str]:
-    """The percentages in RESULTS.md's ledger chapter (generated table and prose alike) that no
-    run folder vouches for: a figure typed by hand, or one whose run was re-collected."""
-    start, stop = LEDGER_CHAPTER
+def unvouched(text: str, results: Path = RESULTS,
+              chapter: tuple[str, str] = LEDGER_CHAPTER) -> list[str]:
+    """The percentages in ``text`` between the ``chapter`` headings (RESULTS.md's ledger
+    chapter, generated table and prose alike; README's quickstart) that no run folder vouches
+    for: a figure typed by hand, or one whose run was re-collected."""
+    start, stop = chapter
     chapter = text.partition(start)[2].partition(stop)[0]
     known = figures(results)
     return [p + "%" for p in PERCENT.findall(chapter) if p not in known]
@@ -398,11 +401,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ledger: out of date: {', '.join(stale)} (python benchmarks/ledger.py "
                   "tables)", file=sys.stderr)
             return 1
-        typed = unvouched(RESULTS_MD.read_text())
-        if typed:
-            print(f"ledger: {RESULTS_MD.name}'s ledger chapter quotes {', '.join(typed)}, which "
-                  "no run folder under results/ holds", file=sys.stderr)
-            return 1
+        for path, chapter in ((RESULTS_MD, LEDGER_CHAPTER), (README, README_QUICKSTART)):
+            typed = unvouched(path.read_text(), chapter=chapter)
+            if typed:
+                print(f"ledger: {path.name}'s '{chapter[0].lstrip('# ')}' quotes "
+                      f"{', '.join(typed)}, which no run folder under results/ holds",
+                      file=sys.stderr)
+                return 1
         return 0
     for f, new in files.items():
         f.write_text(new)

@@ -156,12 +156,16 @@ def test_prose_in_the_ledger_chapter_quotes_only_figures_a_run_folder_holds(
     RESULTS.md passes, and the chapter's limits are where the older, folder-less sections
     start."""
     assert ledger.unvouched(ledger.RESULTS_MD.read_text()) == []
+    # so does README's quickstart paragraph, which quotes the ledger's quickstart runs
+    assert ledger.unvouched(ledger.README.read_text(), chapter=ledger.README_QUICKSTART) == []
     runs, results = tmp_path / "runs", tmp_path / "results"
     fake_run(runs, "a-s0", "cifar10-fast94", 0, 90.0)
     fake_run(runs, "a-s1", "cifar10-fast94", 1, 91.25)
     (runs / "a-s0" / "metrics.jsonl").write_text('{"epoch": 1, "eval_top1": 41.234}\n')
     ledger.collect(runs, ["a-s0", "a-s1"], results)
     start, stop = ledger.LEDGER_CHAPTER
+    front = f"{ledger.README_QUICKSTART[0]}\nabout 12.34%\n{ledger.README_QUICKSTART[1]}\n"
+    assert ledger.unvouched(front, results, ledger.README_QUICKSTART) == ["12.34%"]
     for quoted in ("90.00%", "91.25%", "90.62%", "99.00%", "41.23%", "94.01%"):
         # a top-1, another seed's, the mean (90.625), a top-5, an epoch's, the anchor
         assert ledger.unvouched(f"{start}\nreached {quoted}.\n{stop}\n", results) == []
