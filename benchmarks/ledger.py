@@ -307,19 +307,20 @@ def readme(rows: list[dict[str, Any]]) -> str:
     groups = _recipe_groups(rows)
     if not groups:
         return f"{BEGIN}\n\nNo full-length run has finished yet.\n\n{END}\n"
-    machines = sorted({r["machine"] for _, runs in groups for r in runs})
     lines = [BEGIN, "",
-             f"`convzoo train --recipe NAME`, trained to the last epoch on {'; '.join(machines)} "
-             "(one thread; the commands, anchors, tuning runs and run folders are in "
+             "`convzoo train --recipe NAME`, trained to the last epoch on the CPU, one thread "
+             "(the commands, anchors, tuning runs and run folders are in "
              "[RESULTS.md](RESULTS.md#full-length-runs-the-ledger)):", "",
-             "| recipe | data | epochs | top-1: mean (min-max, n) | split | wall per run |",
-             "|---|---|---:|---:|---|---:|"]
+             "| recipe | data | epochs | top-1: mean (min-max, n) | split | wall per run | "
+             "machine |",
+             "|---|---|---:|---:|---|---:|---|"]
     for recipe, runs in groups:
         first = runs[0]
         lines.append(
             f"| `{recipe}` | {first['data']} | {first['epochs']} | "
             f"{_spread([r['top1'] for r in runs])} | {first['split']} | "
-            f"{_hours(statistics.mean(r['wall_seconds'] for r in runs))} |")
+            f"{_hours(statistics.mean(r['wall_seconds'] for r in runs))} | "
+            f"{'; '.join(sorted({r['machine'] for r in runs}))} |")
     lines += ["", END]
     return "\n".join(lines) + "\n"
 

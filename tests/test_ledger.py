@@ -83,7 +83,7 @@ def test_collect_then_tables_group_seeds_and_keep_tuning_runs_apart(
         "runs": ["a-s0", "a-s1"]}}  # the tuning run is not the recipe's figure
     front = ledger.readme(rows)  # README's short table: the recipe's row only
     assert "| `cifar10-fast94` | CIFAR-10, JPEG q75 copy | 3 | 90.50% (90.00-91.00, n=2) | " \
-           "test | 1.0 h |" in front
+           "test | 1.0 h | AMD EPYC, AVX2, 2 cores |" in front  # each row says its machine
     assert "80.00%" not in front and front.count("| `cifar10-fast94`") == 1
 
 
