@@ -42,14 +42,13 @@ REPORT_PICTURES = (("confusion_matrix.png", "confusion matrix (rows: true class,
                    ("confident_mistakes.png", "the most confident mistakes"))
 CLASSES_SHOWN = 20  # more classes than this: the first 12 and the last 4 are named
 
-# Keys the reproducing command leaves out: when and where the run was written, the recipe's
-# own descriptive fields, and how this process ran (loggers, threads, checkpoint cadence): none
-# of them changes what is trained (config.RUNTIME_KEYS, less the device and the loggers'
-# settings, which a command run again keeps).
-_NOT_REPRODUCED = {"started", "name", "description", "source", "reported",
-                   "train.out", "train.name", "train.threads", "train.log_every",
-                   "train.loggers", "train.keep_last", "train.checkpoint_every_steps",
-                   "train.checkpoint_every_minutes", "data.workers", "data.root"}
+# Keys the reproducing command leaves out: the run's records (config.RECORDS: when and where it
+# was written, the recipe's own words) and how this process ran (loggers, threads, checkpoint
+# cadence): none of them changes what is trained (config.RUNTIME_KEYS, less the device and
+# the loggers' settings, which a command run again keeps).
+_NOT_REPRODUCED = C.RECORDS | {"train.threads", "train.log_every", "train.loggers",
+                               "train.keep_last", "train.checkpoint_every_steps",
+                               "train.checkpoint_every_minutes", "data.workers", "data.root"}
 
 
 # ----------------------------------------------------------------------------- reading

@@ -872,16 +872,19 @@ RUNTIME_KEYS = frozenset({
     "train.keep_last", *(f"mlflow.{f.name}" for f in fields(MlflowConfig)),
     *(f"wandb.{f.name}" for f in fields(WandbConfig))})
 
+# What records a run rather than configures it: the recipe's own words (which a later convzoo
+# may phrase otherwise), when the run started, and where its run directory is. No comparison of
+# two configs counts them.
+RECORDS = frozenset({"name", "description", "source", "reported", "started", "train.out",
+                     "train.name"})
+
 # What a comparison of what two runs trained (a run beside its recipe, the ledger's rows) leaves
-# out: the recipe's own texts, when the run started, where its run directory and its data are,
-# its seed (runs over seeds differ in it by design), and how the process ran (RUNTIME_KEYS and
-# compilation: neither changes what is computed).
-NOT_TRAINED = frozenset({"name", "description", "source", "reported", "started", "train.out",
-                         "train.name", "data.source", "train.seed", "train.compile",
-                         *RUNTIME_KEYS})
+# out: the records, where the data are, the seed (runs over seeds differ in it by design), and
+# how the process ran (RUNTIME_KEYS and compilation: neither changes what is computed).
+NOT_TRAINED = RECORDS | {"data.source", "train.seed", "train.compile", *RUNTIME_KEYS}
 
 
-def flat(cfg: Config, stages: int | None = None) -> dict[str, Any]:
+def _flat(cfg: Config, stages: int | None = None) -> dict[str, Any]:
     """``cfg`` as dotted keys (:func:`dotted`), in the schema's order, with its ``stages`` (the
     first ``stages`` of them; all by default) as their plan only: the epochs each trains to and
     its overrides, not when it started or the epoch a resume began it from."""
@@ -893,12 +896,12 @@ def flat(cfg: Config, stages: int | None = None) -> dict[str, Any]:
 
 def differences(cfg: Config, other: Config, leave_out: Collection[str] = (),
                 stages: int | None = None) -> dict[str, tuple[Any, Any]]:
-    """``{key: (cfg's value, other's)}`` for every key (:func:`flat`, ``stages`` as one key)
+    """``{key: (cfg's value, other's)}`` for every key (:func:`_flat`, ``stages`` as one key)
     whose values differ, in the schema's order, less ``leave_out``; None for a key one side
     lacks. The one comparison of two configs: a reproducing command, a run beside a recipe, a
     ledger row's protocol and the check that ``--resume auto`` found this command's run all
     read it."""
-    mine, theirs = flat(cfg, stages), flat(other, stages)
+    mine, theirs = _flat(cfg, stages), _flat(other, stages)
     absent = object()  # a key one side lacks (a dict value such as model.init_took's keys)
     return {k: (mine.get(k), theirs.get(k)) for k in {**mine, **theirs}
             if k not in leave_out and mine.get(k, absent) != theirs.get(k, absent)}

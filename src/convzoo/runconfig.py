@@ -27,12 +27,10 @@ from convzoo.errors import ConvzooError
 from convzoo.models.registry import import_timm
 from convzoo.saved import checkpoint_geometry, load_checkpoint, read_checkpoint
 
-# What --resume auto ignores when it compares the command with the run it found: when the run
-# and its stages started (written by train), where the run directory is (how it was found), and
-# the recipe's own words, which a later convzoo may phrase otherwise (its name, description,
-# source and the seed's figure): none of them is what the run trains.
-AUTO_IGNORED = {"started", "train.out", "train.name", "name", "description", "source",
-                "reported"}
+# What --resume auto ignores when it compares the command with the run it found: the run's
+# records (config.RECORDS: the recipe's words, when it started, where its directory is) and how
+# the process runs; the stages' start records are never compared.
+AUTO_IGNORED = C.RECORDS | C.RUNTIME_KEYS
 
 
 def overrides_from_keywords(keywords: dict[str, Any]) -> dict[str, Any]:
@@ -227,7 +225,7 @@ def auto_run(cfg: C.Config, overrides: dict[str, Any]
         return cfg, run_dir, False, None
     saved = C.load_config(run_dir / "config.yaml")
     # the command's stages against as many of the run's: a resume may have added more
-    differ = C.differences(saved, cfg, AUTO_IGNORED | C.RUNTIME_KEYS, len(cfg.stages))
+    differ = C.differences(saved, cfg, AUTO_IGNORED, len(cfg.stages))
     if differ:
         key = min(differ)
         theirs, mine = differ[key]
